@@ -1,0 +1,167 @@
+//! ONNX Runtime through the `ort` crate, loaded at run time (`load-dynamic`).
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Result};
+use graph_passes::onnx::ModelProto;
+use ort::environment::Environment;
+use ort::ep::ExecutionProvider;
+use ort::session::{Session as OrtSession, SessionInputValue};
+use ort::value::{DynValue, Tensor};
+use prost::Message;
+
+use super::discover::{OrtLibrary, NOT_FOUND_GPU};
+use super::{Backend, Device, Session};
+use crate::tensor::{Data, HostTensor};
+
+static ENV: OnceLock<std::result::Result<(Environment, String), String>> = OnceLock::new();
+
+/// Loads the library once per process (ONNX Runtime allows one environment).
+fn environment(lib: &OrtLibrary) -> Result<&'static Environment> {
+    let r = ENV.get_or_init(|| {
+        let builder = ort::init_from(&lib.path).map_err(|e| format!("{e}"))?;
+        let env = builder
+            .with_name("onnxsam")
+            .build()
+            .map_err(|e| format!("{e}"))?;
+        Ok((env, lib.path.display().to_string()))
+    });
+    match r {
+        Ok((env, _)) => Ok(env),
+        Err(e) => bail!("cannot load ONNX Runtime from {}: {e}; install a compatible version with `pip install onnxruntime==1.31.1`", lib.path.display()),
+    }
+}
+
+pub struct OrtBackend {
+    lib: OrtLibrary,
+    device: Device,
+    threads: usize,
+}
+
+impl OrtBackend {
+    pub fn new(lib: &OrtLibrary, device: Device, threads: usize) -> Result<OrtBackend> {
+        environment(lib)?;
+        if let Device::Cuda(_) = device {
+            let available = ort::ep::CUDA::is_available().unwrap_or(false);
+            if !available || lib.cuda_provider.is_none() {
+                bail!(
+                    "--device {device}: the ONNX Runtime at {} has no CUDA execution provider; {}",
+                    lib.path.display(),
+                    NOT_FOUND_GPU.replace("no ONNX Runtime library found; ", "")
+                );
+            }
+        }
+        Ok(OrtBackend {
+            lib: lib.clone(),
+            device,
+            threads,
+        })
+    }
+
+    /// Whether this library's build lists the CUDA execution provider.
+    pub fn cuda_available() -> bool {
+        ort::ep::CUDA::is_available().unwrap_or(false)
+    }
+}
+
+impl Backend for OrtBackend {
+    fn describe(&self) -> String {
+        format!(
+            "ort (ONNX Runtime {} from {}, {}), {}",
+            self.lib.version.as_deref().unwrap_or("?"),
+            self.lib.path.display(),
+            self.lib.source,
+            self.device
+        )
+    }
+
+    fn load(&self, model: &ModelProto) -> Result<Box<dyn Session>> {
+        let env = environment(&self.lib)?;
+        let bytes = model.encode_to_vec();
+        let map =
+            |e: ort::Error<ort::session::builder::SessionBuilder>| anyhow!("ONNX Runtime: {e}");
+        let mut builder = OrtSession::builder(env).map_err(|e| anyhow!("ONNX Runtime: {e}"))?;
+        builder = builder.with_intra_threads(self.threads).map_err(map)?;
+        builder = builder.with_inter_threads(1).map_err(map)?;
+        if let Device::Cuda(id) = self.device {
+            builder = builder
+                .with_execution_providers([ort::ep::CUDA::default()
+                    .with_device_id(id)
+                    .build()
+                    .error_on_failure()])
+                .map_err(map)?;
+        }
+        let session = builder.commit_from_memory(&bytes).map_err(|e| {
+            anyhow!(
+                "ONNX Runtime cannot load the model: {}",
+                one_line(&e.to_string())
+            )
+        })?;
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        Ok(Box::new(OrtRunner { session, outputs }))
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+struct OrtRunner {
+    session: OrtSession,
+    outputs: Vec<String>,
+}
+
+fn to_value(t: &HostTensor) -> Result<SessionInputValue<'static>> {
+    let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+    let e = |e: ort::Error| anyhow!("ONNX Runtime: {e}");
+    Ok(match &t.data {
+        Data::F32(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into(),
+        Data::F64(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into(),
+        Data::I64(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into(),
+        Data::I32(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into(),
+        Data::U8(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into(),
+        Data::Bool(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into(),
+    })
+}
+
+fn from_value(name: &str, v: &DynValue) -> Result<HostTensor> {
+    macro_rules! attempt {
+        ($t:ty, $variant:ident) => {
+            if let Ok((shape, data)) = v.try_extract_tensor::<$t>() {
+                let shape = shape.iter().map(|&d| d as usize).collect();
+                return Ok(HostTensor {
+                    shape,
+                    data: Data::$variant(data.to_vec()),
+                });
+            }
+        };
+    }
+    attempt!(f32, F32);
+    attempt!(i64, I64);
+    attempt!(f64, F64);
+    attempt!(i32, I32);
+    attempt!(bool, Bool);
+    attempt!(u8, U8);
+    bail!("output '{name}' has a type onnxsam cannot read back")
+}
+
+impl Session for OrtRunner {
+    fn run(&mut self, feeds: &[(String, HostTensor)]) -> Result<Vec<(String, HostTensor)>> {
+        let inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = feeds
+            .iter()
+            .map(|(n, t)| Ok((Cow::from(n.as_str()), to_value(t)?)))
+            .collect::<Result<_>>()?;
+        let out = self
+            .session
+            .run(inputs)
+            .map_err(|e| anyhow!("ONNX Runtime: {}", one_line(&e.to_string())))?;
+        self.outputs
+            .iter()
+            .map(|n| Ok((n.clone(), from_value(n, &out[n.as_str()])?)))
+            .collect()
+    }
+}

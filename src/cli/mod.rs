@@ -1,0 +1,129 @@
+//! The `onnxsam` command line. Exit codes: 0 success, 1 a check failed, 2 bad input.
+mod diff;
+mod inspect;
+pub mod run;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::backend::{BackendKind, BackendRequest, Device};
+
+#[derive(Parser)]
+#[command(
+    name = "onnxsam",
+    version,
+    about = "Train ONNX graphs with sharpness-aware methods (SGD, SAM, RW-SAM), compiled into standard ONNX step graphs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe a model: opsets, inputs/outputs, parameters, ops, what onnxsam can and cannot handle
+    #[command(
+        after_help = "Examples:\n  onnxsam inspect models/cnn.onnx\n  onnxsam inspect models/mlp.onnx --json\n  onnxsam inspect --backends"
+    )]
+    Inspect(inspect::InspectArgs),
+    /// Run inference: inputs by name from an .npz, outputs printed or written to an .npz
+    #[command(
+        after_help = "Example:\n  onnxsam run models/mlp.onnx --input tests/fixtures/mlp/input.npz --output out.npz"
+    )]
+    Run(run::RunArgs),
+    /// Show what changed between two models: nodes (grouped by the pass that added them), I/O, initializers, opsets
+    #[command(
+        after_help = "Examples:\n  onnxsam diff model.onnx step.onnx\n  onnxsam diff a.onnx b.onnx --format dot | dot -Tsvg > diff.svg"
+    )]
+    Diff(diff::DiffArgs),
+}
+
+/// Options every command that executes a graph shares.
+#[derive(Args, Clone, Debug)]
+pub struct BackendArgs {
+    /// Engine: ort (ONNX Runtime) when its library is found, else tract (embedded)
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendKind,
+    /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, else a pip-installed onnxruntime)
+    #[arg(long, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+    /// cpu, cuda or cuda:N (CUDA needs onnxruntime-gpu)
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// Intra-op threads (default: all cores)
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl BackendArgs {
+    pub fn request(&self) -> BackendRequest {
+        BackendRequest {
+            kind: self.backend,
+            ort_lib: self.ort_lib.clone(),
+            device: self.device.clone(),
+            threads: self.threads,
+        }
+    }
+}
+
+/// An error that carries its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// A failed check (exit 1), as opposed to bad input (exit 2).
+pub fn check_failed(message: impl Into<String>) -> anyhow::Error {
+    Failure {
+        code: 1,
+        message: message.into(),
+    }
+    .into()
+}
+
+pub fn main() -> i32 {
+    // A panic is a bug in onnxsam (or a dependency): one line, no backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        if !crate::backend::tract::GUARDED.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!(
+                "onnxsam: internal error: {}{at} (please report this)",
+                msg.replace('\n', " ")
+            );
+        }
+    }));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Diff(a) => diff::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e.downcast_ref::<Failure>().map(|f| f.code).unwrap_or(2);
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("onnxsam: error: {msg}");
+            code
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! onnxsam: trains ONNX graphs with sharpness-aware methods, compiled into standard ONNX.
+pub mod backend;
+pub mod cli;
+pub mod tensor;
+
+pub use graph_passes;

@@ -1,0 +1,164 @@
+//! Host tensors (what backends take and return) and .npz files of them.
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use graph_passes::onnx::{data_type as dt, tensor::dtype_name};
+use ndarray::{ArrayD, IxDyn};
+use ndarray_npy::{NpzReader, NpzWriter};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Data {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+    I32(Vec<i32>),
+    U8(Vec<u8>),
+    Bool(Vec<bool>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Data,
+}
+
+impl HostTensor {
+    pub fn f32(shape: &[usize], v: Vec<f32>) -> HostTensor {
+        HostTensor {
+            shape: shape.to_vec(),
+            data: Data::F32(v),
+        }
+    }
+    pub fn i64(shape: &[usize], v: Vec<i64>) -> HostTensor {
+        HostTensor {
+            shape: shape.to_vec(),
+            data: Data::I64(v),
+        }
+    }
+    /// The ONNX TensorProto.DataType of the data.
+    pub fn onnx_dtype(&self) -> i32 {
+        match self.data {
+            Data::F32(_) => dt::FLOAT,
+            Data::F64(_) => dt::DOUBLE,
+            Data::I64(_) => dt::INT64,
+            Data::I32(_) => dt::INT32,
+            Data::U8(_) => dt::UINT8,
+            Data::Bool(_) => dt::BOOL,
+        }
+    }
+    pub fn dtype_name(&self) -> &'static str {
+        dtype_name(self.onnx_dtype())
+    }
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Values as f64, whatever the type (for comparisons and reports).
+    pub fn to_f64(&self) -> Vec<f64> {
+        match &self.data {
+            Data::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            Data::F64(v) => v.clone(),
+            Data::I64(v) => v.iter().map(|&x| x as f64).collect(),
+            Data::I32(v) => v.iter().map(|&x| x as f64).collect(),
+            Data::U8(v) => v.iter().map(|&x| x as f64).collect(),
+            Data::Bool(v) => v.iter().map(|&x| x as u8 as f64).collect(),
+        }
+    }
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match &self.data {
+            Data::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+    /// Largest |a − b| over two tensors of equal shape.
+    pub fn max_abs_diff(&self, other: &HostTensor) -> Option<f64> {
+        if self.shape != other.shape {
+            return None;
+        }
+        Some(
+            self.to_f64()
+                .iter()
+                .zip(other.to_f64())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max),
+        )
+    }
+}
+
+fn to_array<T: Clone>(shape: &[usize], v: &[T]) -> ArrayD<T> {
+    ArrayD::from_shape_vec(IxDyn(shape), v.to_vec()).expect("shape matches data length")
+}
+
+/// Reads every array of an .npz file, keyed by name (without the `.npy` suffix).
+pub fn read_npz(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
+    let shown = path.display();
+    let file = File::open(path).with_context(|| format!("{shown}: cannot open"))?;
+    let mut npz =
+        NpzReader::new(file).map_err(|e| anyhow!("{shown}: not a valid .npz file ({e})"))?;
+    let names = npz
+        .names()
+        .map_err(|e| anyhow!("{shown}: not a valid .npz file ({e})"))?;
+    let mut out = BTreeMap::new();
+    for name in names {
+        let key = name.trim_end_matches(".npy").to_string();
+        let t = read_entry(&mut npz, &name).with_context(|| format!("{shown}: array '{key}'"))?;
+        out.insert(key, t);
+    }
+    Ok(out)
+}
+
+fn read_entry(npz: &mut NpzReader<File>, name: &str) -> Result<HostTensor> {
+    macro_rules! attempt {
+        ($t:ty, $variant:ident) => {
+            if let Ok(a) = npz.by_name::<ndarray::OwnedRepr<$t>, IxDyn>(name) {
+                let shape = a.shape().to_vec();
+                let v: Vec<$t> = a.as_standard_layout().iter().cloned().collect();
+                return Ok(HostTensor {
+                    shape,
+                    data: Data::$variant(v),
+                });
+            }
+        };
+    }
+    attempt!(f32, F32);
+    attempt!(f64, F64);
+    attempt!(i64, I64);
+    attempt!(i32, I32);
+    attempt!(u8, U8);
+    attempt!(bool, Bool);
+    bail!("unsupported dtype (onnxsam reads float32, float64, int64, int32, uint8 and bool arrays)")
+}
+
+/// Writes tensors to an .npz file atomically (temp file + rename).
+pub fn write_npz(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    {
+        let file =
+            File::create(&tmp).with_context(|| format!("{}: cannot write", path.display()))?;
+        let mut npz = NpzWriter::new(file);
+        for (name, t) in tensors {
+            let r = match &t.data {
+                Data::F32(v) => npz.add_array(name.as_str(), &to_array(&t.shape, v)),
+                Data::F64(v) => npz.add_array(name.as_str(), &to_array(&t.shape, v)),
+                Data::I64(v) => npz.add_array(name.as_str(), &to_array(&t.shape, v)),
+                Data::I32(v) => npz.add_array(name.as_str(), &to_array(&t.shape, v)),
+                Data::U8(v) => npz.add_array(name.as_str(), &to_array(&t.shape, v)),
+                Data::Bool(v) => npz.add_array(name.as_str(), &to_array(&t.shape, v)),
+            };
+            r.map_err(|e| anyhow!("{}: cannot write array '{name}': {e}", path.display()))?;
+        }
+        let f = npz
+            .finish()
+            .map_err(|e| anyhow!("{}: cannot write: {e}", path.display()))?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! Bad input through the CLI: exit 2, one line naming the file and the problem, never a panic.
+mod common;
+
+use common::*;
+use onnxsam::graph_passes::onnx::{load_model, OperatorSetIdProto};
+use prost::Message;
+
+fn inspect(p: &std::path::Path) -> std::process::Output {
+    onnxsam(&["inspect", p.to_str().unwrap()])
+}
+
+#[test]
+fn empty_file() {
+    let d = tempdir();
+    let p = write(d.path(), "empty.onnx", b"");
+    assert_bad_input(&inspect(&p), "empty.onnx", "empty");
+}
+
+#[test]
+fn random_bytes() {
+    let d = tempdir();
+    // fixed pseudo-random bytes (xorshift), so the test is reproducible
+    let mut x = 0x2545F4914F6CDD1Du64;
+    let bytes: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let p = write(d.path(), "random.onnx", &bytes);
+    assert_bad_input(&inspect(&p), "random.onnx", "not an ONNX model");
+}
+
+#[test]
+fn truncated_protobuf() {
+    let d = tempdir();
+    let bytes = std::fs::read(model("cnn")).unwrap();
+    let p = write(d.path(), "cut.onnx", &bytes[..bytes.len() / 2]);
+    assert_bad_input(&inspect(&p), "cut.onnx", "truncated");
+}
+
+#[test]
+fn valid_protobuf_that_is_not_a_model() {
+    let d = tempdir();
+    let t = onnxsam::graph_passes::onnx::tensor::from_f32("x", &[2], &[1.0, 2.0]);
+    let p = write(d.path(), "tensor.pb", &t.encode_to_vec());
+    assert_bad_input(&inspect(&p), "tensor.pb", "not an ONNX model");
+    // a message that decodes as a ModelProto but has no graph
+    let p = write(
+        d.path(),
+        "nograph.onnx",
+        &OperatorSetIdProto {
+            domain: None,
+            version: 3,
+        }
+        .encode_to_vec(),
+    );
+    assert_bad_input(&inspect(&p), "nograph.onnx", "not an ONNX model");
+}
+
+#[test]
+fn unknown_opset_domain() {
+    let d = tempdir();
+    let mut m = load_model(&model("mlp")).unwrap();
+    m.opset_import.push(OperatorSetIdProto {
+        domain: Some("com.example.custom".into()),
+        version: 1,
+    });
+    let p = write(d.path(), "custom.onnx", &m.encode_to_vec());
+    assert_bad_input(
+        &inspect(&p),
+        "custom.onnx",
+        "unknown opset domain 'com.example.custom'",
+    );
+}
+
+#[test]
+fn missing_model_file() {
+    let o = onnxsam(&["inspect", "/nonexistent/model.onnx"]);
+    assert_bad_input(&o, "/nonexistent/model.onnx", "cannot read");
+}
+
+fn write_npz(
+    dir: &std::path::Path,
+    name: &str,
+    arrays: &[(&str, onnxsam::tensor::HostTensor)],
+) -> std::path::PathBuf {
+    let p = dir.join(name);
+    let v: Vec<(String, onnxsam::tensor::HostTensor)> = arrays
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect();
+    onnxsam::tensor::write_npz(&p, &v).unwrap();
+    p
+}
+
+#[test]
+fn npz_with_wrong_name_dtype_or_shape() {
+    use onnxsam::tensor::HostTensor;
+    let d = tempdir();
+    let m = model("transformer");
+    let run = |p: &std::path::Path| {
+        onnxsam(&[
+            "run",
+            m.to_str().unwrap(),
+            "--input",
+            p.to_str().unwrap(),
+            "--backend",
+            "tract",
+        ])
+    };
+    let two = write_npz(
+        d.path(),
+        "names.npz",
+        &[
+            ("tokens", HostTensor::i64(&[2, 16], vec![0; 32])),
+            ("extra", HostTensor::i64(&[1], vec![0])),
+        ],
+    );
+    assert_bad_input(&run(&two), "names.npz", "no array named 'ids'");
+    let dtype = write_npz(
+        d.path(),
+        "dtype.npz",
+        &[("ids", HostTensor::f32(&[2, 16], vec![0.0; 32]))],
+    );
+    assert_bad_input(
+        &run(&dtype),
+        "dtype.npz",
+        "is float32 but the model's input 'ids' is int64",
+    );
+    let shape = write_npz(
+        d.path(),
+        "shape.npz",
+        &[("ids", HostTensor::i64(&[2, 15], vec![0; 30]))],
+    );
+    assert_bad_input(&run(&shape), "shape.npz", "shape [2, 15]");
+    let junk = write(d.path(), "junk.npz", b"not a zip file");
+    assert_bad_input(&run(&junk), "junk.npz", "not a valid .npz");
+}
+
+#[test]
+fn backend_ort_without_a_library() {
+    let d = tempdir();
+    let m = model("mlp");
+    let input = fixture("mlp/input.npz");
+    // no ORT_DYLIB_PATH, and a PATH where no python3 can be found
+    let o = onnxsam_env(
+        &[
+            "run",
+            m.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--backend",
+            "ort",
+        ],
+        &[("ORT_DYLIB_PATH", ""), ("PATH", d.path().to_str().unwrap())],
+    );
+    assert_bad_input(&o, "onnxruntime", "no ONNX Runtime library found");
+    let o = onnxsam(&[
+        "run",
+        m.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--backend",
+        "ort",
+        "--ort-lib",
+        "/nonexistent/libonnxruntime.so",
+    ]);
+    assert_bad_input(&o, "/nonexistent/libonnxruntime.so", "not a file");
+}
+
+#[test]
+fn tract_cannot_run_an_op_it_lacks() {
+    // SoftmaxCrossEntropyLoss is not implemented in tract: an error, not a crash
+    let mut m = load_model(&model("mlp")).unwrap();
+    m.opset_import[0].version = 17;
+    let g = m.graph.as_mut().unwrap();
+    let logits = g.output[0].name.clone();
+    g.input.push(onnxsam::graph_passes::onnx::ValueInfoProto {
+        name: "labels".into(),
+        r#type: g.input[0].r#type.clone().map(|mut t| {
+            if let Some(onnxsam::graph_passes::onnx::type_proto::Value::TensorType(tt)) =
+                &mut t.value
+            {
+                tt.elem_type = 7;
+                tt.shape = None;
+            }
+            t
+        }),
+        ..Default::default()
+    });
+    g.node.push(onnxsam::graph_passes::onnx::NodeProto {
+        op_type: "SoftmaxCrossEntropyLoss".into(),
+        name: "loss".into(),
+        input: vec![logits, "labels".into()],
+        output: vec!["loss".into()],
+        ..Default::default()
+    });
+    g.output[0].name = "loss".into();
+    g.output[0].r#type = None;
+    let d = tempdir();
+    let p = write(d.path(), "loss.onnx", &m.encode_to_vec());
+    let inputs = d.path().join("in.npz");
+    let x = onnxsam::tensor::read_npz(&fixture("mlp/input.npz"))
+        .unwrap()
+        .remove("input")
+        .unwrap();
+    onnxsam::tensor::write_npz(
+        &inputs,
+        &[
+            ("input".into(), x),
+            (
+                "labels".into(),
+                onnxsam::tensor::HostTensor::i64(&[4], vec![1, 2, 3, 4]),
+            ),
+        ],
+    )
+    .unwrap();
+    let o = onnxsam(&[
+        "run",
+        p.to_str().unwrap(),
+        "--input",
+        inputs.to_str().unwrap(),
+        "--backend",
+        "tract",
+    ]);
+    assert_bad_input(&o, "loss.onnx", "tract");
+}

@@ -1,0 +1,74 @@
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const MODELS: &[&str] = &["mlp", "cnn", "resnet8", "transformer"];
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn model(name: &str) -> PathBuf {
+    root().join("models").join(format!("{name}.onnx"))
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    root().join("tests/fixtures").join(rel)
+}
+
+pub fn onnxsam(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_onnxsam"))
+        .args(args)
+        .output()
+        .expect("run onnxsam")
+}
+
+pub fn onnxsam_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_onnxsam"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run onnxsam")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Exit code 2, exactly one line on stderr that names `file` and contains `what`, no panic.
+pub fn assert_bad_input(o: &Output, file: &str, what: &str) {
+    let err = stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "expected exit 2, got {:?}; stderr: {err}",
+        o.status.code()
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("backend:")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(lines[0].starts_with("onnxsam: error: "), "{err}");
+    assert!(lines[0].contains(file), "error should name {file}: {err}");
+    assert!(
+        lines[0].to_lowercase().contains(&what.to_lowercase()),
+        "error should say '{what}': {err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace") && !err.contains("internal error"),
+        "{err}"
+    );
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}

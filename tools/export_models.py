@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Export the reference models in models/ and their PyTorch fixtures in tests/fixtures/.
+
+Not run in CI. Setup (once; torch pulls ~3 GB):
+    python3 -m venv .venv && .venv/bin/pip install torch onnx onnxscript onnxruntime==1.31.1 numpy
+    .venv/bin/python tools/export_models.py
+
+Models (seeded, freshly initialised, dynamic batch dimension "N"):
+  mlp          1x28x28 -> Flatten -> 784-128-128-10                         old exporter, opset 17 (IR 8/9)
+  cnn          1x28x28 -> conv32-pool-conv64-pool-fc128-fc10                old exporter, opset 17
+  resnet8      3x32x32 -> ResNet-8 (BatchNormalization kept), widths 16/32/64  old exporter, opset 17,
+               do_constant_folding=False, training=EVAL (BN nodes are not folded into convs)
+  transformer  token ids [N, 16] -> embedding + positions, one pre-LN attention block
+               (LayerNormalization, Softmax, GELU), mean-pool, classifier   new exporter, opset 20 (IR 10,
+               node metadata), optimize=False, then ONNXProgram.optimize() (constant folding)
+Fixtures per model: tests/fixtures/<model>/input.npz (batch 4) and output.npz (PyTorch eval-mode outputs).
+Extra fixtures: tests/fixtures/external/model.onnx + model.onnx.data (transformer with external data).
+"""
+import os
+import sys
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = os.path.join(ROOT, "models")
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(784, 128)
+        self.fc2 = nn.Linear(128, 128)
+        self.fc3 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = torch.flatten(x, 1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.fc1 = nn.Linear(64 * 7 * 7, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, 1)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet8(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.layer1 = BasicBlock(16, 16, 1)
+        self.layer2 = BasicBlock(16, 32, 2)
+        self.layer3 = BasicBlock(32, 64, 2)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(x)
+
+
+class Transformer(nn.Module):
+    def __init__(self, vocab=64, seq=16, d=64, heads=4, classes=10):
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(torch.randn(seq, d) * 0.02)
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.ff1 = nn.Linear(d, 4 * d)
+        self.ff2 = nn.Linear(4 * d, d)
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, ids):
+        n, t = ids.shape
+        x = self.embed(ids) + self.pos
+        h = self.ln1(x)
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        dh = q.shape[-1] // self.heads
+        q = q.reshape(n, t, self.heads, dh).transpose(1, 2)
+        k = k.reshape(n, t, self.heads, dh).transpose(1, 2)
+        v = v.reshape(n, t, self.heads, dh).transpose(1, 2)
+        att = torch.softmax(q @ k.transpose(-2, -1) / (dh ** 0.5), dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(n, t, -1)
+        x = x + self.proj(y)
+        x = x + self.ff2(F.gelu(self.ff1(self.ln2(x))))
+        x = self.ln_f(x).mean(dim=1)
+        return self.head(x)
+
+
+def export_old(model, x, path, input_name):
+    torch.onnx.export(
+        model, (x,), path, dynamo=False, opset_version=17, input_names=[input_name], output_names=["logits"],
+        dynamic_axes={input_name: {0: "N"}, "logits": {0: "N"}}, do_constant_folding=False,
+        training=torch.onnx.TrainingMode.EVAL,
+    )
+
+
+def export_new(model, x, path, input_name):
+    batch = torch.export.Dim("N", min=1, max=4096)
+    prog = torch.onnx.export(
+        model, (x,), dynamo=True, opset_version=20, input_names=[input_name], output_names=["logits"],
+        dynamic_shapes={"ids": {0: batch}}, optimize=False,
+    )
+    # then fold constants and simplify (SplitToSequence+SequenceAt → Split); the model has no
+    # BatchNormalization to lose, and LayerNormalization, Gelu and Softmax stay single ops
+    prog.optimize()
+    prog.save(path, external_data=False)
+
+
+def write_fixture(name, inputs, outputs):
+    d = os.path.join(FIXTURES, name)
+    os.makedirs(d, exist_ok=True)
+    np.savez(os.path.join(d, "input.npz"), **inputs)
+    np.savez(os.path.join(d, "output.npz"), **outputs)
+
+
+def main():
+    os.makedirs(MODELS, exist_ok=True)
+    torch.manual_seed(0)
+    specs = [
+        ("mlp", MLP(), torch.rand(4, 1, 28, 28), "input", export_old),
+        ("cnn", CNN(), torch.rand(4, 1, 28, 28), "input", export_old),
+        ("resnet8", ResNet8(), torch.randn(4, 3, 32, 32), "input", export_old),
+        ("transformer", Transformer(), torch.randint(0, 64, (4, 16)), "ids", export_new),
+    ]
+    for name, model, x, input_name, export in specs:
+        model.eval()
+        path = os.path.join(MODELS, f"{name}.onnx")
+        export(model, x, path, input_name)
+        onnx.checker.check_model(onnx.load(path))
+        with torch.no_grad():
+            y = model(x).numpy()
+        write_fixture(name, {input_name: x.numpy()}, {"logits": y})
+        m = onnx.load(path)
+        print(f"{name}: IR {m.ir_version}, opset {m.opset_import[0].version}, {len(m.graph.node)} nodes, "
+              f"{os.path.getsize(path)} bytes, ops {sorted(set(n.op_type for n in m.graph.node))}")
+    # the transformer again, with its weights in model.onnx.data beside it
+    ext = os.path.join(FIXTURES, "external")
+    os.makedirs(ext, exist_ok=True)
+    m = onnx.load(os.path.join(MODELS, "transformer.onnx"))
+    onnx.save(m, os.path.join(ext, "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.onnx.data", size_threshold=1024)
+    print("external:", sorted(os.listdir(ext)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
