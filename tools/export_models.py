@@ -12,7 +12,7 @@ Models (seeded, freshly initialised, dynamic batch dimension "N"):
                do_constant_folding=False, training=EVAL (BN nodes are not folded into convs)
   transformer  token ids [N, 16] -> embedding + positions, one pre-LN attention block
                (LayerNormalization, Softmax, GELU), mean-pool, classifier   new exporter, opset 20 (IR 10,
-               node metadata), optimize=False, then ONNXProgram.optimize() (constant folding)
+               node metadata), optimize=False so weights keep their PyTorch names
 Fixtures per model: tests/fixtures/<model>/input.npz (batch 4) and output.npz (PyTorch eval-mode outputs).
 Extra fixtures: tests/fixtures/external/model.onnx + model.onnx.data (transformer with external data).
 """
