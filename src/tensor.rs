@@ -26,16 +26,10 @@ pub struct HostTensor {
 
 impl HostTensor {
     pub fn f32(shape: &[usize], v: Vec<f32>) -> HostTensor {
-        HostTensor {
-            shape: shape.to_vec(),
-            data: Data::F32(v),
-        }
+        HostTensor { shape: shape.to_vec(), data: Data::F32(v) }
     }
     pub fn i64(shape: &[usize], v: Vec<i64>) -> HostTensor {
-        HostTensor {
-            shape: shape.to_vec(),
-            data: Data::I64(v),
-        }
+        HostTensor { shape: shape.to_vec(), data: Data::I64(v) }
     }
     /// The ONNX TensorProto.DataType of the data.
     pub fn onnx_dtype(&self) -> i32 {
@@ -79,13 +73,7 @@ impl HostTensor {
         if self.shape != other.shape {
             return None;
         }
-        Some(
-            self.to_f64()
-                .iter()
-                .zip(other.to_f64())
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f64::max),
-        )
+        Some(self.to_f64().iter().zip(other.to_f64()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max))
     }
 }
 
@@ -97,11 +85,8 @@ fn to_array<T: Clone>(shape: &[usize], v: &[T]) -> ArrayD<T> {
 pub fn read_npz(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
     let shown = path.display();
     let file = File::open(path).with_context(|| format!("{shown}: cannot open"))?;
-    let mut npz =
-        NpzReader::new(file).map_err(|e| anyhow!("{shown}: not a valid .npz file ({e})"))?;
-    let names = npz
-        .names()
-        .map_err(|e| anyhow!("{shown}: not a valid .npz file ({e})"))?;
+    let mut npz = NpzReader::new(file).map_err(|e| anyhow!("{shown}: not a valid .npz file ({e})"))?;
+    let names = npz.names().map_err(|e| anyhow!("{shown}: not a valid .npz file ({e})"))?;
     let mut out = BTreeMap::new();
     for name in names {
         let key = name.trim_end_matches(".npy").to_string();
@@ -117,10 +102,7 @@ fn read_entry(npz: &mut NpzReader<File>, name: &str) -> Result<HostTensor> {
             if let Ok(a) = npz.by_name::<ndarray::OwnedRepr<$t>, IxDyn>(name) {
                 let shape = a.shape().to_vec();
                 let v: Vec<$t> = a.as_standard_layout().iter().cloned().collect();
-                return Ok(HostTensor {
-                    shape,
-                    data: Data::$variant(v),
-                });
+                return Ok(HostTensor { shape, data: Data::$variant(v) });
             }
         };
     }
@@ -135,13 +117,9 @@ fn read_entry(npz: &mut NpzReader<File>, name: &str) -> Result<HostTensor> {
 
 /// Writes tensors to an .npz file atomically (temp file + rename).
 pub fn write_npz(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
+    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap_or_default().to_string_lossy()));
     {
-        let file =
-            File::create(&tmp).with_context(|| format!("{}: cannot write", path.display()))?;
+        let file = File::create(&tmp).with_context(|| format!("{}: cannot write", path.display()))?;
         let mut npz = NpzWriter::new(file);
         for (name, t) in tensors {
             let r = match &t.data {
@@ -154,9 +132,7 @@ pub fn write_npz(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
             };
             r.map_err(|e| anyhow!("{}: cannot write array '{name}': {e}", path.display()))?;
         }
-        let f = npz
-            .finish()
-            .map_err(|e| anyhow!("{}: cannot write: {e}", path.display()))?;
+        let f = npz.finish().map_err(|e| anyhow!("{}: cannot write: {e}", path.display()))?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;

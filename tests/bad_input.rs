@@ -48,15 +48,7 @@ fn valid_protobuf_that_is_not_a_model() {
     let p = write(d.path(), "tensor.pb", &t.encode_to_vec());
     assert_bad_input(&inspect(&p), "tensor.pb", "not an ONNX model");
     // a message that decodes as a ModelProto but has no graph
-    let p = write(
-        d.path(),
-        "nograph.onnx",
-        &OperatorSetIdProto {
-            domain: None,
-            version: 3,
-        }
-        .encode_to_vec(),
-    );
+    let p = write(d.path(), "nograph.onnx", &OperatorSetIdProto { domain: None, version: 3 }.encode_to_vec());
     assert_bad_input(&inspect(&p), "nograph.onnx", "not an ONNX model");
 }
 
@@ -64,16 +56,9 @@ fn valid_protobuf_that_is_not_a_model() {
 fn unknown_opset_domain() {
     let d = tempdir();
     let mut m = load_model(&model("mlp")).unwrap();
-    m.opset_import.push(OperatorSetIdProto {
-        domain: Some("com.example.custom".into()),
-        version: 1,
-    });
+    m.opset_import.push(OperatorSetIdProto { domain: Some("com.example.custom".into()), version: 1 });
     let p = write(d.path(), "custom.onnx", &m.encode_to_vec());
-    assert_bad_input(
-        &inspect(&p),
-        "custom.onnx",
-        "unknown opset domain 'com.example.custom'",
-    );
+    assert_bad_input(&inspect(&p), "custom.onnx", "unknown opset domain 'com.example.custom'");
 }
 
 #[test]
@@ -82,16 +67,10 @@ fn missing_model_file() {
     assert_bad_input(&o, "/nonexistent/model.onnx", "cannot read");
 }
 
-fn write_npz(
-    dir: &std::path::Path,
-    name: &str,
-    arrays: &[(&str, onnxsam::tensor::HostTensor)],
-) -> std::path::PathBuf {
+fn write_npz(dir: &std::path::Path, name: &str, arrays: &[(&str, onnxsam::tensor::HostTensor)]) -> std::path::PathBuf {
     let p = dir.join(name);
-    let v: Vec<(String, onnxsam::tensor::HostTensor)> = arrays
-        .iter()
-        .map(|(n, t)| (n.to_string(), t.clone()))
-        .collect();
+    let v: Vec<(String, onnxsam::tensor::HostTensor)> =
+        arrays.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
     onnxsam::tensor::write_npz(&p, &v).unwrap();
     p
 }
@@ -102,39 +81,17 @@ fn npz_with_wrong_name_dtype_or_shape() {
     let d = tempdir();
     let m = model("transformer");
     let run = |p: &std::path::Path| {
-        onnxsam(&[
-            "run",
-            m.to_str().unwrap(),
-            "--input",
-            p.to_str().unwrap(),
-            "--backend",
-            "tract",
-        ])
+        onnxsam(&["run", m.to_str().unwrap(), "--input", p.to_str().unwrap(), "--backend", "tract"])
     };
     let two = write_npz(
         d.path(),
         "names.npz",
-        &[
-            ("tokens", HostTensor::i64(&[2, 16], vec![0; 32])),
-            ("extra", HostTensor::i64(&[1], vec![0])),
-        ],
+        &[("tokens", HostTensor::i64(&[2, 16], vec![0; 32])), ("extra", HostTensor::i64(&[1], vec![0]))],
     );
     assert_bad_input(&run(&two), "names.npz", "no array named 'ids'");
-    let dtype = write_npz(
-        d.path(),
-        "dtype.npz",
-        &[("ids", HostTensor::f32(&[2, 16], vec![0.0; 32]))],
-    );
-    assert_bad_input(
-        &run(&dtype),
-        "dtype.npz",
-        "is float32 but the model's input 'ids' is int64",
-    );
-    let shape = write_npz(
-        d.path(),
-        "shape.npz",
-        &[("ids", HostTensor::i64(&[2, 15], vec![0; 30]))],
-    );
+    let dtype = write_npz(d.path(), "dtype.npz", &[("ids", HostTensor::f32(&[2, 16], vec![0.0; 32]))]);
+    assert_bad_input(&run(&dtype), "dtype.npz", "is float32 but the model's input 'ids' is int64");
+    let shape = write_npz(d.path(), "shape.npz", &[("ids", HostTensor::i64(&[2, 15], vec![0; 30]))]);
     assert_bad_input(&run(&shape), "shape.npz", "shape [2, 15]");
     let junk = write(d.path(), "junk.npz", b"not a zip file");
     assert_bad_input(&run(&junk), "junk.npz", "not a valid .npz");
@@ -147,14 +104,7 @@ fn backend_ort_without_a_library() {
     let input = fixture("mlp/input.npz");
     // no ORT_DYLIB_PATH, and a PATH where no python3 can be found
     let o = onnxsam_env(
-        &[
-            "run",
-            m.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--backend",
-            "ort",
-        ],
+        &["run", m.to_str().unwrap(), "--input", input.to_str().unwrap(), "--backend", "ort"],
         &[("ORT_DYLIB_PATH", ""), ("PATH", d.path().to_str().unwrap())],
     );
     assert_bad_input(&o, "onnxruntime", "no ONNX Runtime library found");
@@ -181,9 +131,7 @@ fn tract_cannot_run_an_op_it_lacks() {
     g.input.push(onnxsam::graph_passes::onnx::ValueInfoProto {
         name: "labels".into(),
         r#type: g.input[0].r#type.clone().map(|mut t| {
-            if let Some(onnxsam::graph_passes::onnx::type_proto::Value::TensorType(tt)) =
-                &mut t.value
-            {
+            if let Some(onnxsam::graph_passes::onnx::type_proto::Value::TensorType(tt)) = &mut t.value {
                 tt.elem_type = 7;
                 tt.shape = None;
             }
@@ -203,28 +151,12 @@ fn tract_cannot_run_an_op_it_lacks() {
     let d = tempdir();
     let p = write(d.path(), "loss.onnx", &m.encode_to_vec());
     let inputs = d.path().join("in.npz");
-    let x = onnxsam::tensor::read_npz(&fixture("mlp/input.npz"))
-        .unwrap()
-        .remove("input")
-        .unwrap();
+    let x = onnxsam::tensor::read_npz(&fixture("mlp/input.npz")).unwrap().remove("input").unwrap();
     onnxsam::tensor::write_npz(
         &inputs,
-        &[
-            ("input".into(), x),
-            (
-                "labels".into(),
-                onnxsam::tensor::HostTensor::i64(&[4], vec![1, 2, 3, 4]),
-            ),
-        ],
+        &[("input".into(), x), ("labels".into(), onnxsam::tensor::HostTensor::i64(&[4], vec![1, 2, 3, 4]))],
     )
     .unwrap();
-    let o = onnxsam(&[
-        "run",
-        p.to_str().unwrap(),
-        "--input",
-        inputs.to_str().unwrap(),
-        "--backend",
-        "tract",
-    ]);
+    let o = onnxsam(&["run", p.to_str().unwrap(), "--input", inputs.to_str().unwrap(), "--backend", "tract"]);
     assert_bad_input(&o, "loss.onnx", "tract");
 }

@@ -28,12 +28,7 @@ fn model_against_itself_has_no_changes() {
 fn one_changed_initializer_is_reported_with_its_largest_change() {
     let a = load("mlp");
     let mut b = a.clone();
-    let t = b
-        .graph
-        .initializers
-        .iter_mut()
-        .find(|t| t.dims.len() == 2)
-        .unwrap();
+    let t = b.graph.initializers.iter_mut().find(|t| t.dims.len() == 2).unwrap();
     let name = t.name.clone();
     let mut v = tensor::to_f32(t).unwrap();
     v[7] += 0.25;
@@ -53,17 +48,10 @@ fn renamed_node_is_matched_and_reported_as_renamed() {
     let old = b.graph.nodes[3].name.clone();
     b.graph.nodes[3].name = "renamed_node".into();
     let d = diff(&a, &b);
-    assert!(
-        d.nodes_added.is_empty() && d.nodes_removed.is_empty(),
-        "{d:?}"
-    );
+    assert!(d.nodes_added.is_empty() && d.nodes_removed.is_empty(), "{d:?}");
     assert_eq!(d.nodes_changed.len(), 1);
     assert_eq!(d.nodes_changed[0].name, "renamed_node");
-    assert!(
-        d.nodes_changed[0].changes[0].contains(&old),
-        "{:?}",
-        d.nodes_changed[0]
-    );
+    assert!(d.nodes_changed[0].changes[0].contains(&old), "{:?}", d.nodes_changed[0]);
 }
 
 #[test]
@@ -79,22 +67,13 @@ fn added_node_is_listed_under_its_pass() {
     assert_eq!(d.nodes_added[0].op_type, "Relu");
     assert_eq!(d.nodes_added[0].pass.as_deref(), Some("example-pass"));
     assert!(d.nodes_removed.is_empty() && d.nodes_changed.is_empty());
-    assert_eq!(
-        d.outputs.len(),
-        2,
-        "one output removed, one added: {:?}",
-        d.outputs
-    );
+    assert_eq!(d.outputs.len(), 2, "one output removed, one added: {:?}", d.outputs);
     // through the CLI, in all three formats
     let dir = tempdir();
     let pb = dir.path().join("b.onnx");
     b.save(&pb, &SaveOptions::default()).unwrap();
     let pa = model("resnet8");
-    let text = stdout(&onnxsam(&[
-        "diff",
-        pa.to_str().unwrap(),
-        pb.to_str().unwrap(),
-    ]));
+    let text = stdout(&onnxsam(&["diff", pa.to_str().unwrap(), pb.to_str().unwrap()]));
     assert!(text.contains("nodes        | +1 -0 ~0"), "{text}");
     assert!(text.contains("example-pass (1 nodes: Relu×1)"), "{text}");
     let json: serde_json::Value = serde_json::from_str(&stdout(&onnxsam(&[
@@ -106,17 +85,8 @@ fn added_node_is_listed_under_its_pass() {
     ])))
     .unwrap();
     assert_eq!(json["nodes_added"][0]["name"], "extra_relu");
-    let dot = stdout(&onnxsam(&[
-        "diff",
-        pa.to_str().unwrap(),
-        pb.to_str().unwrap(),
-        "--format",
-        "dot",
-    ]));
-    assert!(
-        dot.starts_with("digraph") && dot.contains("palegreen"),
-        "{dot}"
-    );
+    let dot = stdout(&onnxsam(&["diff", pa.to_str().unwrap(), pb.to_str().unwrap(), "--format", "dot"]));
+    assert!(dot.starts_with("digraph") && dot.contains("palegreen"), "{dot}");
 }
 
 #[test]
@@ -153,9 +123,7 @@ fn nodes_without_names_are_matched_by_structure() {
         d.nodes_removed.len()
     );
     assert!(
-        d.nodes_changed
-            .iter()
-            .all(|c| c.changes.len() == 1 && c.changes[0].starts_with("renamed")),
+        d.nodes_changed.iter().all(|c| c.changes.len() == 1 && c.changes[0].starts_with("renamed")),
         "{:?}",
         d.nodes_changed
     );

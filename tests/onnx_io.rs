@@ -3,9 +3,7 @@ mod common;
 
 use common::*;
 use onnxsam::graph_passes::ir::Model;
-use onnxsam::graph_passes::onnx::{
-    self, data_location, load_model, save_model, SaveOptions, StringStringEntryProto,
-};
+use onnxsam::graph_passes::onnx::{self, data_location, load_model, save_model, SaveOptions, StringStringEntryProto};
 use prost::Message;
 
 fn roundtrip(path: &std::path::Path) {
@@ -15,31 +13,13 @@ fn roundtrip(path: &std::path::Path) {
     let out = dir.path().join("copy.onnx");
     model.save(&out, &SaveOptions::default()).unwrap();
     let again = load_model(&out).unwrap();
-    assert_eq!(
-        original,
-        again,
-        "{} changed in a load → save → load",
-        path.display()
-    );
+    assert_eq!(original, again, "{} changed in a load → save → load", path.display());
     // external data written beside it reads back identically
     let ext = dir.path().join("ext.onnx");
-    save_model(
-        &original,
-        &ext,
-        &SaveOptions {
-            external_data: Some(true),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    save_model(&original, &ext, &SaveOptions { external_data: Some(true), ..Default::default() }).unwrap();
     assert!(dir.path().join("ext.onnx.data").exists());
     assert!(std::fs::metadata(&ext).unwrap().len() < std::fs::metadata(&out).unwrap().len());
-    assert_eq!(
-        original,
-        load_model(&ext).unwrap(),
-        "{} changed through external data",
-        path.display()
-    );
+    assert_eq!(original, load_model(&ext).unwrap(), "{} changed through external data", path.display());
 }
 
 #[test]
@@ -55,11 +35,7 @@ fn reencoding_keeps_every_field_of_the_exported_file() {
     for m in MODELS {
         let bytes = std::fs::read(model(m)).unwrap();
         let decoded = onnx::ModelProto::decode(bytes.as_slice()).unwrap();
-        assert_eq!(
-            decoded.encoded_len(),
-            bytes.len(),
-            "{m}: re-encoding lost or added bytes"
-        );
+        assert_eq!(decoded.encoded_len(), bytes.len(), "{m}: re-encoding lost or added bytes");
     }
 }
 
@@ -67,12 +43,7 @@ fn reencoding_keeps_every_field_of_the_exported_file() {
 fn ir10_node_metadata_survives_roundtrip() {
     let m = Model::load(&model("transformer")).unwrap();
     assert_eq!(m.meta.ir_version, 10);
-    let with_meta = m
-        .graph
-        .nodes
-        .iter()
-        .filter(|n| !n.metadata_props.is_empty())
-        .count();
+    let with_meta = m.graph.nodes.iter().filter(|n| !n.metadata_props.is_empty()).count();
     assert!(with_meta > 10, "the new exporter tags nodes with metadata");
     let dir = tempdir();
     let out = dir.path().join("t.onnx");
@@ -81,10 +52,7 @@ fn ir10_node_metadata_survives_roundtrip() {
     for (a, b) in m.graph.nodes.iter().zip(&back.graph.nodes) {
         assert_eq!(a.metadata_props, b.metadata_props, "node {}", a.name);
     }
-    assert_eq!(
-        m.graph.inputs[0].metadata_props,
-        back.graph.inputs[0].metadata_props
-    );
+    assert_eq!(m.graph.inputs[0].metadata_props, back.graph.inputs[0].metadata_props);
 }
 
 #[test]
@@ -95,12 +63,7 @@ fn external_data_model_loads_like_the_inline_one() {
     assert_eq!(ge.initializer.len(), gi.initializer.len());
     for (a, b) in ge.initializer.iter().zip(&gi.initializer) {
         assert_eq!(a.name, b.name);
-        assert_eq!(
-            onnx::tensor::to_f64(a).unwrap(),
-            onnx::tensor::to_f64(b).unwrap(),
-            "{}",
-            a.name
-        );
+        assert_eq!(onnx::tensor::to_f64(a).unwrap(), onnx::tensor::to_f64(b).unwrap(), "{}", a.name);
         assert_eq!(a.data_location, data_location::DEFAULT);
     }
     roundtrip(&fixture("external/model.onnx"));
@@ -115,14 +78,8 @@ fn with_external(dir: &std::path::Path, location: &str) -> std::path::PathBuf {
     t.raw_data.clear();
     t.data_location = data_location::EXTERNAL;
     t.external_data = vec![
-        StringStringEntryProto {
-            key: "location".into(),
-            value: location.into(),
-        },
-        StringStringEntryProto {
-            key: "length".into(),
-            value: len.to_string(),
-        },
+        StringStringEntryProto { key: "location".into(), value: location.into() },
+        StringStringEntryProto { key: "length".into(), value: len.to_string() },
     ];
     write(dir, "model.onnx", &m.encode_to_vec())
 }

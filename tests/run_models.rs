@@ -19,30 +19,14 @@ fn check(model_name: &str, backend: &str) {
         "--backend",
         backend,
     ]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{model_name} on {backend}: {}",
-        stderr(&o)
-    );
-    assert!(
-        stderr(&o).contains(&format!("backend: {backend}")),
-        "{}",
-        stderr(&o)
-    );
+    assert_eq!(o.status.code(), Some(0), "{model_name} on {backend}: {}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("backend: {backend}")), "{}", stderr(&o));
     let got = read_npz(&out).unwrap();
     let want = read_npz(&fixture(&format!("{model_name}/output.npz"))).unwrap();
     for (name, w) in &want {
-        let g = got
-            .get(name)
-            .unwrap_or_else(|| panic!("{model_name}: output {name} missing"));
-        let err = g
-            .max_abs_diff(w)
-            .unwrap_or_else(|| panic!("{model_name}: shape {:?} vs {:?}", g.shape, w.shape));
-        assert!(
-            err <= 1e-4,
-            "{model_name} on {backend}: max abs error {err} > 1e-4"
-        );
+        let g = got.get(name).unwrap_or_else(|| panic!("{model_name}: output {name} missing"));
+        let err = g.max_abs_diff(w).unwrap_or_else(|| panic!("{model_name}: shape {:?} vs {:?}", g.shape, w.shape));
+        assert!(err <= 1e-4, "{model_name} on {backend}: max abs error {err} > 1e-4");
     }
 }
 
@@ -66,23 +50,10 @@ fn models_match_pytorch_on_ort() {
 fn auto_backend_says_which_engine_it_picked() {
     let m = model("mlp");
     let input = fixture("mlp/input.npz");
-    let o = onnxsam(&[
-        "run",
-        m.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-    ]);
+    let o = onnxsam(&["run", m.to_str().unwrap(), "--input", input.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(
-        stderr(&o).starts_with("backend: ort") || stderr(&o).starts_with("backend: tract"),
-        "{}",
-        stderr(&o)
-    );
-    assert!(
-        stdout(&o).contains("logits: float32 [4, 10]"),
-        "{}",
-        stdout(&o)
-    );
+    assert!(stderr(&o).starts_with("backend: ort") || stderr(&o).starts_with("backend: tract"), "{}", stderr(&o));
+    assert!(stdout(&o).contains("logits: float32 [4, 10]"), "{}", stdout(&o));
 }
 
 #[test]
@@ -92,10 +63,7 @@ fn inspect_backends_reports_the_library() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert!(v["tract"].as_str().unwrap().contains("tract"));
     let ort = &v["ort"];
-    assert!(
-        ort["path"].as_str().unwrap().contains("libonnxruntime"),
-        "{v}"
-    );
+    assert!(ort["path"].as_str().unwrap().contains("libonnxruntime"), "{v}");
     assert_eq!(ort["version"].as_str(), Some("1.31.1"), "{v}");
     assert_eq!(v["ort_loads"], serde_json::Value::Bool(true), "{v}");
 }

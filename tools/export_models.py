@@ -13,8 +13,13 @@ Models (seeded, freshly initialised, dynamic batch dimension "N"):
   transformer  token ids [N, 16] -> embedding + positions, one pre-LN attention block
                (LayerNormalization, Softmax, GELU), mean-pool, classifier   new exporter, opset 20 (IR 10,
                node metadata), optimize=False so weights keep their PyTorch names
-Fixtures per model: tests/fixtures/<model>/input.npz (batch 4) and output.npz (PyTorch eval-mode outputs).
-Extra fixtures: tests/fixtures/external/model.onnx + model.onnx.data (transformer with external data).
+Fixtures per model: tests/fixtures/<model>/input.npz (batch 4) and output.npz (PyTorch eval-mode outputs);
+batch.npz (batch 8: the input and labels `y`) and grads.npz: PyTorch autograd in train mode — `loss`
+(mean cross-entropy), `loss_per_sample`, the gradient of every parameter by name, and
+`bn_after/<buffer>` (running statistics after that one train-mode forward).
+Extra fixtures: tests/fixtures/external/model.onnx + model.onnx.data (transformer with external data);
+tests/fixtures/loss_inside/model.onnx (the mlp returning its mean cross-entropy, old exporter) with
+batch.npz and grads.npz.
 """
 import os
 import sys
@@ -142,6 +147,43 @@ def export_new(model, x, path, input_name):
     prog.save(path, external_data=False)
 
 
+def write_grads(name, model, x, input_name, seed):
+    """PyTorch autograd in train mode on a batch of 8: the reference for onnxsam grad."""
+    g = torch.Generator().manual_seed(seed)
+    if x.dtype == torch.int64:
+        xb = torch.randint(0, 64, (8,) + tuple(x.shape[1:]), generator=g)
+    else:
+        xb = torch.randn((8,) + tuple(x.shape[1:]), generator=g)
+    y = torch.randint(0, 10, (8,), generator=g)
+    model.train()
+    model.zero_grad()
+    logits = model(xb)
+    lps = F.cross_entropy(logits, y, reduction="none")
+    loss = lps.mean()
+    loss.backward()
+    out = {"loss": loss.detach().numpy(), "loss_per_sample": lps.detach().numpy()}
+    for pname, p in model.named_parameters():
+        out[pname] = p.grad.numpy()
+    for bname, b in model.named_buffers():
+        if "running" in bname:
+            out[f"bn_after/{bname}"] = b.numpy()
+    d = os.path.join(FIXTURES, name)
+    np.savez(os.path.join(d, "batch.npz"), **{input_name: xb.numpy(), "y": y.numpy()})
+    np.savez(os.path.join(d, "grads.npz"), **out)
+    model.eval()
+
+
+class MLPWithLoss(nn.Module):
+    """The mlp returning its mean cross-entropy: a graph with the loss inside."""
+
+    def __init__(self, mlp):
+        super().__init__()
+        self.mlp = mlp
+
+    def forward(self, x, y):
+        return F.cross_entropy(self.mlp(x), y)
+
+
 def write_fixture(name, inputs, outputs):
     d = os.path.join(FIXTURES, name)
     os.makedirs(d, exist_ok=True)
@@ -166,9 +208,30 @@ def main():
         with torch.no_grad():
             y = model(x).numpy()
         write_fixture(name, {input_name: x.numpy()}, {"logits": y})
+        # the gradient reference last: its train-mode forward moves BN running statistics
+        write_grads(name, model, x, input_name, seed=1)
         m = onnx.load(path)
         print(f"{name}: IR {m.ir_version}, opset {m.opset_import[0].version}, {len(m.graph.node)} nodes, "
               f"{os.path.getsize(path)} bytes, ops {sorted(set(n.op_type for n in m.graph.node))}")
+    # a model with its loss inside
+    torch.manual_seed(0)
+    mlp = MLP()
+    wl = MLPWithLoss(mlp)
+    d = os.path.join(FIXTURES, "loss_inside")
+    os.makedirs(d, exist_ok=True)
+    xb, yb = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    torch.onnx.export(wl, (xb, yb), os.path.join(d, "model.onnx"), dynamo=False, opset_version=17,
+                      input_names=["input", "target"], output_names=["loss"],
+                      dynamic_axes={"input": {0: "N"}, "target": {0: "N"}}, do_constant_folding=False)
+    lps = F.cross_entropy(mlp(xb), yb, reduction="none")
+    loss = lps.mean()
+    loss.backward()
+    grads = {"loss": loss.detach().numpy(), "loss_per_sample": lps.detach().numpy()}
+    grads.update({n: p.grad.numpy() for n, p in wl.named_parameters()})
+    np.savez(os.path.join(d, "batch.npz"), input=xb.numpy(), y=yb.numpy())
+    np.savez(os.path.join(d, "grads.npz"), **grads)
+    m = onnx.load(os.path.join(d, "model.onnx"))
+    print("loss_inside:", [n.op_type for n in m.graph.node], [i.name for i in m.graph.initializer])
     # the transformer again, with its weights in model.onnx.data beside it
     ext = os.path.join(FIXTURES, "external")
     os.makedirs(ext, exist_ok=True)

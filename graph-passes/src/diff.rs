@@ -7,9 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::ir::{Model, NodeExt};
-use crate::onnx::{
-    attribute_type as at, tensor, AttributeProto, NodeProto, TensorProto, ValueInfoProto,
-};
+use crate::onnx::{attribute_type as at, tensor, AttributeProto, NodeProto, TensorProto, ValueInfoProto};
 use crate::shapes::{shape_string, value_type_of};
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -90,29 +88,14 @@ fn attr_string(a: &AttributeProto) -> String {
     match a.r#type {
         at::FLOAT => format!("{}", a.f.unwrap_or(0.0)),
         at::INT => format!("{}", a.i.unwrap_or(0)),
-        at::STRING => format!(
-            "{:?}",
-            String::from_utf8_lossy(a.s.as_deref().unwrap_or_default())
-        ),
+        at::STRING => format!("{:?}", String::from_utf8_lossy(a.s.as_deref().unwrap_or_default())),
         at::FLOATS => format!("{:?}", a.floats),
         at::INTS => format!("{:?}", a.ints),
-        at::STRINGS => format!(
-            "{:?}",
-            a.strings
-                .iter()
-                .map(|s| String::from_utf8_lossy(s).to_string())
-                .collect::<Vec<_>>()
-        ),
-        at::TENSOR => {
-            a.t.as_ref()
-                .map(tensor_desc_with_values)
-                .unwrap_or_default()
+        at::STRINGS => {
+            format!("{:?}", a.strings.iter().map(|s| String::from_utf8_lossy(s).to_string()).collect::<Vec<_>>())
         }
-        at::GRAPH => {
-            a.g.as_ref()
-                .map(|g| format!("graph({} nodes)", g.node.len()))
-                .unwrap_or_default()
-        }
+        at::TENSOR => a.t.as_ref().map(tensor_desc_with_values).unwrap_or_default(),
+        at::GRAPH => a.g.as_ref().map(|g| format!("graph({} nodes)", g.node.len())).unwrap_or_default(),
         _ => format!("type {}", a.r#type),
     }
 }
@@ -126,9 +109,7 @@ fn tensor_desc_with_values(t: &TensorProto) -> String {
         Ok(v) if v.len() <= 8 => format!("{} {:?}", tensor_desc(t), v),
         Ok(v) => {
             // a cheap fingerprint so equal large constants compare equal
-            let h = v.iter().fold(0u64, |h, x| {
-                h.wrapping_mul(1099511628211).wrapping_add(x.to_bits())
-            });
+            let h = v.iter().fold(0u64, |h, x| h.wrapping_mul(1099511628211).wrapping_add(x.to_bits()));
             format!("{} #{h:016x}", tensor_desc(t))
         }
         Err(_) => tensor_desc(t),
@@ -136,10 +117,7 @@ fn tensor_desc_with_values(t: &TensorProto) -> String {
 }
 
 fn attrs_map(n: &NodeProto) -> BTreeMap<String, String> {
-    n.attribute
-        .iter()
-        .map(|a| (a.name.clone(), attr_string(a)))
-        .collect()
+    n.attribute.iter().map(|a| (a.name.clone(), attr_string(a))).collect()
 }
 
 fn io_desc(v: &ValueInfoProto) -> String {
@@ -155,12 +133,9 @@ fn diff_io(a: &[ValueInfoProto], b: &[ValueInfoProto]) -> Vec<ItemChange> {
     let amap: HashMap<&str, &ValueInfoProto> = a.iter().map(|v| (v.name.as_str(), v)).collect();
     for v in a {
         match bmap.get(v.name.as_str()) {
-            None => out.push(ItemChange {
-                name: v.name.clone(),
-                before: Some(io_desc(v)),
-                after: None,
-                max_abs_diff: None,
-            }),
+            None => {
+                out.push(ItemChange { name: v.name.clone(), before: Some(io_desc(v)), after: None, max_abs_diff: None })
+            }
             Some(w) if io_desc(v) != io_desc(w) => out.push(ItemChange {
                 name: v.name.clone(),
                 before: Some(io_desc(v)),
@@ -172,12 +147,7 @@ fn diff_io(a: &[ValueInfoProto], b: &[ValueInfoProto]) -> Vec<ItemChange> {
     }
     for w in b {
         if !amap.contains_key(w.name.as_str()) {
-            out.push(ItemChange {
-                name: w.name.clone(),
-                before: None,
-                after: Some(io_desc(w)),
-                max_abs_diff: None,
-            });
+            out.push(ItemChange { name: w.name.clone(), before: None, after: Some(io_desc(w)), max_abs_diff: None });
         }
     }
     out
@@ -210,13 +180,7 @@ fn diff_initializers(a: &[TensorProto], b: &[TensorProto]) -> (Vec<ItemChange>, 
                     (Ok(x), Ok(y)) => x
                         .iter()
                         .zip(&y)
-                        .map(|(p, q)| {
-                            if p.is_nan() && q.is_nan() {
-                                0.0
-                            } else {
-                                (p - q).abs()
-                            }
-                        })
+                        .map(|(p, q)| if p.is_nan() && q.is_nan() { 0.0 } else { (p - q).abs() })
                         .fold(0.0, f64::max),
                     _ => {
                         if tensor::raw_bytes(t).ok() == tensor::raw_bytes(u).ok() {
@@ -289,19 +253,13 @@ fn match_nodes(a: &[NodeProto], b: &[NodeProto]) -> Vec<(usize, usize)> {
     for &(i, j) in &pairs {
         extend(&mut vmap, i, j);
     }
-    let key = |n: &NodeProto, inputs: Vec<String>| {
-        (n.op_type.clone(), n.domain.clone(), attrs_map(n), inputs)
-    };
+    let key = |n: &NodeProto, inputs: Vec<String>| (n.op_type.clone(), n.domain.clone(), attrs_map(n), inputs);
     // equal keys (e.g. two Identity nodes reading one initializer) pair in file order
     for _round in 0..b.len().max(1) {
         let mut progress = false;
         let mut by_key: HashMap<_, Vec<usize>> = HashMap::new();
         for (i, n) in a.iter().enumerate().filter(|(i, _)| !a_used[*i]) {
-            let mapped = n
-                .input
-                .iter()
-                .map(|v| vmap.get(v).cloned().unwrap_or_else(|| v.clone()))
-                .collect();
+            let mapped = n.input.iter().map(|v| vmap.get(v).cloned().unwrap_or_else(|| v.clone())).collect();
             by_key.entry(key(n, mapped)).or_default().push(i);
         }
         for j in 0..b.len() {
@@ -310,11 +268,7 @@ fn match_nodes(a: &[NodeProto], b: &[NodeProto]) -> Vec<(usize, usize)> {
             }
             let k = key(&b[j], b[j].input.clone());
             if let Some(cands) = by_key.get_mut(&k) {
-                if let Some(i) = cands
-                    .iter()
-                    .position(|&i| !a_used[i])
-                    .map(|p| cands.remove(p))
-                {
+                if let Some(i) = cands.iter().position(|&i| !a_used[i]).map(|p| cands.remove(p)) {
                     a_used[i] = true;
                     b_used[j] = true;
                     pairs.push((i, j));
@@ -338,16 +292,7 @@ pub fn diff(a: &Model, b: &Model) -> Diff {
         m.meta
             .opset_import
             .iter()
-            .map(|o| {
-                (
-                    if o.domain().is_empty() {
-                        "ai.onnx".into()
-                    } else {
-                        o.domain().to_string()
-                    },
-                    o.version,
-                )
-            })
+            .map(|o| (if o.domain().is_empty() { "ai.onnx".into() } else { o.domain().to_string() }, o.version))
             .collect()
     };
     let (oa, ob) = (ops(a), ops(b));
@@ -372,10 +317,7 @@ pub fn diff(a: &Model, b: &Model) -> Diff {
         }
     }
     let (na, nb) = (&a.graph.nodes, &b.graph.nodes);
-    let b_order = b
-        .graph
-        .topo_order()
-        .unwrap_or_else(|_| (0..nb.len()).collect());
+    let b_order = b.graph.topo_order().unwrap_or_else(|_| (0..nb.len()).collect());
     let pairs = match_nodes(na, nb);
     let mut vmap: HashMap<&str, &str> = HashMap::new();
     for &(i, j) in &pairs {
@@ -395,21 +337,11 @@ pub fn diff(a: &Model, b: &Model) -> Diff {
         if x.op_type != y.op_type {
             changes.push(format!("op {} → {}", x.op_type, y.op_type));
         }
-        let mapped: Vec<&str> = x
-            .input
-            .iter()
-            .map(|v| *vmap.get(v.as_str()).unwrap_or(&v.as_str()))
-            .collect();
+        let mapped: Vec<&str> = x.input.iter().map(|v| *vmap.get(v.as_str()).unwrap_or(&v.as_str())).collect();
         for k in 0..mapped.len().max(y.input.len()) {
-            let (p, q) = (
-                mapped.get(k).copied().unwrap_or(""),
-                y.input.get(k).map(|s| s.as_str()).unwrap_or(""),
-            );
+            let (p, q) = (mapped.get(k).copied().unwrap_or(""), y.input.get(k).map(|s| s.as_str()).unwrap_or(""));
             if p != q {
-                changes.push(format!(
-                    "input {k}: '{}' → '{q}'",
-                    x.input.get(k).map(|s| s.as_str()).unwrap_or("")
-                ));
+                changes.push(format!("input {k}: '{}' → '{q}'", x.input.get(k).map(|s| s.as_str()).unwrap_or("")));
             }
         }
         let (aa, ab) = (attrs_map(x), attrs_map(y));
@@ -436,17 +368,8 @@ pub fn diff(a: &Model, b: &Model) -> Diff {
             });
         }
     }
-    d.nodes_removed = na
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !a_used[*i])
-        .map(|(_, n)| summary(n))
-        .collect();
-    d.nodes_added = b_order
-        .iter()
-        .filter(|&&j| !b_used[j])
-        .map(|&j| summary(&nb[j]))
-        .collect();
+    d.nodes_removed = na.iter().enumerate().filter(|(i, _)| !a_used[*i]).map(|(_, n)| summary(n)).collect();
+    d.nodes_added = b_order.iter().filter(|&&j| !b_used[j]).map(|&j| summary(&nb[j])).collect();
     d.inputs = diff_io(&a.graph.inputs, &b.graph.inputs);
     d.outputs = diff_io(&a.graph.outputs, &b.graph.outputs);
     let (inits, same) = diff_initializers(&a.graph.initializers, &b.graph.initializers);
@@ -470,12 +393,7 @@ fn bar(added: usize, removed: usize, changed: usize) -> String {
             x
         }
     };
-    format!(
-        "{}{}{}",
-        "+".repeat(scale(added)),
-        "-".repeat(scale(removed)),
-        "~".repeat(scale(changed))
-    )
+    format!("{}{}{}", "+".repeat(scale(added)), "-".repeat(scale(removed)), "~".repeat(scale(changed)))
 }
 
 fn item_line(c: &ItemChange) -> String {
@@ -491,13 +409,7 @@ fn item_line(c: &ItemChange) -> String {
 }
 
 fn node_line(sign: char, n: &NodeSummary) -> String {
-    format!(
-        "  {sign} {:<22} {}  ({}) → ({})",
-        n.op_type,
-        n.name,
-        n.inputs.join(", "),
-        n.outputs.join(", ")
-    )
+    format!("  {sign} {:<22} {}  ({}) → ({})", n.op_type, n.name, n.inputs.join(", "), n.outputs.join(", "))
 }
 
 /// Reads like `git diff --stat` followed by the details.
@@ -512,23 +424,11 @@ pub fn to_text(d: &Diff, a_name: &str, b_name: &str) -> String {
         );
         return s;
     }
-    let (na, nr, nc) = (
-        d.nodes_added.len(),
-        d.nodes_removed.len(),
-        d.nodes_changed.len(),
-    );
-    let _ = writeln!(
-        s,
-        " nodes        | +{na} -{nr} ~{nc} ({} unchanged) {}",
-        d.nodes_unchanged,
-        bar(na, nr, nc)
-    );
-    for (label, items) in [
-        ("inputs", &d.inputs),
-        ("outputs", &d.outputs),
-        ("initializers", &d.initializers),
-        ("opset", &d.opset),
-    ] {
+    let (na, nr, nc) = (d.nodes_added.len(), d.nodes_removed.len(), d.nodes_changed.len());
+    let _ = writeln!(s, " nodes        | +{na} -{nr} ~{nc} ({} unchanged) {}", d.nodes_unchanged, bar(na, nr, nc));
+    for (label, items) in
+        [("inputs", &d.inputs), ("outputs", &d.outputs), ("initializers", &d.initializers), ("opset", &d.opset)]
+    {
         let (a, r, c) = counts(items);
         if a + r + c > 0 {
             let _ = writeln!(s, " {label:<12} | +{a} -{r} ~{c} {}", bar(a, r, c));
@@ -569,20 +469,10 @@ pub fn to_text(d: &Diff, a_name: &str, b_name: &str) -> String {
     if !d.nodes_changed.is_empty() {
         let _ = writeln!(s, "\nchanged nodes:");
         for c in &d.nodes_changed {
-            let _ = writeln!(
-                s,
-                "  ~ {:<22} {}: {}",
-                c.op_type,
-                c.name,
-                c.changes.join("; ")
-            );
+            let _ = writeln!(s, "  ~ {:<22} {}: {}", c.op_type, c.name, c.changes.join("; "));
         }
     }
-    for (label, items) in [
-        ("inputs", &d.inputs),
-        ("outputs", &d.outputs),
-        ("initializers", &d.initializers),
-    ] {
+    for (label, items) in [("inputs", &d.inputs), ("outputs", &d.outputs), ("initializers", &d.initializers)] {
         if !items.is_empty() {
             let _ = writeln!(s, "\n{label}:");
             for c in items {
@@ -601,13 +491,11 @@ fn dot_id(s: &str) -> String {
 pub fn to_dot(d: &Diff, a: &Model, b: &Model) -> String {
     let added: HashSet<&str> = d.nodes_added.iter().map(|n| n.name.as_str()).collect();
     let changed: HashSet<&str> = d.nodes_changed.iter().map(|n| n.name.as_str()).collect();
-    let mut s = String::from("digraph diff {\n  rankdir=TB;\n  node [shape=box, style=filled, fillcolor=white, fontname=\"monospace\"];\n");
+    let mut s = String::from(
+        "digraph diff {\n  rankdir=TB;\n  node [shape=box, style=filled, fillcolor=white, fontname=\"monospace\"];\n",
+    );
     let mut producer: HashMap<String, String> = HashMap::new();
-    let emit = |s: &mut String,
-                id: String,
-                n: &NodeProto,
-                color: &str,
-                producer: &mut HashMap<String, String>| {
+    let emit = |s: &mut String, id: String, n: &NodeProto, color: &str, producer: &mut HashMap<String, String>| {
         let _ = writeln!(
             s,
             "  {} [label={}, fillcolor=\"{color}\"];",
@@ -647,12 +535,7 @@ pub fn to_dot(d: &Diff, a: &Model, b: &Model) -> String {
     for (id, n) in removed_nodes {
         for v in &n.input {
             if let Some(p) = producer.get(v) {
-                let _ = writeln!(
-                    s,
-                    "  {} -> {} [style=dashed, color=red];",
-                    dot_id(p),
-                    dot_id(&id)
-                );
+                let _ = writeln!(s, "  {} -> {} [style=dashed, color=red];", dot_id(p), dot_id(&id));
             }
         }
     }

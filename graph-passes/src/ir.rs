@@ -4,9 +4,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 
-use crate::onnx::{
-    self, tensor, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
-};
+use crate::onnx::{self, tensor, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
 use crate::onnx::{attribute_type as at, StringStringEntryProto};
 use crate::{bail, err, Result};
 
@@ -132,10 +130,7 @@ impl Graph {
     /// Graph inputs that are not also initializers (IR < 4 lists initializers as inputs).
     pub fn data_inputs(&self) -> Vec<&ValueInfoProto> {
         let inits: HashSet<&str> = self.initializers.iter().map(|t| t.name.as_str()).collect();
-        self.inputs
-            .iter()
-            .filter(|v| !inits.contains(v.name.as_str()))
-            .collect()
+        self.inputs.iter().filter(|v| !inits.contains(v.name.as_str())).collect()
     }
 
     /// Adds an initializer under a fresh name derived from `base`; returns the name.
@@ -195,11 +190,7 @@ impl Graph {
                 .input
                 .iter()
                 .filter_map(|v| producers.get(v.as_str()).copied())
-                .chain(
-                    subgraph_free_inputs(n)
-                        .iter()
-                        .filter_map(|v| producers.get(v.as_str()).copied()),
-                )
+                .chain(subgraph_free_inputs(n).iter().filter_map(|v| producers.get(v.as_str()).copied()))
                 .collect();
             deps.sort_unstable();
             deps.dedup();
@@ -210,9 +201,7 @@ impl Graph {
                 }
             }
         }
-        let mut queue: VecDeque<usize> = (0..self.nodes.len())
-            .filter(|&i| indegree[i] == 0)
-            .collect();
+        let mut queue: VecDeque<usize> = (0..self.nodes.len()).filter(|&i| indegree[i] == 0).collect();
         let mut order = Vec::with_capacity(self.nodes.len());
         while let Some(i) = queue.pop_front() {
             order.push(i);
@@ -224,15 +213,9 @@ impl Graph {
             }
         }
         if order.len() != self.nodes.len() {
-            let stuck = (0..self.nodes.len())
-                .find(|&i| indegree[i] > 0)
-                .unwrap_or(0);
+            let stuck = (0..self.nodes.len()).find(|&i| indegree[i] > 0).unwrap_or(0);
             let n = &self.nodes[stuck];
-            bail!(
-                "graph has a cycle through node '{}' (op {})",
-                n.name,
-                n.op_type
-            );
+            bail!("graph has a cycle through node '{}' (op {})", n.name, n.op_type);
         }
         Ok(order)
     }
@@ -240,22 +223,15 @@ impl Graph {
     /// Reorders nodes topologically (stable for graphs already in order).
     pub fn topo_sort(&mut self) -> Result<()> {
         let order = self.topo_order()?;
-        let mut old: Vec<Option<NodeProto>> = std::mem::take(&mut self.nodes)
-            .into_iter()
-            .map(Some)
-            .collect();
-        self.nodes = order
-            .into_iter()
-            .map(|i| old[i].take().expect("each index once"))
-            .collect();
+        let mut old: Vec<Option<NodeProto>> = std::mem::take(&mut self.nodes).into_iter().map(Some).collect();
+        self.nodes = order.into_iter().map(|i| old[i].take().expect("each index once")).collect();
         Ok(())
     }
 
     /// Removes nodes and initializers no graph output depends on; returns how many nodes went.
     pub fn remove_dead(&mut self) -> usize {
         let producers = self.producers();
-        let mut live_values: HashSet<String> =
-            self.outputs.iter().map(|v| v.name.clone()).collect();
+        let mut live_values: HashSet<String> = self.outputs.iter().map(|v| v.name.clone()).collect();
         let mut live_nodes = vec![false; self.nodes.len()];
         let mut stack: Vec<String> = live_values.iter().cloned().collect();
         while let Some(v) = stack.pop() {
@@ -278,8 +254,7 @@ impl Graph {
             live_nodes[k - 1]
         });
         let graph_inputs: HashSet<String> = self.inputs.iter().map(|v| v.name.clone()).collect();
-        self.initializers
-            .retain(|t| live_values.contains(&t.name) || graph_inputs.contains(&t.name));
+        self.initializers.retain(|t| live_values.contains(&t.name) || graph_inputs.contains(&t.name));
         self.value_info.retain(|v| live_values.contains(&v.name));
         before - self.nodes.len()
     }
@@ -292,10 +267,7 @@ impl Graph {
             ..Default::default()
         };
         if let Some(pass) = &self.pass {
-            node.metadata_props.push(StringStringEntryProto {
-                key: PASS_KEY.into(),
-                value: pass.clone(),
-            });
+            node.metadata_props.push(StringStringEntryProto { key: PASS_KEY.into(), value: pass.clone() });
         }
         NodeBuilder { g: self, node }
     }
@@ -317,11 +289,7 @@ pub fn subgraph_free_inputs(n: &NodeProto) -> Vec<String> {
                         out.push(i.clone());
                     }
                 }
-                out.extend(
-                    subgraph_free_inputs(sn)
-                        .into_iter()
-                        .filter(|i| !defined.contains(i.as_str())),
-                );
+                out.extend(subgraph_free_inputs(sn).into_iter().filter(|i| !defined.contains(i.as_str())));
             }
         }
     }
@@ -366,16 +334,10 @@ impl<'g> NodeBuilder<'g> {
     /// Adds the node with `n` fresh outputs named after the op.
     pub fn outputs(mut self, n: usize) -> Vec<String> {
         if self.node.name.is_empty() {
-            let base = format!(
-                "{}_{}",
-                self.g.pass.as_deref().unwrap_or("node"),
-                self.node.op_type
-            );
+            let base = format!("{}_{}", self.g.pass.as_deref().unwrap_or("node"), self.node.op_type);
             self.node.name = self.g.fresh(&base);
         }
-        let outs: Vec<String> = (0..n)
-            .map(|i| self.g.fresh(&format!("{}_out{i}", self.node.name)))
-            .collect();
+        let outs: Vec<String> = (0..n).map(|i| self.g.fresh(&format!("{}_out{i}", self.node.name))).collect();
         self.node.output = outs.clone();
         self.g.nodes.push(self.node);
         outs
@@ -383,11 +345,7 @@ impl<'g> NodeBuilder<'g> {
     /// Adds the node with outputs of the given names (made unique when taken).
     pub fn named_outputs(mut self, names: &[&str]) -> Vec<String> {
         if self.node.name.is_empty() {
-            let base = format!(
-                "{}_{}",
-                self.g.pass.as_deref().unwrap_or("node"),
-                self.node.op_type
-            );
+            let base = format!("{}_{}", self.g.pass.as_deref().unwrap_or("node"), self.node.op_type);
             self.node.name = self.g.fresh(&base);
         }
         let outs: Vec<String> = names.iter().map(|n| self.g.fresh(n)).collect();
@@ -413,9 +371,7 @@ pub trait NodeExt {
         self.attr(name).map(|a| a.ints.clone())
     }
     fn attr_s(&self, name: &str) -> Option<String> {
-        self.attr(name)
-            .and_then(|a| a.s.as_ref())
-            .map(|s| String::from_utf8_lossy(s).to_string())
+        self.attr(name).and_then(|a| a.s.as_ref()).map(|s| String::from_utf8_lossy(s).to_string())
     }
     fn pass_tag(&self) -> Option<&str>;
     /// "op X (node Y)", how errors name a node.
@@ -427,60 +383,29 @@ impl NodeExt for NodeProto {
         self.attribute.iter().find(|a| a.name == name)
     }
     fn pass_tag(&self) -> Option<&str> {
-        self.metadata_props
-            .iter()
-            .find(|m| m.key == PASS_KEY)
-            .map(|m| m.value.as_str())
+        self.metadata_props.iter().find(|m| m.key == PASS_KEY).map(|m| m.value.as_str())
     }
     fn describe(&self) -> String {
-        let name = if self.name.is_empty() {
-            self.output.first().map(|s| s.as_str()).unwrap_or("?")
-        } else {
-            &self.name
-        };
+        let name =
+            if self.name.is_empty() { self.output.first().map(|s| s.as_str()).unwrap_or("?") } else { &self.name };
         format!("op {} (node {})", self.op_type, name)
     }
 }
 
 pub fn attr_int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: at::INT,
-        i: Some(v),
-        ..Default::default()
-    }
+    AttributeProto { name: name.into(), r#type: at::INT, i: Some(v), ..Default::default() }
 }
 pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: at::INTS,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
+    AttributeProto { name: name.into(), r#type: at::INTS, ints: v.to_vec(), ..Default::default() }
 }
 pub fn attr_float(name: &str, v: f32) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: at::FLOAT,
-        f: Some(v),
-        ..Default::default()
-    }
+    AttributeProto { name: name.into(), r#type: at::FLOAT, f: Some(v), ..Default::default() }
 }
 pub fn attr_string(name: &str, v: &str) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: at::STRING,
-        s: Some(v.as_bytes().to_vec()),
-        ..Default::default()
-    }
+    AttributeProto { name: name.into(), r#type: at::STRING, s: Some(v.as_bytes().to_vec()), ..Default::default() }
 }
 pub fn attr_tensor(name: &str, t: TensorProto) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: at::TENSOR,
-        t: Some(t),
-        ..Default::default()
-    }
+    AttributeProto { name: name.into(), r#type: at::TENSOR, t: Some(t), ..Default::default() }
 }
 
 /// The constant value of `name` if it is an initializer or a Constant node's output.
@@ -500,11 +425,7 @@ pub fn constant_value<'a>(g: &'a Graph, name: &str) -> Option<&'a TensorProto> {
 /// Integer constant values of `name` (shapes, axes), if known statically.
 pub fn constant_ints(g: &Graph, name: &str) -> Option<Vec<i64>> {
     let t = constant_value(g, name)?;
-    if let Some(v) = g
-        .nodes
-        .iter()
-        .find(|n| n.op_type == "Constant" && n.output[0] == name)
-    {
+    if let Some(v) = g.nodes.iter().find(|n| n.op_type == "Constant" && n.output[0] == name) {
         if let Some(a) = v.attr("value_ints") {
             return Some(a.ints.clone());
         }

@@ -1,9 +1,12 @@
 //! graph-passes: reads, rewrites and writes ONNX graphs for onnxsam. It never executes anything.
+pub mod autodiff;
 pub mod diff;
 pub mod error;
 pub mod ir;
 pub mod onnx;
+pub mod passes;
 pub mod shapes;
+pub mod step;
 pub mod support;
 
 pub use error::{Error, Result};

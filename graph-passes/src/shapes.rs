@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::ir::{constant_value, Graph, NodeExt};
-use crate::onnx::proto::{
-    data_type as dt, tensor_shape_proto::dimension, type_proto, NodeProto, TypeProto,
-};
+use crate::onnx::proto::{data_type as dt, tensor_shape_proto::dimension, type_proto, NodeProto, TypeProto};
 use crate::onnx::tensor;
 use crate::{bail, ir::node_error, Result};
 
@@ -40,13 +38,7 @@ pub type Shape = Vec<Dim>;
 pub fn shape_string(s: &Option<Shape>) -> String {
     match s {
         None => "?".into(),
-        Some(s) => format!(
-            "[{}]",
-            s.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        Some(s) => format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
     }
 }
 
@@ -115,15 +107,11 @@ pub fn infer(g: &Graph) -> Result<Shapes> {
     for t in &g.initializers {
         s.types.insert(
             t.name.clone(),
-            ValueType {
-                dtype: t.data_type,
-                shape: Some(t.dims.iter().map(|&d| Dim::Known(d)).collect()),
-            },
+            ValueType { dtype: t.data_type, shape: Some(t.dims.iter().map(|&d| Dim::Known(d)).collect()) },
         );
         if t.data_type == dt::INT64 && t.dims.len() <= 1 && tensor::numel(t) <= 64 {
             if let Ok(v) = tensor::to_i64(t) {
-                s.values
-                    .insert(t.name.clone(), v.into_iter().map(Dim::Known).collect());
+                s.values.insert(t.name.clone(), v.into_iter().map(Dim::Known).collect());
             }
         }
     }
@@ -169,24 +157,12 @@ pub fn broadcast(shapes: &[&Shape]) -> Option<Shape> {
     Some(out)
 }
 
-fn conv_out(
-    size: &Dim,
-    k: i64,
-    stride: i64,
-    pad_begin: i64,
-    pad_end: i64,
-    dilation: i64,
-    ceil: bool,
-) -> Dim {
+fn conv_out(size: &Dim, k: i64, stride: i64, pad_begin: i64, pad_end: i64, dilation: i64, ceil: bool) -> Dim {
     match size {
         Dim::Known(h) => {
             let eff = dilation * (k - 1) + 1;
             let num = h + pad_begin + pad_end - eff;
-            let o = if ceil {
-                (num + stride - 1) / stride + 1
-            } else {
-                num / stride + 1
-            };
+            let o = if ceil { (num + stride - 1) / stride + 1 } else { num / stride + 1 };
             Dim::Known(o)
         }
         Dim::Sym(s) => Dim::Sym(format!("conv({s})")),
@@ -200,17 +176,11 @@ fn set(s: &mut Shapes, name: &str, dtype: i32, shape: Option<Shape>) {
 }
 
 fn input_type(s: &Shapes, n: &NodeProto, i: usize) -> Result<ValueType> {
-    let name = n
-        .input
-        .get(i)
-        .filter(|x| !x.is_empty())
-        .ok_or_else(|| node_error(n, format!("missing input {i}")))?;
-    s.types.get(name).cloned().ok_or_else(|| {
-        node_error(
-            n,
-            format!("input '{name}' has no known type (is it produced or declared?)"),
-        )
-    })
+    let name = n.input.get(i).filter(|x| !x.is_empty()).ok_or_else(|| node_error(n, format!("missing input {i}")))?;
+    s.types
+        .get(name)
+        .cloned()
+        .ok_or_else(|| node_error(n, format!("input '{name}' has no known type (is it produced or declared?)")))
 }
 
 fn ints_of(g: &Graph, s: &Shapes, name: &str) -> Option<Vec<i64>> {
@@ -222,12 +192,7 @@ fn ints_of(g: &Graph, s: &Shapes, name: &str) -> Option<Vec<i64>> {
 
 /// Axes from the attribute (older opsets) or the second input (newer ones).
 fn axes_of(g: &Graph, s: &Shapes, n: &NodeProto, input: usize) -> Option<Vec<i64>> {
-    n.attr_ints("axes").or_else(|| {
-        n.input
-            .get(input)
-            .filter(|x| !x.is_empty())
-            .and_then(|a| ints_of(g, s, a))
-    })
+    n.attr_ints("axes").or_else(|| n.input.get(input).filter(|x| !x.is_empty()).and_then(|a| ints_of(g, s, a)))
 }
 
 fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
@@ -295,12 +260,9 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             let t = input_type(s, n, 0)?;
             set(s, &out0, dt::BOOL, t.shape);
         }
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "Mean" | "Mod"
-        | "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or"
-        | "Xor" | "Where" | "BitShift" => {
-            let types: Vec<ValueType> = (0..n.input.len())
-                .map(|i| input_type(s, n, i))
-                .collect::<Result<_>>()?;
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "Mean" | "Mod" | "Equal" | "Less"
+        | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor" | "Where" | "BitShift" => {
+            let types: Vec<ValueType> = (0..n.input.len()).map(|i| input_type(s, n, i)).collect::<Result<_>>()?;
             let shape = if types.iter().all(|t| t.shape.is_some()) {
                 let shapes: Vec<&Shape> = types.iter().map(|t| t.shape.as_ref().unwrap()).collect();
                 Some(broadcast(&shapes).ok_or_else(|| {
@@ -308,11 +270,7 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
                         n,
                         format!(
                             "cannot broadcast shapes {}",
-                            types
-                                .iter()
-                                .map(|t| shape_string(&t.shape))
-                                .collect::<Vec<_>>()
-                                .join(" and ")
+                            types.iter().map(|t| shape_string(&t.shape)).collect::<Vec<_>>().join(" and ")
                         ),
                     )
                 })?)
@@ -320,15 +278,13 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
                 None
             };
             let dtype = match op {
-                "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or"
-                | "Xor" => dt::BOOL,
+                "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor" => dt::BOOL,
                 "Where" => types[1].dtype,
                 _ => types[0].dtype,
             };
             set(s, &out0, dtype, shape);
             // value propagation for shape arithmetic
-            let vals: Option<Vec<Vec<Dim>>> =
-                n.input.iter().map(|i| s.values.get(i).cloned()).collect();
+            let vals: Option<Vec<Vec<Dim>>> = n.input.iter().map(|i| s.values.get(i).cloned()).collect();
             if let Some(vals) = vals {
                 if let Some(v) = fold_binary(op, &vals) {
                     s.values.insert(out0.clone(), v);
@@ -351,59 +307,28 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             set(s, &out0, like.dtype, t.shape);
         }
         "Constant" => {
-            let a = n
-                .attribute
-                .first()
-                .ok_or_else(|| node_error(n, "Constant without a value"))?;
+            let a = n.attribute.first().ok_or_else(|| node_error(n, "Constant without a value"))?;
             match a.name.as_str() {
                 "value" => {
-                    let t =
-                        a.t.as_ref()
-                            .ok_or_else(|| node_error(n, "Constant value is not a tensor"))?;
-                    set(
-                        s,
-                        &out0,
-                        t.data_type,
-                        Some(t.dims.iter().map(|&d| Dim::Known(d)).collect()),
-                    );
-                    if matches!(t.data_type, dt::INT64 | dt::INT32)
-                        && t.dims.len() <= 1
-                        && tensor::numel(t) <= 64
-                    {
+                    let t = a.t.as_ref().ok_or_else(|| node_error(n, "Constant value is not a tensor"))?;
+                    set(s, &out0, t.data_type, Some(t.dims.iter().map(|&d| Dim::Known(d)).collect()));
+                    if matches!(t.data_type, dt::INT64 | dt::INT32) && t.dims.len() <= 1 && tensor::numel(t) <= 64 {
                         if let Ok(v) = tensor::to_i64(t) {
-                            s.values
-                                .insert(out0.clone(), v.into_iter().map(Dim::Known).collect());
+                            s.values.insert(out0.clone(), v.into_iter().map(Dim::Known).collect());
                         }
                     }
                 }
                 "value_int" => {
                     set(s, &out0, dt::INT64, Some(vec![]));
-                    s.values
-                        .insert(out0.clone(), vec![Dim::Known(a.i.unwrap_or(0))]);
+                    s.values.insert(out0.clone(), vec![Dim::Known(a.i.unwrap_or(0))]);
                 }
                 "value_ints" => {
-                    set(
-                        s,
-                        &out0,
-                        dt::INT64,
-                        Some(vec![Dim::Known(a.ints.len() as i64)]),
-                    );
-                    s.values.insert(
-                        out0.clone(),
-                        a.ints.iter().map(|&v| Dim::Known(v)).collect(),
-                    );
+                    set(s, &out0, dt::INT64, Some(vec![Dim::Known(a.ints.len() as i64)]));
+                    s.values.insert(out0.clone(), a.ints.iter().map(|&v| Dim::Known(v)).collect());
                 }
                 "value_float" => set(s, &out0, dt::FLOAT, Some(vec![])),
-                "value_floats" => set(
-                    s,
-                    &out0,
-                    dt::FLOAT,
-                    Some(vec![Dim::Known(a.floats.len() as i64)]),
-                ),
-                other => bail!(
-                    "{}: Constant attribute '{other}' is not supported",
-                    n.describe()
-                ),
+                "value_floats" => set(s, &out0, dt::FLOAT, Some(vec![Dim::Known(a.floats.len() as i64)])),
+                other => bail!("{}: Constant attribute '{other}' is not supported", n.describe()),
             }
         }
         "Shape" => {
@@ -440,14 +365,7 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             let b = input_type(s, n, 1)?;
             let shape = match (&a.shape, &b.shape) {
                 (Some(sa), Some(sb)) => Some(matmul_shape(sa, sb).ok_or_else(|| {
-                    node_error(
-                        n,
-                        format!(
-                            "MatMul of shapes {} and {}",
-                            shape_string(&a.shape),
-                            shape_string(&b.shape)
-                        ),
-                    )
+                    node_error(n, format!("MatMul of shapes {} and {}", shape_string(&a.shape), shape_string(&b.shape)))
                 })?),
                 _ => None,
             };
@@ -465,8 +383,7 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
                             None => n.attr_ints("kernel_shape").unwrap_or(vec![1; sp]),
                         }
                     } else {
-                        n.attr_ints("kernel_shape")
-                            .ok_or_else(|| node_error(n, "kernel_shape missing"))?
+                        n.attr_ints("kernel_shape").ok_or_else(|| node_error(n, "kernel_shape missing"))?
                     };
                     let strides = n.attr_ints("strides").unwrap_or(vec![1; sp]);
                     let dil = n.attr_ints("dilations").unwrap_or(vec![1; sp]);
@@ -475,10 +392,7 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
                     let ceil = n.attr_i("ceil_mode", 0) != 0;
                     let mut out = vec![xs[0].clone()];
                     out.push(if op == "Conv" {
-                        input_type(s, n, 1)?
-                            .shape
-                            .map(|w| w[0].clone())
-                            .unwrap_or_else(|| s.fresh_dim("c"))
+                        input_type(s, n, 1)?.shape.map(|w| w[0].clone()).unwrap_or_else(|| s.fresh_dim("c"))
                     } else {
                         xs[1].clone()
                     });
@@ -491,15 +405,7 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
                                 pads = vec![0; 2 * sp];
                                 conv_out(&xs[2 + i], kernel[i], strides[i], 0, 0, dil[i], ceil)
                             }
-                            _ => conv_out(
-                                &xs[2 + i],
-                                kernel[i],
-                                strides[i],
-                                pads[i],
-                                pads[i + sp],
-                                dil[i],
-                                ceil,
-                            ),
+                            _ => conv_out(&xs[2 + i], kernel[i], strides[i], pads[i], pads[i + sp], dil[i], ceil),
                         };
                         out.push(d);
                     }
@@ -525,10 +431,7 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
                     let opad = n.attr_ints("output_padding").unwrap_or(vec![0; sp]);
                     let mut out = vec![
                         xs[0].clone(),
-                        ws[1]
-                            .known()
-                            .map(|c| Dim::Known(c * group))
-                            .unwrap_or_else(|| s.fresh_dim("c")),
+                        ws[1].known().map(|c| Dim::Known(c * group)).unwrap_or_else(|| s.fresh_dim("c")),
                     ];
                     if let Some(os) = n.attr_ints("output_shape") {
                         out.extend(os.iter().map(|&v| Dim::Known(v)));
@@ -537,9 +440,7 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
                             let k = ws[2 + i].known().unwrap_or(1);
                             out.push(match xs[2 + i] {
                                 Dim::Known(h) => Dim::Known(
-                                    strides[i] * (h - 1) + opad[i] + (k - 1) * dil[i] + 1
-                                        - pads[i]
-                                        - pads[i + sp],
+                                    strides[i] * (h - 1) + opad[i] + (k - 1) * dil[i] + 1 - pads[i] - pads[i + sp],
                                 ),
                                 _ => s.fresh_dim("convT"),
                             });
@@ -553,12 +454,9 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
         }
         "GlobalAveragePool" | "GlobalMaxPool" => {
             let x = input_type(s, n, 0)?;
-            let shape = x.shape.map(|xs| {
-                xs.iter()
-                    .enumerate()
-                    .map(|(i, d)| if i < 2 { d.clone() } else { Dim::Known(1) })
-                    .collect()
-            });
+            let shape = x
+                .shape
+                .map(|xs| xs.iter().enumerate().map(|(i, d)| if i < 2 { d.clone() } else { Dim::Known(1) }).collect());
             set(s, &out0, x.dtype, shape);
         }
         "BatchNormalization" => {
@@ -573,11 +471,8 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             let x = input_type(s, n, 0)?;
             if let Some(xs) = &x.shape {
                 let axis = norm_axis(n.attr_i("axis", -1), xs.len());
-                let red: Shape = xs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, d)| if i < axis { d.clone() } else { Dim::Known(1) })
-                    .collect();
+                let red: Shape =
+                    xs.iter().enumerate().map(|(i, d)| if i < axis { d.clone() } else { Dim::Known(1) }).collect();
                 for o in n.output.iter().skip(1) {
                     set(s, o, dt::FLOAT, Some(red.clone()));
                 }
@@ -596,18 +491,10 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             let x = input_type(s, n, 0)?;
             let target = s.values.get(&n.input[1]).cloned();
             let shape = match (target, &x.shape) {
-                (Some(t), xs) => Some(reshape_shape(
-                    n,
-                    xs.as_ref(),
-                    &t,
-                    n.attr_i("allowzero", 0) != 0,
-                )?),
+                (Some(t), xs) => Some(reshape_shape(n, xs.as_ref(), &t, n.attr_i("allowzero", 0) != 0)?),
                 (None, _) => {
-                    let r = s.rank(&n.input[1]).and(
-                        s.shape(&n.input[1])
-                            .and_then(|sh| sh.first())
-                            .and_then(|d| d.known()),
-                    );
+                    let r =
+                        s.rank(&n.input[1]).and(s.shape(&n.input[1]).and_then(|sh| sh.first()).and_then(|d| d.known()));
                     r.map(|r| (0..r).map(|_| s.fresh_dim("r")).collect())
                 }
             };
@@ -621,9 +508,7 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
         "Transpose" => {
             let x = input_type(s, n, 0)?;
             let shape = x.shape.map(|xs| {
-                let perm = n
-                    .attr_ints("perm")
-                    .unwrap_or_else(|| (0..xs.len() as i64).rev().collect());
+                let perm = n.attr_ints("perm").unwrap_or_else(|| (0..xs.len() as i64).rev().collect());
                 perm.iter().map(|&p| xs[p as usize].clone()).collect()
             });
             set(s, &out0, x.dtype, shape);
@@ -649,20 +534,11 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
                 }
                 (Some(xs), Some(axes)) => {
                     let ax: Vec<usize> = axes.iter().map(|&a| norm_axis(a, xs.len())).collect();
-                    Some(
-                        xs.iter()
-                            .enumerate()
-                            .filter(|(i, _)| !ax.contains(i))
-                            .map(|(_, d)| d.clone())
-                            .collect(),
-                    )
+                    Some(xs.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, d)| d.clone()).collect())
                 }
-                (Some(xs), None) if op == "Squeeze" => Some(
-                    xs.iter()
-                        .filter(|d| **d != Dim::Known(1))
-                        .cloned()
-                        .collect(),
-                ),
+                (Some(xs), None) if op == "Squeeze" => {
+                    Some(xs.iter().filter(|d| **d != Dim::Known(1)).cloned().collect())
+                }
                 _ => None,
             };
             if let Some(v) = s.values.get(&n.input[0]).cloned() {
@@ -671,9 +547,7 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             set(s, &out0, x.dtype, shape);
         }
         "Concat" => {
-            let types: Vec<ValueType> = (0..n.input.len())
-                .map(|i| input_type(s, n, i))
-                .collect::<Result<_>>()?;
+            let types: Vec<ValueType> = (0..n.input.len()).map(|i| input_type(s, n, i)).collect::<Result<_>>()?;
             let shape = if types.iter().all(|t| t.shape.is_some()) {
                 let first = types[0].shape.clone().unwrap();
                 let axis = norm_axis(n.attr_i("axis", 0), first.len());
@@ -688,8 +562,7 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             } else {
                 None
             };
-            let vals: Option<Vec<Vec<Dim>>> =
-                n.input.iter().map(|i| s.values.get(i).cloned()).collect();
+            let vals: Option<Vec<Vec<Dim>>> = n.input.iter().map(|i| s.values.get(i).cloned()).collect();
             if let Some(vals) = vals {
                 s.values.insert(out0.clone(), vals.concat());
             }
@@ -698,12 +571,9 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
         "Split" => {
             let x = input_type(s, n, 0)?;
             let k = n.output.len();
-            let split = n.attr_ints("split").or_else(|| {
-                n.input
-                    .get(1)
-                    .filter(|x| !x.is_empty())
-                    .and_then(|i| ints_of(g, s, i))
-            });
+            let split = n
+                .attr_ints("split")
+                .or_else(|| n.input.get(1).filter(|x| !x.is_empty()).and_then(|i| ints_of(g, s, i)));
             for (j, o) in n.output.iter().enumerate() {
                 let shape = x.shape.as_ref().map(|xs| {
                     let axis = norm_axis(n.attr_i("axis", 0), xs.len());
@@ -716,11 +586,7 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
                     if split.is_none() {
                         if let Dim::Known(d) = xs[axis] {
                             let chunk = (d + k as i64 - 1) / k as i64;
-                            out[axis] = Dim::Known(if j + 1 == k {
-                                d - chunk * (k as i64 - 1)
-                            } else {
-                                chunk
-                            });
+                            out[axis] = Dim::Known(if j + 1 == k { d - chunk * (k as i64 - 1) } else { chunk });
                         }
                     }
                     out
@@ -732,16 +598,8 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             let x = input_type(s, n, 0)?;
             let starts = ints_of(g, s, &n.input[1]);
             let ends = ints_of(g, s, &n.input[2]);
-            let axes = n
-                .input
-                .get(3)
-                .filter(|x| !x.is_empty())
-                .map(|a| ints_of(g, s, a));
-            let steps = n
-                .input
-                .get(4)
-                .filter(|x| !x.is_empty())
-                .map(|a| ints_of(g, s, a));
+            let axes = n.input.get(3).filter(|x| !x.is_empty()).map(|a| ints_of(g, s, a));
+            let steps = n.input.get(4).filter(|x| !x.is_empty()).map(|a| ints_of(g, s, a));
             let shape = match (&x.shape, starts, ends) {
                 (Some(xs), Some(st), Some(en)) => {
                     let axes = match axes {
@@ -814,20 +672,10 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
                 }
                 _ => None,
             };
-            if let (Some(v), Some(i)) = (
-                s.values.get(&n.input[0]).cloned(),
-                ints_of(g, s, &n.input[1]),
-            ) {
+            if let (Some(v), Some(i)) = (s.values.get(&n.input[0]).cloned(), ints_of(g, s, &n.input[1])) {
                 let picked: Option<Vec<Dim>> = i
                     .iter()
-                    .map(|&k| {
-                        v.get(if k < 0 {
-                            (k + v.len() as i64) as usize
-                        } else {
-                            k as usize
-                        })
-                        .cloned()
-                    })
+                    .map(|&k| v.get(if k < 0 { (k + v.len() as i64) as usize } else { k as usize }).cloned())
                     .collect();
                 if let Some(p) = picked {
                     s.values.insert(out0.clone(), p);
@@ -867,9 +715,7 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
         }
         "Pad" => {
             let x = input_type(s, n, 0)?;
-            let pads = n
-                .attr_ints("pads")
-                .or_else(|| n.input.get(1).and_then(|p| ints_of(g, s, p)));
+            let pads = n.attr_ints("pads").or_else(|| n.input.get(1).and_then(|p| ints_of(g, s, p)));
             let shape = match (&x.shape, pads) {
                 (Some(xs), Some(p)) if n.input.get(3).map(|a| a.is_empty()).unwrap_or(true) => {
                     let r = xs.len();
@@ -889,18 +735,13 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             };
             set(s, &out0, x.dtype, shape);
         }
-        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2"
-        | "ReduceL1" | "ReduceLogSumExp" | "ReduceSumSquare" | "ArgMax" | "ArgMin" => {
+        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2" | "ReduceL1"
+        | "ReduceLogSumExp" | "ReduceSumSquare" | "ArgMax" | "ArgMin" => {
             let x = input_type(s, n, 0)?;
             let keep = n.attr_i("keepdims", 1) != 0;
             let arg = op.starts_with("Arg");
-            let axes = if arg {
-                Some(vec![n.attr_i("axis", 0)])
-            } else {
-                axes_of(g, s, n, 1)
-            };
-            let has_axes_input =
-                n.input.get(1).map(|a| !a.is_empty()).unwrap_or(false) || n.attr("axes").is_some();
+            let axes = if arg { Some(vec![n.attr_i("axis", 0)]) } else { axes_of(g, s, n, 1) };
+            let has_axes_input = n.input.get(1).map(|a| !a.is_empty()).unwrap_or(false) || n.attr("axes").is_some();
             let shape = match (&x.shape, axes) {
                 (Some(xs), Some(ax)) => {
                     let ax: Vec<usize> = ax.iter().map(|&a| norm_axis(a, xs.len())).collect();
@@ -918,11 +759,7 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             set(s, &out0, if arg { dt::INT64 } else { x.dtype }, shape);
         }
         "ConstantOfShape" => {
-            let dtype = n
-                .attr("value")
-                .and_then(|a| a.t.as_ref())
-                .map(|t| t.data_type)
-                .unwrap_or(dt::FLOAT);
+            let dtype = n.attr("value").and_then(|a| a.t.as_ref()).map(|t| t.data_type).unwrap_or(dt::FLOAT);
             let shape = s.values.get(&n.input[0]).cloned().or_else(|| {
                 let r = s.shape(&n.input[0])?.first()?.known()?;
                 Some((0..r).map(|i| Dim::Sym(format!("cos{i}"))).collect())
@@ -931,11 +768,7 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
         }
         "Range" => {
             let t = input_type(s, n, 0)?;
-            let len = match (
-                ints_of(g, s, &n.input[0]),
-                ints_of(g, s, &n.input[1]),
-                ints_of(g, s, &n.input[2]),
-            ) {
+            let len = match (ints_of(g, s, &n.input[0]), ints_of(g, s, &n.input[1]), ints_of(g, s, &n.input[2])) {
                 (Some(a), Some(b), Some(c)) if c[0] != 0 => {
                     Dim::Known(((b[0] - a[0]) as f64 / c[0] as f64).ceil().max(0.0) as i64)
                 }
@@ -946,9 +779,7 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
         "OneHot" => {
             let idx = input_type(s, n, 0)?;
             let vals = input_type(s, n, 2)?;
-            let depth = ints_of(g, s, &n.input[1])
-                .map(|d| Dim::Known(d[0]))
-                .unwrap_or_else(|| s.fresh_dim("depth"));
+            let depth = ints_of(g, s, &n.input[1]).map(|d| Dim::Known(d[0])).unwrap_or_else(|| s.fresh_dim("depth"));
             let shape = idx.shape.map(|is| {
                 let axis = norm_axis(n.attr_i("axis", -1), is.len() + 1);
                 let mut out = is.clone();
@@ -976,22 +807,12 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
         }
         "RandomUniformLike" | "RandomNormalLike" => {
             let x = input_type(s, n, 0)?;
-            let dtype = n
-                .attr("dtype")
-                .and_then(|a| a.i)
-                .map(|i| i as i32)
-                .unwrap_or(x.dtype);
+            let dtype = n.attr("dtype").and_then(|a| a.i).map(|i| i as i32).unwrap_or(x.dtype);
             set(s, &out0, dtype, x.shape);
         }
-        "Einsum" | "If" | "Loop" | "Scan" | "NonZero" | "TopK" | "Resize" | "Unique"
-        | "NonMaxSuppression" => {
+        "Einsum" | "If" | "Loop" | "Scan" | "NonZero" | "TopK" | "Resize" | "Unique" | "NonMaxSuppression" => {
             // outputs depend on data or subgraphs: known dtype where obvious, unknown shape
-            let dtype = n
-                .input
-                .first()
-                .and_then(|i| s.types.get(i))
-                .map(|t| t.dtype)
-                .unwrap_or(dt::FLOAT);
+            let dtype = n.input.first().and_then(|i| s.types.get(i)).map(|t| t.dtype).unwrap_or(dt::FLOAT);
             for o in &n.output {
                 set(s, o, if op == "NonZero" { dt::INT64 } else { dtype }, None);
             }
@@ -1000,12 +821,7 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             if !s.unknown_ops.contains(&n.op_type) {
                 s.unknown_ops.push(n.op_type.clone());
             }
-            let dtype = n
-                .input
-                .first()
-                .and_then(|i| s.types.get(i))
-                .map(|t| t.dtype)
-                .unwrap_or(dt::FLOAT);
+            let dtype = n.input.first().and_then(|i| s.types.get(i)).map(|t| t.dtype).unwrap_or(dt::FLOAT);
             for o in &n.output {
                 set(s, o, dtype, None);
             }
@@ -1090,12 +906,7 @@ fn matmul_shape(a: &Shape, b: &Shape) -> Option<Shape> {
     Some(out)
 }
 
-fn reshape_shape(
-    n: &NodeProto,
-    xs: Option<&Shape>,
-    target: &[Dim],
-    allowzero: bool,
-) -> Result<Shape> {
+fn reshape_shape(n: &NodeProto, xs: Option<&Shape>, target: &[Dim], allowzero: bool) -> Result<Shape> {
     let mut out: Vec<Dim> = target
         .iter()
         .enumerate()
@@ -1107,24 +918,15 @@ fn reshape_shape(
     if let Some(pos) = out.iter().position(|d| *d == Dim::Known(-1)) {
         let inferred = xs.and_then(|xs| {
             let total: Option<i64> = xs.iter().map(|d| d.known()).product();
-            let rest: Option<i64> = out
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != pos)
-                .map(|(_, d)| d.known())
-                .product();
+            let rest: Option<i64> = out.iter().enumerate().filter(|(i, _)| *i != pos).map(|(_, d)| d.known()).product();
             match (total, rest) {
                 (Some(t), Some(r)) if r != 0 => Some(Dim::Known(t / r)),
                 _ => {
                     // symbolic batch: x = [N, ...known], target = [N or -1, known...]
                     let xs_known: i64 = xs.iter().filter_map(|d| d.known()).product();
                     let xs_syms: Vec<&Dim> = xs.iter().filter(|d| d.known().is_none()).collect();
-                    let out_known: i64 = out
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| *i != pos)
-                        .filter_map(|(_, d)| d.known())
-                        .product();
+                    let out_known: i64 =
+                        out.iter().enumerate().filter(|(i, _)| *i != pos).filter_map(|(_, d)| d.known()).product();
                     let out_syms: Vec<&Dim> = out
                         .iter()
                         .enumerate()

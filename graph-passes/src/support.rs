@@ -52,6 +52,7 @@ pub const DIFFERENTIABLE: &[&str] = &[
     "ReduceSum",
     "SoftmaxCrossEntropyLoss",
     "NegativeLogLikelihoodLoss",
+    "GatherElements",
 ];
 
 /// Ops on paths that carry no gradient (shapes, indices, comparisons).
@@ -82,9 +83,7 @@ pub fn has_gradient_rule(op: &str) -> bool {
 /// Forms tract cannot run (measured, BACKEND-NOTES.md); ONNX Runtime runs them.
 pub fn tract_limitation(op: &str) -> Option<&'static str> {
     match op {
-        "SoftmaxCrossEntropyLoss" | "NegativeLogLikelihoodLoss" | "Bernoulli" => {
-            Some("not implemented in tract")
-        }
+        "SoftmaxCrossEntropyLoss" | "NegativeLogLikelihoodLoss" | "Bernoulli" => Some("not implemented in tract"),
         _ => None,
     }
 }

@@ -5,9 +5,7 @@ use graph_passes::ir::{Model, NodeExt, PASS_KEY};
 use graph_passes::shapes::{infer, Dim};
 
 fn model(name: &str) -> Model {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../models")
-        .join(format!("{name}.onnx"));
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models").join(format!("{name}.onnx"));
     Model::load(&p).unwrap()
 }
 
@@ -18,19 +16,11 @@ fn every_value_of_every_model_gets_dtype_and_shape_with_symbolic_batch() {
     for m in MODELS {
         let model = model(m);
         let s = infer(&model.graph).unwrap();
-        assert!(
-            s.unknown_ops.is_empty(),
-            "{m}: no rule for {:?}",
-            s.unknown_ops
-        );
+        assert!(s.unknown_ops.is_empty(), "{m}: no rule for {:?}", s.unknown_ops);
         for n in &model.graph.nodes {
             for o in &n.output {
                 let t = s.get(o).unwrap_or_else(|| panic!("{m}: {o} has no type"));
-                assert!(
-                    t.shape.is_some(),
-                    "{m}: {o} ({}) has unknown rank",
-                    n.op_type
-                );
+                assert!(t.shape.is_some(), "{m}: {o} ({}) has unknown rank", n.op_type);
             }
         }
         let out = s.shape(&model.graph.outputs[0].name).unwrap();
@@ -42,30 +32,11 @@ fn every_value_of_every_model_gets_dtype_and_shape_with_symbolic_batch() {
 fn conv_and_pool_shapes_follow_the_spec() {
     let model = model("cnn");
     let s = infer(&model.graph).unwrap();
-    let pools: Vec<_> = model
-        .graph
-        .nodes
-        .iter()
-        .filter(|n| n.op_type == "MaxPool")
-        .collect();
-    assert_eq!(
-        s.shape(&pools[0].output[0]).unwrap()[1..],
-        [Dim::Known(32), Dim::Known(14), Dim::Known(14)]
-    );
-    assert_eq!(
-        s.shape(&pools[1].output[0]).unwrap()[1..],
-        [Dim::Known(64), Dim::Known(7), Dim::Known(7)]
-    );
-    let flat = model
-        .graph
-        .nodes
-        .iter()
-        .find(|n| n.op_type == "Flatten")
-        .unwrap();
-    assert_eq!(
-        s.shape(&flat.output[0]).unwrap(),
-        &vec![Dim::Sym("N".into()), Dim::Known(3136)]
-    );
+    let pools: Vec<_> = model.graph.nodes.iter().filter(|n| n.op_type == "MaxPool").collect();
+    assert_eq!(s.shape(&pools[0].output[0]).unwrap()[1..], [Dim::Known(32), Dim::Known(14), Dim::Known(14)]);
+    assert_eq!(s.shape(&pools[1].output[0]).unwrap()[1..], [Dim::Known(64), Dim::Known(7), Dim::Known(7)]);
+    let flat = model.graph.nodes.iter().find(|n| n.op_type == "Flatten").unwrap();
+    assert_eq!(s.shape(&flat.output[0]).unwrap(), &vec![Dim::Sym("N".into()), Dim::Known(3136)]);
 }
 
 #[test]
@@ -74,12 +45,7 @@ fn transformer_reshape_targets_resolve_through_shape_arithmetic() {
     let s = infer(&model.graph).unwrap();
     for n in model.graph.nodes.iter().filter(|n| n.op_type == "Reshape") {
         let shape = s.shape(&n.output[0]).unwrap();
-        assert!(
-            shape.iter().filter(|d| d.known().is_none()).count() <= 1,
-            "{}: {:?}",
-            n.name,
-            shape
-        );
+        assert!(shape.iter().filter(|d| d.known().is_none()).count() <= 1, "{}: {:?}", n.name, shape);
     }
 }
 
@@ -89,19 +55,10 @@ fn topological_order_puts_producers_first() {
     model.graph.nodes.reverse();
     model.graph.topo_sort().unwrap();
     let mut seen = std::collections::HashSet::new();
-    let produced: std::collections::HashSet<String> = model
-        .graph
-        .nodes
-        .iter()
-        .flat_map(|n| n.output.clone())
-        .collect();
+    let produced: std::collections::HashSet<String> = model.graph.nodes.iter().flat_map(|n| n.output.clone()).collect();
     for n in &model.graph.nodes {
         for i in &n.input {
-            assert!(
-                !produced.contains(i) || seen.contains(i),
-                "{} read before it is produced",
-                i
-            );
+            assert!(!produced.contains(i) || seen.contains(i), "{} read before it is produced", i);
         }
         seen.extend(n.output.iter().cloned());
     }
@@ -137,10 +94,7 @@ fn dead_nodes_and_their_initializers_are_removed() {
     let mut model = model("mlp");
     let before = model.graph.nodes.len();
     let logits = model.graph.outputs[0].name.clone();
-    let w = model.graph.add_initializer(
-        "unused_w",
-        graph_passes::onnx::tensor::from_f32("", &[1], &[2.0]),
-    );
+    let w = model.graph.add_initializer("unused_w", graph_passes::onnx::tensor::from_f32("", &[1], &[2.0]));
     model.graph.add("Mul", &[&logits, &w]).output();
     assert_eq!(model.graph.remove_dead(), 1);
     assert_eq!(model.graph.nodes.len(), before);

@@ -21,36 +21,19 @@ pub struct OrtLibrary {
 }
 
 fn describe_lib(path: PathBuf, source: &str) -> OrtLibrary {
-    let name = path
-        .file_name()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let name = path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
     let version = name
         .split(".so.")
         .nth(1)
-        .or_else(|| {
-            name.strip_prefix("libonnxruntime.")
-                .and_then(|s| s.strip_suffix(".dylib"))
-        })
+        .or_else(|| name.strip_prefix("libonnxruntime.").and_then(|s| s.strip_suffix(".dylib")))
         .map(String::from);
-    let cuda = path
-        .parent()
-        .map(|d| d.join("libonnxruntime_providers_cuda.so"))
-        .filter(|p| p.exists());
-    OrtLibrary {
-        path,
-        source: source.to_string(),
-        version,
-        cuda_provider: cuda,
-    }
+    let cuda = path.parent().map(|d| d.join("libonnxruntime_providers_cuda.so")).filter(|p| p.exists());
+    OrtLibrary { path, source: source.to_string(), version, cuda_provider: cuda }
 }
 
 fn check_file(path: &Path, source: &str) -> Result<OrtLibrary> {
     if !path.is_file() {
-        bail!(
-            "{source} names {}, which is not a file; point it at libonnxruntime.so",
-            path.display()
-        );
+        bail!("{source} names {}, which is not a file; point it at libonnxruntime.so", path.display());
     }
     Ok(describe_lib(path.to_path_buf(), source))
 }
@@ -68,19 +51,14 @@ fn from_python() -> Option<OrtLibrary> {
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            let n = p
-                .file_name()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_default();
+            let n = p.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
             n.starts_with("libonnxruntime.so")
                 || n == "libonnxruntime.dylib"
                 || (n.starts_with("libonnxruntime.") && n.ends_with(".dylib"))
         })
         .collect();
     libs.sort_by_key(|p| std::cmp::Reverse(p.to_string_lossy().len()));
-    libs.into_iter()
-        .next()
-        .map(|p| describe_lib(p, "python3 (pip onnxruntime)"))
+    libs.into_iter().next().map(|p| describe_lib(p, "python3 (pip onnxruntime)"))
 }
 
 /// Finds the library; Ok(None) when none is installed, Err when an explicit path is wrong.

@@ -73,15 +73,14 @@ pub struct BackendRequest {
 
 /// Picks the engine; says which on stderr when `announce`.
 pub fn select(req: &BackendRequest, announce: bool) -> Result<Box<dyn Backend>> {
-    let threads = req.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+    let threads = req.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let backend: Box<dyn Backend> = match req.kind {
         BackendKind::Tract => {
             if req.device != Device::Cpu {
-                bail!("--backend tract runs on the CPU only; use --backend ort with onnxruntime-gpu for {}", req.device);
+                bail!(
+                    "--backend tract runs on the CPU only; use --backend ort with onnxruntime-gpu for {}",
+                    req.device
+                );
             }
             Box::new(tract::TractBackend::new())
         }
@@ -92,11 +91,9 @@ pub fn select(req: &BackendRequest, announce: bool) -> Result<Box<dyn Backend>> 
         }
         BackendKind::Auto => match discover::find_ort(req.ort_lib.as_deref())? {
             Some(lib) => Box::new(ort::OrtBackend::new(&lib, req.device.clone(), threads)?),
-            None if req.device != Device::Cpu => bail!(
-                "--device {} needs ONNX Runtime with CUDA: {}",
-                req.device,
-                discover::NOT_FOUND_GPU
-            ),
+            None if req.device != Device::Cpu => {
+                bail!("--device {} needs ONNX Runtime with CUDA: {}", req.device, discover::NOT_FOUND_GPU)
+            }
             None => Box::new(tract::TractBackend::new()),
         },
     };

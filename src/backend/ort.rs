@@ -20,10 +20,7 @@ static ENV: OnceLock<std::result::Result<(Environment, String), String>> = OnceL
 fn environment(lib: &OrtLibrary) -> Result<&'static Environment> {
     let r = ENV.get_or_init(|| {
         let builder = ort::init_from(&lib.path).map_err(|e| format!("{e}"))?;
-        let env = builder
-            .with_name("onnxsam")
-            .build()
-            .map_err(|e| format!("{e}"))?;
+        let env = builder.with_name("onnxsam").build().map_err(|e| format!("{e}"))?;
         Ok((env, lib.path.display().to_string()))
     });
     match r {
@@ -51,11 +48,7 @@ impl OrtBackend {
                 );
             }
         }
-        Ok(OrtBackend {
-            lib: lib.clone(),
-            device,
-            threads,
-        })
+        Ok(OrtBackend { lib: lib.clone(), device, threads })
     }
 
     /// Whether this library's build lists the CUDA execution provider.
@@ -78,30 +71,19 @@ impl Backend for OrtBackend {
     fn load(&self, model: &ModelProto) -> Result<Box<dyn Session>> {
         let env = environment(&self.lib)?;
         let bytes = model.encode_to_vec();
-        let map =
-            |e: ort::Error<ort::session::builder::SessionBuilder>| anyhow!("ONNX Runtime: {e}");
+        let map = |e: ort::Error<ort::session::builder::SessionBuilder>| anyhow!("ONNX Runtime: {e}");
         let mut builder = OrtSession::builder(env).map_err(|e| anyhow!("ONNX Runtime: {e}"))?;
         builder = builder.with_intra_threads(self.threads).map_err(map)?;
         builder = builder.with_inter_threads(1).map_err(map)?;
         if let Device::Cuda(id) = self.device {
             builder = builder
-                .with_execution_providers([ort::ep::CUDA::default()
-                    .with_device_id(id)
-                    .build()
-                    .error_on_failure()])
+                .with_execution_providers([ort::ep::CUDA::default().with_device_id(id).build().error_on_failure()])
                 .map_err(map)?;
         }
-        let session = builder.commit_from_memory(&bytes).map_err(|e| {
-            anyhow!(
-                "ONNX Runtime cannot load the model: {}",
-                one_line(&e.to_string())
-            )
-        })?;
-        let outputs = session
-            .outputs()
-            .iter()
-            .map(|o| o.name().to_string())
-            .collect();
+        let session = builder
+            .commit_from_memory(&bytes)
+            .map_err(|e| anyhow!("ONNX Runtime cannot load the model: {}", one_line(&e.to_string())))?;
+        let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
         Ok(Box::new(OrtRunner { session, outputs }))
     }
 }
@@ -133,10 +115,7 @@ fn from_value(name: &str, v: &DynValue) -> Result<HostTensor> {
         ($t:ty, $variant:ident) => {
             if let Ok((shape, data)) = v.try_extract_tensor::<$t>() {
                 let shape = shape.iter().map(|&d| d as usize).collect();
-                return Ok(HostTensor {
-                    shape,
-                    data: Data::$variant(data.to_vec()),
-                });
+                return Ok(HostTensor { shape, data: Data::$variant(data.to_vec()) });
             }
         };
     }
@@ -151,17 +130,9 @@ fn from_value(name: &str, v: &DynValue) -> Result<HostTensor> {
 
 impl Session for OrtRunner {
     fn run(&mut self, feeds: &[(String, HostTensor)]) -> Result<Vec<(String, HostTensor)>> {
-        let inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = feeds
-            .iter()
-            .map(|(n, t)| Ok((Cow::from(n.as_str()), to_value(t)?)))
-            .collect::<Result<_>>()?;
-        let out = self
-            .session
-            .run(inputs)
-            .map_err(|e| anyhow!("ONNX Runtime: {}", one_line(&e.to_string())))?;
-        self.outputs
-            .iter()
-            .map(|n| Ok((n.clone(), from_value(n, &out[n.as_str()])?)))
-            .collect()
+        let inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            feeds.iter().map(|(n, t)| Ok((Cow::from(n.as_str()), to_value(t)?))).collect::<Result<_>>()?;
+        let out = self.session.run(inputs).map_err(|e| anyhow!("ONNX Runtime: {}", one_line(&e.to_string())))?;
+        self.outputs.iter().map(|n| Ok((n.clone(), from_value(n, &out[n.as_str()])?))).collect()
     }
 }

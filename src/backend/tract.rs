@@ -46,10 +46,7 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> TractResult<T>) -> Result<T> {
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            bail!(
-                "tract failed to {what} (internal panic: {}); try --backend ort",
-                one_line(&msg)
-            )
+            bail!("tract failed to {what} (internal panic: {}); try --backend ort", one_line(&msg))
         }
     }
 }
@@ -79,25 +76,12 @@ impl Backend for TractBackend {
         }
         let model = &model;
         let bytes = model.encode_to_vec();
-        let inference = guarded("load the model", || {
-            tract_onnx::onnx().model_for_read(&mut bytes.as_slice())
-        })?;
-        let input_names: Vec<String> = inference
-            .input_outlets()?
-            .iter()
-            .map(|o| inference.node(o.node).name.clone())
-            .collect();
-        let output_names: Vec<String> = model
-            .graph
-            .as_ref()
-            .map(|g| g.output.iter().map(|o| o.name.clone()).collect())
-            .unwrap_or_default();
-        Ok(Box::new(TractRunner {
-            inference,
-            input_names,
-            output_names,
-            plans: HashMap::new(),
-        }))
+        let inference = guarded("load the model", || tract_onnx::onnx().model_for_read(&mut bytes.as_slice()))?;
+        let input_names: Vec<String> =
+            inference.input_outlets()?.iter().map(|o| inference.node(o.node).name.clone()).collect();
+        let output_names: Vec<String> =
+            model.graph.as_ref().map(|g| g.output.iter().map(|o| o.name.clone()).collect()).unwrap_or_default();
+        Ok(Box::new(TractRunner { inference, input_names, output_names, plans: HashMap::new() }))
     }
 }
 
@@ -163,16 +147,11 @@ impl Session for TractRunner {
                 .ok_or_else(|| anyhow!("no value fed for graph input '{name}'"))?;
             ordered.push(t);
         }
-        let key: Vec<(i32, Vec<usize>)> = ordered
-            .iter()
-            .map(|t| (t.onnx_dtype(), t.shape.clone()))
-            .collect();
+        let key: Vec<(i32, Vec<usize>)> = ordered.iter().map(|t| (t.onnx_dtype(), t.shape.clone())).collect();
         if !self.plans.contains_key(&key) {
             let mut model = self.inference.clone();
-            let facts: Vec<InferenceFact> = ordered
-                .iter()
-                .map(|t| InferenceFact::dt_shape(datum(t), &t.shape))
-                .collect();
+            let facts: Vec<InferenceFact> =
+                ordered.iter().map(|t| InferenceFact::dt_shape(datum(t), &t.shape)).collect();
             let plan = guarded("optimize the model", move || {
                 for (i, f) in facts.into_iter().enumerate() {
                     model.set_input_fact(i, f)?;
@@ -182,20 +161,13 @@ impl Session for TractRunner {
             self.plans.insert(key.clone(), plan);
         }
         let plan = &self.plans[&key];
-        let inputs: TVec<TValue> = ordered
-            .iter()
-            .map(|t| Ok(to_tensor(t)?.into()))
-            .collect::<Result<_>>()?;
+        let inputs: TVec<TValue> = ordered.iter().map(|t| Ok(to_tensor(t)?.into())).collect::<Result<_>>()?;
         let outputs = guarded("run the model", || plan.run(inputs))?;
         let names: Vec<String> = if self.output_names.len() == outputs.len() {
             self.output_names.clone()
         } else {
             (0..outputs.len()).map(|i| format!("output{i}")).collect()
         };
-        names
-            .into_iter()
-            .zip(outputs.iter())
-            .map(|(n, t)| Ok((n.clone(), from_tensor(&n, t)?)))
-            .collect()
+        names.into_iter().zip(outputs.iter()).map(|(n, t)| Ok((n.clone(), from_tensor(&n, t)?))).collect()
     }
 }

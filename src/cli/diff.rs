@@ -26,14 +26,7 @@ pub fn run(args: DiffArgs) -> Result<i32> {
     let b = Model::load(&args.b)?;
     let d = diff::diff(&a, &b);
     match args.format {
-        Format::Text => print!(
-            "{}",
-            diff::to_text(
-                &d,
-                &args.a.display().to_string(),
-                &args.b.display().to_string()
-            )
-        ),
+        Format::Text => print!("{}", diff::to_text(&d, &args.a.display().to_string(), &args.b.display().to_string())),
         Format::Json => println!("{}", serde_json::to_string_pretty(&d)?),
         Format::Dot => print!("{}", diff::to_dot(&d, &a, &b)),
     }

@@ -66,9 +66,7 @@ fn io_list(vs: &[&onnx::ValueInfoProto]) -> Vec<Io> {
                     .as_ref()
                     .map(|t| tensor::dtype_name(t.dtype).to_string())
                     .unwrap_or_else(|| "non-tensor".into()),
-                shape: t
-                    .map(|t| shape_string(&t.shape))
-                    .unwrap_or_else(|| "?".into()),
+                shape: t.map(|t| shape_string(&t.shape)).unwrap_or_else(|| "?".into()),
             }
         })
         .collect()
@@ -118,7 +116,10 @@ fn report(path: &std::path::Path) -> Result<Report> {
     let trainable: Vec<&onnx::TensorProto> = g
         .initializers
         .iter()
-        .filter(|t| tensor::is_float(t.data_type) && uses.get(t.name.as_str()).map(|u| u.iter().any(|(_, stat)| !stat)).unwrap_or(false))
+        .filter(|t| {
+            tensor::is_float(t.data_type)
+                && uses.get(t.name.as_str()).map(|u| u.iter().any(|(_, stat)| !stat)).unwrap_or(false)
+        })
         .collect();
     let mut shared = Vec::new();
     for t in &trainable {
@@ -159,11 +160,7 @@ fn report(path: &std::path::Path) -> Result<Report> {
                 modes.push(format!(
                     "{}: Dropout ratio {ratio}{}",
                     n.name,
-                    if training {
-                        ", training_mode input"
-                    } else {
-                        " (inactive at inference)"
-                    }
+                    if training { ", training_mode input" } else { " (inactive at inference)" }
                 ));
             }
             _ => {}
@@ -175,18 +172,14 @@ fn report(path: &std::path::Path) -> Result<Report> {
     let mut seen = HashSet::new();
     for n in &g.nodes {
         if !support::has_gradient_rule(&n.op_type) && seen.insert(n.op_type.clone()) {
-            limitations.push(format!(
-                "{} has no gradient rule yet (training through it is not possible)",
-                n.describe()
-            ));
+            limitations
+                .push(format!("{} has no gradient rule yet (training through it is not possible)", n.describe()));
         }
     }
     match shapes::infer(g) {
         Ok(s) => {
             for op in s.unknown_ops {
-                limitations.push(format!(
-                    "op {op}: no shape rule; shapes after it are unknown to onnxsam"
-                ));
+                limitations.push(format!("op {op}: no shape rule; shapes after it are unknown to onnxsam"));
             }
         }
         Err(e) => limitations.push(format!("shape inference failed: {e}")),
@@ -207,23 +200,9 @@ fn report(path: &std::path::Path) -> Result<Report> {
             .meta
             .opset_import
             .iter()
-            .map(|o| {
-                (
-                    if o.domain().is_empty() {
-                        "ai.onnx".into()
-                    } else {
-                        o.domain().to_string()
-                    },
-                    o.version,
-                )
-            })
+            .map(|o| (if o.domain().is_empty() { "ai.onnx".into() } else { o.domain().to_string() }, o.version))
             .collect(),
-        producer: format!(
-            "{} {}",
-            model.meta.producer_name, model.meta.producer_version
-        )
-        .trim()
-        .to_string(),
+        producer: format!("{} {}", model.meta.producer_name, model.meta.producer_version).trim().to_string(),
         graph_name: g.name().to_string(),
         inputs: io_list(&g.data_inputs()),
         outputs: io_list(&g.outputs.iter().collect::<Vec<_>>()),
@@ -258,11 +237,7 @@ fn print_text(r: &Report) {
         "  IR {} · opset {} · producer {} · graph '{}'",
         r.ir_version,
         opsets.join(", "),
-        if r.producer.is_empty() {
-            "?"
-        } else {
-            &r.producer
-        },
+        if r.producer.is_empty() { "?" } else { &r.producer },
         r.graph_name
     );
     println!("inputs:");
@@ -316,11 +291,7 @@ fn backends(a: &InspectArgs) -> Result<i32> {
     let lib = discover::find_ort(a.ort_lib.as_deref())?;
     let (loads, error, cuda) = match &lib {
         Some(l) => match crate::backend::ort::OrtBackend::new(l, crate::backend::Device::Cpu, 1) {
-            Ok(_) => (
-                Some(true),
-                None,
-                crate::backend::ort::OrtBackend::cuda_available() && l.cuda_provider.is_some(),
-            ),
+            Ok(_) => (Some(true), None, crate::backend::ort::OrtBackend::cuda_available() && l.cuda_provider.is_some()),
             Err(e) => (Some(false), Some(format!("{e:#}")), false),
         },
         None => (None, None, false),
@@ -344,11 +315,7 @@ fn backends(a: &InspectArgs) -> Result<i32> {
                 l.version.as_deref().unwrap_or("?"),
                 l.path.display(),
                 l.source,
-                if r.ort_loads == Some(true) {
-                    ", loads"
-                } else {
-                    ""
-                }
+                if r.ort_loads == Some(true) { ", loads" } else { "" }
             );
             if let Some(e) = &r.ort_error {
                 println!("       cannot load: {e}");
@@ -364,14 +331,7 @@ fn backends(a: &InspectArgs) -> Result<i32> {
         }
         None => println!("ort:   not found — {}", discover::NOT_FOUND),
     }
-    println!(
-        "--backend auto picks: {}",
-        if r.ort_loads == Some(true) {
-            "ort"
-        } else {
-            "tract"
-        }
-    );
+    println!("--backend auto picks: {}", if r.ort_loads == Some(true) { "ort" } else { "tract" });
     Ok(0)
 }
 

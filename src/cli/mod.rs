@@ -1,5 +1,6 @@
 //! The `onnxsam` command line. Exit codes: 0 success, 1 a check failed, 2 bad input.
 mod diff;
+pub mod grad;
 mod inspect;
 pub mod run;
 
@@ -37,6 +38,15 @@ enum Command {
         after_help = "Examples:\n  onnxsam diff model.onnx step.onnx\n  onnxsam diff a.onnx b.onnx --format dot | dot -Tsvg > diff.svg"
     )]
     Diff(diff::DiffArgs),
+    /// Gradients of the mean loss for one batch: loss, per-sample losses, one array per parameter
+    #[command(after_help = "Example:\n  onnxsam grad models/cnn.onnx --batch tests/fixtures/cnn/batch.npz --out grads.npz")]
+    Grad(grad::GradArgs),
+    /// Compare autodiff gradients with central finite differences on random coordinates
+    #[command(after_help = "Example:\n  onnxsam gradcheck models/mlp.onnx --batch tests/fixtures/mlp/batch.npz")]
+    Gradcheck(grad::GradcheckArgs),
+    /// Rewrite a model into a training graph (now: --grad-only, forward + loss + gradients)
+    #[command(after_help = "Example:\n  onnxsam rewrite models/cnn.onnx --grad-only -o grad.onnx && onnxsam diff models/cnn.onnx grad.onnx")]
+    Rewrite(grad::RewriteArgs),
 }
 
 /// Options every command that executes a graph shares.
@@ -84,11 +94,7 @@ impl std::error::Error for Failure {}
 
 /// A failed check (exit 1), as opposed to bad input (exit 2).
 pub fn check_failed(message: impl Into<String>) -> anyhow::Error {
-    Failure {
-        code: 1,
-        message: message.into(),
-    }
-    .into()
+    Failure { code: 1, message: message.into() }.into()
 }
 
 pub fn main() -> i32 {
@@ -100,15 +106,9 @@ pub fn main() -> i32 {
             .cloned()
             .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_default();
-        let at = info
-            .location()
-            .map(|l| format!(" at {}:{}", l.file(), l.line()))
-            .unwrap_or_default();
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         if !crate::backend::tract::GUARDED.load(std::sync::atomic::Ordering::Relaxed) {
-            eprintln!(
-                "onnxsam: internal error: {}{at} (please report this)",
-                msg.replace('\n', " ")
-            );
+            eprintln!("onnxsam: internal error: {}{at} (please report this)", msg.replace('\n', " "));
         }
     }));
     let cli = Cli::parse();
@@ -116,6 +116,9 @@ pub fn main() -> i32 {
         Command::Inspect(a) => inspect::run(a),
         Command::Run(a) => run::run(a),
         Command::Diff(a) => diff::run(a),
+        Command::Grad(a) => grad::grad(a),
+        Command::Gradcheck(a) => grad::gradcheck(a),
+        Command::Rewrite(a) => grad::rewrite(a),
     };
     match result {
         Ok(code) => code,

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use graph_passes::ir::Model;
 use graph_passes::onnx::tensor::dtype_name;
+use graph_passes::onnx::ValueInfoProto;
 use graph_passes::shapes::{shape_string, value_type_of, Dim};
 
 use super::BackendArgs;
@@ -32,33 +33,40 @@ pub struct RunArgs {
 }
 
 /// Matches .npz arrays to the model's data inputs and checks their dtype and shape.
-pub fn feeds_for(
-    model: &Model,
+pub fn feeds_for(model: &Model, arrays: BTreeMap<String, HostTensor>, source: &str) -> Result<Vec<(String, HostTensor)>> {
+    check_feeds(&model.graph.data_inputs(), arrays, source)
+}
+
+/// Matches arrays to `inputs` by name (a lone array may be named anything); checks dtype and shape.
+pub fn check_feeds(
+    inputs: &[&ValueInfoProto],
     arrays: BTreeMap<String, HostTensor>,
     source: &str,
 ) -> Result<Vec<(String, HostTensor)>> {
-    let inputs = model.graph.data_inputs();
     let mut feeds = Vec::new();
     let lone = arrays.len() == 1 && inputs.len() == 1;
     let mut arrays = arrays;
-    for v in &inputs {
+    for v in inputs.iter() {
         let t = match arrays.remove(&v.name) {
             Some(t) => t,
             None if lone => arrays.pop_first().map(|(_, t)| t).expect("one array"),
             None => bail!(
                 "{source}: no array named '{}' (the model's inputs: {}; the file has: {})",
                 v.name,
-                inputs
-                    .iter()
-                    .map(|i| i.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "),
                 arrays.keys().cloned().collect::<Vec<_>>().join(", ")
             ),
         };
         if let Some(vt) = value_type_of(&v.r#type) {
             if vt.dtype != t.onnx_dtype() {
-                bail!("{source}: array '{}' is {} but the model's input '{}' is {}; convert it (e.g. x.astype(np.{}))", v.name, t.dtype_name(), v.name, dtype_name(vt.dtype), dtype_name(vt.dtype));
+                bail!(
+                    "{source}: array '{}' is {} but the model's input '{}' is {}; convert it (e.g. x.astype(np.{}))",
+                    v.name,
+                    t.dtype_name(),
+                    v.name,
+                    dtype_name(vt.dtype),
+                    dtype_name(vt.dtype)
+                );
             }
             if let Some(shape) = &vt.shape {
                 let ok = shape.len() == t.shape.len()
@@ -92,16 +100,12 @@ pub fn run(a: RunArgs) -> Result<i32> {
     let arrays = read_npz(&a.input)?;
     let feeds = feeds_for(&model, arrays, &a.input.display().to_string())?;
     let backend = backend::select(&a.backend.request(), true)?;
-    let mut session = backend
-        .load(&model.to_proto())
-        .with_context(|| a.model.display().to_string())?;
+    let mut session = backend.load(&model.to_proto()).with_context(|| a.model.display().to_string())?;
     let mut outputs = Vec::new();
     let mut times = Vec::new();
     for i in 0..a.warmup + a.repeat.max(1) {
         let t0 = Instant::now();
-        outputs = session
-            .run(&feeds)
-            .with_context(|| a.model.display().to_string())?;
+        outputs = session.run(&feeds).with_context(|| a.model.display().to_string())?;
         if i >= a.warmup {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }

@@ -17,10 +17,7 @@ pub fn fixture(rel: &str) -> PathBuf {
 }
 
 pub fn onnxsam(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_onnxsam"))
-        .args(args)
-        .output()
-        .expect("run onnxsam")
+    Command::new(env!("CARGO_BIN_EXE_onnxsam")).args(args).output().expect("run onnxsam")
 }
 
 pub fn onnxsam_env(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -43,24 +40,13 @@ pub fn stderr(o: &Output) -> String {
 /// Exit code 2, exactly one line on stderr that names `file` and contains `what`, no panic.
 pub fn assert_bad_input(o: &Output, file: &str, what: &str) {
     let err = stderr(o);
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "expected exit 2, got {:?}; stderr: {err}",
-        o.status.code()
-    );
+    assert_eq!(o.status.code(), Some(2), "expected exit 2, got {:?}; stderr: {err}", o.status.code());
     let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("backend:")).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
     assert!(lines[0].starts_with("onnxsam: error: "), "{err}");
     assert!(lines[0].contains(file), "error should name {file}: {err}");
-    assert!(
-        lines[0].to_lowercase().contains(&what.to_lowercase()),
-        "error should say '{what}': {err}"
-    );
-    assert!(
-        !err.contains("panicked") && !err.contains("backtrace") && !err.contains("internal error"),
-        "{err}"
-    );
+    assert!(lines[0].to_lowercase().contains(&what.to_lowercase()), "error should say '{what}': {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace") && !err.contains("internal error"), "{err}");
 }
 
 pub fn tempdir() -> tempfile::TempDir {

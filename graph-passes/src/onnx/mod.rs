@@ -24,18 +24,11 @@ pub fn load_model(path: &Path) -> Result<ModelProto> {
     if bytes.is_empty() {
         bail!("{shown}: file is empty, not an ONNX model");
     }
-    let mut model = ModelProto::decode(bytes.as_slice())
-        .map_err(|e| err!("{shown}: {}", explain_decode_error(&bytes, &e)))?;
+    let mut model =
+        ModelProto::decode(bytes.as_slice()).map_err(|e| err!("{shown}: {}", explain_decode_error(&bytes, &e)))?;
     check_model(&model).map_err(|e| err!("{shown}: {e}"))?;
-    let dir = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let dir = if dir.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        dir
-    };
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
     resolve_external_data(&mut model, &dir).map_err(|e| err!("{shown}: {e}"))?;
     Ok(model)
 }
@@ -142,13 +135,9 @@ pub fn check_model(model: &ModelProto) -> Result<()> {
         );
     }
     if model.ir_version > 12 {
-        bail!(
-            "IR version {} is newer than onnxsam reads (≤ 12); export with an older onnx package",
-            model.ir_version
-        );
+        bail!("IR version {} is newer than onnxsam reads (≤ 12); export with an older onnx package", model.ir_version);
     }
-    let function_domains: HashSet<&str> =
-        model.functions.iter().map(|f| f.domain.as_str()).collect();
+    let function_domains: HashSet<&str> = model.functions.iter().map(|f| f.domain.as_str()).collect();
     for op in &model.opset_import {
         if !KNOWN_DOMAINS.contains(&op.domain()) && !function_domains.contains(op.domain()) {
             bail!(
@@ -160,11 +149,7 @@ pub fn check_model(model: &ModelProto) -> Result<()> {
     }
     let imported: HashSet<&str> = model.opset_import.iter().map(|o| o.domain()).collect();
     for node in &graph.node {
-        let d = if node.domain == "ai.onnx" {
-            ""
-        } else {
-            node.domain.as_str()
-        };
+        let d = if node.domain == "ai.onnx" { "" } else { node.domain.as_str() };
         if !imported.contains(d) && !(d.is_empty() && imported.contains("ai.onnx")) {
             bail!(
                 "node '{}' (op {}) uses domain '{}' which the model does not import",
@@ -178,26 +163,15 @@ pub fn check_model(model: &ModelProto) -> Result<()> {
 }
 
 pub fn default_opset(model: &ModelProto) -> i64 {
-    model
-        .opset_import
-        .iter()
-        .find(|o| o.domain().is_empty() || o.domain() == "ai.onnx")
-        .map(|o| o.version)
-        .unwrap_or(0)
+    model.opset_import.iter().find(|o| o.domain().is_empty() || o.domain() == "ai.onnx").map(|o| o.version).unwrap_or(0)
 }
 
 fn external_field<'a>(t: &'a TensorProto, key: &str) -> Option<&'a str> {
-    t.external_data
-        .iter()
-        .find(|e| e.key == key)
-        .map(|e| e.value.as_str())
+    t.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str())
 }
 
 /// Every TensorProto of the model, subgraphs and Constant attributes included.
-pub fn for_each_tensor_mut(
-    model: &mut ModelProto,
-    f: &mut dyn FnMut(&mut TensorProto) -> Result<()>,
-) -> Result<()> {
+pub fn for_each_tensor_mut(model: &mut ModelProto, f: &mut dyn FnMut(&mut TensorProto) -> Result<()>) -> Result<()> {
     fn graph(g: &mut GraphProto, f: &mut dyn FnMut(&mut TensorProto) -> Result<()>) -> Result<()> {
         for t in &mut g.initializer {
             f(t)?;
@@ -237,23 +211,16 @@ pub fn confined_path(dir: &Path, location: &str) -> Result<PathBuf> {
     if location.is_empty() {
         bail!("external data entry has an empty location");
     }
-    if rel.is_absolute()
-        || rel
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        bail!("external data location '{location}' leaves the model's folder; refused (keep data files beside the model)");
+    if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+        bail!(
+            "external data location '{location}' leaves the model's folder; refused (keep data files beside the model)"
+        );
     }
     let full = dir.join(rel);
-    let canon_dir = dir
+    let canon_dir = dir.canonicalize().map_err(|e| err!("cannot resolve folder {}: {e}", dir.display()))?;
+    let canon = full
         .canonicalize()
-        .map_err(|e| err!("cannot resolve folder {}: {e}", dir.display()))?;
-    let canon = full.canonicalize().map_err(|_| {
-        err!(
-            "external data file '{location}' is missing (looked in {})",
-            dir.display()
-        )
-    })?;
+        .map_err(|_| err!("external data file '{location}' is missing (looked in {})", dir.display()))?;
     if !canon.starts_with(&canon_dir) {
         bail!("external data location '{location}' points outside the model's folder (symbolic link?); refused");
     }
@@ -267,12 +234,7 @@ fn resolve_external_data(model: &mut ModelProto, dir: &Path) -> Result<()> {
             return Ok(());
         }
         let location = external_field(t, "location")
-            .ok_or_else(|| {
-                err!(
-                    "tensor '{}' is marked external but names no location",
-                    t.name
-                )
-            })?
+            .ok_or_else(|| err!("tensor '{}' is marked external but names no location", t.name))?
             .to_string();
         let path = confined_path(dir, &location)?;
         if !cache.contains_key(&path) {
@@ -282,10 +244,7 @@ fn resolve_external_data(model: &mut ModelProto, dir: &Path) -> Result<()> {
         let data = &cache[&path];
         let parse = |key: &str| -> Result<Option<usize>> {
             external_field(t, key)
-                .map(|v| {
-                    v.parse::<usize>()
-                        .map_err(|_| err!("tensor '{}': bad external {key} '{v}'", t.name))
-                })
+                .map(|v| v.parse::<usize>().map_err(|_| err!("tensor '{}': bad external {key} '{v}'", t.name)))
                 .transpose()
         };
         let offset = parse("offset")?.unwrap_or(0);
@@ -301,7 +260,11 @@ fn resolve_external_data(model: &mut ModelProto, dir: &Path) -> Result<()> {
             );
         }
         if length != expected {
-            bail!("tensor '{}': external data length {length} does not match its shape {:?} ({expected} bytes)", t.name, t.dims);
+            bail!(
+                "tensor '{}': external data length {length} does not match its shape {:?} ({expected} bytes)",
+                t.name,
+                t.dims
+            );
         }
         t.raw_data = data[offset..offset + length].to_vec();
         t.external_data.clear();
@@ -321,22 +284,14 @@ pub struct SaveOptions {
 
 impl Default for SaveOptions {
     fn default() -> Self {
-        SaveOptions {
-            external_data: None,
-            threshold_bytes: 1 << 30,
-            min_external_tensor: 1024,
-        }
+        SaveOptions { external_data: None, threshold_bytes: 1 << 30, min_external_tensor: 1024 }
     }
 }
 
 /// Writes `path` (and `path.data` when weights go beside it), each atomically: temp file + rename.
 pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result<()> {
     let shown = path.display();
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| err!("{shown}: not a file path"))?
-        .to_string_lossy()
-        .to_string();
+    let file_name = path.file_name().ok_or_else(|| err!("{shown}: not a file path"))?.to_string_lossy().to_string();
     let total: usize = model.encoded_len();
     let external = opts.external_data.unwrap_or(total > opts.threshold_bytes);
     let mut model = model.clone();
@@ -344,8 +299,7 @@ pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result
         let data_name = format!("{file_name}.data");
         let mut blob: Vec<u8> = Vec::new();
         for_each_tensor_mut(&mut model, &mut |t| {
-            if t.data_type == data_type::STRING || tensor::data_bytes(t) < opts.min_external_tensor
-            {
+            if t.data_type == data_type::STRING || tensor::data_bytes(t) < opts.min_external_tensor {
                 return Ok(());
             }
             tensor::make_raw(t)?;
@@ -354,10 +308,7 @@ pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result
             }
             let offset = blob.len();
             blob.extend_from_slice(&t.raw_data);
-            let entry = |k: &str, v: String| StringStringEntryProto {
-                key: k.into(),
-                value: v,
-            };
+            let entry = |k: &str, v: String| StringStringEntryProto { key: k.into(), value: v };
             t.external_data = vec![
                 entry("location", data_name.clone()),
                 entry("offset", offset.to_string()),
@@ -377,9 +328,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let shown = path.display();
     let tmp = path.with_file_name(format!(
         ".{}.tmp{}",
-        path.file_name()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_default(),
+        path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
         std::process::id()
     ));
     let result = (|| -> std::io::Result<()> {

@@ -42,10 +42,7 @@ pub fn dtype_name(data_type: i32) -> &'static str {
 }
 
 pub fn is_float(data_type: i32) -> bool {
-    matches!(
-        data_type,
-        dt::FLOAT | dt::DOUBLE | dt::FLOAT16 | dt::BFLOAT16
-    )
+    matches!(data_type, dt::FLOAT | dt::DOUBLE | dt::FLOAT16 | dt::BFLOAT16)
 }
 
 pub fn numel(t: &TensorProto) -> usize {
@@ -59,41 +56,18 @@ pub fn raw_bytes(t: &TensorProto) -> Result<Vec<u8>> {
     }
     let mut out = Vec::new();
     match t.data_type {
-        dt::FLOAT => t
-            .float_data
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        dt::DOUBLE => t
-            .double_data
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        dt::INT64 => t
-            .int64_data
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        dt::UINT64 => t
-            .uint64_data
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        dt::UINT32 => t
-            .uint64_data
-            .iter()
-            .for_each(|v| out.extend_from_slice(&(*v as u32).to_le_bytes())),
-        dt::INT32 => t
-            .int32_data
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        dt::FLOAT => t.float_data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        dt::DOUBLE => t.double_data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        dt::INT64 => t.int64_data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        dt::UINT64 => t.uint64_data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        dt::UINT32 => t.uint64_data.iter().for_each(|v| out.extend_from_slice(&(*v as u32).to_le_bytes())),
+        dt::INT32 => t.int32_data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         // int32_data holds the smaller integer types and float16 bit patterns, one per entry
-        dt::INT16 | dt::UINT16 | dt::FLOAT16 | dt::BFLOAT16 => t
-            .int32_data
-            .iter()
-            .for_each(|v| out.extend_from_slice(&(*v as u16).to_le_bytes())),
+        dt::INT16 | dt::UINT16 | dt::FLOAT16 | dt::BFLOAT16 => {
+            t.int32_data.iter().for_each(|v| out.extend_from_slice(&(*v as u16).to_le_bytes()))
+        }
         dt::INT8 | dt::UINT8 | dt::BOOL => t.int32_data.iter().for_each(|v| out.push(*v as u8)),
-        other => bail!(
-            "tensor '{}': cannot read data of type {}",
-            t.name,
-            dtype_name(other)
-        ),
+        other => bail!("tensor '{}': cannot read data of type {}", t.name, dtype_name(other)),
     }
     Ok(out)
 }
@@ -131,45 +105,17 @@ pub fn to_f64(t: &TensorProto) -> Result<Vec<f64>> {
     let size = elem_size(t.data_type).unwrap_or(0);
     check_len(t, &b, size)?;
     Ok(match t.data_type {
-        dt::FLOAT => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect(),
-        dt::DOUBLE => b
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-        dt::INT64 => b
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect(),
-        dt::INT32 => b
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect(),
-        dt::UINT64 => b
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect(),
-        dt::UINT32 => b
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect(),
-        dt::INT16 => b
-            .chunks_exact(2)
-            .map(|c| i16::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect(),
-        dt::UINT16 => b
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect(),
+        dt::FLOAT => b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+        dt::DOUBLE => b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+        dt::INT64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+        dt::INT32 => b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+        dt::UINT64 => b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+        dt::UINT32 => b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+        dt::INT16 => b.chunks_exact(2).map(|c| i16::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+        dt::UINT16 => b.chunks_exact(2).map(|c| u16::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
         dt::INT8 => b.iter().map(|&v| v as i8 as f64).collect(),
         dt::UINT8 | dt::BOOL => b.iter().map(|&v| v as f64).collect(),
-        other => bail!(
-            "tensor '{}': cannot read {} values",
-            t.name,
-            dtype_name(other)
-        ),
+        other => bail!("tensor '{}': cannot read {} values", t.name, dtype_name(other)),
     })
 }
 
@@ -177,10 +123,7 @@ pub fn to_f32(t: &TensorProto) -> Result<Vec<f32>> {
     if t.data_type == dt::FLOAT {
         let b = raw_bytes(t)?;
         check_len(t, &b, 4)?;
-        return Ok(b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect());
+        return Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect());
     }
     Ok(to_f64(t)?.into_iter().map(|v| v as f32).collect())
 }
@@ -190,18 +133,12 @@ pub fn to_i64(t: &TensorProto) -> Result<Vec<i64>> {
         dt::INT64 => {
             let b = raw_bytes(t)?;
             check_len(t, &b, 8)?;
-            Ok(b.chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                .collect())
+            Ok(b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
         }
         dt::INT32 | dt::INT16 | dt::INT8 | dt::UINT8 | dt::UINT16 | dt::UINT32 | dt::BOOL => {
             Ok(to_f64(t)?.into_iter().map(|v| v as i64).collect())
         }
-        other => bail!(
-            "tensor '{}': expected integer values, found {}",
-            t.name,
-            dtype_name(other)
-        ),
+        other => bail!("tensor '{}': expected integer values, found {}", t.name, dtype_name(other)),
     }
 }
 

@@ -1,0 +1,117 @@
+//! Reverse-mode autodiff over standard ONNX. The sweep walks the forward graph backwards from a
+//! scalar loss, sums gradient contributions where a value has several consumers, and asks each
+//! op's rule (rules/, one file per family) for the vector-Jacobian product in ONNX ops that both
+//! ONNX Runtime and tract execute (BACKEND-NOTES.md).
+pub mod builder;
+pub mod rules;
+
+use std::collections::{HashMap, HashSet};
+
+use crate::ir::{node_error, Graph, NodeExt};
+use crate::onnx::{data_type as dt, NodeProto};
+use crate::shapes::{self, Shapes};
+use crate::{bail, Result};
+
+pub use builder::Ctx;
+
+/// A rule's answer: one optional gradient per node input (None: no gradient flows there).
+pub type Grads = Vec<Option<String>>;
+
+/// A gradient rule: node, gradient of each output (None where no gradient reached it), which
+/// inputs need a gradient, and the builder.
+pub type Rule = fn(&NodeProto, &[Option<String>], &[bool], &mut Ctx) -> Result<Grads>;
+
+/// Values that can carry a gradient: floating point.
+fn is_float_value(s: &Shapes, v: &str) -> bool {
+    s.get(v).map(|t| matches!(t.dtype, dt::FLOAT | dt::DOUBLE | dt::FLOAT16 | dt::BFLOAT16)).unwrap_or(false)
+}
+
+/// Emits the gradient of scalar `loss` with respect to each of `wrt` (graph inputs or
+/// intermediate values). Returns wrt name → gradient value name. A `wrt` value that the loss
+/// does not depend on gets an explicit zero tensor.
+pub fn gradients(g: &mut Graph, opset: i64, loss: &str, wrt: &[String]) -> Result<HashMap<String, String>> {
+    let shapes = shapes::infer(g)?;
+    let order = g.topo_order()?;
+    let nodes: Vec<NodeProto> = order.iter().map(|&i| g.nodes[i].clone()).collect();
+    // forward: values that depend on some wrt value through float paths
+    let mut depends: HashSet<String> = wrt.iter().cloned().collect();
+    for n in &nodes {
+        if rules::is_non_differentiable(&n.op_type) {
+            continue;
+        }
+        if n.input.iter().any(|i| depends.contains(i)) {
+            for o in &n.output {
+                if is_float_value(&shapes, o) {
+                    depends.insert(o.clone());
+                }
+            }
+        }
+    }
+    if !depends.contains(loss) {
+        bail!("the loss '{loss}' does not depend on any of the values to differentiate");
+    }
+    // backward: values the loss depends on
+    let mut needed: HashSet<String> = HashSet::from([loss.to_string()]);
+    for n in nodes.iter().rev() {
+        if n.output.iter().any(|o| needed.contains(o)) {
+            for i in &n.input {
+                if depends.contains(i) {
+                    needed.insert(i.clone());
+                }
+            }
+        }
+    }
+    let active = |v: &str| depends.contains(v) && needed.contains(v);
+    let mut ctx = Ctx::new(g, shapes, opset);
+    let one = ctx.scalar_like(1.0, loss);
+    let mut contributions: HashMap<String, Vec<String>> = HashMap::from([(loss.to_string(), vec![one])]);
+    for n in nodes.iter().rev() {
+        if !n.output.iter().any(|o| contributions.contains_key(o)) {
+            continue;
+        }
+        let need: Vec<bool> = n.input.iter().map(|i| !i.is_empty() && active(i)).collect();
+        if !need.iter().any(|&b| b) {
+            continue;
+        }
+        let rule = rules::rule_for(&n.op_type).ok_or_else(|| node_error(n, "has no gradient rule yet"))?;
+        let dys: Vec<Option<String>> = n.output.iter().map(|o| take_sum(&mut ctx, &mut contributions, o)).collect();
+        let grads = rule(n, &dys, &need, &mut ctx)?;
+        for (k, gr) in grads.into_iter().enumerate() {
+            if let (Some(gr), true) = (gr, need.get(k).copied().unwrap_or(false)) {
+                contributions.entry(n.input[k].clone()).or_default().push(gr);
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    for w in wrt {
+        let grad = match take_sum(&mut ctx, &mut contributions, w) {
+            Some(gr) => gr,
+            None => ctx.zeros_like(w),
+        };
+        out.insert(w.clone(), grad);
+    }
+    Ok(out)
+}
+
+/// The summed gradient of `v` (Add chain over its contributions).
+fn take_sum(ctx: &mut Ctx, contributions: &mut HashMap<String, Vec<String>>, v: &str) -> Option<String> {
+    let parts = contributions.remove(v)?;
+    let mut it = parts.into_iter();
+    let mut acc = it.next()?;
+    for p in it {
+        acc = ctx.add(&acc, &p);
+    }
+    contributions.insert(v.to_string(), vec![acc.clone()]);
+    Some(acc)
+}
+
+/// Ops in `g` on a differentiable path that have no rule, as "op X (node Y)" lines.
+pub fn unsupported_ops(g: &Graph) -> Vec<String> {
+    let mut seen = HashSet::new();
+    g.nodes
+        .iter()
+        .filter(|n| rules::rule_for(&n.op_type).is_none() && !rules::is_non_differentiable(&n.op_type))
+        .filter(|n| seen.insert(n.op_type.clone()))
+        .map(|n| format!("{} has no gradient rule yet", n.describe()))
+        .collect()
+}

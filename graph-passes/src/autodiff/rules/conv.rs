@@ -1,0 +1,146 @@
+//! Conv (2-D): the input gradient is a ConvTranspose, the weight gradient a Conv of the input
+//! with the output gradient (BACKEND-NOTES.md: both forms run correctly on ORT and tract).
+use crate::autodiff::{Ctx, Grads, Rule};
+use crate::ir::{node_error, NodeExt};
+use crate::onnx::NodeProto;
+use crate::Result;
+
+pub fn rule(op: &str) -> Option<Rule> {
+    Some(match op {
+        "Conv" => conv,
+        _ => return None,
+    })
+}
+
+pub struct ConvGeom {
+    pub kernel: Vec<i64>,
+    pub strides: Vec<i64>,
+    pub dilations: Vec<i64>,
+    /// [begin_h, begin_w, end_h, end_w]
+    pub pads: Vec<i64>,
+    pub group: i64,
+}
+
+/// Explicit geometry of a 2-D Conv (auto_pad resolved to pads).
+pub fn geometry(n: &NodeProto, input: &[i64], kernel: &[i64]) -> Result<ConvGeom> {
+    let strides = n.attr_ints("strides").unwrap_or(vec![1, 1]);
+    let dilations = n.attr_ints("dilations").unwrap_or(vec![1, 1]);
+    let mut pads = n.attr_ints("pads").unwrap_or(vec![0; 4]);
+    match n.attr_s("auto_pad").as_deref() {
+        None | Some("NOTSET") | Some("") => {}
+        Some("VALID") => pads = vec![0; 4],
+        Some(mode @ ("SAME_UPPER" | "SAME_LOWER")) => {
+            for i in 0..2 {
+                let out = (input[i] + strides[i] - 1) / strides[i];
+                let total = ((out - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1 - input[i]).max(0);
+                let (small, big) = (total / 2, total - total / 2);
+                if mode == "SAME_UPPER" {
+                    pads[i] = small;
+                    pads[i + 2] = big;
+                } else {
+                    pads[i] = big;
+                    pads[i + 2] = small;
+                }
+            }
+        }
+        Some(other) => return Err(node_error(n, format!("auto_pad '{other}' is not supported"))),
+    }
+    Ok(ConvGeom { kernel: kernel.to_vec(), strides, dilations, pads, group: n.attr_i("group", 1) })
+}
+
+/// y = conv(x, W) + b, x [N, C, H, W], W [M, C/g, kh, kw]:
+///   dx = ConvTranspose(dy, W) with the forward's strides/pads/dilations/group and the
+///        output_padding that restores H, W
+///   dW = Conv(x regrouped to [C/g, g·N, H, W], dyᵀ [M, N, Ho, Wo], strides = dilations,
+///        dilations = strides, group = g)ᵀ, cropped to kh × kw
+///   db = Σ_{n,h,w} dy
+fn conv(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
+    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let (x, w, y) = (n.input[0].clone(), n.input[1].clone(), n.output[0].clone());
+    let xs = c.known_dims(&x).or_else(|_| {
+        // the batch may be symbolic: only C, H, W must be known
+        let s = c.shape(&x)?.clone();
+        Ok::<Vec<i64>, crate::Error>(
+            s.iter().enumerate().map(|(i, d)| d.known().unwrap_or(if i == 0 { -1 } else { 0 })).collect(),
+        )
+    })?;
+    if xs.len() != 4 || xs[1..].iter().any(|&v| v <= 0) {
+        return Err(node_error(
+            n,
+            format!(
+                "gradient needs a 2-D convolution with known channels and size, got input shape {:?}",
+                c.shape(&x)?
+            ),
+        ));
+    }
+    let ws = c.known_dims(&w).map_err(|e| node_error(n, e))?;
+    let ys = c.shape(&y)?.clone();
+    let (ho, wo) = (ys[2].known().unwrap_or(0), ys[3].known().unwrap_or(0));
+    let geo = geometry(n, &xs[2..], &ws[2..])?;
+    let (s, dl, p, g) = (&geo.strides, &geo.dilations, &geo.pads, geo.group);
+    let mut out = vec![None, None];
+    if need[0] {
+        let opad: Vec<i64> = (0..2)
+            .map(|i| {
+                let (hin, hout) = (xs[2 + i], if i == 0 { ho } else { wo });
+                hin - ((hout - 1) * s[i] - p[i] - p[i + 2] + dl[i] * (ws[2 + i] - 1) + 1)
+            })
+            .collect();
+        if opad.iter().zip(s.iter().zip(dl.iter())).any(|(&o, (&st, &di))| o < 0 || o >= st.max(di)) {
+            return Err(node_error(n, format!("cannot express the input gradient (output_padding {opad:?})")));
+        }
+        let dx =
+            c.g.add("ConvTranspose", &[&d, &w])
+                .ints("strides", s)
+                .ints("pads", p)
+                .ints("dilations", dl)
+                .int("group", g)
+                .ints("output_padding", &opad)
+                .output();
+        out[0] = Some(dx);
+    }
+    if need[1] {
+        let (cin, h, wd) = (xs[1], xs[2], xs[3]);
+        let cg = cin / g;
+        // x [N, C, H, W] → [Cg, g·N, H, W]: channel (G, n) of the new "batch" c' holds x[n, G·Cg + c']
+        let xr = if g == 1 {
+            c.transpose(&x, &[1, 0, 2, 3])
+        } else {
+            let s5 = c.const_i64(&[0, g, cg, h, wd]);
+            let x5 = c.reshape(&x, &s5);
+            let t = c.g.add("Transpose", &[&x5]).ints("perm", &[2, 1, 0, 3, 4]).output();
+            let s4 = c.const_i64(&[cg, -1, h, wd]);
+            c.reshape(&t, &s4)
+        };
+        let dyt = c.transpose(&d, &[1, 0, 2, 3]);
+        let gw =
+            c.g.add("Conv", &[&xr, &dyt])
+                .ints("strides", dl)
+                .ints("dilations", s)
+                .ints("pads", p)
+                .int("group", g)
+                .output();
+        let gw = c.transpose(&gw, &[1, 0, 2, 3]);
+        // the correlation may run past the kernel when (H + pads − 1) is not a multiple of the stride
+        let full: Vec<i64> = (0..2)
+            .map(|i| {
+                let hin = xs[2 + i] + p[i] + p[i + 2];
+                let hout = if i == 0 { ho } else { wo };
+                (hin - s[i] * (hout - 1) - 1) / dl[i] + 1
+            })
+            .collect();
+        let gw = if full[0] != ws[2] || full[1] != ws[3] || ho == 0 || wo == 0 {
+            let starts = c.const_i64(&[0, 0]);
+            let ends = c.const_i64(&[ws[2], ws[3]]);
+            let axes = c.const_i64(&[2, 3]);
+            c.op("Slice", &[&gw, &starts, &ends, &axes])
+        } else {
+            gw
+        };
+        out[1] = Some(gw);
+    }
+    if n.input.len() > 2 && !n.input[2].is_empty() {
+        out.push(if need[2] { Some(c.reduce_sum(&d, &[0, 2, 3], false)) } else { None });
+    }
+    Ok(out)
+}

@@ -1,0 +1,100 @@
+//! BatchNormalization (inference form; the train-mode pass decomposes the training form into
+//! elementary ops) and LayerNormalization.
+use crate::autodiff::{Ctx, Grads, Rule};
+use crate::ir::{node_error, NodeExt};
+use crate::onnx::NodeProto;
+use crate::Result;
+
+pub fn rule(op: &str) -> Option<Rule> {
+    Some(match op {
+        "BatchNormalization" => batch_norm,
+        "LayerNormalization" => layer_norm,
+        _ => return None,
+    })
+}
+
+/// y = (x − μ)·γ/√(σ² + ε) + β with running μ, σ² (constants):
+///   dx = dy·γ/√(σ² + ε),  dγ = Σ dy·(x − μ)/√(σ² + ε),  dβ = Σ dy   (sums over all axes but C)
+fn batch_norm(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
+    if n.attr_i("training_mode", 0) != 0 {
+        return Err(node_error(n, "training_mode=1: run the train-mode pass first (it decomposes batch statistics)"));
+    }
+    if need.get(3).copied().unwrap_or(false) || need.get(4).copied().unwrap_or(false) {
+        return Err(node_error(n, "running statistics cannot be trained"));
+    }
+    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let (x, scale, mean, var) = (&n.input[0], &n.input[1], &n.input[3], &n.input[4]);
+    let r = c.rank(x)?;
+    let spatial: Vec<i64> = (1..r as i64 - 1).collect();
+    let reduce_axes: Vec<i64> = std::iter::once(0).chain(2..r as i64).collect();
+    let eps = c.scalar(n.attr_f("epsilon", 1e-5));
+    let ve = c.add(var, &eps);
+    let sd = c.sqrt(&ve);
+    let one_ = c.scalar(1.0);
+    let inv = c.div(&one_, &sd);
+    let inv_r = c.unsqueeze(&inv, &spatial);
+    let mut out = vec![None; n.input.len()];
+    if need[0] {
+        let k = c.mul(scale, &inv);
+        let kr = c.unsqueeze(&k, &spatial);
+        out[0] = Some(c.mul(&d, &kr));
+    }
+    if need[1] {
+        let mr = c.unsqueeze(mean, &spatial);
+        let xc = c.sub(x, &mr);
+        let xh = c.mul(&xc, &inv_r);
+        let t = c.mul(&d, &xh);
+        out[1] = Some(c.reduce_sum(&t, &reduce_axes, false));
+    }
+    if need[2] {
+        out[2] = Some(c.reduce_sum(&d, &reduce_axes, false));
+    }
+    Ok(out)
+}
+
+/// y = x̂·γ + β, x̂ = (x − μ)/√(σ² + ε) over the axes from `axis` on:
+///   dβ = Σ_lead dy,  dγ = Σ_lead dy·x̂,
+///   dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / √(σ² + ε) with dx̂ = dy·γ
+fn layer_norm(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
+    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let x = &n.input[0];
+    let r = c.rank(x)? as i64;
+    let axis = {
+        let a = n.attr_i("axis", -1);
+        if a < 0 {
+            a + r
+        } else {
+            a
+        }
+    };
+    let norm_axes: Vec<i64> = (axis..r).collect();
+    let lead_axes: Vec<i64> = (0..axis).collect();
+    let mu = c.reduce_mean(x, &norm_axes, true);
+    let xc = c.sub(x, &mu);
+    let xc2 = c.square(&xc);
+    let var = c.reduce_mean(&xc2, &norm_axes, true);
+    let eps = c.scalar(n.attr_f("epsilon", 1e-5));
+    let ve = c.add(&var, &eps);
+    let sd = c.sqrt(&ve);
+    let xh = c.div(&xc, &sd);
+    let mut out = vec![None; n.input.len()];
+    if need[0] {
+        let dxh = c.mul(&d, &n.input[1]);
+        let m1 = c.reduce_mean(&dxh, &norm_axes, true);
+        let p = c.mul(&dxh, &xh);
+        let m2 = c.reduce_mean(&p, &norm_axes, true);
+        let t = c.mul(&xh, &m2);
+        let u = c.sub(&dxh, &m1);
+        let u = c.sub(&u, &t);
+        out[0] = Some(c.div(&u, &sd));
+    }
+    if need.get(1).copied().unwrap_or(false) {
+        let t = c.mul(&d, &xh);
+        let s = c.reduce_sum(&t, &lead_axes, false);
+        out[1] = Some(c.unbroadcast(&s, &n.input[1], &n.input[1]).unwrap_or(s));
+    }
+    if need.get(2).copied().unwrap_or(false) {
+        out[2] = Some(c.reduce_sum(&d, &lead_axes, false));
+    }
+    Ok(out)
+}

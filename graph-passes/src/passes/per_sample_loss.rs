@@ -1,0 +1,206 @@
+//! per-sample-loss: exposes `loss_per_sample` [batch] and the scalar mean `loss`.
+//!
+//! Attached to the logits (cross-entropy with int64 labels and optional label smoothing, PyTorch's
+//! formula; mse with float targets, per sample the mean over the sample's elements), or, when the
+//! graph already reduces a loss over the batch (SoftmaxCrossEntropyLoss/NegativeLogLikelihoodLoss
+//! with reduction mean/sum, or ReduceMean/ReduceSum over the batch axis), that reduction is
+//! rewritten so the per-sample vector is exposed and the scalar stays equal. Cross-entropy uses
+//! the formulation both engines run: −GatherElements(LogSoftmax(x), labels).
+use super::{value_info, Contract, Pass};
+use crate::autodiff::Ctx;
+use crate::ir::{node_error, Model, NodeExt};
+use crate::onnx::{data_type as dt, NodeProto};
+use crate::shapes::{self, value_type_of};
+use crate::{bail, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Loss {
+    CrossEntropy { label_smoothing: f32 },
+    Mse,
+}
+
+pub struct PerSampleLoss {
+    pub loss: Loss,
+    /// Adds a `sample_weights` [batch] input and a `weighted_loss` = Σ wᵢ·ℓᵢ output.
+    pub weighted: bool,
+}
+
+pub const LOSS: &str = "loss";
+pub const LOSS_PER_SAMPLE: &str = "loss_per_sample";
+pub const LABELS: &str = "labels";
+pub const TARGETS: &str = "targets";
+
+/// ℓᵢ = −(1 − ε)·log pᵢ,ₜᵢ − ε·mean_c log pᵢ,c  with p = softmax over axis 1.
+fn cross_entropy_per_sample(c: &mut Ctx, scores_are_log_probs: bool, x: &str, labels: &str, smoothing: f32) -> String {
+    let logp = if scores_are_log_probs { x.to_string() } else { c.g.add("LogSoftmax", &[x]).int("axis", 1).output() };
+    let idx = c.unsqueeze(labels, &[1]);
+    let picked = c.g.add("GatherElements", &[&logp, &idx]).int("axis", 1).output();
+    let picked = c.squeeze(&picked, &[1]);
+    let nll = c.neg(&picked);
+    if smoothing == 0.0 {
+        return nll;
+    }
+    let mean_logp = c.reduce_mean(&logp, &[1], false);
+    let smooth = c.neg(&mean_logp);
+    let (a, b) = (c.scalar(1.0 - smoothing), c.scalar(smoothing));
+    let l = c.mul(&nll, &a);
+    let r = c.mul(&smooth, &b);
+    c.add(&l, &r)
+}
+
+impl Pass for PerSampleLoss {
+    fn name(&self) -> &'static str {
+        "per-sample-loss"
+    }
+
+    fn run(&self, m: &mut Model, c: &mut Contract) -> Result<()> {
+        let opset = m.opset();
+        if opset < 13 {
+            bail!("opset {opset} is too old for training (onnxsam needs ≥ 13; re-export with opset_version=17)");
+        }
+        let s = shapes::infer(&m.graph)?;
+        let float_outputs: Vec<String> =
+            m.graph.outputs.iter().filter(|o| s.get(&o.name).map(|t| t.dtype == dt::FLOAT).unwrap_or(false)).map(|o| o.name.clone()).collect();
+        // outputs the train-mode pass added (next running statistics) are not the model's
+        let model_outputs: Vec<String> = float_outputs.into_iter().filter(|o| !c.state_next.values().any(|v| v == o)).collect();
+        let [out] = model_outputs.as_slice() else {
+            bail!("the model has {} float outputs ({}); onnxsam trains a model with one output (the logits or a loss)", model_outputs.len(), model_outputs.join(", "));
+        };
+        let out = out.clone();
+        let producer = m.graph.nodes.iter().find(|n| n.output.first() == Some(&out)).cloned();
+        let out_rank = s.rank(&out);
+        let mut ctx = Ctx::new(&mut m.graph, s, opset);
+        let (lps, loss) = match producer {
+            Some(n) if matches!(n.op_type.as_str(), "SoftmaxCrossEntropyLoss" | "NegativeLogLikelihoodLoss") => {
+                rewrite_loss_op(&n, &mut ctx, c)?
+            }
+            Some(n) if out_rank == Some(0) && matches!(n.op_type.as_str(), "ReduceMean" | "ReduceSum") => {
+                rewrite_reduction(&n, &mut ctx)?
+            }
+            _ if out_rank == Some(0) => bail!("the model outputs a scalar '{out}' that onnxsam does not recognise as a batch-reduced loss"),
+            _ => attach(&out, self.loss, &mut ctx, c)?,
+        };
+        let lps = ctx.g.add("Identity", &[&lps]).named_outputs(&[LOSS_PER_SAMPLE]).remove(0);
+        let loss = ctx.g.add("Identity", &[&loss]).named_outputs(&[LOSS]).remove(0);
+        let mut outputs = vec![value_info(&loss, dt::FLOAT, &[]), value_info(&lps, dt::FLOAT, &[-1])];
+        if self.weighted {
+            let w = ctx.g.fresh("sample_weights");
+            ctx.g.inputs.push(value_info(&w, dt::FLOAT, &[-1]));
+            let p = ctx.mul(&lps, &w);
+            let wl = ctx.reduce_sum(&p, &[0], false);
+            let wl = ctx.g.add("Identity", &[&wl]).named_outputs(&["weighted_loss"]).remove(0);
+            outputs.push(value_info(&wl, dt::FLOAT, &[]));
+            c.sample_weights = Some(w);
+        }
+        // keep the other outputs (logits, next running statistics)
+        let old: Vec<_> = ctx.g.outputs.drain(..).collect();
+        outputs.extend(old.into_iter().filter(|o| o.name != loss));
+        ctx.g.outputs = outputs;
+        c.loss = Some(loss);
+        c.loss_per_sample = Some(lps);
+        m.graph.topo_sort()
+    }
+}
+
+fn attach(logits: &str, loss: Loss, c: &mut Ctx, contract: &mut Contract) -> Result<(String, String)> {
+    let shape = c.shape(logits)?.clone();
+    contract.logits = Some(logits.to_string());
+    let lps = match loss {
+        Loss::CrossEntropy { label_smoothing } => {
+            if shape.len() != 2 {
+                bail!("cross-entropy needs logits [batch, classes]; the output '{logits}' has shape {shape:?} (use --loss mse?)");
+            }
+            let labels = c.g.fresh(LABELS);
+            c.g.inputs.push(value_info(&labels, dt::INT64, &[-1]));
+            contract.labels = Some(labels.clone());
+            cross_entropy_per_sample(c, false, logits, &labels, label_smoothing)
+        }
+        Loss::Mse => {
+            let targets = c.g.fresh(TARGETS);
+            let dims: Vec<i64> = shape.iter().map(|d| d.known().unwrap_or(-1)).collect();
+            c.g.inputs.push(value_info(&targets, dt::FLOAT, &dims));
+            contract.labels = Some(targets.clone());
+            let diff = c.sub(logits, &targets);
+            let sq = c.square(&diff);
+            if shape.len() > 1 {
+                let axes: Vec<i64> = (1..shape.len() as i64).collect();
+                c.reduce_mean(&sq, &axes, false)
+            } else {
+                sq
+            }
+        }
+    };
+    let loss = c.reduce_mean(&lps, &[0], false);
+    Ok((lps, loss))
+}
+
+/// SoftmaxCrossEntropyLoss / NegativeLogLikelihoodLoss with reduction mean or sum.
+fn rewrite_loss_op(n: &NodeProto, c: &mut Ctx, contract: &mut Contract) -> Result<(String, String)> {
+    if n.input.len() > 2 && !n.input[2].is_empty() {
+        return Err(node_error(n, "class weights are not supported"));
+    }
+    if c.rank(&n.input[0])? != 2 {
+        return Err(node_error(n, "only [batch, classes] scores are supported"));
+    }
+    crate::autodiff::rules::softmax_loss::check_ignore_index(n, c)?;
+    let reduction = n.attr_s("reduction").unwrap_or_else(|| "mean".into());
+    let labels = n.input[1].clone();
+    contract.labels = Some(labels.clone());
+    contract.data.retain(|d| *d != labels);
+    if n.output.get(1).map(|o| !o.is_empty()).unwrap_or(false) {
+        return Err(node_error(n, "the log_prob output is not supported"));
+    }
+    let lps = cross_entropy_per_sample(c, n.op_type == "NegativeLogLikelihoodLoss", &n.input[0], &labels, 0.0);
+    let loss = match reduction.as_str() {
+        "mean" => c.reduce_mean(&lps, &[0], false),
+        "sum" => c.reduce_sum(&lps, &[0], false),
+        other => return Err(node_error(n, format!("reduction '{other}': the graph must reduce the loss over the batch"))),
+    };
+    c.g.nodes.retain(|m| m.output != n.output);
+    rename_output(c, &loss, &n.output[0]);
+    Ok((lps, n.output[0].clone()))
+}
+
+/// A ReduceMean/ReduceSum of per-element losses [batch, …] down to a scalar.
+fn rewrite_reduction(n: &NodeProto, c: &mut Ctx) -> Result<(String, String)> {
+    let v = n.input[0].clone();
+    let shape = c.shape(&v)?.clone();
+    let r = shape.len() as i64;
+    if r == 0 {
+        return Err(node_error(n, "reduces a scalar"));
+    }
+    let given = n.attr_ints("axes").or_else(|| n.input.get(1).filter(|a| !a.is_empty()).and_then(|a| crate::ir::constant_ints(c.g, a)));
+    let all: Vec<i64> = (0..r).collect();
+    let axes: Vec<i64> = given.map(|a| a.into_iter().map(|x| if x < 0 { x + r } else { x }).collect()).unwrap_or(all.clone());
+    if axes.len() as i64 != r {
+        return Err(node_error(n, "the scalar loss must reduce every axis"));
+    }
+    let mean = n.op_type == "ReduceMean";
+    let rest: Vec<i64> = (1..r).collect();
+    let lps = if rest.is_empty() {
+        v.clone()
+    } else if mean {
+        c.reduce_mean(&v, &rest, false)
+    } else {
+        c.reduce_sum(&v, &rest, false)
+    };
+    let loss = if mean { c.reduce_mean(&lps, &[0], false) } else { c.reduce_sum(&lps, &[0], false) };
+    c.g.nodes.retain(|m| m.output != n.output);
+    rename_output(c, &loss, &n.output[0]);
+    Ok((lps, n.output[0].clone()))
+}
+
+fn rename_output(c: &mut Ctx, from: &str, to: &str) {
+    for m in c.g.nodes.iter_mut() {
+        for o in m.output.iter_mut() {
+            if o == from {
+                *o = to.to_string();
+            }
+        }
+    }
+}
+
+/// The dtype and static shape of a graph input (for label checks at run time).
+pub fn input_type(m: &Model, name: &str) -> Option<crate::shapes::ValueType> {
+    m.graph.inputs.iter().find(|v| v.name == name).and_then(|v| value_type_of(&v.r#type))
+}

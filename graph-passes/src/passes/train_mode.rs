@@ -1,0 +1,140 @@
+//! train-mode: BatchNormalization uses batch statistics and outputs updated running statistics
+//! with PyTorch semantics; Dropout draws its mask from a uniform input the runtime feeds.
+//!
+//! BatchNormalization is decomposed into elementary ops: ONNX Runtime's training_mode kernel
+//! computes wrong results when initializers share values, and tract does not run it
+//! (BACKEND-NOTES.md). ONNX's momentum m: running ← m·running + (1 − m)·batch (PyTorch's
+//! momentum is 1 − m); the running variance takes the unbiased batch variance, as PyTorch does.
+use super::{value_info, value_info_untyped_shape, Contract, Pass};
+use crate::autodiff::Ctx;
+use crate::ir::{node_error, Model, NodeExt};
+use crate::onnx::{data_type as dt, NodeProto};
+use crate::shapes;
+use crate::Result;
+
+pub struct TrainMode;
+
+impl Pass for TrainMode {
+    fn name(&self) -> &'static str {
+        "train-mode"
+    }
+
+    fn run(&self, m: &mut Model, c: &mut Contract) -> Result<()> {
+        let opset = m.opset();
+        let s = shapes::infer(&m.graph)?;
+        let targets: Vec<NodeProto> =
+            m.graph.nodes.iter().filter(|n| matches!(n.op_type.as_str(), "BatchNormalization" | "Dropout")).cloned().collect();
+        let mut ctx = Ctx::new(&mut m.graph, s, opset);
+        for n in targets {
+            match n.op_type.as_str() {
+                "BatchNormalization" => batch_norm(&n, &mut ctx, c)?,
+                _ => dropout(&n, &mut ctx, c)?,
+            }
+        }
+        m.graph.topo_sort()
+    }
+}
+
+/// Removes node `n` from the graph; its outputs will be produced by the replacement.
+fn remove(ctx: &mut Ctx, n: &NodeProto) {
+    ctx.g.nodes.retain(|m| !(m.output == n.output && m.op_type == n.op_type));
+}
+
+/// Makes `name` (a graph input or the node that produced `from`) carry value `from`.
+fn rename_into(ctx: &mut Ctx, from: &str, to: &str) {
+    for m in ctx.g.nodes.iter_mut() {
+        for o in m.output.iter_mut() {
+            if o == from {
+                *o = to.to_string();
+            }
+        }
+    }
+}
+
+fn batch_norm(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
+    let (x, scale, bias, mean, var) = (&n.input[0], &n.input[1], &n.input[2], &n.input[3], &n.input[4]);
+    let r = ctx.rank(x)? as i64;
+    let axes: Vec<i64> = std::iter::once(0).chain(2..r).collect();
+    let spatial: Vec<i64> = (1..r - 1).collect();
+    let momentum = n.attr_f("momentum", 0.9);
+    let eps = n.attr_f("epsilon", 1e-5);
+    // batch statistics
+    let mu = ctx.reduce_mean(x, &axes, true);
+    let xc = ctx.sub(x, &mu);
+    let sq = ctx.square(&xc);
+    let bvar = ctx.reduce_mean(&sq, &axes, true);
+    let e = ctx.scalar(eps);
+    let ve = ctx.add(&bvar, &e);
+    let sd = ctx.sqrt(&ve);
+    let xh = ctx.div(&xc, &sd);
+    let sc = ctx.unsqueeze(scale, &spatial);
+    let b = ctx.unsqueeze(bias, &spatial);
+    let ys = ctx.mul(&xh, &sc);
+    let y = ctx.add(&ys, &b);
+    remove(ctx, n);
+    rename_into(ctx, &y, &n.output[0]);
+    // running statistics become state: inputs now, next values as outputs
+    for stat in [mean, var] {
+        if let Some(t) = ctx.g.initializer(stat).cloned() {
+            ctx.g.initializers.retain(|i| i.name != *stat);
+            ctx.g.inputs.push(value_info(stat, t.data_type, &t.dims));
+            c.init.insert(stat.clone(), t);
+        } else if !ctx.g.is_graph_input(stat) {
+            return Err(node_error(n, format!("running statistic '{stat}' is computed in the graph; onnxsam expects an initializer")));
+        }
+    }
+    let flat = ctx.const_i64(&[-1]);
+    let mu_c = ctx.reshape(&mu, &flat);
+    let var_c = ctx.reshape(&bvar, &flat);
+    // unbiased: var · n/(n − 1), n = elements per channel (the batch may be symbolic)
+    let shape = ctx.shape_of(x);
+    let idx = ctx.const_i64(&axes);
+    let picked = ctx.g.add("Gather", &[&shape, &idx]).int("axis", 0).output();
+    let count = ctx.g.add("ReduceProd", &[&picked]).int("keepdims", 0).output();
+    let count = ctx.cast(&count, dt::FLOAT);
+    let one = ctx.scalar(1.0);
+    let cm1 = ctx.sub(&count, &one);
+    let ratio = ctx.div(&count, &cm1);
+    let var_u = ctx.mul(&var_c, &ratio);
+    let (mm, om) = (ctx.scalar(momentum), ctx.scalar(1.0 - momentum));
+    for (stat, batch) in [(mean, mu_c), (var, var_u)] {
+        let kept = ctx.mul(stat, &mm);
+        let new = ctx.mul(&batch, &om);
+        let next = ctx.add(&kept, &new);
+        let out = ctx.g.add("Identity", &[&next]).named_outputs(&[&format!("{stat}.next")]).remove(0);
+        ctx.g.outputs.push(value_info_untyped_shape(&out, dt::FLOAT));
+        c.state_next.insert(stat.clone(), out);
+    }
+    Ok(())
+}
+
+fn dropout(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
+    let ratio = match n.input.get(1).filter(|s| !s.is_empty()) {
+        Some(r) => crate::ir::constant_value(ctx.g, r)
+            .and_then(|t| crate::onnx::tensor::to_f64(t).ok())
+            .map(|v| v[0] as f32)
+            .ok_or_else(|| node_error(n, "ratio must be a constant"))?,
+        None => n.attr_f("ratio", 0.5),
+    };
+    let x = &n.input[0];
+    let y = if ratio <= 0.0 {
+        ctx.op("Identity", &[x])
+    } else {
+        let u = ctx.g.fresh(&format!("{}.uniform", if n.name.is_empty() { "dropout" } else { &n.name }));
+        let dims: Vec<i64> = ctx.shape(x)?.iter().map(|d| d.known().unwrap_or(-1)).collect();
+        ctx.g.inputs.push(value_info(&u, dt::FLOAT, &dims));
+        c.random_uniform.insert(u.clone(), dims);
+        let r = ctx.scalar(ratio);
+        let keep = ctx.op("GreaterOrEqual", &[&u, &r]);
+        let mask = ctx.mask(&keep);
+        let kept = ctx.mul(x, &mask);
+        let k = ctx.scalar(1.0 / (1.0 - ratio));
+        ctx.mul(&kept, &k)
+    };
+    remove(ctx, n);
+    rename_into(ctx, &y, &n.output[0]);
+    if let Some(mask_out) = n.output.get(1).filter(|s| !s.is_empty()) {
+        return Err(node_error(n, format!("the Dropout mask output '{mask_out}' is used; onnxsam cannot train through it")));
+    }
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! `grad`, `gradcheck` and `rewrite --grad-only`.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, ValueEnum};
+use graph_passes::ir::Model;
+use graph_passes::onnx::SaveOptions;
+use graph_passes::passes::per_sample_loss::Loss;
+use graph_passes::passes::Contract;
+use graph_passes::step::{self, GradSpec};
+
+use super::{check_failed, BackendArgs};
+use crate::backend::{self, Session};
+use crate::grad::{self as g, Batch};
+use crate::tensor::{read_npz, write_npz, HostTensor};
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+pub enum LossKind {
+    CrossEntropy,
+    Mse,
+}
+
+/// How the gradient graph is built.
+#[derive(Args, Clone, Debug)]
+pub struct GradGraphArgs {
+    #[arg(long, value_enum, default_value = "cross-entropy")]
+    loss: LossKind,
+    /// Label smoothing ε for cross-entropy (PyTorch's formula)
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f32,
+    /// BatchNorm with batch statistics and Dropout active (the default)
+    #[arg(long, conflicts_with = "eval_mode")]
+    train_mode: bool,
+    /// BatchNorm with running statistics, Dropout off
+    #[arg(long)]
+    eval_mode: bool,
+    /// Keep parameters matching this glob constant (repeatable), e.g. --freeze 'conv1.*'
+    #[arg(long, value_name = "PATTERN")]
+    freeze: Vec<String>,
+    /// Give every use of a tensor the exporter shared its own parameter
+    #[arg(long)]
+    untie_shared: bool,
+}
+
+impl GradGraphArgs {
+    pub fn spec(&self) -> Result<GradSpec> {
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            bail!("--label-smoothing must be in [0, 1), got {}", self.label_smoothing);
+        }
+        let loss = match self.loss {
+            LossKind::CrossEntropy => Loss::CrossEntropy { label_smoothing: self.label_smoothing },
+            LossKind::Mse => {
+                if self.label_smoothing != 0.0 {
+                    bail!("--label-smoothing applies to cross-entropy only");
+                }
+                Loss::Mse
+            }
+        };
+        Ok(GradSpec { loss, train_mode: !self.eval_mode, freeze: self.freeze.clone(), untie_shared: self.untie_shared, weighted: false })
+    }
+}
+
+#[derive(Args)]
+pub struct GradArgs {
+    /// The ONNX model
+    model: PathBuf,
+    /// .npz with the model's inputs by name (or `x`) and labels/targets `y`
+    #[arg(long, value_name = "NPZ")]
+    batch: PathBuf,
+    #[command(flatten)]
+    graph: GradGraphArgs,
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Seed of the dropout masks
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where to write loss, loss_per_sample, one gradient per parameter and bn_after/<stat>
+    #[arg(long, value_name = "NPZ")]
+    out: PathBuf,
+}
+
+/// A built gradient graph with a session, ready to run on batches.
+pub struct GradRun {
+    pub model: Model,
+    pub contract: Contract,
+    pub session: Box<dyn Session>,
+    pub values: BTreeMap<String, HostTensor>,
+    pub source: String,
+}
+
+impl GradRun {
+    pub fn new(path: &Path, spec: &GradSpec, backend: &BackendArgs, loss_only: bool) -> Result<GradRun> {
+        let model = Model::load(path)?;
+        let shown = path.display().to_string();
+        let (gm, contract) = if loss_only { step::loss_graph(&model, spec) } else { step::grad_graph(&model, spec) }.map_err(|e| anyhow!("{shown}: {e}"))?;
+        let be = backend::select(&backend.request(), true)?;
+        let session = be.load(&gm.to_proto()).with_context(|| shown.clone())?;
+        let values = g::initial_values(&contract)?;
+        Ok(GradRun { model: gm, contract, session, values, source: shown })
+    }
+
+    pub fn batch(&self, path: &Path) -> Result<Batch> {
+        let arrays = read_npz(path)?;
+        g::batch_from_npz(&path.display().to_string(), &self.model, &self.contract, arrays)
+    }
+
+    pub fn run(&mut self, batch: &Batch, seed: u64) -> Result<BTreeMap<String, HostTensor>> {
+        let feeds = g::feeds(&self.contract, batch, &self.values, seed)?;
+        let out = self.session.run(&feeds).with_context(|| self.source.clone())?;
+        Ok(out.into_iter().collect())
+    }
+}
+
+pub fn grad(a: GradArgs) -> Result<i32> {
+    let spec = a.graph.spec()?;
+    let mut r = GradRun::new(&a.model, &spec, &a.backend, false)?;
+    let batch = r.batch(&a.batch)?;
+    let out = r.run(&batch, a.seed)?;
+    let c = &r.contract;
+    let get = |name: &str| out.get(name).cloned().ok_or_else(|| anyhow!("the graph produced no '{name}'"));
+    let mut arrays = vec![
+        ("loss".to_string(), get(c.loss.as_deref().unwrap_or("loss"))?),
+        ("loss_per_sample".to_string(), get(c.loss_per_sample.as_deref().unwrap_or("loss_per_sample"))?),
+    ];
+    for (p, gname) in &c.grads {
+        arrays.push((p.clone(), get(gname)?));
+    }
+    for (stat, next) in &c.state_next {
+        arrays.push((format!("bn_after/{stat}"), get(next)?));
+    }
+    write_npz(&a.out, &arrays)?;
+    let loss = arrays[0].1.to_f64()[0];
+    eprintln!("loss {loss:.6}; wrote {} gradients and {} running statistics to {}", c.grads.len(), c.state_next.len(), a.out.display());
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct GradcheckArgs {
+    /// The ONNX model
+    model: PathBuf,
+    /// .npz with the model's inputs by name (or `x`) and labels/targets `y`
+    #[arg(long, value_name = "NPZ")]
+    batch: PathBuf,
+    #[command(flatten)]
+    graph: GradGraphArgs,
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Random coordinates perturbed per parameter
+    #[arg(long, default_value_t = 32)]
+    samples: usize,
+    /// Finite-difference step, relative to the parameter's RMS (at least this much absolute)
+    #[arg(long, default_value_t = 1e-2)]
+    step: f32,
+    /// Largest relative error accepted
+    #[arg(long, default_value_t = 2e-2)]
+    tolerance: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Σ of per-sample losses in f64 (less rounding than the float32 mean).
+fn loss_sum(out: &BTreeMap<String, HostTensor>, c: &Contract) -> Result<f64> {
+    let lps = out.get(c.loss_per_sample.as_deref().unwrap_or("")).ok_or_else(|| anyhow!("no loss_per_sample output"))?;
+    Ok(lps.to_f64().iter().sum::<f64>() / lps.len() as f64)
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    parameter: String,
+    autodiff: f64,
+    finite_difference: f64,
+    relative_error: f64,
+    ok: bool,
+}
+
+pub fn gradcheck(a: GradcheckArgs) -> Result<i32> {
+    let spec = a.graph.spec()?;
+    let mut r = GradRun::new(&a.model, &spec, &a.backend, false)?;
+    let batch = r.batch(&a.batch)?;
+    let base = r.run(&batch, a.seed)?;
+    let grads: BTreeMap<String, HostTensor> =
+        r.contract.grads.iter().map(|(p, gname)| (p.clone(), base[gname].clone())).collect();
+    let mut rows = Vec::new();
+    let params = r.contract.params.clone();
+    for (k, p) in params.iter().enumerate() {
+        let theta = r.values[p].clone();
+        let v0 = theta.as_f32().ok_or_else(|| anyhow!("parameter '{p}' is not float32"))?.to_vec();
+        let n = v0.len();
+        let rms = (v0.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / n.max(1) as f64).sqrt() as f32;
+        let h = a.step * rms.max(1e-1);
+        // random coordinates, moved along the sign of their gradient: a directional derivative
+        // large enough to stand above float32 rounding of the loss
+        let gv = grads[p].as_f32().ok_or_else(|| anyhow!("gradient of '{p}' is not float32"))?;
+        let mut coords: Vec<(usize, f32)> = Vec::new();
+        let noise = g::uniform(a.seed, &format!("gradcheck/{p}"), a.samples);
+        for s in 0..a.samples.min(n) {
+            let c = if n <= a.samples { s } else { ((noise[s] as f64) * n as f64) as usize % n };
+            if !coords.iter().any(|(i, _)| *i == c) {
+                coords.push((c, if gv[c] < 0.0 { -1.0 } else { 1.0 }));
+            }
+        }
+        let ad: f64 = coords.iter().map(|&(i, s)| gv[i] as f64 * s as f64).sum();
+        let mut eval = |sign: f32| -> Result<f64> {
+            let mut v = v0.clone();
+            for &(i, s) in &coords {
+                v[i] += sign * h * s;
+            }
+            r.values.insert(p.clone(), HostTensor::f32(&theta.shape, v));
+            let out = r.run(&batch, a.seed)?;
+            loss_sum(&out, &r.contract)
+        };
+        let (lp, lm) = (eval(1.0)?, eval(-1.0)?);
+        r.values.insert(p.clone(), theta.clone());
+        let fd = (lp - lm) / (2.0 * h as f64);
+        let denom = fd.abs().max(ad.abs()).max(1e-4);
+        let rel = (fd - ad).abs() / denom;
+        rows.push(Row { parameter: p.clone(), autodiff: ad, finite_difference: fd, relative_error: rel, ok: rel <= a.tolerance });
+        let _ = k;
+    }
+    let failed = rows.iter().filter(|r| !r.ok).count();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{:<40} {:>14} {:>14} {:>10}", "parameter", "autodiff", "finite diff", "rel err");
+        for row in &rows {
+            println!("{:<40} {:>14.6e} {:>14.6e} {:>10.2e}{}", row.parameter, row.autodiff, row.finite_difference, row.relative_error, if row.ok { "" } else { "  FAIL" });
+        }
+        println!("{} parameters, {} failed (tolerance {})", rows.len(), failed, a.tolerance);
+    }
+    if failed > 0 {
+        return Err(check_failed(format!("{}: {failed} of {} parameters fail the gradient check", a.model.display(), rows.len())));
+    }
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct RewriteArgs {
+    /// The ONNX model
+    model: PathBuf,
+    /// Write the forward + loss + gradient graph (training-step graphs come with the optimizer passes)
+    #[arg(long)]
+    grad_only: bool,
+    #[command(flatten)]
+    graph: GradGraphArgs,
+    /// Output file (a JSON contract is written beside it)
+    #[arg(short = 'o', long = "output", value_name = "ONNX")]
+    output: PathBuf,
+    /// Write weights to OUTPUT.data beside the graph
+    #[arg(long)]
+    external_data: bool,
+}
+
+pub fn rewrite(a: RewriteArgs) -> Result<i32> {
+    if !a.grad_only {
+        bail!("rewrite: only --grad-only is available so far (optimizer step graphs are not built yet)");
+    }
+    let spec = a.graph.spec()?;
+    let model = Model::load(&a.model)?;
+    let (mut gm, c) = step::grad_graph(&model, &spec).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+    // parameter and state values travel as initializers: defaults any runtime may override
+    for t in c.init.values() {
+        gm.graph.initializers.push(t.clone());
+    }
+    let opts = SaveOptions { external_data: a.external_data.then_some(true), ..Default::default() };
+    gm.save(&a.output, &opts)?;
+    let json_path = a.output.with_extension("json");
+    let json = serde_json::to_string_pretty(&c)?;
+    graph_passes::onnx::write_atomic(&json_path, json.as_bytes())?;
+    eprintln!(
+        "wrote {} ({} nodes, {} parameters) and {}",
+        a.output.display(),
+        gm.graph.nodes.len(),
+        c.params.len(),
+        json_path.display()
+    );
+    Ok(0)
+}

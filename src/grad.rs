@@ -1,0 +1,137 @@
+//! Running gradient graphs: feeding parameters, state, data, labels and random inputs.
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Result};
+use graph_passes::ir::Model;
+use graph_passes::onnx::{data_type as dt, tensor, TensorProto};
+use graph_passes::passes::Contract;
+use graph_passes::shapes::{self, Dim};
+
+use crate::tensor::{Data, HostTensor};
+
+/// A TensorProto's value as a host tensor (float32, int64 and a few others).
+pub fn host_from_proto(t: &TensorProto) -> Result<HostTensor> {
+    let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    Ok(match t.data_type {
+        dt::FLOAT => HostTensor::f32(&shape, tensor::to_f32(t)?),
+        dt::INT64 => HostTensor::i64(&shape, tensor::to_i64(t)?),
+        dt::DOUBLE => HostTensor { shape, data: Data::F64(tensor::to_f64(t)?) },
+        other => bail!("tensor '{}' of type {} cannot be fed", t.name, tensor::dtype_name(other)),
+    })
+}
+
+pub fn proto_from_host(name: &str, t: &HostTensor) -> Result<TensorProto> {
+    let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+    Ok(match &t.data {
+        Data::F32(v) => tensor::from_f32(name, &dims, v),
+        Data::I64(v) => tensor::from_i64(name, &dims, v),
+        _ => bail!("'{name}': only float32 and int64 values are stored"),
+    })
+}
+
+/// Counter-based uniform [0, 1) noise (splitmix64), so a run is reproducible from (seed, key).
+pub fn uniform(seed: u64, key: &str, n: usize) -> Vec<f32> {
+    let mut h: u64 = seed ^ 0x9E37_79B9_7F4A_7C15;
+    for b in key.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01B3);
+    }
+    (0..n as u64)
+        .map(|i| {
+            let mut z = h.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}
+
+/// The batch's arrays: model inputs by name (a lone data input may be called `x`) and labels `y`.
+pub struct Batch {
+    pub data: Vec<(String, HostTensor)>,
+    pub labels: HostTensor,
+}
+
+/// Matches a batch .npz to the graph's contract and checks labels against the logits.
+pub fn batch_from_npz(source: &str, model: &Model, c: &Contract, mut arrays: BTreeMap<String, HostTensor>) -> Result<Batch> {
+    let label_name = c.labels.clone().ok_or_else(|| anyhow!("the graph takes no labels"))?;
+    let labels = ["y", "labels", "targets", label_name.as_str()]
+        .iter()
+        .find_map(|k| arrays.remove(*k))
+        .ok_or_else(|| anyhow!("{source}: no labels: add an array 'y' (int64 class labels or float targets)"))?;
+    let mut data = Vec::new();
+    for name in &c.data {
+        let t = match arrays.remove(name) {
+            Some(t) => t,
+            None if c.data.len() == 1 => arrays
+                .remove("x")
+                .ok_or_else(|| anyhow!("{source}: no array '{name}' or 'x' for the model's input '{name}'"))?,
+            None => bail!("{source}: no array named '{name}' (the model's input)"),
+        };
+        data.push((name.clone(), t));
+    }
+    // dtypes and shapes of data inputs
+    let inputs: Vec<&graph_passes::onnx::ValueInfoProto> = model.graph.inputs.iter().filter(|v| c.data.contains(&v.name)).collect();
+    let checked = crate::cli::run::check_feeds(&inputs, data.iter().cloned().collect(), source)?;
+    let batch = checked.first().map(|(_, t)| t.shape.first().copied().unwrap_or(0)).unwrap_or(0);
+    if labels.shape.first().copied() != Some(batch) {
+        bail!("{source}: 'y' has {} rows but the batch has {batch} samples", labels.shape.first().copied().unwrap_or(0));
+    }
+    if c.labels.is_some() {
+        let want_int = model.graph.inputs.iter().find(|v| Some(&v.name) == c.labels.as_ref()).and_then(|v| shapes::value_type_of(&v.r#type)).map(|t| t.dtype == dt::INT64);
+        if want_int == Some(true) && !matches!(labels.data, Data::I64(_)) {
+            bail!("{source}: the loss needs int64 class labels in 'y', got {}", labels.dtype_name());
+        }
+        if want_int == Some(false) && !matches!(labels.data, Data::F32(_)) {
+            bail!("{source}: the loss needs float32 targets in 'y', got {}", labels.dtype_name());
+        }
+    }
+    let s = shapes::infer(&model.graph).map_err(|e| anyhow!("{e}"))?;
+    let logits = c.logits.as_deref().and_then(|l| s.shape(l)).cloned();
+    match labels.data {
+        Data::I64(ref v) => {
+            if labels.shape.len() != 1 {
+                bail!("{source}: labels 'y' must be a vector [batch], got shape {:?}", labels.shape);
+            }
+            if let Some(Some(classes)) = logits.as_ref().map(|l| l.get(1).and_then(Dim::known)) {
+                if let Some((i, &bad)) = v.iter().enumerate().find(|(_, &l)| l < 0 || l >= classes) {
+                    bail!("{source}: label {bad} (sample {i}) is out of range: the model has {classes} classes (0..{})", classes - 1);
+                }
+            }
+        }
+        Data::F32(_) => {
+            if let Some(l) = &logits {
+                let ok = l.len() == labels.shape.len() && l.iter().zip(&labels.shape).skip(1).all(|(d, &n)| d.known().map(|k| k as usize == n).unwrap_or(true));
+                if !ok {
+                    bail!("{source}: targets 'y' have shape {:?} but the model's output is {}", labels.shape, shapes::shape_string(&Some(l.clone())));
+                }
+            }
+        }
+        _ => bail!("{source}: labels 'y' must be int64 (classes) or float32 (targets), got {}", labels.dtype_name()),
+    }
+    Ok(Batch { data: checked, labels })
+}
+
+/// Every input of the gradient graph: data, labels, parameters, state, random noise.
+pub fn feeds(c: &Contract, batch: &Batch, values: &BTreeMap<String, HostTensor>, seed: u64) -> Result<Vec<(String, HostTensor)>> {
+    let mut f: Vec<(String, HostTensor)> = batch.data.clone();
+    if let Some(l) = &c.labels {
+        f.push((l.clone(), batch.labels.clone()));
+    }
+    for name in c.params.iter().chain(c.state_next.keys()) {
+        let v = values.get(name).ok_or_else(|| anyhow!("no value for '{name}'"))?;
+        f.push((name.clone(), v.clone()));
+    }
+    let batch_size = batch.labels.shape[0];
+    for (name, dims) in &c.random_uniform {
+        let shape: Vec<usize> = dims.iter().map(|&d| if d < 0 { batch_size } else { d as usize }).collect();
+        let n = shape.iter().product();
+        f.push((name.clone(), HostTensor::f32(&shape, uniform(seed, name, n))));
+    }
+    Ok(f)
+}
+
+/// Initial values of parameters and state from the contract.
+pub fn initial_values(c: &Contract) -> Result<BTreeMap<String, HostTensor>> {
+    c.init.iter().map(|(k, t)| Ok((k.clone(), host_from_proto(t)?))).collect()
+}

@@ -1,0 +1,143 @@
+//! `onnxsam grad` on every reference model equals PyTorch autograd (tools/export_models.py makes
+//! the fixtures): gradients, per-sample losses and running statistics, on both engines.
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use onnxsam::tensor::{read_npz, HostTensor};
+
+/// ‖Δ‖/‖ref‖ ≤ 1e-4; a reference that is zero in exact arithmetic (norm < 1e-6, e.g. the key
+/// bias of softmax attention, which the softmax cancels) must come out below 1e-6 too.
+fn close(name: &str, got: &HostTensor, want: &HostTensor) -> Result<(), String> {
+    if got.shape != want.shape {
+        return Err(format!("{name}: shape {:?} vs PyTorch {:?}", got.shape, want.shape));
+    }
+    let (g, w) = (got.to_f64(), want.to_f64());
+    let diff = g.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    let norm = w.iter().map(|b| b * b).sum::<f64>().sqrt();
+    let ok = if norm < 1e-6 { diff < 1e-6 } else { diff / norm <= 1e-4 };
+    if ok { Ok(()) } else { Err(format!("{name}: ‖Δ‖ = {diff:.3e}, ‖ref‖ = {norm:.3e}")) }
+}
+
+fn check(dir: &str, model_path: &std::path::Path, backend: &str) {
+    let tmp = tempdir();
+    let out = tmp.path().join("grads.npz");
+    let batch = fixture(&format!("{dir}/batch.npz"));
+    let o = onnxsam(&["grad", model_path.to_str().unwrap(), "--batch", batch.to_str().unwrap(), "--out", out.to_str().unwrap(), "--backend", backend]);
+    assert_eq!(o.status.code(), Some(0), "{dir} on {backend}: {}", stderr(&o));
+    let got = read_npz(&out).unwrap();
+    let want: BTreeMap<String, HostTensor> = read_npz(&fixture(&format!("{dir}/grads.npz"))).unwrap();
+    let mut errors = Vec::new();
+    for (name, w) in &want {
+        match got.get(name) {
+            None => errors.push(format!("{name}: missing")),
+            Some(g) => {
+                if let Err(e) = close(name, g, w) {
+                    errors.push(e);
+                }
+            }
+        }
+    }
+    assert!(errors.is_empty(), "{dir} on {backend}:\n{}", errors.join("\n"));
+    let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    assert!(extra.is_empty(), "{dir}: parameters PyTorch does not have: {extra:?}");
+}
+
+#[test]
+fn gradients_match_pytorch_on_tract() {
+    for m in MODELS {
+        check(m, &model(m), "tract");
+    }
+}
+
+#[test]
+fn gradients_match_pytorch_on_ort() {
+    for m in MODELS {
+        check(m, &model(m), "ort");
+    }
+}
+
+#[test]
+fn a_model_with_its_loss_inside_exposes_per_sample_losses() {
+    // SoftmaxCrossEntropyLoss(reduction=mean) in the graph; tract cannot run that op, but the
+    // pass rewrites it into ops both engines run
+    let p = fixture("loss_inside/model.onnx");
+    check("loss_inside", &p, "ort");
+    check("loss_inside", &p, "tract");
+}
+
+#[test]
+fn bad_batches_are_refused() {
+    let tmp = tempdir();
+    let m = model("mlp");
+    let out = tmp.path().join("g.npz");
+    let run = |batch: &std::path::Path| {
+        onnxsam(&["grad", m.to_str().unwrap(), "--batch", batch.to_str().unwrap(), "--out", out.to_str().unwrap(), "--backend", "tract"])
+    };
+    let x = read_npz(&fixture("mlp/batch.npz")).unwrap().remove("input").unwrap();
+    let write = |name: &str, arrays: Vec<(String, HostTensor)>| {
+        let p = tmp.path().join(name);
+        onnxsam::tensor::write_npz(&p, &arrays).unwrap();
+        p
+    };
+    let no_labels = write("nolabels.npz", vec![("input".into(), x.clone())]);
+    assert_bad_input(&run(&no_labels), "nolabels.npz", "no labels");
+    let bad_label = write("range.npz", vec![("input".into(), x.clone()), ("y".into(), HostTensor::i64(&[8], vec![0, 1, 2, 3, 4, 5, 6, 10]))]);
+    assert_bad_input(&run(&bad_label), "range.npz", "label 10 (sample 7) is out of range");
+    let negative = write("neg.npz", vec![("input".into(), x.clone()), ("y".into(), HostTensor::i64(&[8], vec![0, 1, 2, 3, 4, 5, 6, -1]))]);
+    assert_bad_input(&run(&negative), "neg.npz", "out of range");
+    let rows = write("rows.npz", vec![("input".into(), x.clone()), ("y".into(), HostTensor::i64(&[7], vec![0; 7]))]);
+    assert_bad_input(&run(&rows), "rows.npz", "'y' has 7 rows");
+    let shape = write("shape.npz", vec![("input".into(), HostTensor::f32(&[8, 784], vec![0.0; 8 * 784])), ("y".into(), HostTensor::i64(&[8], vec![0; 8]))]);
+    assert_bad_input(&run(&shape), "shape.npz", "shape [8, 784]");
+    let float_labels = write("float.npz", vec![("input".into(), x), ("y".into(), HostTensor::f32(&[8], vec![0.0; 8]))]);
+    assert_bad_input(&run(&float_labels), "float.npz", "int64");
+}
+
+#[test]
+fn unsupported_op_is_named_with_its_node() {
+    use onnxsam::graph_passes::onnx::{load_model, NodeProto};
+    use prost::Message;
+    let mut m = load_model(&model("mlp")).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    // put an op without a gradient rule on the path: Relu → Softsign
+    let relu = g.node.iter_mut().find(|n| n.op_type == "Relu").unwrap();
+    relu.op_type = "Softsign".into();
+    let name = relu.name.clone();
+    let _ = NodeProto::default();
+    let tmp = tempdir();
+    let p = write(tmp.path(), "softsign.onnx", &m.encode_to_vec());
+    let o = onnxsam(&["grad", p.to_str().unwrap(), "--batch", fixture("mlp/batch.npz").to_str().unwrap(), "--out", tmp.path().join("g.npz").to_str().unwrap(), "--backend", "tract"]);
+    assert_bad_input(&o, "softsign.onnx", &format!("op Softsign (node {name}) has no gradient rule yet"));
+    let i = onnxsam(&["inspect", p.to_str().unwrap()]);
+    assert!(stdout(&i).contains(&format!("op Softsign (node {name}) has no gradient rule yet")), "{}", stdout(&i));
+}
+
+#[test]
+fn gradcheck_passes_on_the_mlp_and_the_cnn() {
+    for m in ["mlp", "cnn"] {
+        let o = onnxsam(&["gradcheck", model(m).to_str().unwrap(), "--batch", fixture(&format!("{m}/batch.npz")).to_str().unwrap(), "--backend", "tract"]);
+        assert_eq!(o.status.code(), Some(0), "{m}: {}{}", stdout(&o), stderr(&o));
+        assert!(stdout(&o).contains("0 failed"), "{}", stdout(&o));
+    }
+}
+
+#[test]
+fn rewrite_grad_only_writes_a_graph_diff_groups_by_pass() {
+    let tmp = tempdir();
+    let out = tmp.path().join("grad.onnx");
+    let m = model("resnet8");
+    let o = onnxsam(&["rewrite", m.to_str().unwrap(), "--grad-only", "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(tmp.path().join("grad.json").exists());
+    let d = onnxsam(&["diff", m.to_str().unwrap(), out.to_str().unwrap()]);
+    let text = stdout(&d);
+    for pass in ["train-mode (", "per-sample-loss (", "autodiff ("] {
+        assert!(text.contains(pass), "{pass} missing from:\n{text}");
+    }
+    // the written graph runs in ONNX Runtime as it is: parameters default to their initial values
+    let contract: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("grad.json")).unwrap()).unwrap();
+    assert_eq!(contract["params"].as_array().unwrap().len(), 29);
+    assert_eq!(contract["state_next"].as_object().unwrap().len(), 18);
+}
