@@ -53,7 +53,12 @@ pub struct Batch {
 }
 
 /// Matches a batch .npz to the graph's contract and checks labels against the logits.
-pub fn batch_from_npz(source: &str, model: &Model, c: &Contract, mut arrays: BTreeMap<String, HostTensor>) -> Result<Batch> {
+pub fn batch_from_npz(
+    source: &str,
+    model: &Model,
+    c: &Contract,
+    mut arrays: BTreeMap<String, HostTensor>,
+) -> Result<Batch> {
     let label_name = c.labels.clone().ok_or_else(|| anyhow!("the graph takes no labels"))?;
     let labels = ["y", "labels", "targets", label_name.as_str()]
         .iter()
@@ -71,14 +76,24 @@ pub fn batch_from_npz(source: &str, model: &Model, c: &Contract, mut arrays: BTr
         data.push((name.clone(), t));
     }
     // dtypes and shapes of data inputs
-    let inputs: Vec<&graph_passes::onnx::ValueInfoProto> = model.graph.inputs.iter().filter(|v| c.data.contains(&v.name)).collect();
+    let inputs: Vec<&graph_passes::onnx::ValueInfoProto> =
+        model.graph.inputs.iter().filter(|v| c.data.contains(&v.name)).collect();
     let checked = crate::cli::run::check_feeds(&inputs, data.iter().cloned().collect(), source)?;
     let batch = checked.first().map(|(_, t)| t.shape.first().copied().unwrap_or(0)).unwrap_or(0);
     if labels.shape.first().copied() != Some(batch) {
-        bail!("{source}: 'y' has {} rows but the batch has {batch} samples", labels.shape.first().copied().unwrap_or(0));
+        bail!(
+            "{source}: 'y' has {} rows but the batch has {batch} samples",
+            labels.shape.first().copied().unwrap_or(0)
+        );
     }
     if c.labels.is_some() {
-        let want_int = model.graph.inputs.iter().find(|v| Some(&v.name) == c.labels.as_ref()).and_then(|v| shapes::value_type_of(&v.r#type)).map(|t| t.dtype == dt::INT64);
+        let want_int = model
+            .graph
+            .inputs
+            .iter()
+            .find(|v| Some(&v.name) == c.labels.as_ref())
+            .and_then(|v| shapes::value_type_of(&v.r#type))
+            .map(|t| t.dtype == dt::INT64);
         if want_int == Some(true) && !matches!(labels.data, Data::I64(_)) {
             bail!("{source}: the loss needs int64 class labels in 'y', got {}", labels.dtype_name());
         }
@@ -95,15 +110,26 @@ pub fn batch_from_npz(source: &str, model: &Model, c: &Contract, mut arrays: BTr
             }
             if let Some(Some(classes)) = logits.as_ref().map(|l| l.get(1).and_then(Dim::known)) {
                 if let Some((i, &bad)) = v.iter().enumerate().find(|(_, &l)| l < 0 || l >= classes) {
-                    bail!("{source}: label {bad} (sample {i}) is out of range: the model has {classes} classes (0..{})", classes - 1);
+                    bail!(
+                        "{source}: label {bad} (sample {i}) is out of range: the model has {classes} classes (0..{})",
+                        classes - 1
+                    );
                 }
             }
         }
         Data::F32(_) => {
             if let Some(l) = &logits {
-                let ok = l.len() == labels.shape.len() && l.iter().zip(&labels.shape).skip(1).all(|(d, &n)| d.known().map(|k| k as usize == n).unwrap_or(true));
+                let ok = l.len() == labels.shape.len()
+                    && l.iter()
+                        .zip(&labels.shape)
+                        .skip(1)
+                        .all(|(d, &n)| d.known().map(|k| k as usize == n).unwrap_or(true));
                 if !ok {
-                    bail!("{source}: targets 'y' have shape {:?} but the model's output is {}", labels.shape, shapes::shape_string(&Some(l.clone())));
+                    bail!(
+                        "{source}: targets 'y' have shape {:?} but the model's output is {}",
+                        labels.shape,
+                        shapes::shape_string(&Some(l.clone()))
+                    );
                 }
             }
         }
@@ -113,7 +139,12 @@ pub fn batch_from_npz(source: &str, model: &Model, c: &Contract, mut arrays: BTr
 }
 
 /// Every input of the gradient graph: data, labels, parameters, state, random noise.
-pub fn feeds(c: &Contract, batch: &Batch, values: &BTreeMap<String, HostTensor>, seed: u64) -> Result<Vec<(String, HostTensor)>> {
+pub fn feeds(
+    c: &Contract,
+    batch: &Batch,
+    values: &BTreeMap<String, HostTensor>,
+    seed: u64,
+) -> Result<Vec<(String, HostTensor)>> {
     let mut f: Vec<(String, HostTensor)> = batch.data.clone();
     if let Some(l) = &c.labels {
         f.push((l.clone(), batch.labels.clone()));

@@ -17,14 +17,27 @@ fn close(name: &str, got: &HostTensor, want: &HostTensor) -> Result<(), String> 
     let diff = g.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
     let norm = w.iter().map(|b| b * b).sum::<f64>().sqrt();
     let ok = if norm < 1e-6 { diff < 1e-6 } else { diff / norm <= 1e-4 };
-    if ok { Ok(()) } else { Err(format!("{name}: ‖Δ‖ = {diff:.3e}, ‖ref‖ = {norm:.3e}")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name}: ‖Δ‖ = {diff:.3e}, ‖ref‖ = {norm:.3e}"))
+    }
 }
 
 fn check(dir: &str, model_path: &std::path::Path, backend: &str) {
     let tmp = tempdir();
     let out = tmp.path().join("grads.npz");
     let batch = fixture(&format!("{dir}/batch.npz"));
-    let o = onnxsam(&["grad", model_path.to_str().unwrap(), "--batch", batch.to_str().unwrap(), "--out", out.to_str().unwrap(), "--backend", backend]);
+    let o = onnxsam(&[
+        "grad",
+        model_path.to_str().unwrap(),
+        "--batch",
+        batch.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--backend",
+        backend,
+    ]);
     assert_eq!(o.status.code(), Some(0), "{dir} on {backend}: {}", stderr(&o));
     let got = read_npz(&out).unwrap();
     let want: BTreeMap<String, HostTensor> = read_npz(&fixture(&format!("{dir}/grads.npz"))).unwrap();
@@ -73,7 +86,16 @@ fn bad_batches_are_refused() {
     let m = model("mlp");
     let out = tmp.path().join("g.npz");
     let run = |batch: &std::path::Path| {
-        onnxsam(&["grad", m.to_str().unwrap(), "--batch", batch.to_str().unwrap(), "--out", out.to_str().unwrap(), "--backend", "tract"])
+        onnxsam(&[
+            "grad",
+            m.to_str().unwrap(),
+            "--batch",
+            batch.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--backend",
+            "tract",
+        ])
     };
     let x = read_npz(&fixture("mlp/batch.npz")).unwrap().remove("input").unwrap();
     let write = |name: &str, arrays: Vec<(String, HostTensor)>| {
@@ -83,13 +105,25 @@ fn bad_batches_are_refused() {
     };
     let no_labels = write("nolabels.npz", vec![("input".into(), x.clone())]);
     assert_bad_input(&run(&no_labels), "nolabels.npz", "no labels");
-    let bad_label = write("range.npz", vec![("input".into(), x.clone()), ("y".into(), HostTensor::i64(&[8], vec![0, 1, 2, 3, 4, 5, 6, 10]))]);
+    let bad_label = write(
+        "range.npz",
+        vec![("input".into(), x.clone()), ("y".into(), HostTensor::i64(&[8], vec![0, 1, 2, 3, 4, 5, 6, 10]))],
+    );
     assert_bad_input(&run(&bad_label), "range.npz", "label 10 (sample 7) is out of range");
-    let negative = write("neg.npz", vec![("input".into(), x.clone()), ("y".into(), HostTensor::i64(&[8], vec![0, 1, 2, 3, 4, 5, 6, -1]))]);
+    let negative = write(
+        "neg.npz",
+        vec![("input".into(), x.clone()), ("y".into(), HostTensor::i64(&[8], vec![0, 1, 2, 3, 4, 5, 6, -1]))],
+    );
     assert_bad_input(&run(&negative), "neg.npz", "out of range");
     let rows = write("rows.npz", vec![("input".into(), x.clone()), ("y".into(), HostTensor::i64(&[7], vec![0; 7]))]);
     assert_bad_input(&run(&rows), "rows.npz", "'y' has 7 rows");
-    let shape = write("shape.npz", vec![("input".into(), HostTensor::f32(&[8, 784], vec![0.0; 8 * 784])), ("y".into(), HostTensor::i64(&[8], vec![0; 8]))]);
+    let shape = write(
+        "shape.npz",
+        vec![
+            ("input".into(), HostTensor::f32(&[8, 784], vec![0.0; 8 * 784])),
+            ("y".into(), HostTensor::i64(&[8], vec![0; 8])),
+        ],
+    );
     assert_bad_input(&run(&shape), "shape.npz", "shape [8, 784]");
     let float_labels = write("float.npz", vec![("input".into(), x), ("y".into(), HostTensor::f32(&[8], vec![0.0; 8]))]);
     assert_bad_input(&run(&float_labels), "float.npz", "int64");
@@ -108,7 +142,16 @@ fn unsupported_op_is_named_with_its_node() {
     let _ = NodeProto::default();
     let tmp = tempdir();
     let p = write(tmp.path(), "softsign.onnx", &m.encode_to_vec());
-    let o = onnxsam(&["grad", p.to_str().unwrap(), "--batch", fixture("mlp/batch.npz").to_str().unwrap(), "--out", tmp.path().join("g.npz").to_str().unwrap(), "--backend", "tract"]);
+    let o = onnxsam(&[
+        "grad",
+        p.to_str().unwrap(),
+        "--batch",
+        fixture("mlp/batch.npz").to_str().unwrap(),
+        "--out",
+        tmp.path().join("g.npz").to_str().unwrap(),
+        "--backend",
+        "tract",
+    ]);
     assert_bad_input(&o, "softsign.onnx", &format!("op Softsign (node {name}) has no gradient rule yet"));
     let i = onnxsam(&["inspect", p.to_str().unwrap()]);
     assert!(stdout(&i).contains(&format!("op Softsign (node {name}) has no gradient rule yet")), "{}", stdout(&i));
@@ -117,7 +160,14 @@ fn unsupported_op_is_named_with_its_node() {
 #[test]
 fn gradcheck_passes_on_the_mlp_and_the_cnn() {
     for m in ["mlp", "cnn"] {
-        let o = onnxsam(&["gradcheck", model(m).to_str().unwrap(), "--batch", fixture(&format!("{m}/batch.npz")).to_str().unwrap(), "--backend", "tract"]);
+        let o = onnxsam(&[
+            "gradcheck",
+            model(m).to_str().unwrap(),
+            "--batch",
+            fixture(&format!("{m}/batch.npz")).to_str().unwrap(),
+            "--backend",
+            "tract",
+        ]);
         assert_eq!(o.status.code(), Some(0), "{m}: {}{}", stdout(&o), stderr(&o));
         assert!(stdout(&o).contains("0 failed"), "{}", stdout(&o));
     }
@@ -137,7 +187,88 @@ fn rewrite_grad_only_writes_a_graph_diff_groups_by_pass() {
         assert!(text.contains(pass), "{pass} missing from:\n{text}");
     }
     // the written graph runs in ONNX Runtime as it is: parameters default to their initial values
-    let contract: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("grad.json")).unwrap()).unwrap();
+    let contract: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("grad.json")).unwrap()).unwrap();
     assert_eq!(contract["params"].as_array().unwrap().len(), 29);
     assert_eq!(contract["state_next"].as_object().unwrap().len(), 18);
+}
+
+/// The mlp with Dropout(0.5) after its first ReLU.
+fn mlp_with_dropout(dir: &std::path::Path) -> std::path::PathBuf {
+    use onnxsam::graph_passes::ir::Model;
+    let mut m = Model::load(&model("mlp")).unwrap();
+    let i = m.graph.nodes.iter().position(|n| n.op_type == "Relu").unwrap();
+    let relu_out = m.graph.nodes[i].output[0].clone();
+    let dropped = m.graph.add("Dropout", &[&relu_out]).float("ratio", 0.5).name("/dropout/Dropout").output();
+    for n in m.graph.nodes.iter_mut().filter(|n| n.op_type == "Gemm") {
+        for inp in n.input.iter_mut().filter(|x| **x == relu_out) {
+            *inp = dropped.clone();
+        }
+    }
+    m.graph.topo_sort().unwrap();
+    let p = dir.join("dropout.onnx");
+    m.save(&p, &Default::default()).unwrap();
+    p
+}
+
+#[test]
+fn dropout_in_train_mode_is_seeded_and_differentiable() {
+    let tmp = tempdir();
+    let p = mlp_with_dropout(tmp.path());
+    let batch = fixture("mlp/batch.npz");
+    let grad = |seed: &str, backend: &str, mode: &str| {
+        let out = tmp.path().join(format!("g{seed}{backend}{mode}.npz"));
+        let o = onnxsam(&[
+            "grad",
+            p.to_str().unwrap(),
+            "--batch",
+            batch.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--seed",
+            seed,
+            "--backend",
+            backend,
+            mode,
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        read_npz(&out).unwrap()
+    };
+    let a = grad("1", "tract", "--train-mode");
+    let b = grad("1", "ort", "--train-mode");
+    let c = grad("2", "tract", "--train-mode");
+    let e = grad("1", "tract", "--eval-mode");
+    // same seed: same mask on both engines; another seed: another mask; eval: no mask
+    assert!(
+        close("loss", &a["loss"], &b["loss"]).is_ok()
+            && close("fc1.weight", &a["fc1.weight"], &b["fc1.weight"]).is_ok()
+    );
+    assert_ne!(a["loss"].to_f64(), c["loss"].to_f64());
+    let reference = read_npz(&fixture("mlp/grads.npz")).unwrap();
+    assert!(close("loss", &e["loss"], &reference["loss"]).is_ok(), "eval mode is the model without dropout");
+    // about half the hidden units of each sample are dropped: the fc2 gradient sees zeros
+    let o = onnxsam(&[
+        "gradcheck",
+        p.to_str().unwrap(),
+        "--batch",
+        batch.to_str().unwrap(),
+        "--backend",
+        "tract",
+        "--train-mode",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+}
+
+#[test]
+fn eval_mode_gradients_pass_gradcheck_on_resnet8() {
+    let o = onnxsam(&[
+        "gradcheck",
+        model("resnet8").to_str().unwrap(),
+        "--batch",
+        fixture("resnet8/batch.npz").to_str().unwrap(),
+        "--eval-mode",
+        "--backend",
+        "tract",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
 }

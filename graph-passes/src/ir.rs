@@ -103,13 +103,19 @@ impl Graph {
 
     /// A name not used by any value or node yet, derived from `base`.
     pub fn fresh(&mut self, base: &str) -> String {
-        if !base.is_empty() && self.used_names.insert(base.to_string()) {
+        // inputs, outputs and initializers may have been pushed directly: count them as taken
+        let taken = |g: &Graph, n: &str| {
+            g.inputs.iter().any(|v| v.name == n)
+                || g.outputs.iter().any(|v| v.name == n)
+                || g.initializers.iter().any(|t| t.name == n)
+        };
+        if !base.is_empty() && !taken(self, base) && self.used_names.insert(base.to_string()) {
             return base.to_string();
         }
         loop {
             self.counter += 1;
             let name = format!("{base}_{}", self.counter);
-            if self.used_names.insert(name.clone()) {
+            if !taken(self, &name) && self.used_names.insert(name.clone()) {
                 return name;
             }
         }

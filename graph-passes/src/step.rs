@@ -2,7 +2,7 @@
 use crate::ir::Model;
 use crate::passes::lift_params::LiftParams;
 use crate::passes::per_sample_loss::{Loss, PerSampleLoss};
-use crate::passes::train_mode::TrainMode;
+use crate::passes::train_mode::{EvalMode, TrainMode};
 use crate::passes::{autodiff::Autodiff, run_all, Contract, Pass};
 use crate::Result;
 
@@ -18,7 +18,13 @@ pub struct GradSpec {
 
 impl Default for GradSpec {
     fn default() -> Self {
-        GradSpec { loss: Loss::CrossEntropy { label_smoothing: 0.0 }, train_mode: true, freeze: vec![], untie_shared: false, weighted: false }
+        GradSpec {
+            loss: Loss::CrossEntropy { label_smoothing: 0.0 },
+            train_mode: true,
+            freeze: vec![],
+            untie_shared: false,
+            weighted: false,
+        }
     }
 }
 
@@ -28,7 +34,8 @@ pub fn check_differentiable(model: &Model) -> Result<()> {
     use crate::autodiff::rules::{is_non_differentiable, rule_for};
     use crate::ir::NodeExt;
     let g = &model.graph;
-    let mut reached: std::collections::HashSet<&str> = g.initializers.iter().map(|t| t.name.as_str()).filter(|n| !n.starts_with("onnx::")).collect();
+    let mut reached: std::collections::HashSet<&str> =
+        g.initializers.iter().map(|t| t.name.as_str()).filter(|n| !n.starts_with("onnx::")).collect();
     for &i in &g.topo_order()? {
         let n = &g.nodes[i];
         if is_non_differentiable(&n.op_type) || !n.input.iter().any(|v| reached.contains(v.as_str())) {
@@ -51,9 +58,7 @@ pub fn grad_graph(model: &Model, spec: &GradSpec) -> Result<(Model, Contract)> {
     let loss = PerSampleLoss { loss: spec.loss, weighted: spec.weighted };
     let ad = Autodiff { weighted: spec.weighted };
     let mut passes: Vec<&dyn Pass> = vec![&lift];
-    if spec.train_mode {
-        passes.push(&TrainMode);
-    }
+    passes.push(if spec.train_mode { &TrainMode } else { &EvalMode });
     passes.push(&loss);
     passes.push(&ad);
     run_all(&mut m, &mut c, &passes)?;
@@ -68,9 +73,7 @@ pub fn loss_graph(model: &Model, spec: &GradSpec) -> Result<(Model, Contract)> {
     let lift = LiftParams { freeze: spec.freeze.clone(), untie_shared: spec.untie_shared };
     let loss = PerSampleLoss { loss: spec.loss, weighted: spec.weighted };
     let mut passes: Vec<&dyn Pass> = vec![&lift];
-    if spec.train_mode {
-        passes.push(&TrainMode);
-    }
+    passes.push(if spec.train_mode { &TrainMode } else { &EvalMode });
     passes.push(&loss);
     run_all(&mut m, &mut c, &passes)?;
     m.graph.value_info.clear();

@@ -39,13 +39,17 @@ enum Command {
     )]
     Diff(diff::DiffArgs),
     /// Gradients of the mean loss for one batch: loss, per-sample losses, one array per parameter
-    #[command(after_help = "Example:\n  onnxsam grad models/cnn.onnx --batch tests/fixtures/cnn/batch.npz --out grads.npz")]
+    #[command(
+        after_help = "Example:\n  onnxsam grad models/cnn.onnx --batch tests/fixtures/cnn/batch.npz --out grads.npz"
+    )]
     Grad(grad::GradArgs),
     /// Compare autodiff gradients with central finite differences on random coordinates
     #[command(after_help = "Example:\n  onnxsam gradcheck models/mlp.onnx --batch tests/fixtures/mlp/batch.npz")]
     Gradcheck(grad::GradcheckArgs),
     /// Rewrite a model into a training graph (now: --grad-only, forward + loss + gradients)
-    #[command(after_help = "Example:\n  onnxsam rewrite models/cnn.onnx --grad-only -o grad.onnx && onnxsam diff models/cnn.onnx grad.onnx")]
+    #[command(
+        after_help = "Example:\n  onnxsam rewrite models/cnn.onnx --grad-only -o grad.onnx && onnxsam diff models/cnn.onnx grad.onnx"
+    )]
     Rewrite(grad::RewriteArgs),
 }
 

@@ -33,7 +33,11 @@ pub struct RunArgs {
 }
 
 /// Matches .npz arrays to the model's data inputs and checks their dtype and shape.
-pub fn feeds_for(model: &Model, arrays: BTreeMap<String, HostTensor>, source: &str) -> Result<Vec<(String, HostTensor)>> {
+pub fn feeds_for(
+    model: &Model,
+    arrays: BTreeMap<String, HostTensor>,
+    source: &str,
+) -> Result<Vec<(String, HostTensor)>> {
     check_feeds(&model.graph.data_inputs(), arrays, source)
 }
 

@@ -132,7 +132,8 @@ impl<'g> Ctx<'g> {
 
     /// Integer values known statically: a constant, or computed from constants and static shapes.
     pub fn const_ints(&self, v: &str) -> Option<Vec<i64>> {
-        crate::ir::constant_ints(self.g, v).or_else(|| self.shapes.values.get(v).and_then(|d| d.iter().map(|x| x.known()).collect()))
+        crate::ir::constant_ints(self.g, v)
+            .or_else(|| self.shapes.values.get(v).and_then(|d| d.iter().map(|x| x.known()).collect()))
     }
 
     pub fn shape(&self, v: &str) -> Result<&Shape> {

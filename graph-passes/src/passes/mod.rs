@@ -59,15 +59,24 @@ pub fn run_all(m: &mut Model, c: &mut Contract, passes: &[&dyn Pass]) -> Result<
 
 /// A tensor-typed ValueInfo with the given dims (negative dims become the symbol "N").
 pub fn value_info(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
-    use crate::onnx::{tensor_shape_proto::dimension::Value as D, tensor_shape_proto::Dimension, type_proto, TensorShapeProto, TypeProto};
+    use crate::onnx::{
+        tensor_shape_proto::dimension::Value as D, tensor_shape_proto::Dimension, type_proto, TensorShapeProto,
+        TypeProto,
+    };
     let dim = dims
         .iter()
-        .map(|&d| Dimension { value: Some(if d < 0 { D::DimParam("N".into()) } else { D::DimValue(d) }), denotation: String::new() })
+        .map(|&d| Dimension {
+            value: Some(if d < 0 { D::DimParam("N".into()) } else { D::DimValue(d) }),
+            denotation: String::new(),
+        })
         .collect();
     ValueInfoProto {
         name: name.to_string(),
         r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type, shape: Some(TensorShapeProto { dim }) })),
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type,
+                shape: Some(TensorShapeProto { dim }),
+            })),
             denotation: String::new(),
         }),
         ..Default::default()

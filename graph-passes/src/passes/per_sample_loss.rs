@@ -59,12 +59,22 @@ impl Pass for PerSampleLoss {
             bail!("opset {opset} is too old for training (onnxsam needs ≥ 13; re-export with opset_version=17)");
         }
         let s = shapes::infer(&m.graph)?;
-        let float_outputs: Vec<String> =
-            m.graph.outputs.iter().filter(|o| s.get(&o.name).map(|t| t.dtype == dt::FLOAT).unwrap_or(false)).map(|o| o.name.clone()).collect();
+        let float_outputs: Vec<String> = m
+            .graph
+            .outputs
+            .iter()
+            .filter(|o| s.get(&o.name).map(|t| t.dtype == dt::FLOAT).unwrap_or(false))
+            .map(|o| o.name.clone())
+            .collect();
         // outputs the train-mode pass added (next running statistics) are not the model's
-        let model_outputs: Vec<String> = float_outputs.into_iter().filter(|o| !c.state_next.values().any(|v| v == o)).collect();
+        let model_outputs: Vec<String> =
+            float_outputs.into_iter().filter(|o| !c.state_next.values().any(|v| v == o)).collect();
         let [out] = model_outputs.as_slice() else {
-            bail!("the model has {} float outputs ({}); onnxsam trains a model with one output (the logits or a loss)", model_outputs.len(), model_outputs.join(", "));
+            bail!(
+                "the model has {} float outputs ({}); onnxsam trains a model with one output (the logits or a loss)",
+                model_outputs.len(),
+                model_outputs.join(", ")
+            );
         };
         let out = out.clone();
         let producer = m.graph.nodes.iter().find(|n| n.output.first() == Some(&out)).cloned();
@@ -77,7 +87,9 @@ impl Pass for PerSampleLoss {
             Some(n) if out_rank == Some(0) && matches!(n.op_type.as_str(), "ReduceMean" | "ReduceSum") => {
                 rewrite_reduction(&n, &mut ctx)?
             }
-            _ if out_rank == Some(0) => bail!("the model outputs a scalar '{out}' that onnxsam does not recognise as a batch-reduced loss"),
+            _ if out_rank == Some(0) => {
+                bail!("the model outputs a scalar '{out}' that onnxsam does not recognise as a batch-reduced loss")
+            }
             _ => attach(&out, self.loss, &mut ctx, c)?,
         };
         let lps = ctx.g.add("Identity", &[&lps]).named_outputs(&[LOSS_PER_SAMPLE]).remove(0);
@@ -154,7 +166,9 @@ fn rewrite_loss_op(n: &NodeProto, c: &mut Ctx, contract: &mut Contract) -> Resul
     let loss = match reduction.as_str() {
         "mean" => c.reduce_mean(&lps, &[0], false),
         "sum" => c.reduce_sum(&lps, &[0], false),
-        other => return Err(node_error(n, format!("reduction '{other}': the graph must reduce the loss over the batch"))),
+        other => {
+            return Err(node_error(n, format!("reduction '{other}': the graph must reduce the loss over the batch")))
+        }
     };
     c.g.nodes.retain(|m| m.output != n.output);
     rename_output(c, &loss, &n.output[0]);
@@ -169,9 +183,12 @@ fn rewrite_reduction(n: &NodeProto, c: &mut Ctx) -> Result<(String, String)> {
     if r == 0 {
         return Err(node_error(n, "reduces a scalar"));
     }
-    let given = n.attr_ints("axes").or_else(|| n.input.get(1).filter(|a| !a.is_empty()).and_then(|a| crate::ir::constant_ints(c.g, a)));
+    let given = n
+        .attr_ints("axes")
+        .or_else(|| n.input.get(1).filter(|a| !a.is_empty()).and_then(|a| crate::ir::constant_ints(c.g, a)));
     let all: Vec<i64> = (0..r).collect();
-    let axes: Vec<i64> = given.map(|a| a.into_iter().map(|x| if x < 0 { x + r } else { x }).collect()).unwrap_or(all.clone());
+    let axes: Vec<i64> =
+        given.map(|a| a.into_iter().map(|x| if x < 0 { x + r } else { x }).collect()).unwrap_or(all.clone());
     if axes.len() as i64 != r {
         return Err(node_error(n, "the scalar loss must reduce every axis"));
     }

@@ -22,14 +22,59 @@ impl Pass for TrainMode {
     fn run(&self, m: &mut Model, c: &mut Contract) -> Result<()> {
         let opset = m.opset();
         let s = shapes::infer(&m.graph)?;
-        let targets: Vec<NodeProto> =
-            m.graph.nodes.iter().filter(|n| matches!(n.op_type.as_str(), "BatchNormalization" | "Dropout")).cloned().collect();
+        let targets: Vec<NodeProto> = m
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op_type.as_str(), "BatchNormalization" | "Dropout"))
+            .cloned()
+            .collect();
         let mut ctx = Ctx::new(&mut m.graph, s, opset);
         for n in targets {
             match n.op_type.as_str() {
                 "BatchNormalization" => batch_norm(&n, &mut ctx, c)?,
                 _ => dropout(&n, &mut ctx, c)?,
             }
+        }
+        m.graph.topo_sort()
+    }
+}
+
+/// eval-mode: BatchNormalization with its running statistics, written out in elementary ops
+/// (tract runs the BatchNormalization op only with constant scale and bias, and lifted
+/// parameters are inputs); Dropout stays the identity it is at inference.
+pub struct EvalMode;
+
+impl Pass for EvalMode {
+    fn name(&self) -> &'static str {
+        "eval-mode"
+    }
+
+    fn run(&self, m: &mut Model, _c: &mut Contract) -> Result<()> {
+        let opset = m.opset();
+        let s = shapes::infer(&m.graph)?;
+        let targets: Vec<NodeProto> =
+            m.graph.nodes.iter().filter(|n| n.op_type == "BatchNormalization").cloned().collect();
+        let mut ctx = Ctx::new(&mut m.graph, s, opset);
+        for n in targets {
+            if n.attr_i("training_mode", 0) != 0 {
+                return Err(node_error(&n, "training_mode=1 in an evaluation graph"));
+            }
+            let (x, scale, bias, mean, var) = (&n.input[0], &n.input[1], &n.input[2], &n.input[3], &n.input[4]);
+            let r = ctx.rank(x)? as i64;
+            let spatial: Vec<i64> = (1..r - 1).collect();
+            // y = (x − μ)·γ/√(σ² + ε) + β
+            let e = ctx.scalar(n.attr_f("epsilon", 1e-5));
+            let ve = ctx.add(var, &e);
+            let sd = ctx.sqrt(&ve);
+            let k = ctx.div(scale, &sd);
+            let (kr, mr, br) =
+                (ctx.unsqueeze(&k, &spatial), ctx.unsqueeze(mean, &spatial), ctx.unsqueeze(bias, &spatial));
+            let xc = ctx.sub(x, &mr);
+            let xs = ctx.mul(&xc, &kr);
+            let y = ctx.add(&xs, &br);
+            remove(&mut ctx, &n);
+            rename_into(&mut ctx, &y, &n.output[0]);
         }
         m.graph.topo_sort()
     }
@@ -80,7 +125,10 @@ fn batch_norm(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
             ctx.g.inputs.push(value_info(stat, t.data_type, &t.dims));
             c.init.insert(stat.clone(), t);
         } else if !ctx.g.is_graph_input(stat) {
-            return Err(node_error(n, format!("running statistic '{stat}' is computed in the graph; onnxsam expects an initializer")));
+            return Err(node_error(
+                n,
+                format!("running statistic '{stat}' is computed in the graph; onnxsam expects an initializer"),
+            ));
         }
     }
     let flat = ctx.const_i64(&[-1]);
@@ -134,7 +182,10 @@ fn dropout(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
     remove(ctx, n);
     rename_into(ctx, &y, &n.output[0]);
     if let Some(mask_out) = n.output.get(1).filter(|s| !s.is_empty()) {
-        return Err(node_error(n, format!("the Dropout mask output '{mask_out}' is used; onnxsam cannot train through it")));
+        return Err(node_error(
+            n,
+            format!("the Dropout mask output '{mask_out}' is used; onnxsam cannot train through it"),
+        ));
     }
     Ok(())
 }

@@ -90,7 +90,10 @@ pub fn check_ignore_index(n: &NodeProto, c: &Ctx) -> Result<()> {
     if let Some(ix) = n.attr("ignore_index").and_then(|a| a.i) {
         let classes = c.shape(&n.input[0])?.get(1).and_then(|d| d.known());
         if ix >= 0 && classes.map(|k| ix < k).unwrap_or(true) {
-            return Err(node_error(n, format!("ignore_index {ix} is a valid class; ignoring samples is not supported")));
+            return Err(node_error(
+                n,
+                format!("ignore_index {ix} is a valid class; ignoring samples is not supported"),
+            ));
         }
     }
     Ok(())

@@ -1,0 +1,577 @@
+//! One finite-difference test per gradient rule, on tiny graphs with random inputs and the op's
+//! attribute variants, run on both engines. Each graph computes y = op(inputs); the loss is
+//! Σ w·y with a fixed random w, so the gradient checked is the vector-Jacobian product wᵀ∂y/∂x.
+use std::collections::BTreeMap;
+
+use onnxsam::backend::{self, BackendKind, BackendRequest, Device};
+use onnxsam::grad::uniform;
+use onnxsam::graph_passes::autodiff::gradients;
+use onnxsam::graph_passes::ir::{Graph, Model};
+use onnxsam::graph_passes::onnx::{data_type as dt, tensor, ModelProto, OperatorSetIdProto};
+use onnxsam::graph_passes::passes::value_info;
+use onnxsam::graph_passes::shapes::infer;
+use onnxsam::tensor::{Data, HostTensor};
+
+struct Case {
+    name: String,
+    opset: i64,
+    inputs: Vec<(String, HostTensor)>,
+    wrt: Vec<String>,
+    build: Box<dyn Fn(&mut Graph) -> String>,
+}
+
+fn rnd(key: &str, shape: &[usize], lo: f32, hi: f32) -> HostTensor {
+    let n = shape.iter().product();
+    HostTensor::f32(shape, uniform(7, key, n).into_iter().map(|u| lo + (hi - lo) * u).collect())
+}
+
+/// Values with |x| in [0.3, 1.5] and random sign: away from the kinks of Relu, Abs, Clip at 0.
+fn away(key: &str, shape: &[usize]) -> HostTensor {
+    let n: usize = shape.iter().product();
+    let mag = uniform(8, key, n);
+    let sign = uniform(9, key, n);
+    HostTensor::f32(
+        shape,
+        mag.iter().zip(&sign).map(|(m, s)| (0.3 + 1.2 * m) * if *s < 0.5 { -1.0 } else { 1.0 }).collect(),
+    )
+}
+
+/// Distinct, well-separated values in random order (pooling: no near-ties).
+fn distinct(key: &str, shape: &[usize]) -> HostTensor {
+    let n: usize = shape.iter().product();
+    let u = uniform(10, key, n);
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.sort_by(|&a, &b| u[a].partial_cmp(&u[b]).unwrap());
+    let mut v = vec![0.0f32; n];
+    for (rank, &i) in idx.iter().enumerate() {
+        v[i] = rank as f32 * 0.1 - n as f32 * 0.05;
+    }
+    HostTensor::f32(shape, v)
+}
+
+fn case(
+    name: &str,
+    opset: i64,
+    inputs: Vec<(&str, HostTensor)>,
+    wrt: &[&str],
+    build: impl Fn(&mut Graph) -> String + 'static,
+) -> Case {
+    Case {
+        name: name.to_string(),
+        opset,
+        inputs: inputs.into_iter().map(|(n, t)| (n.to_string(), t)).collect(),
+        wrt: wrt.iter().map(|s| s.to_string()).collect(),
+        build: Box::new(build),
+    }
+}
+
+/// Graph input declarations for the case's inputs.
+fn declare(g: &mut Graph, inputs: &[(String, HostTensor)]) {
+    for (n, t) in inputs {
+        let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        g.inputs.push(value_info(n, t.onnx_dtype(), &dims));
+    }
+}
+
+fn build_model(c: &Case) -> Model {
+    let mut g = Graph::default();
+    declare(&mut g, &c.inputs);
+    let y = (c.build)(&mut g);
+    let s = infer(&g).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+    let dims: Vec<i64> = s
+        .shape(&y)
+        .unwrap_or_else(|| panic!("{}: y has no shape", c.name))
+        .iter()
+        .map(|d| d.known().unwrap())
+        .collect();
+    let n: usize = dims.iter().product::<i64>() as usize;
+    let w = g.add_initializer(
+        "w",
+        tensor::from_f32("", &dims, &uniform(11, &c.name, n).iter().map(|u| u * 2.0 - 1.0).collect::<Vec<_>>()),
+    );
+    let p = g.add("Mul", &[&y, &w]).output();
+    let loss = g.add("ReduceSum", &[&p]).int("keepdims", 0).named_outputs(&["loss"]).remove(0);
+    g.outputs.push(value_info(&loss, dt::FLOAT, &[]));
+    let grads = gradients(&mut g, c.opset, &loss, &c.wrt).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+    for x in &c.wrt {
+        let out = g.add("Identity", &[&grads[x]]).named_outputs(&[&format!("grad/{x}")]).remove(0);
+        g.outputs.push(onnxsam::graph_passes::passes::value_info_untyped_shape(&out, dt::FLOAT));
+    }
+    g.topo_sort().unwrap();
+    let meta = ModelProto {
+        ir_version: 10,
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: c.opset }],
+        producer_name: "onnxsam-tests".into(),
+        ..Default::default()
+    };
+    Model { meta, graph: g }
+}
+
+fn run_case(c: &Case, engine: BackendKind) {
+    let m = build_model(c);
+    let be =
+        backend::select(&BackendRequest { kind: engine, ort_lib: None, device: Device::Cpu, threads: Some(1) }, false)
+            .unwrap();
+    let mut s = be.load(&m.to_proto()).unwrap_or_else(|e| panic!("{} on {engine:?}: {e:#}", c.name));
+    let mut run = |feeds: &[(String, HostTensor)]| -> BTreeMap<String, HostTensor> {
+        s.run(feeds).unwrap_or_else(|e| panic!("{} on {engine:?}: {e:#}", c.name)).into_iter().collect()
+    };
+    let base = run(&c.inputs);
+    let h = 1e-2f32;
+    for x in &c.wrt {
+        let grad = base[&format!("grad/{x}")].to_f64();
+        let k = c.inputs.iter().position(|(n, _)| n == x).unwrap();
+        let t = &c.inputs[k].1;
+        assert_eq!(
+            grad.len(),
+            t.len(),
+            "{}: gradient of {x} has {} elements, the input {}",
+            c.name,
+            grad.len(),
+            t.len()
+        );
+        let n = t.len();
+        let coords: Vec<usize> = if n <= 24 { (0..n).collect() } else { (0..24).map(|i| i * n / 24).collect() };
+        for i in coords {
+            let mut loss_at = |delta: f32| {
+                let mut feeds = c.inputs.clone();
+                if let Data::F32(v) = &mut feeds[k].1.data {
+                    v[i] += delta;
+                }
+                run(&feeds)["loss"].to_f64()[0]
+            };
+            let fd = (loss_at(h) - loss_at(-h)) / (2.0 * h as f64);
+            let ad = grad[i];
+            let err = (fd - ad).abs();
+            assert!(
+                err <= 2e-2 * fd.abs().max(ad.abs()) + 2e-3,
+                "{} on {engine:?}: d loss/d {x}[{i}] autodiff {ad:.6} vs finite difference {fd:.6}",
+                c.name
+            );
+        }
+    }
+}
+
+fn check_all(cases: Vec<Case>) {
+    for c in &cases {
+        run_case(c, BackendKind::Tract);
+        run_case(c, BackendKind::Ort);
+    }
+}
+
+fn unary(op: &'static str, x: HostTensor) -> Case {
+    case(op, 17, vec![("x", x)], &["x"], move |g| g.add(op, &["x"]).output())
+}
+
+#[test]
+fn elementwise_unary_rules() {
+    check_all(vec![
+        unary("Neg", rnd("a", &[2, 3], -1.0, 1.0)),
+        unary("Sqrt", rnd("b", &[2, 3], 0.5, 2.0)),
+        unary("Exp", rnd("c", &[2, 3], -1.0, 1.0)),
+        unary("Log", rnd("d", &[2, 3], 0.5, 2.0)),
+        unary("Abs", away("e", &[2, 3])),
+        unary("Reciprocal", away("f", &[2, 3])),
+        unary("Relu", away("g", &[2, 3])),
+        unary("Sigmoid", rnd("h", &[2, 3], -2.0, 2.0)),
+        unary("Tanh", rnd("i", &[2, 3], -2.0, 2.0)),
+        unary("Erf", rnd("j", &[2, 3], -1.5, 1.5)),
+        unary("Identity", rnd("k", &[2, 3], -1.0, 1.0)),
+        case("LeakyRelu", 17, vec![("x", away("l", &[2, 3]))], &["x"], |g| {
+            g.add("LeakyRelu", &["x"]).float("alpha", 0.2).output()
+        }),
+        case("Gelu", 20, vec![("x", rnd("m", &[2, 4], -2.0, 2.0))], &["x"], |g| g.add("Gelu", &["x"]).output()),
+        case("Gelu tanh", 20, vec![("x", rnd("n", &[2, 4], -2.0, 2.0))], &["x"], |g| {
+            g.add("Gelu", &["x"]).string("approximate", "tanh").output()
+        }),
+        case("Cast float→double→float", 17, vec![("x", rnd("o", &[3], -1.0, 1.0))], &["x"], |g| {
+            let d = g.add("Cast", &["x"]).int("to", dt::DOUBLE as i64).output();
+            g.add("Cast", &[&d]).int("to", dt::FLOAT as i64).output()
+        }),
+        case("Dropout (inference)", 17, vec![("x", rnd("p", &[2, 3], -1.0, 1.0))], &["x"], |g| {
+            g.add("Dropout", &["x"]).output()
+        }),
+    ]);
+}
+
+fn binary(op: &'static str, a: HostTensor, b: HostTensor) -> Case {
+    let name = format!("{op} {:?}·{:?}", a.shape, b.shape);
+    case(&name, 17, vec![("a", a), ("b", b)], &["a", "b"], move |g| g.add(op, &["a", "b"]).output())
+}
+
+#[test]
+fn elementwise_binary_rules_with_broadcasting() {
+    let mut cases = Vec::new();
+    for op in ["Add", "Sub", "Mul"] {
+        cases.push(binary(op, rnd("a1", &[2, 3], -1.0, 1.0), rnd("b1", &[2, 3], -1.0, 1.0)));
+        cases.push(binary(op, rnd("a2", &[2, 3], -1.0, 1.0), rnd("b2", &[3], -1.0, 1.0)));
+        cases.push(binary(op, rnd("a3", &[2, 1, 4], -1.0, 1.0), rnd("b3", &[3, 1], -1.0, 1.0)));
+        cases.push(binary(op, rnd("a4", &[], -1.0, 1.0), rnd("b4", &[2, 2], -1.0, 1.0)));
+    }
+    cases.push(binary("Div", rnd("a5", &[2, 3], -1.0, 1.0), rnd("b5", &[3], 0.5, 2.0)));
+    cases.push(binary("Div", rnd("a6", &[2, 1], -1.0, 1.0), rnd("b6", &[1, 3], 0.5, 2.0)));
+    for op in ["Max", "Min"] {
+        cases.push(binary(op, distinct("m1", &[2, 3]), distinct("m2", &[3])));
+        cases.push(case(
+            &format!("{op} of three"),
+            17,
+            vec![("a", distinct("m3", &[4])), ("b", distinct("m4", &[4])), ("c", distinct("m5", &[1]))],
+            &["a", "b", "c"],
+            move |g| g.add(op, &["a", "b", "c"]).output(),
+        ));
+    }
+    check_all(cases);
+}
+
+#[test]
+fn pow_clip_where_rules() {
+    let mut cases = Vec::new();
+    for p in [2.0f32, 3.0, 0.5] {
+        cases.push(case(&format!("Pow {p}"), 17, vec![("x", rnd("x", &[2, 3], 0.5, 1.5))], &["x"], move |g| {
+            let e = g.add_initializer("p", tensor::from_f32("", &[], &[p]));
+            g.add("Pow", &["x", &e]).output()
+        }));
+    }
+    cases.push(case("Clip min/max inputs", 17, vec![("x", rnd("c", &[4, 4], -2.0, 2.0))], &["x"], |g| {
+        let lo = g.add_initializer("lo", tensor::from_f32("", &[], &[-0.62]));
+        let hi = g.add_initializer("hi", tensor::from_f32("", &[], &[0.65]));
+        g.add("Clip", &["x", &lo, &hi]).output()
+    }));
+    cases.push(case("Clip min only", 17, vec![("x", rnd("d", &[4, 4], -2.0, 2.0))], &["x"], |g| {
+        let lo = g.add_initializer("lo", tensor::from_f32("", &[], &[0.05]));
+        g.add("Clip", &["x", &lo]).output()
+    }));
+    cases.push(case(
+        "Where with broadcasting",
+        17,
+        vec![("a", rnd("wa", &[2, 3], -1.0, 1.0)), ("b", rnd("wb", &[3], -1.0, 1.0))],
+        &["a", "b"],
+        |g| {
+            let c = g.add_initializer(
+                "cond",
+                onnxsam::graph_passes::onnx::TensorProto {
+                    name: String::new(),
+                    dims: vec![2, 3],
+                    data_type: dt::BOOL,
+                    raw_data: vec![1, 0, 1, 0, 0, 1],
+                    ..Default::default()
+                },
+            );
+            g.add("Where", &[&c, "a", "b"]).output()
+        },
+    ));
+    check_all(cases);
+}
+
+fn gemm_case(ta: bool, tb: bool, alpha: f32, beta: f32, c_shape: &[usize]) -> Case {
+    let (m, k, n) = (2, 3, 4);
+    let a = if ta { rnd("ga", &[k, m], -1.0, 1.0) } else { rnd("ga", &[m, k], -1.0, 1.0) };
+    let b = if tb { rnd("gb", &[n, k], -1.0, 1.0) } else { rnd("gb", &[k, n], -1.0, 1.0) };
+    let c = rnd("gc", c_shape, -1.0, 1.0);
+    let name = format!("Gemm transA={ta} transB={tb} α={alpha} β={beta} C{c_shape:?}");
+    case(&name, 17, vec![("a", a), ("b", b), ("c", c)], &["a", "b", "c"], move |g| {
+        g.add("Gemm", &["a", "b", "c"])
+            .int("transA", ta as i64)
+            .int("transB", tb as i64)
+            .float("alpha", alpha)
+            .float("beta", beta)
+            .output()
+    })
+}
+
+#[test]
+fn gemm_and_matmul_rules() {
+    let mut cases = Vec::new();
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        cases.push(gemm_case(ta, tb, 1.0, 1.0, &[4]));
+    }
+    cases.push(gemm_case(false, true, 0.5, 2.0, &[2, 4]));
+    cases.push(gemm_case(true, false, 1.5, 0.5, &[1, 4]));
+    cases.push(gemm_case(false, false, 1.0, 1.0, &[]));
+    let mm = |name: &str, a: &[usize], b: &[usize]| {
+        case(name, 17, vec![("a", rnd("ma", a, -1.0, 1.0)), ("b", rnd("mb", b, -1.0, 1.0))], &["a", "b"], |g| {
+            g.add("MatMul", &["a", "b"]).output()
+        })
+    };
+    cases.push(mm("MatMul 2-D", &[2, 3], &[3, 4]));
+    cases.push(mm("MatMul batched", &[2, 2, 3], &[2, 3, 4]));
+    cases.push(mm("MatMul broadcast weight", &[2, 2, 3], &[3, 4]));
+    cases.push(mm("MatMul broadcast batch", &[1, 2, 3], &[2, 3, 2]));
+    cases.push(mm("MatMul vector·matrix", &[3], &[3, 4]));
+    cases.push(mm("MatMul matrix·vector", &[2, 3], &[3]));
+    check_all(cases);
+}
+
+fn conv_case(
+    name: &str,
+    c_in: usize,
+    c_out: usize,
+    group: i64,
+    k: usize,
+    strides: [i64; 2],
+    pads: [i64; 4],
+    dil: [i64; 2],
+    bias: bool,
+    hw: usize,
+) -> Case {
+    let mut inputs = vec![
+        ("x", rnd("cx", &[2, c_in, hw, hw], -1.0, 1.0)),
+        ("w", rnd("cw", &[c_out, c_in / group as usize, k, k], -1.0, 1.0)),
+    ];
+    let mut wrt = vec!["x", "w"];
+    if bias {
+        inputs.push(("b", rnd("cb", &[c_out], -1.0, 1.0)));
+        wrt.push("b");
+    }
+    case(name, 17, inputs, &wrt, move |g| {
+        let ins: Vec<&str> = if bias { vec!["x", "w", "b"] } else { vec!["x", "w"] };
+        g.add("Conv", &ins)
+            .ints("strides", &strides)
+            .ints("pads", &pads)
+            .ints("dilations", &dil)
+            .int("group", group)
+            .output()
+    })
+}
+
+#[test]
+fn conv_rules() {
+    check_all(vec![
+        conv_case("Conv 3x3 pad 1", 2, 3, 1, 3, [1, 1], [1, 1, 1, 1], [1, 1], true, 5),
+        conv_case("Conv stride 2", 2, 3, 1, 3, [2, 2], [1, 1, 1, 1], [1, 1], true, 6),
+        conv_case("Conv stride 2 odd size", 1, 2, 1, 3, [2, 2], [0, 0, 0, 0], [1, 1], false, 6),
+        conv_case("Conv dilation 2", 2, 2, 1, 3, [1, 1], [2, 2, 2, 2], [2, 2], true, 5),
+        conv_case("Conv groups 2", 4, 6, 2, 3, [1, 1], [1, 1, 1, 1], [1, 1], true, 4),
+        conv_case("Conv depthwise", 3, 3, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1], false, 4),
+        conv_case("Conv asymmetric pads", 2, 2, 1, 2, [1, 1], [0, 1, 1, 0], [1, 1], true, 4),
+        conv_case("Conv 1x1 stride 2", 3, 4, 1, 1, [2, 2], [0, 0, 0, 0], [1, 1], false, 5),
+    ]);
+}
+
+#[test]
+fn pooling_rules() {
+    let pool = |name: &str, op: &'static str, k: i64, s: i64, p: i64, include: Option<i64>, hw: usize| {
+        case(name, 17, vec![("x", distinct(name, &[2, 2, hw, hw]))], &["x"], move |g| {
+            let mut b =
+                g.add(op, &["x"]).ints("kernel_shape", &[k, k]).ints("strides", &[s, s]).ints("pads", &[p, p, p, p]);
+            if let Some(i) = include {
+                b = b.int("count_include_pad", i);
+            }
+            b.output()
+        })
+    };
+    check_all(vec![
+        pool("MaxPool 2x2 s2", "MaxPool", 2, 2, 0, None, 4),
+        pool("MaxPool 3x3 s1 pad 1 (overlapping)", "MaxPool", 3, 1, 1, None, 4),
+        pool("MaxPool 3x3 s2", "MaxPool", 3, 2, 0, None, 5),
+        pool("AveragePool 2x2 s2", "AveragePool", 2, 2, 0, None, 4),
+        pool("AveragePool 3x3 pad 1 count_include_pad=0", "AveragePool", 3, 1, 1, Some(0), 4),
+        pool("AveragePool 3x3 pad 1 count_include_pad=1", "AveragePool", 3, 2, 1, Some(1), 5),
+        case("GlobalAveragePool", 17, vec![("x", rnd("gap", &[2, 3, 3, 3], -1.0, 1.0))], &["x"], |g| {
+            g.add("GlobalAveragePool", &["x"]).output()
+        }),
+    ]);
+}
+
+/// Runs a case on ONNX Runtime; on tract, checks the documented refusal is an error, not a crash.
+fn ort_only(cases: Vec<Case>) {
+    for c in &cases {
+        run_case(c, BackendKind::Ort);
+        let m = build_model(c);
+        let be = backend::select(
+            &BackendRequest { kind: BackendKind::Tract, ort_lib: None, device: Device::Cpu, threads: Some(1) },
+            false,
+        )
+        .unwrap();
+        let r = be.load(&m.to_proto()).and_then(|mut s| s.run(&c.inputs));
+        assert!(
+            r.is_err(),
+            "{}: tract is documented not to run this form; if it does now, move the case to check_all",
+            c.name
+        );
+    }
+}
+
+#[test]
+fn batch_norm_inference_rule() {
+    // tract runs BatchNormalization only with constant scale and bias; onnxsam's train-mode and
+    // eval-mode passes decompose BN before training, so this rule serves graphs run on ORT
+    ort_only(vec![case(
+        "BatchNormalization (inference)",
+        17,
+        vec![
+            ("x", rnd("bx", &[2, 3, 2, 2], -1.0, 1.0)),
+            ("s", rnd("bs", &[3], 0.5, 1.5)),
+            ("b", rnd("bb", &[3], -1.0, 1.0)),
+        ],
+        &["x", "s", "b"],
+        |g| {
+            let m = g.add_initializer("mean", tensor::from_f32("", &[3], &[0.1, -0.2, 0.3]));
+            let v = g.add_initializer("var", tensor::from_f32("", &[3], &[0.5, 1.5, 2.0]));
+            g.add("BatchNormalization", &["x", "s", "b", &m, &v]).float("epsilon", 1e-3).output()
+        },
+    )]);
+}
+
+#[test]
+fn normalization_rules() {
+    check_all(vec![
+        case(
+            "LayerNormalization last axis",
+            17,
+            vec![
+                ("x", rnd("lx", &[2, 3, 4], -1.0, 1.0)),
+                ("s", rnd("ls", &[4], 0.5, 1.5)),
+                ("b", rnd("lb", &[4], -1.0, 1.0)),
+            ],
+            &["x", "s", "b"],
+            |g| g.add("LayerNormalization", &["x", "s", "b"]).output(),
+        ),
+        case(
+            "LayerNormalization axis 1",
+            17,
+            vec![("x", rnd("lx2", &[2, 3, 4], -1.0, 1.0)), ("s", rnd("ls2", &[3, 4], 0.5, 1.5))],
+            &["x", "s"],
+            |g| g.add("LayerNormalization", &["x", "s"]).int("axis", 1).float("epsilon", 1e-3).output(),
+        ),
+    ]);
+}
+
+#[test]
+fn reduction_and_softmax_rules() {
+    let red = |name: &str, op: &'static str, axes: Vec<i64>, keep: i64, opset: i64| {
+        case(name, opset, vec![("x", rnd(name, &[2, 3, 4], -1.0, 1.0))], &["x"], move |g| {
+            if op == "ReduceMean" && opset < 18 {
+                g.add(op, &["x"]).ints("axes", &axes).int("keepdims", keep).output()
+            } else {
+                let a = g.add_initializer("axes", tensor::from_i64("", &[axes.len() as i64], &axes));
+                g.add(op, &["x", &a]).int("keepdims", keep).output()
+            }
+        })
+    };
+    check_all(vec![
+        red("ReduceSum axis 1 keepdims", "ReduceSum", vec![1], 1, 17),
+        red("ReduceSum axes 0,2", "ReduceSum", vec![0, 2], 0, 17),
+        red("ReduceMean axis -1 (attribute)", "ReduceMean", vec![-1], 0, 17),
+        red("ReduceMean axes 0,1 (input)", "ReduceMean", vec![0, 1], 1, 18),
+        case("Softmax axis 1", 17, vec![("x", rnd("s1", &[2, 3, 4], -2.0, 2.0))], &["x"], |g| {
+            g.add("Softmax", &["x"]).int("axis", 1).output()
+        }),
+        case("Softmax last axis", 17, vec![("x", rnd("s2", &[2, 5], -2.0, 2.0))], &["x"], |g| {
+            g.add("Softmax", &["x"]).output()
+        }),
+        case("LogSoftmax axis 0", 17, vec![("x", rnd("s3", &[3, 4], -2.0, 2.0))], &["x"], |g| {
+            g.add("LogSoftmax", &["x"]).int("axis", 0).output()
+        }),
+        case("LogSoftmax last axis", 17, vec![("x", rnd("s4", &[2, 3, 4], -2.0, 2.0))], &["x"], |g| {
+            g.add("LogSoftmax", &["x"]).int("axis", -1).output()
+        }),
+    ]);
+}
+
+fn ints(g: &mut Graph, base: &str, v: &[i64]) -> String {
+    g.add_initializer(base, tensor::from_i64("", &[v.len() as i64], v))
+}
+
+#[test]
+fn shape_rules() {
+    check_all(vec![
+        case("Flatten axis 2", 17, vec![("x", rnd("f", &[2, 3, 2, 2], -1.0, 1.0))], &["x"], |g| {
+            g.add("Flatten", &["x"]).int("axis", 2).output()
+        }),
+        case("Reshape with -1", 17, vec![("x", rnd("r", &[2, 6], -1.0, 1.0))], &["x"], |g| {
+            let s = ints(g, "shape", &[3, -1]);
+            g.add("Reshape", &["x", &s]).output()
+        }),
+        case("Transpose", 17, vec![("x", rnd("t", &[2, 3, 4], -1.0, 1.0))], &["x"], |g| {
+            g.add("Transpose", &["x"]).ints("perm", &[2, 0, 1]).output()
+        }),
+        case("Squeeze/Unsqueeze", 17, vec![("x", rnd("sq", &[2, 1, 3], -1.0, 1.0))], &["x"], |g| {
+            let a = ints(g, "a", &[1]);
+            let s = g.add("Squeeze", &["x", &a]).output();
+            let b = ints(g, "b", &[0]);
+            g.add("Unsqueeze", &[&s, &b]).output()
+        }),
+        case(
+            "Concat axis 1",
+            17,
+            vec![("a", rnd("ca", &[2, 2], -1.0, 1.0)), ("b", rnd("cb", &[2, 3], -1.0, 1.0))],
+            &["a", "b"],
+            |g| g.add("Concat", &["a", "b"]).int("axis", 1).output(),
+        ),
+        case("Split, one part used", 17, vec![("x", rnd("sp", &[2, 5], -1.0, 1.0))], &["x"], |g| {
+            let s = ints(g, "split", &[2, 3]);
+            let outs = g.add("Split", &["x", &s]).int("axis", 1).outputs(2);
+            g.add("Mul", &[&outs[1], &outs[1]]).output()
+        }),
+        case("Split num_outputs, both used", 18, vec![("x", rnd("sp2", &[4, 2], -1.0, 1.0))], &["x"], |g| {
+            let outs = g.add("Split", &["x"]).int("axis", 0).int("num_outputs", 2).outputs(2);
+            g.add("Mul", &[&outs[0], &outs[1]]).output()
+        }),
+        case("Slice with axes and negative start", 17, vec![("x", rnd("sl", &[3, 5], -1.0, 1.0))], &["x"], |g| {
+            let (s, e, a) = (ints(g, "s", &[-4, 1]), ints(g, "e", &[4, 3]), ints(g, "ax", &[1, 0]));
+            g.add("Slice", &["x", &s, &e, &a]).output()
+        }),
+        case("Expand", 17, vec![("x", rnd("ex", &[3, 1], -1.0, 1.0))], &["x"], |g| {
+            let s = ints(g, "s", &[2, 3, 4]);
+            g.add("Expand", &["x", &s]).output()
+        }),
+        case("Tile", 17, vec![("x", rnd("ti", &[2, 3], -1.0, 1.0))], &["x"], |g| {
+            let r = ints(g, "r", &[2, 2]);
+            g.add("Tile", &["x", &r]).output()
+        }),
+        case("Pad constant", 17, vec![("x", rnd("pa", &[2, 3], -1.0, 1.0))], &["x"], |g| {
+            let p = ints(g, "p", &[1, 0, 0, 2]);
+            g.add("Pad", &["x", &p]).output()
+        }),
+    ]);
+}
+
+#[test]
+fn gather_rules_accumulate_repeated_indices() {
+    check_all(vec![
+        case(
+            "Gather embedding, repeated ids",
+            17,
+            vec![("t", rnd("emb", &[5, 3], -1.0, 1.0)), ("ids", HostTensor::i64(&[2, 3], vec![1, 4, 1, 0, 1, 4]))],
+            &["t"],
+            |g| g.add("Gather", &["t", "ids"]).int("axis", 0).output(),
+        ),
+        case(
+            "GatherElements axis 1",
+            17,
+            vec![("x", rnd("ge", &[3, 4], -1.0, 1.0)), ("i", HostTensor::i64(&[3, 2], vec![0, 0, 3, 1, 2, 2]))],
+            &["x"],
+            |g| g.add("GatherElements", &["x", "i"]).int("axis", 1).output(),
+        ),
+    ]);
+}
+
+#[test]
+fn loss_op_rules_on_ort_and_clean_error_on_tract() {
+    let labels = HostTensor::i64(&[4], vec![2, 0, 1, 2]);
+    let cases = vec![
+        case(
+            "SoftmaxCrossEntropyLoss mean",
+            17,
+            vec![("x", rnd("sce", &[4, 3], -2.0, 2.0)), ("t", labels.clone())],
+            &["x"],
+            |g| g.add("SoftmaxCrossEntropyLoss", &["x", "t"]).output(),
+        ),
+        case(
+            "SoftmaxCrossEntropyLoss none",
+            17,
+            vec![("x", rnd("sce2", &[4, 3], -2.0, 2.0)), ("t", labels.clone())],
+            &["x"],
+            |g| g.add("SoftmaxCrossEntropyLoss", &["x", "t"]).string("reduction", "none").output(),
+        ),
+        case(
+            "NegativeLogLikelihoodLoss sum",
+            17,
+            vec![("x", rnd("nll", &[4, 3], -2.0, 0.0)), ("t", labels.clone())],
+            &["x"],
+            |g| g.add("NegativeLogLikelihoodLoss", &["x", "t"]).string("reduction", "sum").output(),
+        ),
+    ];
+    ort_only(cases);
+}
