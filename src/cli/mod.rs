@@ -1,4 +1,5 @@
 //! The `onnxsam` command line. Exit codes: 0 success, 1 a check failed, 2 bad input.
+mod bench;
 mod diff;
 pub mod grad;
 mod inspect;
@@ -51,6 +52,9 @@ enum Command {
         after_help = "Example:\n  onnxsam rewrite models/cnn.onnx --grad-only -o grad.onnx && onnxsam diff models/cnn.onnx grad.onnx"
     )]
     Rewrite(grad::RewriteArgs),
+    /// Time forward vs forward+backward on synthetic batches (median of --steps runs)
+    #[command(after_help = "Example:\n  onnxsam bench models/cnn.onnx --batch-size 128 --backend ort")]
+    Bench(bench::BenchArgs),
 }
 
 /// Options every command that executes a graph shares.
@@ -123,6 +127,7 @@ pub fn main() -> i32 {
         Command::Grad(a) => grad::grad(a),
         Command::Gradcheck(a) => grad::gradcheck(a),
         Command::Rewrite(a) => grad::rewrite(a),
+        Command::Bench(a) => bench::bench(a),
     };
     match result {
         Ok(code) => code,

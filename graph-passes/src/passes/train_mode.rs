@@ -108,13 +108,15 @@ fn batch_norm(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
     let xc = ctx.sub(x, &mu);
     let sq = ctx.square(&xc);
     let bvar = ctx.reduce_mean(&sq, &axes, true);
+    // y = (x − μ)·k + β with k = γ/√(σ² + ε) [1, C, 1, 1]: the per-channel factor is formed on
+    // the small tensors, so the forward and its derivative touch the activations fewer times
     let e = ctx.scalar(eps);
     let ve = ctx.add(&bvar, &e);
     let sd = ctx.sqrt(&ve);
-    let xh = ctx.div(&xc, &sd);
     let sc = ctx.unsqueeze(scale, &spatial);
+    let k = ctx.div(&sc, &sd);
     let b = ctx.unsqueeze(bias, &spatial);
-    let ys = ctx.mul(&xh, &sc);
+    let ys = ctx.mul(&xc, &k);
     let y = ctx.add(&ys, &b);
     remove(ctx, n);
     rename_into(ctx, &y, &n.output[0]);
