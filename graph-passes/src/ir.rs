@@ -265,6 +265,37 @@ impl Graph {
         before - self.nodes.len()
     }
 
+    /// Removes Identity nodes whose input is computed by another node: their output name is kept
+    /// (it may be a graph output or a name the user knows) and given to the producer instead.
+    /// Returns how many went.
+    pub fn remove_identities(&mut self) -> usize {
+        let mut removed = 0;
+        loop {
+            let outputs: HashSet<&str> = self.outputs.iter().map(|v| v.name.as_str()).collect();
+            let producers = self.producers();
+            let found = self.nodes.iter().position(|n| {
+                n.op_type == "Identity"
+                    && n.output.len() == 1
+                    && producers.contains_key(n.input[0].as_str())
+                    && !outputs.contains(n.input[0].as_str())
+                    && subgraph_free_inputs(n).is_empty()
+            });
+            let Some(i) = found else { break };
+            let n = self.nodes.remove(i);
+            let (from, to) = (n.input[0].clone(), n.output[0].clone());
+            for m in self.nodes.iter_mut() {
+                for o in m.output.iter_mut().filter(|o| **o == from) {
+                    *o = to.clone();
+                }
+                for inp in m.input.iter_mut().filter(|x| **x == from) {
+                    *inp = to.clone();
+                }
+            }
+            removed += 1;
+        }
+        removed
+    }
+
     /// Starts a node; `.output()` / `.outputs(n)` adds it to the graph.
     pub fn add(&mut self, op: &str, inputs: &[&str]) -> NodeBuilder<'_> {
         let mut node = NodeProto {

@@ -63,6 +63,7 @@ pub fn grad_graph(model: &Model, spec: &GradSpec) -> Result<(Model, Contract)> {
     passes.push(&ad);
     run_all(&mut m, &mut c, &passes)?;
     m.graph.value_info.clear();
+    m.graph.remove_identities();
     Ok((m, c))
 }
 

@@ -177,6 +177,10 @@ impl<'g> Ctx<'g> {
         if axes.is_empty() {
             return Ok(grad.to_string());
         }
+        if axes.len() == lead {
+            // only leading axes: one ReduceSum without keepdims
+            return Ok(self.reduce_sum(grad, &axes, false));
+        }
         let summed = self.reduce_sum(grad, &axes, true);
         Ok(if lead > 0 { self.squeeze(&summed, &(0..lead as i64).collect::<Vec<_>>()) } else { summed })
     }

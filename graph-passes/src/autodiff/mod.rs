@@ -26,10 +26,30 @@ fn is_float_value(s: &Shapes, v: &str) -> bool {
     s.get(v).map(|t| matches!(t.dtype, dt::FLOAT | dt::DOUBLE | dt::FLOAT16 | dt::BFLOAT16)).unwrap_or(false)
 }
 
+/// A region whose gradient is known in closed form: the gradient reaching `output` is turned
+/// into the gradient of `input` by `build`, and the ops in between are not differentiated one
+/// by one (e.g. cross-entropy: d logits = dℓ·(softmax − onehot)).
+pub struct Shortcut {
+    pub output: String,
+    pub input: String,
+    pub build: Box<dyn Fn(&mut Ctx, &str) -> Result<String>>,
+}
+
 /// Emits the gradient of scalar `loss` with respect to each of `wrt` (graph inputs or
 /// intermediate values). Returns wrt name → gradient value name. A `wrt` value that the loss
 /// does not depend on gets an explicit zero tensor.
 pub fn gradients(g: &mut Graph, opset: i64, loss: &str, wrt: &[String]) -> Result<HashMap<String, String>> {
+    gradients_with(g, opset, loss, wrt, &[])
+}
+
+/// `gradients`, with closed-form shortcuts for some regions.
+pub fn gradients_with(
+    g: &mut Graph,
+    opset: i64,
+    loss: &str,
+    wrt: &[String],
+    shortcuts: &[Shortcut],
+) -> Result<HashMap<String, String>> {
     let shapes = shapes::infer(g)?;
     let order = g.topo_order()?;
     let nodes: Vec<NodeProto> = order.iter().map(|&i| g.nodes[i].clone()).collect();
@@ -67,6 +87,14 @@ pub fn gradients(g: &mut Graph, opset: i64, loss: &str, wrt: &[String]) -> Resul
     let mut contributions: HashMap<String, Vec<String>> = HashMap::from([(loss.to_string(), vec![one])]);
     for n in nodes.iter().rev() {
         if !n.output.iter().any(|o| contributions.contains_key(o)) {
+            continue;
+        }
+        if let Some(sc) = shortcuts.iter().find(|sc| n.output.first() == Some(&sc.output)) {
+            if active(&sc.input) {
+                let d = take_sum(&mut ctx, &mut contributions, &sc.output).expect("checked above");
+                let gi = (sc.build)(&mut ctx, &d)?;
+                contributions.entry(sc.input.clone()).or_default().push(gi);
+            }
             continue;
         }
         let need: Vec<bool> = n.input.iter().map(|i| !i.is_empty() && active(i)).collect();

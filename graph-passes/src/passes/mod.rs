@@ -36,9 +36,23 @@ pub struct Contract {
     pub sample_weights: Option<String>,
     /// parameter → its gradient output
     pub grads: BTreeMap<String, String>,
+    /// The softmax cross-entropy whose gradient autodiff writes in closed form.
+    #[serde(skip)]
+    pub cross_entropy: Option<CrossEntropyRegion>,
     /// Initial values of parameters and state, by name.
     #[serde(skip)]
     pub init: BTreeMap<String, TensorProto>,
+}
+
+/// ℓ = per_sample, computed from logits [N, C] and labels by softmax cross-entropy with label
+/// smoothing: d logits = dℓ·(softmax(logits) − (1 − ε)·onehot(labels) − ε/C).
+#[derive(Clone, Debug)]
+pub struct CrossEntropyRegion {
+    pub per_sample: String,
+    pub logits: String,
+    pub labels: String,
+    pub smoothing: f32,
+    pub classes: i64,
 }
 
 pub trait Pass {

@@ -6,7 +6,7 @@
 //! with reduction mean/sum, or ReduceMean/ReduceSum over the batch axis), that reduction is
 //! rewritten so the per-sample vector is exposed and the scalar stays equal. Cross-entropy uses
 //! the formulation both engines run: −GatherElements(LogSoftmax(x), labels).
-use super::{value_info, Contract, Pass};
+use super::{value_info, Contract, CrossEntropyRegion, Pass};
 use crate::autodiff::Ctx;
 use crate::ir::{node_error, Model, NodeExt};
 use crate::onnx::{data_type as dt, NodeProto};
@@ -125,7 +125,17 @@ fn attach(logits: &str, loss: Loss, c: &mut Ctx, contract: &mut Contract) -> Res
             let labels = c.g.fresh(LABELS);
             c.g.inputs.push(value_info(&labels, dt::INT64, &[-1]));
             contract.labels = Some(labels.clone());
-            cross_entropy_per_sample(c, false, logits, &labels, label_smoothing)
+            let lps = cross_entropy_per_sample(c, false, logits, &labels, label_smoothing);
+            if let Some(classes) = shape[1].known() {
+                contract.cross_entropy = Some(CrossEntropyRegion {
+                    per_sample: lps.clone(),
+                    logits: logits.to_string(),
+                    labels,
+                    smoothing: label_smoothing,
+                    classes,
+                });
+            }
+            lps
         }
         Loss::Mse => {
             let targets = c.g.fresh(TARGETS);
@@ -163,6 +173,17 @@ fn rewrite_loss_op(n: &NodeProto, c: &mut Ctx, contract: &mut Contract) -> Resul
         return Err(node_error(n, "the log_prob output is not supported"));
     }
     let lps = cross_entropy_per_sample(c, n.op_type == "NegativeLogLikelihoodLoss", &n.input[0], &labels, 0.0);
+    if n.op_type == "SoftmaxCrossEntropyLoss" {
+        if let Some(classes) = c.shape(&n.input[0])?[1].known() {
+            contract.cross_entropy = Some(CrossEntropyRegion {
+                per_sample: lps.clone(),
+                logits: n.input[0].clone(),
+                labels: labels.clone(),
+                smoothing: 0.0,
+                classes,
+            });
+        }
+    }
     let loss = match reduction.as_str() {
         "mean" => c.reduce_mean(&lps, &[0], false),
         "sum" => c.reduce_sum(&lps, &[0], false),
