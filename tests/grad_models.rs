@@ -25,10 +25,15 @@ fn close(name: &str, got: &HostTensor, want: &HostTensor) -> Result<(), String> 
 }
 
 fn check(dir: &str, model_path: &std::path::Path, backend: &str) {
+    check_variant(dir, model_path, backend, "", &[]);
+}
+
+/// `grad` with extra arguments against fixtures batch{suffix}.npz / grads{suffix}.npz.
+fn check_variant(dir: &str, model_path: &std::path::Path, backend: &str, suffix: &str, extra: &[&str]) {
     let tmp = tempdir();
     let out = tmp.path().join("grads.npz");
-    let batch = fixture(&format!("{dir}/batch.npz"));
-    let o = onnxsam(&[
+    let batch = fixture(&format!("{dir}/batch{suffix}.npz"));
+    let mut args = vec![
         "grad",
         model_path.to_str().unwrap(),
         "--batch",
@@ -37,10 +42,12 @@ fn check(dir: &str, model_path: &std::path::Path, backend: &str) {
         out.to_str().unwrap(),
         "--backend",
         backend,
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{dir} on {backend}: {}", stderr(&o));
+    ];
+    args.extend_from_slice(extra);
+    let o = onnxsam(&args);
+    assert_eq!(o.status.code(), Some(0), "{dir}{suffix} on {backend}: {}", stderr(&o));
     let got = read_npz(&out).unwrap();
-    let want: BTreeMap<String, HostTensor> = read_npz(&fixture(&format!("{dir}/grads.npz"))).unwrap();
+    let want: BTreeMap<String, HostTensor> = read_npz(&fixture(&format!("{dir}/grads{suffix}.npz"))).unwrap();
     let mut errors = Vec::new();
     for (name, w) in &want {
         match got.get(name) {
@@ -68,6 +75,14 @@ fn gradients_match_pytorch_on_tract() {
 fn gradients_match_pytorch_on_ort() {
     for m in MODELS {
         check(m, &model(m), "ort");
+    }
+}
+
+#[test]
+fn label_smoothing_and_mse_match_pytorch() {
+    for backend in ["tract", "ort"] {
+        check_variant("mlp", &model("mlp"), backend, "_ls", &["--label-smoothing", "0.1"]);
+        check_variant("mlp", &model("mlp"), backend, "_mse", &["--loss", "mse"]);
     }
 }
 

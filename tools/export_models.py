@@ -173,6 +173,28 @@ def write_grads(name, model, x, input_name, seed):
     model.eval()
 
 
+def write_loss_variants(model):
+    """The mlp's gradients with label smoothing 0.1 and with an MSE loss (batch of 8)."""
+    d = os.path.join(FIXTURES, "mlp")
+    g = torch.Generator().manual_seed(3)
+    xb = torch.randn(8, 1, 28, 28, generator=g)
+    y = torch.randint(0, 10, (8,), generator=g)
+    t = torch.randn(8, 10, generator=g)
+    for kind in ["ls", "mse"]:
+        model.zero_grad()
+        logits = model(xb)
+        if kind == "ls":
+            lps = F.cross_entropy(logits, y, reduction="none", label_smoothing=0.1)
+        else:
+            lps = ((logits - t) ** 2).mean(dim=1)
+        loss = lps.mean()
+        loss.backward()
+        out = {"loss": loss.detach().numpy(), "loss_per_sample": lps.detach().numpy()}
+        out.update({n: p.grad.numpy() for n, p in model.named_parameters()})
+        np.savez(os.path.join(d, f"batch_{kind}.npz"), input=xb.numpy(), y=(y if kind == "ls" else t).numpy())
+        np.savez(os.path.join(d, f"grads_{kind}.npz"), **out)
+
+
 class MLPWithLoss(nn.Module):
     """The mlp returning its mean cross-entropy: a graph with the loss inside."""
 
@@ -210,6 +232,8 @@ def main():
         write_fixture(name, {input_name: x.numpy()}, {"logits": y})
         # the gradient reference last: its train-mode forward moves BN running statistics
         write_grads(name, model, x, input_name, seed=1)
+        if name == "mlp":
+            write_loss_variants(model)
         m = onnx.load(path)
         print(f"{name}: IR {m.ir_version}, opset {m.opset_import[0].version}, {len(m.graph.node)} nodes, "
               f"{os.path.getsize(path)} bytes, ops {sorted(set(n.op_type for n in m.graph.node))}")

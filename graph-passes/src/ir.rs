@@ -296,6 +296,67 @@ impl Graph {
         removed
     }
 
+    /// Merges equal constants (initializers of equal type, shape and bytes) and nodes that
+    /// compute the same op of the same inputs with the same attributes. Returns nodes removed.
+    pub fn eliminate_common_subexpressions(&mut self) -> usize {
+        let inputs: HashSet<String> = self.inputs.iter().map(|v| v.name.clone()).collect();
+        let outputs: HashSet<String> = self.outputs.iter().map(|v| v.name.clone()).collect();
+        let mut rename: HashMap<String, String> = HashMap::new();
+        let mut seen_consts: HashMap<(i32, Vec<i64>, Vec<u8>), String> = HashMap::new();
+        for t in &self.initializers {
+            if inputs.contains(&t.name) || outputs.contains(&t.name) {
+                continue;
+            }
+            let Ok(bytes) = tensor::raw_bytes(t) else { continue };
+            let key = (t.data_type, t.dims.clone(), bytes);
+            match seen_consts.get(&key) {
+                Some(first) => {
+                    rename.insert(t.name.clone(), first.clone());
+                }
+                None => {
+                    seen_consts.insert(key, t.name.clone());
+                }
+            }
+        }
+        self.initializers.retain(|t| !rename.contains_key(&t.name));
+        let Ok(order) = self.topo_order() else { return 0 };
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut dead = vec![false; self.nodes.len()];
+        for &i in &order {
+            for inp in self.nodes[i].input.iter_mut() {
+                if let Some(r) = rename.get(inp) {
+                    *inp = r.clone();
+                }
+            }
+            let n = &self.nodes[i];
+            let random = n.op_type.starts_with("Random") || n.op_type == "Bernoulli" || n.op_type == "Multinomial";
+            if random
+                || n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty())
+                || n.output.iter().any(|o| outputs.contains(o))
+            {
+                continue;
+            }
+            let key = format!("{}|{}|{:?}|{:?}|{}", n.op_type, n.domain, n.input, n.attribute, n.output.len());
+            match seen.get(&key) {
+                Some(&j) => {
+                    for (o, keep) in self.nodes[i].output.clone().into_iter().zip(self.nodes[j].output.clone()) {
+                        rename.insert(o, keep);
+                    }
+                    dead[i] = true;
+                }
+                None => {
+                    seen.insert(key, i);
+                }
+            }
+        }
+        let mut k = 0;
+        self.nodes.retain(|_| {
+            k += 1;
+            !dead[k - 1]
+        });
+        dead.iter().filter(|&&d| d).count()
+    }
+
     /// Starts a node; `.output()` / `.outputs(n)` adds it to the graph.
     pub fn add(&mut self, op: &str, inputs: &[&str]) -> NodeBuilder<'_> {
         let mut node = NodeProto {

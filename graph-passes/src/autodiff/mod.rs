@@ -27,12 +27,13 @@ fn is_float_value(s: &Shapes, v: &str) -> bool {
 }
 
 /// A region whose gradient is known in closed form: the gradient reaching `output` is turned
-/// into the gradient of `input` by `build`, and the ops in between are not differentiated one
-/// by one (e.g. cross-entropy: d logits = dℓ·(softmax − onehot)).
+/// into gradients of the region's `inputs` by `build` (which gets the gradient of `output` and
+/// which inputs need one), and the ops in between are not differentiated one by one (e.g.
+/// cross-entropy: d logits = dℓ·(softmax − onehot)).
 pub struct Shortcut {
     pub output: String,
-    pub input: String,
-    pub build: Box<dyn Fn(&mut Ctx, &str) -> Result<String>>,
+    pub inputs: Vec<String>,
+    pub build: Box<dyn Fn(&mut Ctx, &str, &[bool]) -> Result<Vec<Option<String>>>>,
 }
 
 /// Emits the gradient of scalar `loss` with respect to each of `wrt` (graph inputs or
@@ -90,10 +91,15 @@ pub fn gradients_with(
             continue;
         }
         if let Some(sc) = shortcuts.iter().find(|sc| n.output.first() == Some(&sc.output)) {
-            if active(&sc.input) {
+            let need: Vec<bool> = sc.inputs.iter().map(|i| active(i)).collect();
+            if need.iter().any(|&b| b) {
                 let d = take_sum(&mut ctx, &mut contributions, &sc.output).expect("checked above");
-                let gi = (sc.build)(&mut ctx, &d)?;
-                contributions.entry(sc.input.clone()).or_default().push(gi);
+                let grads = (sc.build)(&mut ctx, &d, &need)?;
+                for (k, gr) in grads.into_iter().enumerate() {
+                    if let (Some(gr), true) = (gr, need[k]) {
+                        contributions.entry(sc.inputs[k].clone()).or_default().push(gr);
+                    }
+                }
             }
             continue;
         }

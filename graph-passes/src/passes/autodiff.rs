@@ -1,7 +1,7 @@
 //! autodiff: the gradient of the loss (or of the weighted loss Σ wᵢ·ℓᵢ) with respect to every
 //! lifted parameter, as graph outputs `grad/<parameter>`.
-use super::CrossEntropyRegion;
 use super::{value_info_untyped_shape, Contract, Pass};
+use super::{BatchNormRegion, CrossEntropyRegion};
 use crate::autodiff::{gradients_with, rules::softmax_loss::one_hot, Shortcut};
 use crate::ir::Model;
 use crate::onnx::data_type as dt;
@@ -27,7 +27,8 @@ impl Pass for Autodiff {
         };
         let Some(loss) = loss else { bail!("autodiff needs a loss: run per-sample-loss first") };
         let opset = m.opset();
-        let shortcuts: Vec<Shortcut> = c.cross_entropy.iter().map(cross_entropy_shortcut).collect();
+        let mut shortcuts: Vec<Shortcut> = c.cross_entropy.iter().map(cross_entropy_shortcut).collect();
+        shortcuts.extend(c.batch_norms.iter().map(batch_norm_shortcut));
         let grads = gradients_with(&mut m.graph, opset, &loss, &c.params, &shortcuts)?;
         for p in &c.params {
             let out = m.graph.add("Identity", &[&grads[p]]).named_outputs(&[&format!("{GRAD_PREFIX}{p}")]).remove(0);
@@ -43,8 +44,8 @@ fn cross_entropy_shortcut(r: &CrossEntropyRegion) -> Shortcut {
     let r = r.clone();
     Shortcut {
         output: r.per_sample.clone(),
-        input: r.logits.clone(),
-        build: Box::new(move |c, d| {
+        inputs: vec![r.logits.clone()],
+        build: Box::new(move |c, d, _| {
             let sm = c.g.add("Softmax", &[&r.logits]).int("axis", 1).output();
             let mut target = one_hot(c, &r.labels, r.classes);
             if r.smoothing != 0.0 {
@@ -54,7 +55,41 @@ fn cross_entropy_shortcut(r: &CrossEntropyRegion) -> Shortcut {
             }
             let diff = c.sub(&sm, &target);
             let dc = c.unsqueeze(d, &[1]);
-            Ok(c.mul(&diff, &dc))
+            Ok(vec![Some(c.mul(&diff, &dc))])
+        }),
+    }
+}
+
+/// Train-mode BatchNorm y = (x − μ)·k + β, k = γ/s, s = √(σ² + ε), batch μ and σ² over `axes`
+/// (n elements per channel):
+///   dβ = Σ dy,  dγ = Σ dy·(x − μ) / s,
+///   dx = k·(dy − Σdy/n − (x − μ)·Σ(dy·(x − μ))/(n·s²))
+fn batch_norm_shortcut(r: &BatchNormRegion) -> Shortcut {
+    let r = r.clone();
+    Shortcut {
+        output: r.y.clone(),
+        inputs: vec![r.x.clone(), r.scale.clone(), r.bias.clone()],
+        build: Box::new(move |c, dy, need| {
+            let flat = c.const_i64(&[-1]);
+            let p = c.mul(dy, &r.centered);
+            let s2 = c.reduce_sum(&p, &r.axes, true); // Σ dy·(x − μ)  [1, C, 1, 1]
+            let s1 = c.reduce_sum(dy, &r.axes, true); // Σ dy
+            let dgamma = need[1].then(|| {
+                let t = c.div(&s2, &r.std);
+                c.reshape(&t, &flat)
+            });
+            let dbeta = need[2].then(|| c.reshape(&s1, &flat));
+            let dx = need[0].then(|| {
+                let m1 = c.div(&s1, &r.count);
+                let var = c.mul(&r.std, &r.std);
+                let nv = c.mul(&var, &r.count);
+                let m2 = c.div(&s2, &nv);
+                let t = c.mul(&r.centered, &m2);
+                let u = c.sub(dy, &m1);
+                let u = c.sub(&u, &t);
+                c.mul(&u, &r.factor)
+            });
+            Ok(vec![dx, dgamma, dbeta])
         }),
     }
 }

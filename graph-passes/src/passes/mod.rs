@@ -39,6 +39,9 @@ pub struct Contract {
     /// The softmax cross-entropy whose gradient autodiff writes in closed form.
     #[serde(skip)]
     pub cross_entropy: Option<CrossEntropyRegion>,
+    /// Train-mode BatchNorms whose gradient autodiff writes in closed form.
+    #[serde(skip)]
+    pub batch_norms: Vec<BatchNormRegion>,
     /// Initial values of parameters and state, by name.
     #[serde(skip)]
     pub init: BTreeMap<String, TensorProto>,
@@ -53,6 +56,25 @@ pub struct CrossEntropyRegion {
     pub labels: String,
     pub smoothing: f32,
     pub classes: i64,
+}
+
+/// The values of a decomposed train-mode BatchNormalization (see train_mode.rs).
+#[derive(Clone, Debug)]
+pub struct BatchNormRegion {
+    pub x: String,
+    pub scale: String,
+    pub bias: String,
+    pub y: String,
+    /// x − μ
+    pub centered: String,
+    /// √(σ² + ε), [1, C, 1, …]
+    pub std: String,
+    /// γ/√(σ² + ε), [1, C, 1, …]
+    pub factor: String,
+    /// elements per channel (float scalar)
+    pub count: String,
+    pub axes: Vec<i64>,
+    pub rank: i64,
 }
 
 pub trait Pass {

@@ -5,7 +5,7 @@
 //! computes wrong results when initializers share values, and tract does not run it
 //! (BACKEND-NOTES.md). ONNX's momentum m: running ← m·running + (1 − m)·batch (PyTorch's
 //! momentum is 1 − m); the running variance takes the unbiased batch variance, as PyTorch does.
-use super::{value_info, value_info_untyped_shape, Contract, Pass};
+use super::{value_info, value_info_untyped_shape, BatchNormRegion, Contract, Pass};
 use crate::autodiff::Ctx;
 use crate::ir::{node_error, Model, NodeExt};
 use crate::onnx::{data_type as dt, NodeProto};
@@ -142,6 +142,18 @@ fn batch_norm(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
     let picked = ctx.g.add("Gather", &[&shape, &idx]).int("axis", 0).output();
     let count = ctx.g.add("ReduceProd", &[&picked]).int("keepdims", 0).output();
     let count = ctx.cast(&count, dt::FLOAT);
+    c.batch_norms.push(BatchNormRegion {
+        x: x.clone(),
+        scale: scale.clone(),
+        bias: bias.clone(),
+        y: n.output[0].clone(),
+        centered: xc.clone(),
+        std: sd.clone(),
+        factor: k.clone(),
+        count: count.clone(),
+        axes: axes.clone(),
+        rank: r,
+    });
     let one = ctx.scalar(1.0);
     let cm1 = ctx.sub(&count, &one);
     let ratio = ctx.div(&count, &cm1);
