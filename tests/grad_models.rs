@@ -287,3 +287,84 @@ fn eval_mode_gradients_pass_gradcheck_on_resnet8() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
 }
+
+/// y = (x·W)·W with W one initializer read by two MatMuls.
+fn tied_model(dir: &std::path::Path) -> std::path::PathBuf {
+    use onnxsam::graph_passes::ir::{Graph, Model};
+    use onnxsam::graph_passes::onnx::{data_type as dt, tensor, ModelProto, OperatorSetIdProto};
+    use onnxsam::graph_passes::passes::value_info;
+    let mut g = Graph::default();
+    g.inputs.push(value_info("x", dt::FLOAT, &[-1, 4]));
+    let w: Vec<f32> = (0..16).map(|i| ((i * 7 % 5) as f32 - 2.0) * 0.3).collect();
+    g.initializers.push(tensor::from_f32("W", &[4, 4], &w));
+    let h = g.add("MatMul", &["x", "W"]).name("first").output();
+    let y = g.add("MatMul", &[&h, "W"]).name("second").named_outputs(&["y"]).remove(0);
+    g.outputs.push(value_info(&y, dt::FLOAT, &[-1, 4]));
+    let meta = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: 17 }],
+        ..Default::default()
+    };
+    let p = dir.join("tied.onnx");
+    Model { meta, graph: g }.save(&p, &Default::default()).unwrap();
+    p
+}
+
+#[test]
+fn tied_weights_stay_tied_unless_untied_and_inspect_reports_them() {
+    let tmp = tempdir();
+    let p = tied_model(tmp.path());
+    let batch = tmp.path().join("batch.npz");
+    let x: Vec<f32> = (0..8).map(|i| i as f32 * 0.25 - 1.0).collect();
+    onnxsam::tensor::write_npz(
+        &batch,
+        &[("x".into(), HostTensor::f32(&[2, 4], x)), ("y".into(), HostTensor::f32(&[2, 4], vec![0.5; 8]))],
+    )
+    .unwrap();
+    let grad = |extra: &[&str]| {
+        let out = tmp.path().join(format!("g{}.npz", extra.len()));
+        let mut args = vec![
+            "grad",
+            p.to_str().unwrap(),
+            "--batch",
+            batch.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--loss",
+            "mse",
+            "--backend",
+            "tract",
+        ];
+        args.extend_from_slice(extra);
+        let o = onnxsam(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        read_npz(&out).unwrap()
+    };
+    let tied = grad(&[]);
+    let untied = grad(&["--untie-shared"]);
+    assert!(tied.contains_key("W") && !tied.keys().any(|k| k.starts_with("W.tied")));
+    let copy = untied.keys().find(|k| k.starts_with("W.tied")).expect("a second parameter for the second use").clone();
+    // the tied gradient is the sum of the gradients of the two uses
+    let sum: Vec<f64> = untied["W"].to_f64().iter().zip(untied[&copy].to_f64()).map(|(a, b)| a + b).collect();
+    let t = tied["W"].to_f64();
+    assert!(sum.iter().zip(&t).all(|(a, b)| (a - b).abs() < 1e-5), "{sum:?} vs {t:?}");
+    let o = onnxsam(&["inspect", p.to_str().unwrap()]);
+    assert!(stdout(&o).contains("tied weights: 'W' is read by 2 nodes (first, second)"), "{}", stdout(&o));
+    // --freeze keeps W constant: nothing left to train is an error, not a silent no-op
+    let out = tmp.path().join("frozen.npz");
+    let o = onnxsam(&[
+        "grad",
+        p.to_str().unwrap(),
+        "--batch",
+        batch.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--loss",
+        "mse",
+        "--freeze",
+        "W*",
+        "--backend",
+        "tract",
+    ]);
+    assert_bad_input(&o, "tied.onnx", "no trainable parameters");
+}

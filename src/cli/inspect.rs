@@ -1,10 +1,12 @@
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
 use graph_passes::ir::{Model, NodeExt};
 use graph_passes::onnx::{self, tensor, TESTED_OPSETS};
+use graph_passes::passes::lift_params::LiftParams;
+use graph_passes::passes::{Contract, Pass};
 use graph_passes::shapes::{self, shape_string, value_type_of};
 use graph_passes::support;
 use serde::Serialize;
@@ -84,16 +86,6 @@ fn report(path: &std::path::Path) -> Result<Report> {
         };
         *ops.entry(key).or_default() += 1;
     }
-    // An initializer may be read through Identity aliases (the TorchScript exporter merges equal
-    // tensors and names each alias after the PyTorch parameter); resolve them to their root.
-    let mut root: HashMap<&str, &str> = g.initializers.iter().map(|t| (t.name.as_str(), t.name.as_str())).collect();
-    for n in &g.nodes {
-        if n.op_type == "Identity" {
-            if let Some(&r) = root.get(n.input[0].as_str()) {
-                root.insert(n.output[0].as_str(), r);
-            }
-        }
-    }
     // running statistics: BatchNormalization inputs 3 and 4
     let stats: HashSet<&str> = g
         .nodes
@@ -103,39 +95,30 @@ fn report(path: &std::path::Path) -> Result<Report> {
         .collect();
     let mut running: Vec<String> = stats.iter().map(|s| s.to_string()).collect();
     running.sort();
-    // uses of each root initializer by non-Identity nodes: (alias, is a running statistic)
-    let mut uses: BTreeMap<&str, Vec<(&str, bool)>> = BTreeMap::new();
-    for n in g.nodes.iter().filter(|n| n.op_type != "Identity") {
-        for (k, v) in n.input.iter().enumerate() {
-            if let Some(&r) = root.get(v.as_str()) {
-                let stat = n.op_type == "BatchNormalization" && (k == 3 || k == 4);
-                uses.entry(r).or_default().push((v.as_str(), stat));
-            }
-        }
-    }
-    let trainable: Vec<&onnx::TensorProto> = g
-        .initializers
-        .iter()
-        .filter(|t| {
-            tensor::is_float(t.data_type)
-                && uses.get(t.name.as_str()).map(|u| u.iter().any(|(_, stat)| !stat)).unwrap_or(false)
-        })
-        .collect();
+    // what training would lift: the lift-params pass itself, on a copy
+    let mut lifted = model.clone();
+    let mut contract = Contract::default();
+    let lift = LiftParams::default();
     let mut shared = Vec::new();
-    for t in &trainable {
-        let mut aliases: Vec<&str> = uses[t.name.as_str()].iter().map(|(a, _)| *a).collect();
+    if let Err(e) = lift.run(&mut lifted, &mut contract) {
+        shared.push(format!("no parameters to train: {e}"));
+    }
+    let trainable: Vec<&onnx::TensorProto> = contract.params.iter().filter_map(|p| contract.init.get(p)).collect();
+    for (root, aliases) in &contract.split {
+        let mut aliases = aliases.clone();
         aliases.sort();
-        aliases.dedup();
-        if aliases.len() > 1 {
-            let stat = uses[t.name.as_str()].iter().any(|(_, s)| *s);
-            shared.push(format!(
-                "initializer '{}' is shared by {} uses ({}){}: the exporter merged equal tensors; training splits them into separate parameters",
-                t.name,
-                aliases.len(),
-                aliases.join(", "),
-                if stat { ", parameters and BatchNorm running statistics" } else { "" }
-            ));
-        }
+        shared.push(format!(
+            "initializer '{root}' also stands for {} tensors the exporter merged into it ({}); training gives each its own (parameters and running statistics apart)",
+            aliases.len(),
+            aliases.join(", ")
+        ));
+    }
+    for (tensor, users) in &contract.tied {
+        shared.push(format!(
+            "tied weights: '{tensor}' is read by {} nodes ({}); kept as one parameter (--untie-shared gives each its own)",
+            users.len(),
+            users.join(", ")
+        ));
     }
     let mut modes = Vec::new();
     let mut limitations = shared;

@@ -71,6 +71,7 @@ impl Pass for LiftParams {
         }
         let mut tensors: BTreeMap<String, TensorProto> = BTreeMap::new(); // name → value, for every lifted tensor
         for (alias, root) in &alias_root {
+            c.split.entry(root.clone()).or_default().push(alias.clone());
             let mut t = candidates[root].clone();
             t.name = alias.clone();
             tensors.insert(alias.clone(), t);
@@ -99,6 +100,7 @@ impl Pass for LiftParams {
             if !stat_uses.is_empty() {
                 let mut t = value.clone();
                 t.name = g.fresh(&format!("{name}.running_stat"));
+                c.split.entry(name.clone()).or_default().push(t.name.clone());
                 for &(i, k, _) in &stat_uses {
                     g.nodes[i].input[k] = t.name.clone();
                 }

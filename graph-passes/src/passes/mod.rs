@@ -22,8 +22,10 @@ pub struct Contract {
     pub labels: Option<String>,
     /// Trainable parameters, as graph inputs, in order.
     pub params: Vec<String>,
-    /// Parameters that share one exported tensor (kept tied): tensor → parameter names.
+    /// Parameters that share one exported tensor (kept tied): tensor → the nodes reading it.
     pub tied: BTreeMap<String, Vec<String>>,
+    /// Tensors the exporter merged that lift-params split: tensor → the names it now goes by.
+    pub split: BTreeMap<String, Vec<String>>,
     /// State fed back each step (BatchNorm running statistics) → the output with its next value.
     pub state_next: BTreeMap<String, String>,
     /// Inputs the runtime fills with uniform [0, 1) noise (dropout masks) → their shape
