@@ -67,8 +67,9 @@ impl GradGraphArgs {
     }
 }
 
+/// What `grad` and `gradcheck` share: a model, a batch, how to build and run the graph.
 #[derive(Args)]
-pub struct GradArgs {
+pub struct GradInput {
     /// The ONNX model
     model: PathBuf,
     /// .npz with the model's inputs by name (or `x`) and labels/targets `y`
@@ -81,6 +82,22 @@ pub struct GradArgs {
     /// Seed of the dropout masks
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+impl GradInput {
+    /// The gradient graph's session and the checked batch.
+    fn open(&self) -> Result<(GradRun, Batch)> {
+        let spec = self.graph.spec()?;
+        let r = GradRun::new(&self.model, &spec, &self.backend, false)?;
+        let batch = r.batch(&self.batch)?;
+        Ok((r, batch))
+    }
+}
+
+#[derive(Args)]
+pub struct GradArgs {
+    #[command(flatten)]
+    input: GradInput,
     /// Where to write loss, loss_per_sample, one gradient per parameter and bn_after/<stat>
     #[arg(long, value_name = "NPZ")]
     out: PathBuf,
@@ -120,10 +137,8 @@ impl GradRun {
 }
 
 pub fn grad(a: GradArgs) -> Result<i32> {
-    let spec = a.graph.spec()?;
-    let mut r = GradRun::new(&a.model, &spec, &a.backend, false)?;
-    let batch = r.batch(&a.batch)?;
-    let out = r.run(&batch, a.seed)?;
+    let (mut r, batch) = a.input.open()?;
+    let out = r.run(&batch, a.input.seed)?;
     let c = &r.contract;
     let get = |name: &str| out.get(name).cloned().ok_or_else(|| anyhow!("the graph produced no '{name}'"));
     let mut arrays = vec![
@@ -149,15 +164,8 @@ pub fn grad(a: GradArgs) -> Result<i32> {
 
 #[derive(Args)]
 pub struct GradcheckArgs {
-    /// The ONNX model
-    model: PathBuf,
-    /// .npz with the model's inputs by name (or `x`) and labels/targets `y`
-    #[arg(long, value_name = "NPZ")]
-    batch: PathBuf,
     #[command(flatten)]
-    graph: GradGraphArgs,
-    #[command(flatten)]
-    backend: BackendArgs,
+    input: GradInput,
     /// Random coordinates perturbed per parameter
     #[arg(long, default_value_t = 32)]
     samples: usize,
@@ -167,8 +175,6 @@ pub struct GradcheckArgs {
     /// Largest relative error accepted
     #[arg(long, default_value_t = 2e-2)]
     tolerance: f64,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     #[arg(long)]
     json: bool,
 }
@@ -190,15 +196,14 @@ struct Row {
 }
 
 pub fn gradcheck(a: GradcheckArgs) -> Result<i32> {
-    let spec = a.graph.spec()?;
-    let mut r = GradRun::new(&a.model, &spec, &a.backend, false)?;
-    let batch = r.batch(&a.batch)?;
-    let base = r.run(&batch, a.seed)?;
+    let (mut r, batch) = a.input.open()?;
+    let seed = a.input.seed;
+    let base = r.run(&batch, seed)?;
     let grads: BTreeMap<String, HostTensor> =
         r.contract.grads.iter().map(|(p, gname)| (p.clone(), base[gname].clone())).collect();
     let mut rows = Vec::new();
     let params = r.contract.params.clone();
-    for (k, p) in params.iter().enumerate() {
+    for p in params.iter() {
         let theta = r.values[p].clone();
         let v0 = theta.as_f32().ok_or_else(|| anyhow!("parameter '{p}' is not float32"))?.to_vec();
         let n = v0.len();
@@ -208,7 +213,7 @@ pub fn gradcheck(a: GradcheckArgs) -> Result<i32> {
         // large enough to stand above float32 rounding of the loss
         let gv = grads[p].as_f32().ok_or_else(|| anyhow!("gradient of '{p}' is not float32"))?;
         let mut coords: Vec<(usize, f32)> = Vec::new();
-        let noise = g::uniform(a.seed, &format!("gradcheck/{p}"), a.samples);
+        let noise = g::uniform(seed, &format!("gradcheck/{p}"), a.samples);
         for s in 0..a.samples.min(n) {
             let c = if n <= a.samples { s } else { ((noise[s] as f64) * n as f64) as usize % n };
             if !coords.iter().any(|(i, _)| *i == c) {
@@ -222,7 +227,7 @@ pub fn gradcheck(a: GradcheckArgs) -> Result<i32> {
                 v[i] += sign * h * s;
             }
             r.values.insert(p.clone(), HostTensor::f32(&theta.shape, v));
-            let out = r.run(&batch, a.seed)?;
+            let out = r.run(&batch, seed)?;
             loss_sum(&out, &r.contract)
         };
         // Two steps: a large one (kinks of ReLU/MaxPool blur it) and a small one (float32
@@ -244,7 +249,6 @@ pub fn gradcheck(a: GradcheckArgs) -> Result<i32> {
             relative_error: rel,
             ok: rel <= a.tolerance,
         });
-        let _ = k;
     }
     let failed = rows.iter().filter(|r| !r.ok).count();
     if a.json {
@@ -266,7 +270,7 @@ pub fn gradcheck(a: GradcheckArgs) -> Result<i32> {
     if failed > 0 {
         return Err(check_failed(format!(
             "{}: {failed} of {} parameters fail the gradient check",
-            a.model.display(),
+            a.input.model.display(),
             rows.len()
         )));
     }
