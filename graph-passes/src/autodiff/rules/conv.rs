@@ -182,8 +182,8 @@ fn conv(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Re
     Ok(out)
 }
 
-/// dW by im2col: a Conv of the input (channels folded into the batch) with k² one-hot kernels
-/// lays out every window ([N·C, k², Ho, Wo], padding, strides and dilations included); then
+/// dW by im2col: a depthwise Conv of the input with k² one-hot kernels per channel lays out every
+/// window ([N, C·k², Ho, Wo], padding, strides and dilations included); then
 /// dW = Σ_n cols[n]·dy[n]ᵀ is one batched MatMul. ONNX Runtime runs this far faster than a
 /// Conv with an Ho×Wo kernel.
 fn weight_grad_im2col(
@@ -198,19 +198,22 @@ fn weight_grad_im2col(
     let (m, cin, kh, kw) = (ws[0], xs[1], ws[2], ws[3]);
     let (h, w) = (xs[2], xs[3]);
     let k2 = kh * kw;
-    let mut onehot = vec![0.0f32; (k2 * k2) as usize];
-    for t in 0..k2 {
-        onehot[(t * k2 + t) as usize] = 1.0;
+    // depthwise: channel c·k² + t of the output is window offset t of input channel c
+    let mut onehot = vec![0.0f32; (cin * k2 * k2) as usize];
+    for ch in 0..cin {
+        for t in 0..k2 {
+            onehot[((ch * k2 + t) * k2 + t) as usize] = 1.0;
+        }
     }
-    let e = c.const_f32(&[k2, 1, kh, kw], &onehot);
-    let sx = c.const_i64(&[-1, 1, h, w]);
-    let xr = c.reshape(x, &sx);
+    let e = c.const_f32(&[cin * k2, 1, kh, kw], &onehot);
+    let _ = (h, w);
     let cols =
-        c.g.add("Conv", &[&xr, &e])
+        c.g.add("Conv", &[x, &e])
             .ints("strides", &geo.strides)
             .ints("dilations", &geo.dilations)
             .ints("pads", &geo.pads)
-            .output(); // [N·C, k², Ho, Wo]
+            .int("group", cin)
+            .output(); // [N, C·k², Ho, Wo]
     let s3 = c.const_i64(&[-1, cin * k2, ho * wo]);
     let cols = c.reshape(&cols, &s3); // [N, C·k², P]
     let d3s = c.const_i64(&[0, m, ho * wo]);
