@@ -27,6 +27,9 @@ fn max_pool(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> R
         return Err(node_error(n, "storage_order=1 is not supported"));
     }
     let x = n.input[0].clone();
+    if let Some(dx) = max_pool_tiled(n, &d, c)? {
+        return Ok(vec![Some(dx)]);
+    }
     let indices = match n.output.get(1).filter(|s| !s.is_empty()) {
         Some(i) => i.clone(),
         None => {
@@ -46,6 +49,50 @@ fn max_pool(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> R
     let scattered =
         c.g.add("ScatterElements", &[&zeros_flat, &idx, &upd]).int("axis", 0).string("reduction", "add").output();
     Ok(vec![Some(c.reshape_like(&scattered, &x))])
+}
+
+/// Non-overlapping windows (kernel = stride, no padding, sizes divisible): the gradient goes to
+/// the cells equal to their window's maximum, shared when several are (a subgradient; PyTorch
+/// gives it to one of them, and after a ReLU tied zeros get nothing either way). Dense 4-D ops
+/// (nearest Resize, Equal, AveragePool) run faster on both engines than MaxPool's Indices
+/// output with a scatter.
+fn max_pool_tiled(n: &NodeProto, d: &str, c: &mut Ctx) -> Result<Option<String>> {
+    let k = n.attr_ints("kernel_shape").unwrap_or_default();
+    let s = n.attr_ints("strides").unwrap_or(vec![1; k.len()]);
+    let pads = n.attr_ints("pads").unwrap_or_default();
+    let dil = n.attr_ints("dilations").unwrap_or_default();
+    let auto = n.attr_s("auto_pad").unwrap_or_default();
+    if k.len() != 2
+        || k != s
+        || pads.iter().any(|&p| p != 0)
+        || dil.iter().any(|&v| v != 1)
+        || !(auto.is_empty() || auto == "NOTSET")
+    {
+        return Ok(None);
+    }
+    let xs = c.shape(&n.input[0])?.clone();
+    let dims: Option<Vec<i64>> = xs[2..].iter().map(|d| d.known()).collect();
+    match dims {
+        Some(hw) if hw[0] % k[0] == 0 && hw[1] % k[1] == 0 => {}
+        _ => return Ok(None),
+    }
+    let scales = c.const_f32(&[4], &[1.0, 1.0, k[0] as f32, k[1] as f32]);
+    let up = |c: &mut Ctx, v: &str| -> String {
+        c.g.add("Resize", &[v, "", &scales])
+            .string("mode", "nearest")
+            .string("coordinate_transformation_mode", "asymmetric")
+            .string("nearest_mode", "floor")
+            .output()
+    };
+    let y_up = up(c, &n.output[0]);
+    let eq = c.op("Equal", &[&n.input[0], &y_up]);
+    let mask = c.mask(&eq);
+    let avg = c.g.add("AveragePool", &[&mask]).ints("kernel_shape", &k).ints("strides", &k).output();
+    let area = c.scalar((k[0] * k[1]) as f32);
+    let count = c.mul(&avg, &area);
+    let share = c.div(d, &count);
+    let share_up = up(c, &share);
+    Ok(Some(c.mul(&mask, &share_up)))
 }
 
 fn pool_geometry(n: &NodeProto, c: &Ctx) -> Result<(Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>)> {
