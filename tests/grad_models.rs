@@ -368,3 +368,27 @@ fn tied_weights_stay_tied_unless_untied_and_inspect_reports_them() {
     ]);
     assert_bad_input(&o, "tied.onnx", "no trainable parameters");
 }
+
+#[test]
+fn gradcheck_catches_a_gradient_that_is_ten_percent_off() {
+    use onnxsam::backend::{BackendKind, Device};
+    use onnxsam::cli::grad::{check_gradients, CheckSettings, GradRun};
+    use onnxsam::cli::BackendArgs;
+    use onnxsam::graph_passes::step::GradSpec;
+    use onnxsam::tensor::Data;
+    let backend = BackendArgs { backend: BackendKind::Tract, ort_lib: None, device: Device::Cpu, threads: Some(1) };
+    let mut r = GradRun::new(&model("mlp"), &GradSpec::default(), &backend, false).unwrap();
+    let batch = r.batch(&fixture("mlp/batch.npz")).unwrap();
+    let out = r.run(&batch, 0).unwrap();
+    let mut grads: BTreeMap<String, HostTensor> =
+        r.contract.grads.iter().map(|(p, g)| (p.clone(), out[g].clone())).collect();
+    let set = CheckSettings { samples: 32, step: 1e-2, tolerance: 2e-2, seed: 0 };
+    let rows = check_gradients(&mut r, &batch, &grads, set).unwrap();
+    assert!(rows.iter().all(|row| row.ok), "{rows:?}");
+    if let Data::F32(v) = &mut grads.get_mut("fc2.weight").unwrap().data {
+        v.iter_mut().for_each(|x| *x *= 1.1);
+    }
+    let rows = check_gradients(&mut r, &batch, &grads, set).unwrap();
+    let failed: Vec<&str> = rows.iter().filter(|row| !row.ok).map(|row| row.parameter.as_str()).collect();
+    assert_eq!(failed, vec!["fc2.weight"], "{rows:?}");
+}

@@ -186,21 +186,34 @@ fn loss_sum(out: &BTreeMap<String, HostTensor>, c: &Contract) -> Result<f64> {
     Ok(lps.to_f64().iter().sum::<f64>() / lps.len() as f64)
 }
 
-#[derive(serde::Serialize)]
-struct Row {
-    parameter: String,
-    autodiff: f64,
-    finite_difference: f64,
-    relative_error: f64,
-    ok: bool,
+#[derive(serde::Serialize, Debug)]
+pub struct Row {
+    pub parameter: String,
+    pub autodiff: f64,
+    pub finite_difference: f64,
+    pub relative_error: f64,
+    pub ok: bool,
 }
 
-pub fn gradcheck(a: GradcheckArgs) -> Result<i32> {
-    let (mut r, batch) = a.input.open()?;
-    let seed = a.input.seed;
-    let base = r.run(&batch, seed)?;
-    let grads: BTreeMap<String, HostTensor> =
-        r.contract.grads.iter().map(|(p, gname)| (p.clone(), base[gname].clone())).collect();
+/// Finite-difference settings of a gradient check.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckSettings {
+    pub samples: usize,
+    pub step: f32,
+    pub tolerance: f64,
+    pub seed: u64,
+}
+
+/// Compares `grads` (normally the graph's own) with central finite differences of the loss,
+/// one directional derivative per parameter over random coordinates.
+pub fn check_gradients(
+    r: &mut GradRun,
+    batch: &Batch,
+    grads: &BTreeMap<String, HostTensor>,
+    set: CheckSettings,
+) -> Result<Vec<Row>> {
+    let seed = set.seed;
+    let base = r.run(batch, seed)?;
     let mut rows = Vec::new();
     let params = r.contract.params.clone();
     for p in params.iter() {
@@ -208,14 +221,14 @@ pub fn gradcheck(a: GradcheckArgs) -> Result<i32> {
         let v0 = theta.as_f32().ok_or_else(|| anyhow!("parameter '{p}' is not float32"))?.to_vec();
         let n = v0.len();
         let rms = (v0.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / n.max(1) as f64).sqrt() as f32;
-        let h = a.step * rms.max(1e-1);
+        let h = set.step * rms.max(1e-1);
         // random coordinates, moved along the sign of their gradient: a directional derivative
         // large enough to stand above float32 rounding of the loss
         let gv = grads[p].as_f32().ok_or_else(|| anyhow!("gradient of '{p}' is not float32"))?;
         let mut coords: Vec<(usize, f32)> = Vec::new();
-        let noise = g::uniform(seed, &format!("gradcheck/{p}"), a.samples);
-        for s in 0..a.samples.min(n) {
-            let c = if n <= a.samples { s } else { ((noise[s] as f64) * n as f64) as usize % n };
+        let noise = g::uniform(seed, &format!("gradcheck/{p}"), set.samples);
+        for s in 0..set.samples.min(n) {
+            let c = if n <= set.samples { s } else { ((noise[s] as f64) * n as f64) as usize % n };
             if !coords.iter().any(|(i, _)| *i == c) {
                 coords.push((c, if gv[c] < 0.0 { -1.0 } else { 1.0 }));
             }
@@ -227,7 +240,7 @@ pub fn gradcheck(a: GradcheckArgs) -> Result<i32> {
                 v[i] += sign * h * s;
             }
             r.values.insert(p.clone(), HostTensor::f32(&theta.shape, v));
-            let out = r.run(&batch, seed)?;
+            let out = r.run(batch, seed)?;
             loss_sum(&out, &r.contract)
         };
         // Two steps: a large one (kinks of ReLU/MaxPool blur it) and a small one (float32
@@ -247,9 +260,19 @@ pub fn gradcheck(a: GradcheckArgs) -> Result<i32> {
             autodiff: ad,
             finite_difference: fd,
             relative_error: rel,
-            ok: rel <= a.tolerance,
+            ok: rel <= set.tolerance,
         });
     }
+    Ok(rows)
+}
+
+pub fn gradcheck(a: GradcheckArgs) -> Result<i32> {
+    let (mut r, batch) = a.input.open()?;
+    let set = CheckSettings { samples: a.samples, step: a.step, tolerance: a.tolerance, seed: a.input.seed };
+    let base = r.run(&batch, set.seed)?;
+    let grads: BTreeMap<String, HostTensor> =
+        r.contract.grads.iter().map(|(p, gname)| (p.clone(), base[gname].clone())).collect();
+    let rows = check_gradients(&mut r, &batch, &grads, set)?;
     let failed = rows.iter().filter(|r| !r.ok).count();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
