@@ -168,12 +168,14 @@ fn reciprocal(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) ->
     Ok(one(c.neg(&t)))
 }
 
-/// y = max(x, 0):  dx = dy where x > 0, else 0
+/// y = max(x, 0):  dx = dy · [x > 0]   (a multiply by a 0/1 mask: ONNX Runtime's Where and
+/// Sign are slower)
 fn relu(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
     let d = dy(n, dys)?;
     let zero = c.scalar(0.0);
     let pos = c.op("Greater", &[&n.input[0], &zero]);
-    Ok(one(c.where_(&pos, &d, &zero)))
+    let m = c.mask(&pos);
+    Ok(one(c.mul(&d, &m)))
 }
 
 /// y = x if x > 0 else α·x:  dx = dy where x > 0, else α·dy
