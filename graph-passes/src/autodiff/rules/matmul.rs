@@ -92,6 +92,18 @@ fn matmul(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> 
         let g = sum_to_rank(c, &g, ry, ra2, &a, &b, true)?;
         out[0] = Some(if ra == 1 { c.squeeze(&g, &[0]) } else { g });
     }
+    if need[1] && rb == 2 && ra > 2 {
+        // a weight shared by every batch row: fold the batch axes into one GEMM,
+        // dB = A₂ᵀ·dY₂ with A₂ = A as [rows, K], dY₂ = dY as [rows, N]
+        let k = c.shape(&b)?[0].known();
+        let nn = c.shape(&b)?[1].known();
+        if let (Some(k), Some(nn)) = (k, nn) {
+            let (sa, sd) = (c.const_i64(&[-1, k]), c.const_i64(&[-1, nn]));
+            let (a_rows, d_rows) = (c.reshape(&a, &sa), c.reshape(&d, &sd));
+            out[1] = Some(gemm_node(c, &a_rows, &d_rows, true, false, 1.0));
+            return Ok(out);
+        }
+    }
     if need[1] {
         let at = c.transpose(&a2, &swap_last_two(ra2));
         let g = c.op("MatMul", &[&at, &d2]);
