@@ -9,7 +9,7 @@ use super::{value_info, value_info_untyped_shape, BatchNormRegion, Contract, Pas
 use crate::autodiff::Ctx;
 use crate::ir::{node_error, Model, NodeExt};
 use crate::onnx::{data_type as dt, NodeProto};
-use crate::shapes;
+use crate::shapes::{self, Dim};
 use crate::Result;
 
 pub struct TrainMode;
@@ -137,11 +137,16 @@ fn batch_norm(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
     let mu_c = ctx.reshape(&mu, &flat);
     let var_c = ctx.reshape(&bvar, &flat);
     // unbiased: var · n/(n − 1), n = elements per channel (the batch may be symbolic)
-    let shape = ctx.shape_of(x);
-    let idx = ctx.const_i64(&axes);
-    let picked = ctx.g.add("Gather", &[&shape, &idx]).int("axis", 0).output();
-    let count = ctx.g.add("ReduceProd", &[&picked]).int("keepdims", 0).output();
-    let count = ctx.cast(&count, dt::FLOAT);
+    let count = match batch_count(ctx, c, x, &axes)? {
+        Some(count) => count,
+        None => {
+            let shape = ctx.shape_of(x);
+            let idx = ctx.const_i64(&axes);
+            let picked = ctx.g.add("Gather", &[&shape, &idx]).int("axis", 0).output();
+            let count = ctx.g.add("ReduceProd", &[&picked]).int("keepdims", 0).output();
+            ctx.cast(&count, dt::FLOAT)
+        }
+    };
     c.batch_norms.push(BatchNormRegion {
         x: x.clone(),
         scale: scale.clone(),
@@ -168,6 +173,28 @@ fn batch_norm(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
         c.state_next.insert(stat.clone(), out);
     }
     Ok(())
+}
+
+/// n = N·H·W when only the batch N is symbolic and it is the batch of a data input: read from
+/// that input's shape, so every BatchNorm shares it (common-subexpression elimination merges
+/// the equal nodes) instead of computing its own.
+fn batch_count(ctx: &mut Ctx, c: &Contract, x: &str, axes: &[i64]) -> Result<Option<String>> {
+    let xs = ctx.shape(x)?.clone();
+    let Some(Dim::Sym(batch)) = xs.first() else { return Ok(None) };
+    let rest: Option<i64> = axes.iter().skip(1).map(|&a| xs[a as usize].known()).product();
+    let Some(rest) = rest else { return Ok(None) };
+    let source = c
+        .data
+        .iter()
+        .find(|d| ctx.shapes.shape(d).and_then(|s| s.first().cloned()) == Some(Dim::Sym(batch.clone())))
+        .cloned();
+    let Some(source) = source else { return Ok(None) };
+    let shape = ctx.shape_of(&source);
+    let zero = ctx.const_i64(&[0]);
+    let n = ctx.g.add("Gather", &[&shape, &zero]).int("axis", 0).output();
+    let n = ctx.cast(&n, dt::FLOAT);
+    let k = ctx.const_f32(&[1], &[rest as f32]);
+    Ok(Some(ctx.mul(&n, &k)))
 }
 
 fn dropout(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
