@@ -33,18 +33,8 @@ fn check_variant(dir: &str, model_path: &std::path::Path, backend: &str, suffix:
     let tmp = tempdir();
     let out = tmp.path().join("grads.npz");
     let batch = fixture(&format!("{dir}/batch{suffix}.npz"));
-    let mut args = vec![
-        "grad",
-        model_path.to_str().unwrap(),
-        "--batch",
-        batch.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--backend",
-        backend,
-    ];
-    args.extend_from_slice(extra);
-    let o = onnxsam(&args);
+    let args: Vec<&str> = ["--backend", backend].iter().chain(extra).copied().collect();
+    let o = grad_cmd(model_path, &batch, &out, &args);
     assert_eq!(o.status.code(), Some(0), "{dir}{suffix} on {backend}: {}", stderr(&o));
     let got = read_npz(&out).unwrap();
     let want: BTreeMap<String, HostTensor> = read_npz(&fixture(&format!("{dir}/grads{suffix}.npz"))).unwrap();
@@ -100,18 +90,7 @@ fn bad_batches_are_refused() {
     let tmp = tempdir();
     let m = model("mlp");
     let out = tmp.path().join("g.npz");
-    let run = |batch: &std::path::Path| {
-        onnxsam(&[
-            "grad",
-            m.to_str().unwrap(),
-            "--batch",
-            batch.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--backend",
-            "tract",
-        ])
-    };
+    let run = |batch: &std::path::Path| grad_cmd(&m, batch, &out, &["--backend", "tract"]);
     let x = read_npz(&fixture("mlp/batch.npz")).unwrap().remove("input").unwrap();
     let write = |name: &str, arrays: Vec<(String, HostTensor)>| {
         let p = tmp.path().join(name);
@@ -146,7 +125,7 @@ fn bad_batches_are_refused() {
 
 #[test]
 fn unsupported_op_is_named_with_its_node() {
-    use onnxsam::graph_passes::onnx::{load_model, NodeProto};
+    use onnxsam::graph_passes::onnx::load_model;
     use prost::Message;
     let mut m = load_model(&model("mlp")).unwrap();
     let g = m.graph.as_mut().unwrap();
@@ -154,19 +133,9 @@ fn unsupported_op_is_named_with_its_node() {
     let relu = g.node.iter_mut().find(|n| n.op_type == "Relu").unwrap();
     relu.op_type = "Softsign".into();
     let name = relu.name.clone();
-    let _ = NodeProto::default();
     let tmp = tempdir();
     let p = write(tmp.path(), "softsign.onnx", &m.encode_to_vec());
-    let o = onnxsam(&[
-        "grad",
-        p.to_str().unwrap(),
-        "--batch",
-        fixture("mlp/batch.npz").to_str().unwrap(),
-        "--out",
-        tmp.path().join("g.npz").to_str().unwrap(),
-        "--backend",
-        "tract",
-    ]);
+    let o = grad_cmd(&p, &fixture("mlp/batch.npz"), &tmp.path().join("g.npz"), &["--backend", "tract"]);
     assert_bad_input(&o, "softsign.onnx", &format!("op Softsign (node {name}) has no gradient rule yet"));
     let i = onnxsam(&["inspect", p.to_str().unwrap()]);
     assert!(stdout(&i).contains(&format!("op Softsign (node {name}) has no gradient rule yet")), "{}", stdout(&i));
@@ -233,19 +202,7 @@ fn dropout_in_train_mode_is_seeded_and_differentiable() {
     let batch = fixture("mlp/batch.npz");
     let grad = |seed: &str, backend: &str, mode: &str| {
         let out = tmp.path().join(format!("g{seed}{backend}{mode}.npz"));
-        let o = onnxsam(&[
-            "grad",
-            p.to_str().unwrap(),
-            "--batch",
-            batch.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--seed",
-            seed,
-            "--backend",
-            backend,
-            mode,
-        ]);
+        let o = grad_cmd(&p, &batch, &out, &["--seed", seed, "--backend", backend, mode]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         read_npz(&out).unwrap()
     };
@@ -323,20 +280,8 @@ fn tied_weights_stay_tied_unless_untied_and_inspect_reports_them() {
     .unwrap();
     let grad = |extra: &[&str]| {
         let out = tmp.path().join(format!("g{}.npz", extra.len()));
-        let mut args = vec![
-            "grad",
-            p.to_str().unwrap(),
-            "--batch",
-            batch.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--loss",
-            "mse",
-            "--backend",
-            "tract",
-        ];
-        args.extend_from_slice(extra);
-        let o = onnxsam(&args);
+        let args: Vec<&str> = ["--loss", "mse", "--backend", "tract"].iter().chain(extra).copied().collect();
+        let o = grad_cmd(&p, &batch, &out, &args);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         read_npz(&out).unwrap()
     };
@@ -352,20 +297,7 @@ fn tied_weights_stay_tied_unless_untied_and_inspect_reports_them() {
     assert!(stdout(&o).contains("tied weights: 'W' is read by 2 nodes (first, second)"), "{}", stdout(&o));
     // --freeze keeps W constant: nothing left to train is an error, not a silent no-op
     let out = tmp.path().join("frozen.npz");
-    let o = onnxsam(&[
-        "grad",
-        p.to_str().unwrap(),
-        "--batch",
-        batch.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--loss",
-        "mse",
-        "--freeze",
-        "W*",
-        "--backend",
-        "tract",
-    ]);
+    let o = grad_cmd(&p, &batch, &out, &["--loss", "mse", "--freeze", "W*", "--backend", "tract"]);
     assert_bad_input(&o, "tied.onnx", "no trainable parameters");
 }
 

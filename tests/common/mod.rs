@@ -58,3 +58,11 @@ pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&p, bytes).unwrap();
     p
 }
+
+/// `onnxsam grad MODEL --batch BATCH --out OUT EXTRA…`
+pub fn grad_cmd(model: &Path, batch: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args =
+        vec!["grad", model.to_str().unwrap(), "--batch", batch.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    onnxsam(&args)
+}
