@@ -145,10 +145,8 @@ pub fn broadcast(shapes: &[&Shape]) -> Option<Shape> {
                 (Dim::Known(1), x) => x.clone(),
                 (x, Dim::Known(1)) => x.clone(),
                 (Dim::Known(a), Dim::Known(b)) if a != b => return None,
-                (Dim::Known(_), x @ Dim::Sym(_)) => {
-                    let _ = x;
-                    d.clone()
-                }
+                // a known size > 1 against a symbol: the known size (the symbol must equal it)
+                (Dim::Known(_), Dim::Sym(_)) => d.clone(),
                 (x, _) => x.clone(),
             };
         }
@@ -483,7 +481,7 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             let x = input_type(s, n, 0)?;
             let shape = x.shape.as_ref().map(|xs| {
                 let axis = norm_axis(n.attr_i("axis", 1), xs.len());
-                vec![dims_product(&xs[..axis], s), dims_product(&xs[axis..], s)]
+                vec![dims_product(&xs[..axis]), dims_product(&xs[axis..])]
             });
             set(s, &out0, x.dtype, shape);
         }
@@ -866,7 +864,7 @@ fn reduce_shape(xs: &Shape, axes: &[usize], keep: bool) -> Shape {
         .collect()
 }
 
-fn dims_product(ds: &[Dim], s: &mut Shapes) -> Dim {
+fn dims_product(ds: &[Dim]) -> Dim {
     let mut p = 1i64;
     let mut syms = Vec::new();
     for d in ds {
@@ -878,10 +876,7 @@ fn dims_product(ds: &[Dim], s: &mut Shapes) -> Dim {
     match syms.len() {
         0 => Dim::Known(p),
         1 if p == 1 => Dim::Sym(syms[0].clone()),
-        _ => {
-            let _ = s;
-            Dim::Sym(format!("{}*{}", syms.join("*"), p))
-        }
+        _ => Dim::Sym(format!("{}*{}", syms.join("*"), p)),
     }
 }
 

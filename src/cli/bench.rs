@@ -45,11 +45,14 @@ fn synthetic_batch(model: &Model, batch: usize, classes: usize) -> Result<(Vec<(
             .iter()
             .enumerate()
             .map(|(i, d)| match d {
-                Dim::Known(k) => *k as usize,
-                Dim::Sym(_) if i == 0 => batch,
-                Dim::Sym(s) => panic!("symbolic dim {s}"),
+                Dim::Known(k) => Ok(*k as usize),
+                Dim::Sym(_) if i == 0 => Ok(batch),
+                Dim::Sym(s) => Err(anyhow!(
+                    "input '{}' has a symbolic dimension '{s}' besides the batch; bench needs it known",
+                    v.name
+                )),
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let n = shape.iter().product();
         let u = g::uniform(1, &v.name, n);
         data.push((

@@ -91,10 +91,6 @@ impl<'g> Ctx<'g> {
     pub fn scalar(&mut self, v: f32) -> String {
         self.const_f32(&[], &[v])
     }
-    /// A scalar of the type of `like` (float32 graphs; the argument keeps call sites explicit).
-    pub fn scalar_like(&mut self, v: f32, _like: &str) -> String {
-        self.scalar(v)
-    }
     pub fn const_i64(&mut self, data: &[i64]) -> String {
         if let Some(n) = self.i64_consts.get(data) {
             return n.clone();

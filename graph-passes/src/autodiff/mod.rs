@@ -84,7 +84,7 @@ pub fn gradients_with(
     }
     let active = |v: &str| depends.contains(v) && needed.contains(v);
     let mut ctx = Ctx::new(g, shapes, opset);
-    let one = ctx.scalar_like(1.0, loss);
+    let one = ctx.scalar(1.0);
     let mut contributions: HashMap<String, Vec<String>> = HashMap::from([(loss.to_string(), vec![one])]);
     for n in nodes.iter().rev() {
         if !n.output.iter().any(|o| contributions.contains_key(o)) {

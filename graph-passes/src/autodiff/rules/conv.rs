@@ -196,7 +196,6 @@ fn weight_grad_im2col(
     geo: &ConvGeom,
 ) -> String {
     let (m, cin, kh, kw) = (ws[0], xs[1], ws[2], ws[3]);
-    let (h, w) = (xs[2], xs[3]);
     let k2 = kh * kw;
     // depthwise: channel c·k² + t of the output is window offset t of input channel c
     let mut onehot = vec![0.0f32; (cin * k2 * k2) as usize];
@@ -206,7 +205,6 @@ fn weight_grad_im2col(
         }
     }
     let e = c.const_f32(&[cin * k2, 1, kh, kw], &onehot);
-    let _ = (h, w);
     let cols =
         c.g.add("Conv", &[x, &e])
             .ints("strides", &geo.strides)

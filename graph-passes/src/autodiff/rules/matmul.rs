@@ -72,7 +72,7 @@ fn swap_last_two(rank: usize) -> Vec<i64> {
 /// axes; 1-D operands are treated as a row (A) or column (B) vector.
 fn matmul(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
     let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
-    let (a, b, y) = (n.input[0].clone(), n.input[1].clone(), n.output[0].clone());
+    let (a, b) = (n.input[0].clone(), n.input[1].clone());
     let (ra, rb) = (c.rank(&a)?, c.rank(&b)?);
     // lift vectors to matrices; dY gets the matching unit axes
     let (a2, mut d2) = if ra == 1 { (c.unsqueeze(&a, &[0]), c.unsqueeze(&d, &[-2])) } else { (a.clone(), d.clone()) };
@@ -89,7 +89,7 @@ fn matmul(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> 
         let bt = c.transpose(&b2, &swap_last_two(rb2));
         let g = c.op("MatMul", &[&d2, &bt]);
         // sum over batch axes that A broadcast along, then drop the unit axis we added
-        let g = sum_to_rank(c, &g, ry, ra2, &a, &b, true)?;
+        let g = sum_to_rank(c, &g, ry, ra2, &a, &b)?;
         out[0] = Some(if ra == 1 { c.squeeze(&g, &[0]) } else { g });
     }
     if need[1] && rb == 2 && ra > 2 {
@@ -107,16 +107,15 @@ fn matmul(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> 
     if need[1] {
         let at = c.transpose(&a2, &swap_last_two(ra2));
         let g = c.op("MatMul", &[&at, &d2]);
-        let g = sum_to_rank(c, &g, ry, rb2, &b, &a, false)?;
+        let g = sum_to_rank(c, &g, ry, rb2, &b, &a)?;
         out[1] = Some(if rb == 1 { c.squeeze(&g, &[-1]) } else { g });
     }
-    let _ = y;
     Ok(out)
 }
 
 /// Sums a gradient of rank `ry` over the leading batch axes that operand `x` (rank `rx`) lacks
 /// or broadcast (size 1 where the other operand has more).
-fn sum_to_rank(c: &mut Ctx, g: &str, ry: usize, rx: usize, x: &str, other: &str, _is_a: bool) -> Result<String> {
+fn sum_to_rank(c: &mut Ctx, g: &str, ry: usize, rx: usize, x: &str, other: &str) -> Result<String> {
     let lead = ry - rx;
     let mut axes: Vec<i64> = (0..lead as i64).collect();
     let xs = c.shape(x)?.clone();
