@@ -20,24 +20,24 @@ impl Pass for TrainMode {
     }
 
     fn run(&self, m: &mut Model, c: &mut Contract) -> Result<()> {
-        let opset = m.opset();
-        let s = shapes::infer(&m.graph)?;
-        let targets: Vec<NodeProto> = m
-            .graph
-            .nodes
-            .iter()
-            .filter(|n| matches!(n.op_type.as_str(), "BatchNormalization" | "Dropout"))
-            .cloned()
-            .collect();
-        let mut ctx = Ctx::new(&mut m.graph, s, opset);
-        for n in targets {
-            match n.op_type.as_str() {
-                "BatchNormalization" => batch_norm(&n, &mut ctx, c)?,
-                _ => dropout(&n, &mut ctx, c)?,
-            }
-        }
-        m.graph.topo_sort()
+        rewrite_each(m, &["BatchNormalization", "Dropout"], |n, ctx| match n.op_type.as_str() {
+            "BatchNormalization" => batch_norm(n, ctx, c),
+            _ => dropout(n, ctx, c),
+        })
     }
+}
+
+/// Calls `f` on every node of the given ops (as they were before the pass), with a builder over
+/// the graph and the forward's shapes, then restores topological order.
+fn rewrite_each(m: &mut Model, ops: &[&str], mut f: impl FnMut(&NodeProto, &mut Ctx) -> Result<()>) -> Result<()> {
+    let opset = m.opset();
+    let s = shapes::infer(&m.graph)?;
+    let targets: Vec<NodeProto> = m.graph.nodes.iter().filter(|n| ops.contains(&n.op_type.as_str())).cloned().collect();
+    let mut ctx = Ctx::new(&mut m.graph, s, opset);
+    for n in &targets {
+        f(n, &mut ctx)?;
+    }
+    m.graph.topo_sort()
 }
 
 /// eval-mode: BatchNormalization with its running statistics, written out in elementary ops
@@ -51,14 +51,9 @@ impl Pass for EvalMode {
     }
 
     fn run(&self, m: &mut Model, _c: &mut Contract) -> Result<()> {
-        let opset = m.opset();
-        let s = shapes::infer(&m.graph)?;
-        let targets: Vec<NodeProto> =
-            m.graph.nodes.iter().filter(|n| n.op_type == "BatchNormalization").cloned().collect();
-        let mut ctx = Ctx::new(&mut m.graph, s, opset);
-        for n in targets {
+        rewrite_each(m, &["BatchNormalization"], |n, ctx| {
             if n.attr_i("training_mode", 0) != 0 {
-                return Err(node_error(&n, "training_mode=1 in an evaluation graph"));
+                return Err(node_error(n, "training_mode=1 in an evaluation graph"));
             }
             let (x, scale, bias, mean, var) = (&n.input[0], &n.input[1], &n.input[2], &n.input[3], &n.input[4]);
             let r = ctx.rank(x)? as i64;
@@ -73,10 +68,10 @@ impl Pass for EvalMode {
             let xc = ctx.sub(x, &mr);
             let xs = ctx.mul(&xc, &kr);
             let y = ctx.add(&xs, &br);
-            remove(&mut ctx, &n);
-            rename_into(&mut ctx, &y, &n.output[0]);
-        }
-        m.graph.topo_sort()
+            remove(ctx, n);
+            rename_into(ctx, &y, &n.output[0]);
+            Ok(())
+        })
     }
 }
 
