@@ -160,3 +160,24 @@ fn tract_cannot_run_an_op_it_lacks() {
     let o = onnxsam(&["run", p.to_str().unwrap(), "--input", inputs.to_str().unwrap(), "--backend", "tract"]);
     assert_bad_input(&o, "loss.onnx", "tract");
 }
+
+#[test]
+fn device_cuda_without_a_cuda_onnxruntime() {
+    // CI installs the CPU wheel: asking for CUDA must fail with how to get onnxruntime-gpu,
+    // never fall back to the CPU silently
+    let m = model("mlp");
+    let input = fixture("mlp/input.npz");
+    let o = onnxsam(&["run", m.to_str().unwrap(), "--input", input.to_str().unwrap(), "--device", "cuda"]);
+    assert_bad_input(&o, "libonnxruntime", "pip install onnxruntime-gpu");
+    let o = onnxsam(&[
+        "run",
+        m.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--backend",
+        "tract",
+        "--device",
+        "cuda:1",
+    ]);
+    assert_bad_input(&o, "tract", "CPU only");
+}
