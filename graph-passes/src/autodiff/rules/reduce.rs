@@ -29,17 +29,19 @@ fn axes(n: &NodeProto, c: &Ctx) -> Result<Vec<i64>> {
     })
 }
 
-/// dy brought back to x's shape: unsqueeze the dropped axes, then expand.
-fn spread(n: &NodeProto, d: &str, ax: &[i64], c: &mut Ctx) -> String {
-    let kept = if n.attr_i("keepdims", 1) == 0 && !ax.is_empty() { c.unsqueeze(d, ax) } else { d.to_string() };
-    c.expand_like(&kept, &n.input[0])
+/// dy brought back to x's shape: unsqueeze the dropped axes (a scalar broadcasts as it is), then
+/// expand.
+fn spread(n: &NodeProto, d: &str, ax: &[i64], c: &mut Ctx) -> Result<String> {
+    let all = ax.len() == c.rank(&n.input[0])?;
+    let kept = if n.attr_i("keepdims", 1) == 0 && !ax.is_empty() && !all { c.unsqueeze(d, ax) } else { d.to_string() };
+    Ok(c.expand_like(&kept, &n.input[0]))
 }
 
 /// y = Σ_axes x:  dx = expand(dy)
 fn reduce_sum(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
     let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
     let ax = axes(n, c)?;
-    let mut out = vec![Some(spread(n, &d, &ax, c))];
+    let mut out = vec![Some(spread(n, &d, &ax, c)?)];
     out.resize(n.input.len(), None);
     Ok(out)
 }
@@ -49,23 +51,28 @@ fn reduce_mean(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -
     let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
     let ax = axes(n, c)?;
     let xs = c.shape(&n.input[0])?.clone();
-    let e = spread(n, &d, &ax, c);
+    // dy / count first (the small tensor), then spread
     let count: Option<i64> = ax.iter().map(|&a| xs[a as usize].known()).product();
-    let dx = match count {
+    let scaled = match count {
         Some(k) => {
             let s = c.scalar(1.0 / k as f32);
-            c.mul(&e, &s)
+            c.mul(&d, &s)
         }
         None => {
-            // a symbolic axis (the batch): count at run time from the shape
-            let shape = c.shape_of(&n.input[0]);
-            let idx = c.const_i64(&ax);
-            let picked = c.g.add("Gather", &[&shape, &idx]).int("axis", 0).output();
-            let prod = c.g.add("ReduceProd", &[&picked]).int("keepdims", 0).output();
-            let k = c.cast(&prod, crate::onnx::data_type::FLOAT);
-            c.div(&e, &k)
+            // a symbolic axis (the batch): count at run time
+            let k = if ax.len() == xs.len() {
+                c.op("Size", &[&n.input[0]])
+            } else {
+                let shape = c.shape_of(&n.input[0]);
+                let idx = c.const_i64(&ax);
+                let picked = c.g.add("Gather", &[&shape, &idx]).int("axis", 0).output();
+                c.g.add("ReduceProd", &[&picked]).int("keepdims", 0).output()
+            };
+            let k = c.cast(&k, crate::onnx::data_type::FLOAT);
+            c.div(&d, &k)
         }
     };
+    let dx = spread(n, &scaled, &ax, c)?;
     let mut out = vec![Some(dx)];
     out.resize(n.input.len(), None);
     Ok(out)
