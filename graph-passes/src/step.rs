@@ -65,6 +65,7 @@ pub fn grad_graph(model: &Model, spec: &GradSpec) -> Result<(Model, Contract)> {
     m.graph.value_info.clear();
     m.graph.remove_identities();
     m.graph.eliminate_common_subexpressions();
+    m.graph.remove_dead();
     Ok((m, c))
 }
 

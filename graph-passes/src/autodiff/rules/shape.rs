@@ -43,7 +43,27 @@ fn transpose(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> 
     for (i, &p) in perm.iter().enumerate() {
         inv[p as usize] = i as i64;
     }
+    // a weight used as Wᵀ (the dynamo exporter's Linear): its gradient arrives as a GEMM
+    // product P = AᵀB, and Pᵀ = BᵀA is one GEMM rather than a GEMM and a Transpose
+    if inv == [1, 0] {
+        if let Some((a, b)) = gemm_at_b(c, &d) {
+            return Ok(vec![Some(c.g.add("Gemm", &[&b, &a]).int("transA", 1).output())]);
+        }
+    }
     Ok(vec![Some(c.transpose(&d, &inv))])
+}
+
+/// (A, B) when `v` is a plain Gemm(A, B, transA=1) the sweep emitted and nothing else reads.
+fn gemm_at_b(c: &Ctx, v: &str) -> Option<(String, String)> {
+    let n = c.g.nodes.iter().find(|n| n.output.first().map(|o| o == v).unwrap_or(false))?;
+    let plain = n.op_type == "Gemm"
+        && n.input.len() == 2
+        && n.attr_i("transA", 0) == 1
+        && n.attr_i("transB", 0) == 0
+        && n.attr_f("alpha", 1.0) == 1.0
+        && n.pass_tag().is_some();
+    let readers = c.g.nodes.iter().filter(|m| m.input.iter().any(|i| i == v)).count();
+    (plain && readers == 0).then(|| (n.input[0].clone(), n.input[1].clone()))
 }
 
 fn axis_of(n: &NodeProto, c: &Ctx, default: i64) -> Result<usize> {
