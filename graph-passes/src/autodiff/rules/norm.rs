@@ -69,14 +69,10 @@ fn layer_norm(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx)
     };
     let norm_axes: Vec<i64> = (axis..r).collect();
     let lead_axes: Vec<i64> = (0..axis).collect();
-    let mu = c.reduce_mean(x, &norm_axes, true);
+    // the forward's own statistics: LayerNormalization's optional Mean and InvStdDev outputs
+    let (mu, inv) = layer_norm_stats(n, c);
     let xc = c.sub(x, &mu);
-    let xc2 = c.square(&xc);
-    let var = c.reduce_mean(&xc2, &norm_axes, true);
-    let eps = c.scalar(n.attr_f("epsilon", 1e-5));
-    let ve = c.add(&var, &eps);
-    let sd = c.sqrt(&ve);
-    let xh = c.div(&xc, &sd);
+    let xh = c.mul(&xc, &inv);
     let mut out = vec![None; n.input.len()];
     if need[0] {
         let dxh = c.mul(&d, &n.input[1]);
@@ -86,7 +82,7 @@ fn layer_norm(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx)
         let t = c.mul(&xh, &m2);
         let u = c.sub(&dxh, &m1);
         let u = c.sub(&u, &t);
-        out[0] = Some(c.div(&u, &sd));
+        out[0] = Some(c.mul(&u, &inv));
     }
     if need.get(1).copied().unwrap_or(false) {
         let t = c.mul(&d, &xh);
@@ -97,4 +93,23 @@ fn layer_norm(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx)
         out[2] = Some(c.reduce_sum(&d, &lead_axes, false));
     }
     Ok(out)
+}
+
+/// The Mean and InvStdDev outputs of a LayerNormalization node, added to the forward node when
+/// the export left them out (both engines compute them with the normalization).
+fn layer_norm_stats(n: &NodeProto, c: &mut Ctx) -> (String, String) {
+    let existing = |k: usize| n.output.get(k).filter(|s| !s.is_empty()).cloned();
+    if let (Some(m), Some(i)) = (existing(1), existing(2)) {
+        return (m, i);
+    }
+    let base = n.output[0].clone();
+    let (m, i) = (
+        existing(1).unwrap_or_else(|| c.g.fresh(&format!("{base}_mean"))),
+        existing(2).unwrap_or_else(|| c.g.fresh(&format!("{base}_inv_std"))),
+    );
+    let node = c.g.nodes.iter_mut().find(|x| x.output.first() == Some(&base)).expect("forward node exists");
+    node.output.resize(1, String::new());
+    node.output.push(m.clone());
+    node.output.push(i.clone());
+    (m, i)
 }
