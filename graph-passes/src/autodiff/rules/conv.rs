@@ -1,5 +1,6 @@
 //! Conv (2-D): the input gradient is a ConvTranspose, the weight gradient a Conv of the input
 //! with the output gradient (BACKEND-NOTES.md: both forms run correctly on ORT and tract).
+use super::dy;
 use crate::autodiff::{Ctx, Grads, Rule};
 use crate::ir::{node_error, NodeExt};
 use crate::onnx::NodeProto;
@@ -55,7 +56,7 @@ pub fn geometry(n: &NodeProto, input: &[i64], kernel: &[i64]) -> Result<ConvGeom
 ///        dilations = strides, group = g)ᵀ, cropped to kh × kw
 ///   db = Σ_{n,h,w} dy
 fn conv(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
-    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let d = dy(n, dys)?;
     let (x, w, y) = (n.input[0].clone(), n.input[1].clone(), n.output[0].clone());
     let xs = c.known_dims(&x).or_else(|_| {
         // the batch may be symbolic: only C, H, W must be known

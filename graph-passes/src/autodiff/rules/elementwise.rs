@@ -1,7 +1,7 @@
 //! Elementwise ops. Binary ops broadcast, so each input's gradient is summed back to its shape.
 use std::f32::consts::PI;
 
-use super::one;
+use super::{dy, one};
 use crate::autodiff::{Ctx, Grads, Rule};
 use crate::ir::{constant_value, node_error, NodeExt};
 use crate::onnx::{data_type as dt, tensor, NodeProto};
@@ -34,10 +34,6 @@ pub fn rule(op: &str) -> Option<Rule> {
         "Dropout" => dropout,
         _ => return None,
     })
-}
-
-fn dy(n: &NodeProto, dys: &[Option<String>]) -> Result<String> {
-    dys.first().cloned().flatten().ok_or_else(|| node_error(n, "no gradient reached its output"))
 }
 
 /// y = a + b:  da = dy,  db = dy   (summed over broadcast axes)

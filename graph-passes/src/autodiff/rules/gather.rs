@@ -1,5 +1,6 @@
 //! Gather (embeddings) and GatherElements: gradients scatter-add back, so repeated indices
 //! accumulate.
+use super::dy;
 use crate::autodiff::{Ctx, Grads, Rule};
 use crate::ir::{node_error, NodeExt};
 use crate::onnx::NodeProto;
@@ -18,7 +19,7 @@ fn gather(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> 
     if need.get(1).copied().unwrap_or(false) {
         return Err(node_error(n, "indices carry no gradient"));
     }
-    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let d = dy(n, dys)?;
     let axis = n.attr_i("axis", 0);
     if axis != 0 {
         return Err(node_error(n, format!("the Gather gradient handles axis 0 (embeddings), not axis {axis}")));
@@ -38,7 +39,7 @@ fn gather(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> 
 
 /// y = gather_elements(x, idx, axis):  dx = ScatterElements(zeros, idx, dy, axis, add)
 fn gather_elements(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
-    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let d = dy(n, dys)?;
     if c.opset < 16 {
         return Err(node_error(n, format!("the GatherElements gradient needs opset ≥ 16, the model has {}", c.opset)));
     }

@@ -1,6 +1,7 @@
 //! Gemm and MatMul.
+use super::dy;
 use crate::autodiff::{Ctx, Grads, Rule};
-use crate::ir::{node_error, NodeExt};
+use crate::ir::NodeExt;
 use crate::onnx::NodeProto;
 use crate::Result;
 
@@ -29,7 +30,7 @@ fn gemm_node(c: &mut Ctx, a: &str, b: &str, ta: bool, tb: bool, alpha: f32) -> S
 /// Y = α·A'·B' + β·C with A' = Aᵀ if transA, B' = Bᵀ if transB:
 ///   dA' = α·dY·B'ᵀ,  dB' = α·A'ᵀ·dY,  dC = β·dY (summed to C's shape)
 fn gemm(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
-    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let d = dy(n, dys)?;
     let (a, b) = (&n.input[0], &n.input[1]);
     let (ta, tb) = (n.attr_i("transA", 0) != 0, n.attr_i("transB", 0) != 0);
     let (alpha, beta) = (n.attr_f("alpha", 1.0), n.attr_f("beta", 1.0));
@@ -71,7 +72,7 @@ fn swap_last_two(rank: usize) -> Vec<i64> {
 /// Y = A @ B (numpy semantics):  dA = dY @ Bᵀ,  dB = Aᵀ @ dY, each summed over broadcast batch
 /// axes; 1-D operands are treated as a row (A) or column (B) vector.
 fn matmul(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
-    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let d = dy(n, dys)?;
     let (a, b) = (n.input[0].clone(), n.input[1].clone());
     let (ra, rb) = (c.rank(&a)?, c.rank(&b)?);
     // lift vectors to matrices; dY gets the matching unit axes

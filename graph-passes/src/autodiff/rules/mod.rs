@@ -34,6 +34,11 @@ pub fn differentiable_ops() -> Vec<&'static str> {
     crate::support::DIFFERENTIABLE.iter().copied().filter(|op| rule_for(op).is_some()).collect()
 }
 
+/// The gradient reaching a node's first output (an error naming the node if none did).
+pub(crate) fn dy(n: &crate::onnx::NodeProto, dys: &[Option<String>]) -> crate::Result<String> {
+    dys.first().cloned().flatten().ok_or_else(|| crate::ir::node_error(n, "no gradient reached its output"))
+}
+
 /// The gradient of an op with one input.
 pub(crate) fn one(g: String) -> super::Grads {
     vec![Some(g)]

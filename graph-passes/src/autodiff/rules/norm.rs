@@ -1,5 +1,6 @@
 //! BatchNormalization (inference form; the train-mode pass decomposes the training form into
 //! elementary ops) and LayerNormalization.
+use super::dy;
 use crate::autodiff::{Ctx, Grads, Rule};
 use crate::ir::{node_error, NodeExt};
 use crate::onnx::NodeProto;
@@ -22,7 +23,7 @@ fn batch_norm(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx)
     if need.get(3).copied().unwrap_or(false) || need.get(4).copied().unwrap_or(false) {
         return Err(node_error(n, "running statistics cannot be trained"));
     }
-    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let d = dy(n, dys)?;
     let (x, scale, mean, var) = (&n.input[0], &n.input[1], &n.input[3], &n.input[4]);
     let r = c.rank(x)?;
     let spatial: Vec<i64> = (1..r as i64 - 1).collect();
@@ -56,7 +57,7 @@ fn batch_norm(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx)
 ///   dβ = Σ_lead dy,  dγ = Σ_lead dy·x̂,
 ///   dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / √(σ² + ε) with dx̂ = dy·γ
 fn layer_norm(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
-    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let d = dy(n, dys)?;
     let x = &n.input[0];
     let r = c.rank(x)? as i64;
     let axis = {

@@ -1,4 +1,5 @@
 //! MaxPool, AveragePool, GlobalAveragePool (2-D).
+use super::dy;
 use crate::autodiff::{Ctx, Grads, Rule};
 use crate::ir::{node_error, NodeExt};
 use crate::onnx::NodeProto;
@@ -16,7 +17,7 @@ pub fn rule(op: &str) -> Option<Rule> {
 /// y = maxpool(x):  dx = scatter-add of dy at the argmax indices. The forward node gains its
 /// optional Indices output (flat indices into x); overlapping windows repeat indices, hence "add".
 fn max_pool(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
-    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let d = dy(n, dys)?;
     if c.opset < 16 {
         return Err(node_error(
             n,
@@ -115,7 +116,7 @@ fn pool_geometry(n: &NodeProto, c: &Ctx) -> Result<(Vec<i64>, Vec<i64>, Vec<i64>
 /// y = avgpool(x):  dx = depthwise ConvTranspose of dy with weights 1/(kh·kw); with
 /// count_include_pad=0, dy is first divided by each window's count of real (unpadded) cells.
 fn average_pool(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
-    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let d = dy(n, dys)?;
     let (xd, yd, k, s, p) = pool_geometry(n, c)?;
     let (ch, h, w, ho, wo) = (xd[0], xd[1], xd[2], yd[1], yd[2]);
     let include_pad = n.attr_i("count_include_pad", 0) != 0 || p.iter().all(|&v| v == 0);
@@ -157,7 +158,7 @@ fn average_pool(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) 
 
 /// y = mean over H, W:  dx = expand(dy) / (H·W)
 fn global_average_pool(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
-    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let d = dy(n, dys)?;
     let x = &n.input[0];
     let xs = c.shape(x)?.clone();
     let area: Option<i64> = xs[2..].iter().map(|d| d.known()).product();

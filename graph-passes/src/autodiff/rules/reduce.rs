@@ -1,4 +1,5 @@
 //! ReduceMean, ReduceSum.
+use super::dy;
 use crate::autodiff::{Ctx, Grads, Rule};
 use crate::ir::{node_error, NodeExt};
 use crate::onnx::NodeProto;
@@ -39,7 +40,7 @@ fn spread(n: &NodeProto, d: &str, ax: &[i64], c: &mut Ctx) -> Result<String> {
 
 /// y = Σ_axes x:  dx = expand(dy)
 fn reduce_sum(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
-    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let d = dy(n, dys)?;
     let ax = axes(n, c)?;
     let mut out = vec![Some(spread(n, &d, &ax, c)?)];
     out.resize(n.input.len(), None);
@@ -48,7 +49,7 @@ fn reduce_sum(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) ->
 
 /// y = mean_axes x:  dx = expand(dy) / (number of reduced elements)
 fn reduce_mean(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
-    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let d = dy(n, dys)?;
     let ax = axes(n, c)?;
     let xs = c.shape(&n.input[0])?.clone();
     // dy / count first (the small tensor), then spread

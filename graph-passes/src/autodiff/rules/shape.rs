@@ -1,4 +1,5 @@
 //! Ops that move elements without changing them.
+use super::dy;
 use crate::autodiff::{Ctx, Grads, Rule};
 use crate::ir::{node_error, NodeExt};
 use crate::onnx::NodeProto;
@@ -16,10 +17,6 @@ pub fn rule(op: &str) -> Option<Rule> {
         "Pad" => pad,
         _ => return None,
     })
-}
-
-fn dy(n: &NodeProto, dys: &[Option<String>]) -> Result<String> {
-    dys.first().cloned().flatten().ok_or_else(|| node_error(n, "no gradient reached its output"))
 }
 
 fn first_only(g: String, n: &NodeProto) -> Grads {

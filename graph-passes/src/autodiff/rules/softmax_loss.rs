@@ -1,4 +1,5 @@
 //! Softmax, LogSoftmax and the loss ops (opset ≥ 13 semantics: one axis).
+use super::dy;
 use crate::autodiff::{Ctx, Grads, Rule};
 use crate::ir::{node_error, NodeExt};
 use crate::onnx::{data_type as dt, NodeProto};
@@ -26,7 +27,7 @@ fn axis(n: &NodeProto, c: &Ctx) -> Result<i64> {
 
 /// y = softmax(x):  dx = y·(dy − Σ_axis dy·y)
 fn softmax(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
-    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let d = dy(n, dys)?;
     let a = axis(n, c)?;
     let y = &n.output[0];
     let p = c.mul(&d, y);
@@ -37,7 +38,7 @@ fn softmax(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Re
 
 /// y = log softmax(x):  dx = dy − eʸ·Σ_axis dy
 fn log_softmax(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
-    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let d = dy(n, dys)?;
     let a = axis(n, c)?;
     let s = c.reduce_sum(&d, &[a], true);
     let e = c.exp(&n.output[0]);
@@ -104,7 +105,7 @@ fn softmax_cross_entropy(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &
     if dys.get(1).cloned().flatten().is_some() {
         return Err(node_error(n, "gradient through the log_prob output is not supported"));
     }
-    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let d = dy(n, dys)?;
     let classes = check_plain(n, c)?;
     let sm = c.g.add("Softmax", &[&n.input[0]]).int("axis", 1).output();
     let oh = one_hot(c, &n.input[1], classes);
@@ -115,7 +116,7 @@ fn softmax_cross_entropy(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &
 
 /// ℓᵢ = −x_{i,tᵢ}:  dx = −onehot(t)·dℓ
 fn nll_loss(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
-    let d = dys[0].clone().ok_or_else(|| node_error(n, "no gradient reached its output"))?;
+    let d = dy(n, dys)?;
     let classes = check_plain(n, c)?;
     let oh = one_hot(c, &n.input[1], classes);
     let w = per_sample_weight(n, &d, c)?;
