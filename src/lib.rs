@@ -2,6 +2,7 @@
 pub mod backend;
 pub mod cli;
 pub mod grad;
+pub mod step;
 pub mod tensor;
 
 pub use graph_passes;

@@ -82,3 +82,324 @@ pub fn loss_graph(model: &Model, spec: &GradSpec) -> Result<(Model, Contract)> {
     m.graph.value_info.clear();
     Ok((m, c))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Training-step graphs
+
+use crate::bail;
+use crate::passes::cleanup::Cleanup;
+use crate::passes::eval_graph::EvalGraph;
+use crate::passes::fd_branch::{FdBranch, FdScheme};
+use crate::passes::reweight::{Reweight, ScoreNorm};
+use crate::passes::sam_update::{Optimizer, SamUpdate, Stage, WeightDecayMode};
+use serde::Serialize;
+
+/// Where RW-SAM's per-sample scores come from.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Score {
+    /// Finite differences along Q Rademacher directions (the fd-branch pass).
+    Fd { q: usize, scheme: FdScheme },
+    /// Exact per-sample gradient norms, fed by the runtime (slow; for measuring the estimator).
+    Exact,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ReweightSpec {
+    pub lambda: f32,
+    pub score: Score,
+    pub score_norm: ScoreNorm,
+}
+
+/// An optimizer compiled into step graphs (METHOD.md). Hyperparameters given here are the
+/// defaults of the graph's scalar inputs; the runtime may feed others each step.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepSpec {
+    #[serde(skip)]
+    pub grad: GradSpec,
+    pub loss: String,
+    pub optimizer: Optimizer,
+    pub reweight: Option<ReweightSpec>,
+    /// m-SAM micro-batch size M.
+    pub micro_batch: Option<usize>,
+    pub lr: f32,
+    pub momentum: f32,
+    pub nesterov: bool,
+    pub weight_decay: f32,
+    pub weight_decay_mode: WeightDecayMode,
+    pub no_decay_bias_norm: bool,
+    pub rho: f32,
+    pub eta: f32,
+    pub fd_delta: f32,
+}
+
+impl Default for StepSpec {
+    fn default() -> Self {
+        StepSpec {
+            grad: GradSpec::default(),
+            loss: "cross-entropy".into(),
+            optimizer: Optimizer::Sgd,
+            reweight: None,
+            micro_batch: None,
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+            weight_decay_mode: WeightDecayMode::Coupled,
+            no_decay_bias_norm: false,
+            rho: 0.05,
+            eta: 0.01,
+            fd_delta: 3e-3,
+        }
+    }
+}
+
+impl StepSpec {
+    /// Rejects combinations that make no sense, with what to do instead.
+    pub fn check(&self) -> Result<()> {
+        if !(self.rho >= 0.0) {
+            bail!("--rho must be ≥ 0, got {}", self.rho);
+        }
+        if !(self.lr >= 0.0) {
+            bail!("--lr must be ≥ 0, got {}", self.lr);
+        }
+        if !(0.0..1.0).contains(&self.momentum) && self.momentum != 0.0 {
+            bail!("--momentum must be in [0, 1), got {}", self.momentum);
+        }
+        if !(self.weight_decay >= 0.0) {
+            bail!("--weight-decay must be ≥ 0, got {}", self.weight_decay);
+        }
+        if !(self.fd_delta > 0.0) {
+            bail!("--fd-delta must be > 0, got {}", self.fd_delta);
+        }
+        if let Some(r) = &self.reweight {
+            if self.optimizer == Optimizer::Sgd {
+                bail!("--reweight needs a SAM-family optimizer (--optimizer sam|usam|asam): SGD has no ascent step to reweight");
+            }
+            if !r.lambda.is_finite() {
+                bail!("--reweight λ must be finite, got {}", r.lambda);
+            }
+            if let Score::Fd { q: 0, .. } = r.score {
+                bail!("--fd-q must be at least 1");
+            }
+            if self.micro_batch.is_some() {
+                bail!("--reweight and --micro-batch are two ways to get m-sharpness; choose one");
+            }
+        }
+        if let Some(m) = self.micro_batch {
+            if m == 0 {
+                bail!("--micro-batch must be at least 1");
+            }
+            if self.optimizer == Optimizer::Sgd {
+                bail!("--micro-batch applies to SAM-family optimizers (m-SAM); SGD has no perturbation");
+            }
+        }
+        Ok(())
+    }
+
+    fn sam_update(&self, stage: Stage) -> SamUpdate {
+        SamUpdate {
+            optimizer: self.optimizer,
+            stage,
+            eta: self.eta,
+            nesterov: self.nesterov,
+            weight_decay_mode: self.weight_decay_mode,
+            no_decay_bias_norm: self.no_decay_bias_norm,
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            rho: self.rho,
+        }
+    }
+}
+
+/// The input of exact per-sample scores (--score exact).
+pub const SCORES_INPUT: &str = crate::passes::fd_branch::SCORES;
+
+/// A compiled graph with its contract.
+pub struct StepGraph {
+    pub model: Model,
+    pub contract: Contract,
+}
+
+/// What an optimizer compiles to: one step graph, or (m-SAM) a micro-batch graph run k times
+/// and an apply graph.
+pub struct StepGraphs {
+    pub step: StepGraph,
+    pub apply: Option<StepGraph>,
+}
+
+/// lift-params + train-mode + per-sample-loss, with the forward recorded for copies.
+fn training_forward(model: &Model, spec: &GradSpec) -> Result<(Model, Contract)> {
+    check_differentiable(model)?;
+    let mut m = model.clone();
+    let mut c = Contract::default();
+    let lift = LiftParams { freeze: spec.freeze.clone(), untie_shared: spec.untie_shared };
+    let loss = PerSampleLoss { loss: spec.loss, weighted: false };
+    run_all(&mut m, &mut c, &[&lift, &TrainMode, &loss])?;
+    m.graph.value_info.clear();
+    let order = m.graph.topo_order()?;
+    c.forward = order.iter().map(|&i| m.graph.nodes[i].clone()).collect();
+    Ok((m, c))
+}
+
+/// Compiles `spec` into its step graph(s).
+pub fn step_graphs(model: &Model, spec: &StepSpec) -> Result<StepGraphs> {
+    spec.check()?;
+    let (mut m, mut c) = training_forward(model, &spec.grad)?;
+    let apply = if spec.micro_batch.is_some() {
+        let mut am = m.clone();
+        let mut ac = c.clone();
+        am.graph.outputs.clear();
+        ac.loss = None;
+        ac.loss_per_sample = None;
+        ac.logits = None;
+        run_all(&mut am, &mut ac, &[&spec.sam_update(Stage::Apply), &Cleanup])?;
+        Some(StepGraph { model: am, contract: ac })
+    } else {
+        None
+    };
+    let mut passes: Vec<Box<dyn Pass>> = Vec::new();
+    if let Some(r) = &spec.reweight {
+        if let Score::Fd { q, scheme } = r.score {
+            passes.push(Box::new(FdBranch { q, scheme, delta: spec.fd_delta }));
+        }
+        passes.push(Box::new(Reweight { lambda: r.lambda, norm: r.score_norm }));
+    }
+    let stage = if spec.micro_batch.is_some() { Stage::Micro } else { Stage::Full };
+    passes.push(Box::new(spec.sam_update(stage)));
+    passes.push(Box::new(Cleanup));
+    let refs: Vec<&dyn Pass> = passes.iter().map(|p| p.as_ref()).collect();
+    run_all(&mut m, &mut c, &refs)?;
+    Ok(StepGraphs { step: StepGraph { model: m, contract: c }, apply })
+}
+
+/// The evaluation graph: eval-mode forward, per-sample loss, correct count.
+pub fn eval_graph(model: &Model, spec: &GradSpec) -> Result<StepGraph> {
+    let mut m = model.clone();
+    let mut c = Contract::default();
+    let lift = LiftParams { freeze: spec.freeze.clone(), untie_shared: spec.untie_shared };
+    let loss = PerSampleLoss { loss: spec.loss, weighted: false };
+    run_all(&mut m, &mut c, &[&lift, &EvalMode, &loss, &EvalGraph, &Cleanup])?;
+    Ok(StepGraph { model: m, contract: c })
+}
+
+/// One input or output of a compiled graph and what it is for (step.json).
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct Io {
+    pub name: String,
+    /// data, label, parameter, state, random_direction, random_uniform, hyperparameter, score
+    /// (inputs); parameter, state, diagnostic, per_sample, output (outputs)
+    pub role: String,
+    pub dtype: String,
+    /// −1 stands for the batch size; empty for scalars; absent when unknown.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub shape: Option<Vec<i64>>,
+    /// Inputs: the output that carries this input's value for the next step.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next: Option<String>,
+    /// Outputs: the input this output replaces next step.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub feeds: Option<String>,
+    /// Random directions: which parameter and which q.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub param: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub q: Option<usize>,
+    /// Hyperparameters: the default value.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub default: Option<f32>,
+}
+
+/// The roles of every input and output of a compiled graph.
+pub fn io_roles(g: &StepGraph) -> (Vec<Io>, Vec<Io>) {
+    use crate::shapes::value_type_of;
+    let c = &g.contract;
+    let ty = |v: &crate::onnx::ValueInfoProto| {
+        let t = value_type_of(&v.r#type);
+        let dtype = t.as_ref().map(|t| crate::onnx::tensor::dtype_name(t.dtype).to_string()).unwrap_or_default();
+        let shape = t.and_then(|t| t.shape).map(|s| s.iter().map(|d| d.known().unwrap_or(-1)).collect());
+        (dtype, shape)
+    };
+    let mut next_of: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
+    for (i, o) in c.state_next.iter().chain(&c.opt_state_next).chain(&c.params_next) {
+        next_of.insert(i, o);
+    }
+    let inputs = g
+        .model
+        .graph
+        .data_inputs()
+        .into_iter()
+        .map(|v| {
+            let (dtype, shape) = ty(v);
+            let n = v.name.as_str();
+            let dir = c.directions.iter().find(|d| d.input == n);
+            let role = if c.data.iter().any(|d| d == n) {
+                "data"
+            } else if c.labels.as_deref() == Some(n) {
+                "label"
+            } else if c.params.iter().any(|p| p == n) {
+                "parameter"
+            } else if c.state_next.contains_key(n) || c.opt_state_next.contains_key(n) {
+                "state"
+            } else if dir.is_some() {
+                "random_direction"
+            } else if c.random_uniform.contains_key(n) {
+                "random_uniform"
+            } else if c.hyper.contains_key(n) {
+                "hyperparameter"
+            } else if c.scores_fed && c.scores.as_deref() == Some(n) {
+                "score"
+            } else {
+                "data"
+            };
+            Io {
+                name: n.to_string(),
+                role: role.into(),
+                dtype,
+                shape,
+                next: next_of.get(n).map(|s| s.to_string()),
+                feeds: None,
+                param: dir.map(|d| d.param.clone()),
+                q: dir.map(|d| d.q),
+                default: c.hyper.get(n).copied(),
+            }
+        })
+        .collect();
+    let outputs = g
+        .model
+        .graph
+        .outputs
+        .iter()
+        .map(|v| {
+            let (dtype, shape) = ty(v);
+            let n = v.name.as_str();
+            let feeds = next_of.iter().find(|(_, o)| **o == n).map(|(i, _)| i.to_string());
+            let role = if c.params_next.values().any(|o| o == n) {
+                "parameter"
+            } else if feeds.is_some() {
+                "state"
+            } else if c.diagnostics.values().any(|o| o == n) {
+                "diagnostic"
+            } else if [&c.loss_per_sample, &c.weights].iter().any(|x| x.as_deref() == Some(n))
+                || (!c.scores_fed && c.scores.as_deref() == Some(n))
+            {
+                "per_sample"
+            } else {
+                "output"
+            };
+            Io {
+                name: n.to_string(),
+                role: role.into(),
+                dtype,
+                shape,
+                next: None,
+                feeds,
+                param: None,
+                q: None,
+                default: None,
+            }
+        })
+        .collect();
+    (inputs, outputs)
+}

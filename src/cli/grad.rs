@@ -304,12 +304,17 @@ pub fn gradcheck(a: GradcheckArgs) -> Result<i32> {
 pub struct RewriteArgs {
     /// The ONNX model
     model: PathBuf,
-    /// Write the forward + loss + gradient graph (training-step graphs come with the optimizer passes)
-    #[arg(long)]
+    /// Write the forward + loss + gradient graph instead of a training step
+    #[arg(long, conflicts_with = "eval")]
     grad_only: bool,
+    /// Write the evaluation graph (eval-mode forward, per-sample loss, correct count)
+    #[arg(long)]
+    eval: bool,
     #[command(flatten)]
     graph: GradGraphArgs,
-    /// Output file (a JSON contract is written beside it)
+    #[command(flatten)]
+    step: super::step::StepArgs,
+    /// Output file (step.json is written beside it; m-SAM also writes OUTPUT.apply.onnx)
     #[arg(short = 'o', long = "output", value_name = "ONNX")]
     output: PathBuf,
     /// Write weights to OUTPUT.data beside the graph
@@ -318,12 +323,22 @@ pub struct RewriteArgs {
 }
 
 pub fn rewrite(a: RewriteArgs) -> Result<i32> {
+    let model = Model::load(&a.model)?;
+    let shown = a.model.display().to_string();
+    if a.eval {
+        let spec = a.graph.spec()?;
+        let g = step::eval_graph(&model, &spec).map_err(|e| anyhow!("{shown}: {e}"))?;
+        eprintln!("{}", super::step::write_eval(&g, &a.output, a.external_data)?);
+        return Ok(0);
+    }
     if !a.grad_only {
-        bail!("rewrite: only --grad-only is available so far (optimizer step graphs are not built yet)");
+        let spec = a.step.spec(&a.graph)?;
+        let graphs = step::step_graphs(&model, &spec).map_err(|e| anyhow!("{shown}: {e}"))?;
+        eprintln!("{}", super::step::write_step(&graphs, &spec, &a.output, a.external_data)?);
+        return Ok(0);
     }
     let spec = a.graph.spec()?;
-    let model = Model::load(&a.model)?;
-    let (mut gm, c) = step::grad_graph(&model, &spec).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+    let (mut gm, c) = step::grad_graph(&model, &spec).map_err(|e| anyhow!("{shown}: {e}"))?;
     // parameter and state values travel as initializers: defaults any runtime may override
     for t in c.init.values() {
         gm.graph.initializers.push(t.clone());

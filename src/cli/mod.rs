@@ -4,6 +4,7 @@ mod diff;
 pub mod grad;
 mod inspect;
 pub mod run;
+pub mod step;
 
 use std::path::PathBuf;
 
@@ -47,9 +48,9 @@ enum Command {
     /// Compare autodiff gradients with central finite differences on random coordinates
     #[command(after_help = "Example:\n  onnxsam gradcheck models/mlp.onnx --batch tests/fixtures/mlp/batch.npz")]
     Gradcheck(grad::GradcheckArgs),
-    /// Rewrite a model into a training graph (now: --grad-only, forward + loss + gradients)
+    /// Compile a model and an optimizer into one training-step graph in standard ONNX (+ step.json)
     #[command(
-        after_help = "Example:\n  onnxsam rewrite models/cnn.onnx --grad-only -o grad.onnx && onnxsam diff models/cnn.onnx grad.onnx"
+        after_help = "Examples:\n  onnxsam rewrite models/cnn.onnx --optimizer sam --reweight 1 --rho 0.05 -o step.onnx\n  onnxsam diff models/cnn.onnx step.onnx\n  onnxsam rewrite models/mlp.onnx --optimizer sam --micro-batch 16 -o msam.onnx   (also msam.apply.onnx)\n  onnxsam rewrite models/cnn.onnx --grad-only -o grad.onnx\n  onnxsam rewrite models/cnn.onnx --eval -o eval.onnx"
     )]
     Rewrite(grad::RewriteArgs),
     /// Time forward vs forward+backward on synthetic batches (median of --steps runs)

@@ -40,16 +40,18 @@ pub struct Shortcut {
 /// intermediate values). Returns wrt name → gradient value name. A `wrt` value that the loss
 /// does not depend on gets an explicit zero tensor.
 pub fn gradients(g: &mut Graph, opset: i64, loss: &str, wrt: &[String]) -> Result<HashMap<String, String>> {
-    gradients_with(g, opset, loss, wrt, &[])
+    gradients_with(g, opset, loss, wrt, &[], &[])
 }
 
-/// `gradients`, with closed-form shortcuts for some regions.
+/// `gradients`, with closed-form shortcuts for some regions, and `stop` values treated as
+/// constants (no gradient flows through them: stop-gradient).
 pub fn gradients_with(
     g: &mut Graph,
     opset: i64,
     loss: &str,
     wrt: &[String],
     shortcuts: &[Shortcut],
+    stop: &[String],
 ) -> Result<HashMap<String, String>> {
     let shapes = shapes::infer(g)?;
     let order = g.topo_order()?;
@@ -62,7 +64,7 @@ pub fn gradients_with(
         }
         if n.input.iter().any(|i| depends.contains(i)) {
             for o in &n.output {
-                if is_float_value(&shapes, o) {
+                if is_float_value(&shapes, o) && !stop.contains(o) {
                     depends.insert(o.clone());
                 }
             }

@@ -27,9 +27,8 @@ impl Pass for Autodiff {
         };
         let Some(loss) = loss else { bail!("autodiff needs a loss: run per-sample-loss first") };
         let opset = m.opset();
-        let mut shortcuts: Vec<Shortcut> = c.cross_entropy.iter().map(cross_entropy_shortcut).collect();
-        shortcuts.extend(c.batch_norms.iter().map(batch_norm_shortcut));
-        let grads = gradients_with(&mut m.graph, opset, &loss, &c.params, &shortcuts)?;
+        let shortcuts = shortcuts(c.cross_entropy.as_ref(), &c.batch_norms);
+        let grads = gradients_with(&mut m.graph, opset, &loss, &c.params, &shortcuts, &[])?;
         for p in &c.params {
             let out = m.graph.add("Identity", &[&grads[p]]).named_outputs(&[&format!("{GRAD_PREFIX}{p}")]).remove(0);
             m.graph.outputs.push(value_info_untyped_shape(&out, dt::FLOAT));
@@ -37,6 +36,13 @@ impl Pass for Autodiff {
         }
         m.graph.topo_sort()
     }
+}
+
+/// The closed-form gradient regions of a forward (cross-entropy, train-mode BatchNorms).
+pub fn shortcuts(ce: Option<&CrossEntropyRegion>, bns: &[BatchNormRegion]) -> Vec<Shortcut> {
+    let mut s: Vec<Shortcut> = ce.into_iter().map(cross_entropy_shortcut).collect();
+    s.extend(bns.iter().map(batch_norm_shortcut));
+    s
 }
 
 /// d logits = dℓ[:, None]·(softmax(logits) − (1 − ε)·onehot(labels) − ε/C)

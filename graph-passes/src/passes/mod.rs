@@ -1,17 +1,24 @@
 //! Graph passes, each a type with a name and a `run`, composed in one place (`step.rs`). Every
 //! node a pass inserts carries `onnxsam.pass = <name>`.
 pub mod autodiff;
+pub mod cleanup;
+pub mod eval_graph;
+pub mod fd_branch;
+pub mod forward;
 pub mod lift_params;
 pub mod per_sample_loss;
+pub mod reweight;
+pub mod sam_update;
 pub mod train_mode;
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::autodiff::Ctx;
 use crate::ir::Model;
-use crate::onnx::{TensorProto, ValueInfoProto};
-use crate::Result;
+use crate::onnx::{data_type as dt, NodeProto, TensorProto, ValueInfoProto};
+use crate::{bail, Result};
 
 /// What the rewritten graph expects and returns; filled in by the passes as they run.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -47,6 +54,42 @@ pub struct Contract {
     /// Initial values of parameters and state, by name.
     #[serde(skip)]
     pub init: BTreeMap<String, TensorProto>,
+
+    // --- training-step graphs (fd-branch, reweight, sam-update) ---
+    /// The training-form forward (lift-params, train-mode, per-sample-loss), in topological
+    /// order: what fd-branch and sam-update clone at perturbed parameters.
+    #[serde(skip)]
+    pub forward: Vec<NodeProto>,
+    /// Hyperparameter inputs (scalars fed each step) → default value.
+    pub hyper: BTreeMap<String, f32>,
+    /// Rademacher direction inputs of the finite-difference branch.
+    pub directions: Vec<Direction>,
+    /// Per-sample scores sᵢ (fd-branch output, or the `scores` input with --score exact).
+    pub scores: Option<String>,
+    /// True when `scores` is an input the runtime fills with exact per-sample gradient norms.
+    pub scores_fed: bool,
+    /// Gibbs weights pᵢ (reweight).
+    pub weights: Option<String>,
+    /// The loss the ascent gradient differentiates (Σ pᵢ·ℓᵢ with reweight, else `loss`).
+    #[serde(skip)]
+    pub ascent_loss: Option<String>,
+    /// Values autodiff treats as constants (the Gibbs weights).
+    #[serde(skip)]
+    pub stop_gradient: Vec<String>,
+    /// Optimizer state inputs (momentum buffers, m-SAM gradient accumulators) → output with their next value.
+    pub opt_state_next: BTreeMap<String, String>,
+    /// Parameter → output with its next value.
+    pub params_next: BTreeMap<String, String>,
+    /// Diagnostic name → output (METHOD.md: loss, correct, grad_norm, sharpness, …).
+    pub diagnostics: BTreeMap<String, String>,
+}
+
+/// A random-direction input z_q for one parameter tensor (fd-branch).
+#[derive(Clone, Debug, Serialize)]
+pub struct Direction {
+    pub input: String,
+    pub param: String,
+    pub q: usize,
 }
 
 /// ℓ = per_sample, computed from logits [N, C] and labels by softmax cross-entropy with label
@@ -132,4 +175,55 @@ pub fn value_info_untyped_shape(name: &str, elem_type: i32) -> ValueInfoProto {
         }),
         ..Default::default()
     }
+}
+
+/// A scalar float hyperparameter input `name` (added once) with its default.
+pub fn hyper(m: &mut Model, c: &mut Contract, name: &str, default: f32) -> Result<String> {
+    if c.hyper.contains_key(name) {
+        return Ok(name.to_string());
+    }
+    let g = &m.graph;
+    if g.inputs.iter().any(|v| v.name == name)
+        || g.initializers.iter().any(|t| t.name == name)
+        || g.nodes.iter().any(|n| n.output.iter().any(|o| o == name))
+    {
+        bail!("the model already has a value named '{name}', the name of a step-graph hyperparameter; rename it");
+    }
+    m.graph.inputs.push(value_info(name, dt::FLOAT, &[]));
+    c.hyper.insert(name.to_string(), default);
+    Ok(name.to_string())
+}
+
+/// Adds a graph output `name` = `value` (through an Identity so the name is exactly `name`).
+pub fn expose(ctx: &mut Ctx, value: &str, name: &str, dims: Option<&[i64]>) -> String {
+    let out = ctx.g.add("Identity", &[value]).named_outputs(&[name]).remove(0);
+    ctx.g.outputs.push(match dims {
+        Some(d) => value_info(&out, dt::FLOAT, d),
+        None => value_info_untyped_shape(&out, dt::FLOAT),
+    });
+    out
+}
+
+/// Number of samples whose argmax logit is the label (float scalar).
+pub fn correct_count(ctx: &mut Ctx, logits: &str, labels: &str) -> String {
+    let am = ctx.g.add("ArgMax", &[logits]).int("axis", 1).int("keepdims", 0).output();
+    let eq = ctx.op("Equal", &[&am, labels]);
+    let m = ctx.mask(&eq);
+    ctx.reduce_sum(&m, &[0], false)
+}
+
+/// Σ over tensors of Σ x² (float scalar).
+pub fn sum_of_squares(ctx: &mut Ctx, xs: &[String]) -> String {
+    let flat = ctx.const_i64(&[-1]);
+    let mut acc: Option<String> = None;
+    for x in xs {
+        let sq = ctx.square(x);
+        let f = ctx.reshape(&sq, &flat);
+        let s = ctx.reduce_sum(&f, &[0], false);
+        acc = Some(match acc {
+            Some(a) => ctx.add(&a, &s),
+            None => s,
+        });
+    }
+    acc.unwrap_or_else(|| ctx.scalar(0.0))
 }

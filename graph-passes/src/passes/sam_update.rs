@@ -1,0 +1,280 @@
+//! sam-update: the ascent gradient, the perturbation, the gradient at θ + ε and the base
+//! optimizer step (METHOD.md):
+//!   g_a = ∇ ascent loss (Σ pᵢ·ℓᵢ with reweight, else L)        [+ wd·θ in weight-decay mode `loss`]
+//!   SAM  ε = ρ·g_a/(‖g_a‖ + 1e-12);  USAM ε = ρ·g_a;
+//!   ASAM ε = ρ·T²·g_a/(‖T·g_a‖ + 1e-12), T = |θ| + η on weights, 1 elsewhere
+//!   g = ∇L(θ + ε) with the uniform loss (SGD: g = ∇L(θ))       [+ wd·(θ + ε) in mode `loss`]
+//!   coupled: g ← g + wd·θ;  buf ← μ·buf + g;  d = g + μ·buf (nesterov) or buf;
+//!   decoupled: θ ← θ − lr·wd·θ;  θ ← θ − lr·d
+//! m-SAM splits this in two graphs: `Micro` (one micro-batch: accumulates g into `grad_acc/<p>`)
+//! and `Apply` (the base step with g = Σ acc / k).
+use std::collections::HashMap;
+
+use super::forward::copy_forward;
+use super::{correct_count, expose, hyper, sum_of_squares, value_info, Contract, Pass};
+use crate::autodiff::{gradients_with, Ctx};
+use crate::ir::Model;
+use crate::onnx::data_type as dt;
+use crate::shapes::Shapes;
+use crate::{bail, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    Sgd,
+    Sam,
+    Usam,
+    Asam,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightDecayMode {
+    Coupled,
+    Loss,
+    Decoupled,
+}
+
+/// Which part of the step this graph computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The whole step in one graph.
+    Full,
+    /// m-SAM: one micro-batch's g = ∇L_j(θ + ε_j), added to the accumulators.
+    Micro,
+    /// m-SAM: the base optimizer step from the accumulated gradient.
+    Apply,
+}
+
+#[derive(Clone, Debug)]
+pub struct SamUpdate {
+    pub optimizer: Optimizer,
+    pub stage: Stage,
+    /// ASAM's η.
+    pub eta: f32,
+    pub nesterov: bool,
+    pub weight_decay_mode: WeightDecayMode,
+    /// No weight decay on biases and normalization parameters (rank ≤ 1).
+    pub no_decay_bias_norm: bool,
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub rho: f32,
+}
+
+pub const GRAD_ACC: &str = "grad_acc/";
+pub const MOMENTUM_BUFFER: &str = "momentum_buffer/";
+pub const NEXT: &str = "next/";
+pub const MICRO_BATCHES: &str = "micro_batches";
+
+/// A weight tensor for ASAM (SamsungLabs/ASAM: names containing "weight"; for names without
+/// PyTorch structure, any tensor of rank ≥ 2 that is not called a bias).
+pub fn is_weight(name: &str, rank: usize) -> bool {
+    name.contains("weight") || (!name.contains("bias") && rank >= 2)
+}
+
+impl SamUpdate {
+    fn decayed(&self, c: &Contract, p: &str) -> bool {
+        !(self.no_decay_bias_norm && rank(c, p) <= 1)
+    }
+}
+
+fn rank(c: &Contract, p: &str) -> usize {
+    c.init.get(p).map(|t| t.dims.len()).unwrap_or(0)
+}
+
+fn dims(c: &Contract, p: &str) -> Vec<i64> {
+    c.init.get(p).map(|t| t.dims.clone()).unwrap_or_default()
+}
+
+impl Pass for SamUpdate {
+    fn name(&self) -> &'static str {
+        "sam-update"
+    }
+
+    fn run(&self, m: &mut Model, c: &mut Contract) -> Result<()> {
+        let params = c.params.clone();
+        if params.is_empty() {
+            bail!("the model has no trainable parameters (all frozen?)");
+        }
+        let wd = hyper(m, c, "weight_decay", self.weight_decay)?;
+        let g = match self.stage {
+            Stage::Apply => {
+                let k = hyper(m, c, MICRO_BATCHES, 1.0)?;
+                let mut acc = Vec::new();
+                for p in &params {
+                    let a = format!("{GRAD_ACC}{p}");
+                    m.graph.inputs.push(value_info(&a, dt::FLOAT, &dims(c, p)));
+                    acc.push(a);
+                }
+                let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), 0);
+                acc.iter().map(|a| ctx.div(a, &k)).collect()
+            }
+            _ => self.descent_gradient(m, c, &wd)?,
+        };
+        if self.stage == Stage::Micro {
+            let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), 0);
+            for (p, gp) in params.iter().zip(&g) {
+                let a = format!("{GRAD_ACC}{p}");
+                ctx.g.inputs.push(value_info(&a, dt::FLOAT, &dims(c, p)));
+                let next = ctx.add(&a, gp);
+                let out = expose(&mut ctx, &next, &format!("{NEXT}{a}"), Some(&dims(c, p)));
+                c.opt_state_next.insert(a, out);
+            }
+            return m.graph.topo_sort();
+        }
+        self.base_step(m, c, &wd, &g)?;
+        m.graph.topo_sort()
+    }
+}
+
+impl SamUpdate {
+    /// The gradient the base optimizer descends along (before coupled weight decay), plus the
+    /// diagnostics loss, correct, grad_norm and sharpness.
+    fn descent_gradient(&self, m: &mut Model, c: &mut Contract, wd: &str) -> Result<Vec<String>> {
+        let params = c.params.clone();
+        let Some(loss) = c.loss.clone() else { bail!("sam-update needs a loss: run per-sample-loss first") };
+        let opset = m.opset();
+        let rho = if self.optimizer == Optimizer::Sgd { None } else { Some(hyper(m, c, "rho", self.rho)?) };
+        let shortcuts = super::autodiff::shortcuts(c.cross_entropy.as_ref(), &c.batch_norms);
+        let ascent = c.ascent_loss.clone().unwrap_or_else(|| loss.clone());
+        let ga = gradients_with(&mut m.graph, opset, &ascent, &params, &shortcuts, &c.stop_gradient)?;
+        let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), opset);
+        let mut ga: Vec<String> = params.iter().map(|p| ga[p].clone()).collect();
+        if self.weight_decay_mode == WeightDecayMode::Loss {
+            ga = self.add_decay(&mut ctx, c, &params, &params, &ga, wd);
+        }
+        let gn2 = sum_of_squares(&mut ctx, &ga);
+        let gn = ctx.sqrt(&gn2);
+        let gn = expose(&mut ctx, &gn, "grad_norm", Some(&[]));
+        c.diagnostics.insert("grad_norm".into(), gn.clone());
+        if let (Some(logits), Some(labels), Some(_)) = (&c.logits, &c.labels, &c.cross_entropy) {
+            let cc = correct_count(&mut ctx, logits, labels);
+            let cc = expose(&mut ctx, &cc, "correct", Some(&[]));
+            c.diagnostics.insert("correct".into(), cc);
+        }
+        c.diagnostics.insert("loss".into(), loss.clone());
+        let Some(rho) = rho else { return Ok(ga) };
+        // ε
+        let tiny = ctx.scalar(1e-12);
+        let eps: Vec<String> = match self.optimizer {
+            Optimizer::Usam => ga.iter().map(|g| ctx.mul(g, &rho)).collect(),
+            Optimizer::Sam => {
+                let d = ctx.add(&gn, &tiny);
+                let k = ctx.div(&rho, &d);
+                ga.iter().map(|g| ctx.mul(g, &k)).collect()
+            }
+            Optimizer::Asam => {
+                let eta = ctx.scalar(self.eta);
+                let t: Vec<Option<String>> = params
+                    .iter()
+                    .map(|p| {
+                        is_weight(p, rank(c, p)).then(|| {
+                            let a = ctx.op("Abs", &[p]);
+                            ctx.add(&a, &eta)
+                        })
+                    })
+                    .collect();
+                let tg: Vec<String> =
+                    ga.iter().zip(&t).map(|(g, t)| t.as_ref().map(|t| ctx.mul(t, g)).unwrap_or(g.clone())).collect();
+                let n2 = sum_of_squares(&mut ctx, &tg);
+                let n = ctx.sqrt(&n2);
+                let d = ctx.add(&n, &tiny);
+                let k = ctx.div(&rho, &d);
+                tg.iter()
+                    .zip(&t)
+                    .map(|(x, t)| {
+                        let y = t.as_ref().map(|t| ctx.mul(t, x)).unwrap_or(x.clone());
+                        ctx.mul(&y, &k)
+                    })
+                    .collect()
+            }
+            Optimizer::Sgd => unreachable!("SGD has no ρ"),
+        };
+        let mut subst = HashMap::new();
+        let mut perturbed = Vec::new();
+        for (p, e) in params.iter().zip(&eps) {
+            let v = ctx.add(p, e);
+            subst.insert(p.clone(), v.clone());
+            perturbed.push(v);
+        }
+        let copy = copy_forward(ctx.g, c, "adv/", &subst)?;
+        let adv_loss = copy.value(&loss);
+        let sharp = ctx.sub(&adv_loss, &loss);
+        let sharp = expose(&mut ctx, &sharp, "sharpness", Some(&[]));
+        c.diagnostics.insert("sharpness".into(), sharp);
+        let shortcuts = copy.shortcuts();
+        let g = gradients_with(ctx.g, opset, &adv_loss, &perturbed, &shortcuts, &[])?;
+        let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), opset);
+        let mut g: Vec<String> = perturbed.iter().map(|v| g[v].clone()).collect();
+        if self.weight_decay_mode == WeightDecayMode::Loss {
+            g = self.add_decay(&mut ctx, c, &params, &perturbed, &g, wd);
+        }
+        Ok(g)
+    }
+
+    /// g + wd·at for decayed parameters.
+    fn add_decay(
+        &self,
+        ctx: &mut Ctx,
+        c: &Contract,
+        params: &[String],
+        at: &[String],
+        g: &[String],
+        wd: &str,
+    ) -> Vec<String> {
+        params
+            .iter()
+            .zip(at)
+            .zip(g)
+            .map(|((p, x), g)| {
+                if self.decayed(c, p) {
+                    let t = ctx.mul(x, wd);
+                    ctx.add(g, &t)
+                } else {
+                    g.clone()
+                }
+            })
+            .collect()
+    }
+
+    /// SGD with momentum / nesterov / weight decay, PyTorch semantics: outputs next/<p> and
+    /// next/momentum_buffer/<p>.
+    fn base_step(&self, m: &mut Model, c: &mut Contract, wd: &str, g: &[String]) -> Result<()> {
+        let params = c.params.clone();
+        let lr = hyper(m, c, "lr", self.lr)?;
+        let mu = hyper(m, c, "momentum", self.momentum)?;
+        let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), 0);
+        let g = if self.weight_decay_mode == WeightDecayMode::Coupled {
+            self.add_decay(&mut ctx, c, &params, &params, g, wd)
+        } else {
+            g.to_vec()
+        };
+        for (p, gp) in params.iter().zip(&g) {
+            let d = dims(c, p);
+            let buf = format!("{MOMENTUM_BUFFER}{p}");
+            ctx.g.inputs.push(value_info(&buf, dt::FLOAT, &d));
+            let mb = ctx.mul(&buf, &mu);
+            let nb = ctx.add(&mb, gp);
+            let step = if self.nesterov {
+                let t = ctx.mul(&nb, &mu);
+                ctx.add(gp, &t)
+            } else {
+                nb.clone()
+            };
+            let mut theta = p.clone();
+            if self.weight_decay_mode == WeightDecayMode::Decoupled && self.decayed(c, p) {
+                let lw = ctx.mul(&lr, wd);
+                let t = ctx.mul(p, &lw);
+                theta = ctx.sub(p, &t);
+            }
+            let u = ctx.mul(&step, &lr);
+            let np = ctx.sub(&theta, &u);
+            let np = expose(&mut ctx, &np, &format!("{NEXT}{p}"), Some(&d));
+            let nb = expose(&mut ctx, &nb, &format!("{NEXT}{buf}"), Some(&d));
+            c.params_next.insert(p.clone(), np);
+            c.opt_state_next.insert(buf, nb);
+        }
+        Ok(())
+    }
+}

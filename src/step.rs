@@ -1,0 +1,351 @@
+//! Running training-step graphs: one backend run per step (m-SAM: k micro-batch runs and an
+//! apply run), with parameters, optimizer state and running statistics carried between steps
+//! and the random inputs (Rademacher directions, dropout noise) drawn from a counter-based RNG
+//! keyed by (seed, step, …), so a run is reproducible and can resume mid-way.
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Context, Result};
+use graph_passes::ir::Model;
+use graph_passes::passes::Contract;
+use graph_passes::step::{self, GradSpec, StepGraph, StepSpec};
+
+use crate::backend::{Backend, Session};
+use crate::grad::{self as g, Batch};
+use crate::tensor::{Data, HostTensor};
+
+/// ±1 with equal probability, from (seed, step, q, parameter).
+pub fn rademacher(seed: u64, step: u64, q: usize, param: &str, n: usize) -> Vec<f32> {
+    g::uniform(seed, &format!("fd_z/{step}/{q}/{param}"), n)
+        .into_iter()
+        .map(|u| if u < 0.5 { -1.0 } else { 1.0 })
+        .collect()
+}
+
+/// Rows [start, start + n) of a tensor's first axis.
+pub fn take_rows(t: &HostTensor, start: usize, n: usize) -> HostTensor {
+    let row: usize = t.shape.iter().skip(1).product();
+    let (a, b) = (start * row, (start + n) * row);
+    let data = match &t.data {
+        Data::F32(v) => Data::F32(v[a..b].to_vec()),
+        Data::F64(v) => Data::F64(v[a..b].to_vec()),
+        Data::I64(v) => Data::I64(v[a..b].to_vec()),
+        Data::I32(v) => Data::I32(v[a..b].to_vec()),
+        Data::U8(v) => Data::U8(v[a..b].to_vec()),
+        Data::Bool(v) => Data::Bool(v[a..b].to_vec()),
+    };
+    let mut shape = t.shape.clone();
+    shape[0] = n;
+    HostTensor { shape, data }
+}
+
+fn batch_rows(b: &Batch, start: usize, n: usize) -> Batch {
+    Batch {
+        data: b.data.iter().map(|(k, t)| (k.clone(), take_rows(t, start, n))).collect(),
+        labels: take_rows(&b.labels, start, n),
+    }
+}
+
+/// Every input a compiled graph needs, from the batch, the carried values, hyperparameters and
+/// the RNG. `fixed` overrides (tests feed a reference implementation's directions).
+#[allow(clippy::too_many_arguments)]
+fn feeds(
+    c: &Contract,
+    batch: Option<&Batch>,
+    values: &BTreeMap<String, HostTensor>,
+    hyper: &BTreeMap<String, f32>,
+    seed: u64,
+    step: u64,
+    fixed: &BTreeMap<String, HostTensor>,
+    extra: &[(String, HostTensor)],
+) -> Result<Vec<(String, HostTensor)>> {
+    let mut f: Vec<(String, HostTensor)> = Vec::new();
+    if let Some(batch) = batch {
+        f.extend(batch.data.iter().filter(|(k, _)| c.data.contains(k)).cloned());
+        if let Some(l) = &c.labels {
+            f.push((l.clone(), batch.labels.clone()));
+        }
+    }
+    let state = c.state_next.keys().chain(c.opt_state_next.keys()).filter(|k| !extra.iter().any(|(e, _)| e == *k));
+    for name in c.params.iter().chain(state) {
+        let v = values.get(name).ok_or_else(|| anyhow!("no value for '{name}'"))?;
+        f.push((name.clone(), v.clone()));
+    }
+    for name in c.hyper.keys() {
+        let v = hyper.get(name).ok_or_else(|| anyhow!("no value for hyperparameter '{name}'"))?;
+        f.push((name.clone(), HostTensor::f32(&[], vec![*v])));
+    }
+    for d in &c.directions {
+        let p = values.get(&d.param).ok_or_else(|| anyhow!("no value for '{}'", d.param))?;
+        f.push((d.input.clone(), HostTensor::f32(&p.shape, rademacher(seed, step, d.q, &d.param, p.len()))));
+    }
+    let batch_size = batch.map(|b| b.labels.shape[0]).unwrap_or(0);
+    for (name, dims) in &c.random_uniform {
+        let shape: Vec<usize> = dims.iter().map(|&d| if d < 0 { batch_size } else { d as usize }).collect();
+        let n = shape.iter().product();
+        f.push((name.clone(), HostTensor::f32(&shape, g::uniform(seed, &format!("{name}/{step}"), n))));
+    }
+    f.extend(extra.iter().cloned());
+    for (k, v) in fixed {
+        if let Some(slot) = f.iter_mut().find(|(n, _)| n == k) {
+            slot.1 = v.clone();
+        }
+    }
+    Ok(f)
+}
+
+/// Exact per-sample gradients (slow: one backward per sample, with the train-mode forward of
+/// the whole batch, so BatchNorm's batch statistics are differentiated too). For --score exact
+/// and for measuring the finite-difference estimator.
+pub struct PerSampleGrads {
+    contract: Contract,
+    session: Box<dyn Session>,
+}
+
+impl PerSampleGrads {
+    pub fn new(model: &Model, spec: &GradSpec, backend: &dyn Backend) -> Result<PerSampleGrads> {
+        let spec = GradSpec { weighted: true, train_mode: true, ..spec.clone() };
+        let (gm, contract) = step::grad_graph(model, &spec).map_err(|e| anyhow!("{e}"))?;
+        let session = backend.load(&gm.to_proto())?;
+        Ok(PerSampleGrads { contract, session })
+    }
+
+    /// ∇ℓᵢ for every sample i: parameter → gradient.
+    pub fn grads(
+        &mut self,
+        values: &BTreeMap<String, HostTensor>,
+        batch: &Batch,
+        seed: u64,
+        step: u64,
+    ) -> Result<Vec<BTreeMap<String, HostTensor>>> {
+        let b = batch.labels.shape[0];
+        let w = self.contract.sample_weights.clone().ok_or_else(|| anyhow!("no sample_weights input"))?;
+        let base = feeds(&self.contract, Some(batch), values, &BTreeMap::new(), seed, step, &BTreeMap::new(), &[])?;
+        let mut out = Vec::with_capacity(b);
+        for i in 0..b {
+            let mut onehot = vec![0.0f32; b];
+            onehot[i] = 1.0;
+            let mut f = base.clone();
+            f.push((w.clone(), HostTensor::f32(&[b], onehot)));
+            let r: BTreeMap<String, HostTensor> = self.session.run(&f)?.into_iter().collect();
+            let mut gi = BTreeMap::new();
+            for (p, o) in &self.contract.grads {
+                gi.insert(p.clone(), r.get(o).cloned().ok_or_else(|| anyhow!("no output '{o}'"))?);
+            }
+            out.push(gi);
+        }
+        Ok(out)
+    }
+
+    /// ‖∇ℓᵢ‖ over all parameters, for every sample.
+    pub fn norms(
+        &mut self,
+        values: &BTreeMap<String, HostTensor>,
+        batch: &Batch,
+        seed: u64,
+        step: u64,
+    ) -> Result<Vec<f32>> {
+        Ok(self
+            .grads(values, batch, seed, step)?
+            .iter()
+            .map(|gi| gi.values().flat_map(|t| t.to_f64()).map(|x| x * x).sum::<f64>().sqrt() as f32)
+            .collect())
+    }
+}
+
+/// A compiled optimizer with its sessions and the values it carries between steps.
+pub struct StepRunner {
+    pub spec: StepSpec,
+    pub graphs: step::StepGraphs,
+    session: Box<dyn Session>,
+    apply_session: Option<Box<dyn Session>>,
+    exact: Option<PerSampleGrads>,
+    /// Parameters, running statistics and optimizer state, by input name.
+    pub values: BTreeMap<String, HostTensor>,
+    pub hyper: BTreeMap<String, f32>,
+    pub seed: u64,
+    /// Steps taken so far (the RNG counter).
+    pub step: u64,
+    /// Inputs fed as given instead of generated (e.g. a reference's directions).
+    pub fixed: BTreeMap<String, HostTensor>,
+}
+
+impl StepRunner {
+    pub fn new(model: &Model, spec: &StepSpec, backend: &dyn Backend, seed: u64) -> Result<StepRunner> {
+        let graphs = step::step_graphs(model, spec).map_err(|e| anyhow!("{e}"))?;
+        let session = backend.load(&graphs.step.model.to_proto()).context("loading the step graph")?;
+        let apply_session = match &graphs.apply {
+            Some(a) => Some(backend.load(&a.model.to_proto()).context("loading the m-SAM apply graph")?),
+            None => None,
+        };
+        let exact =
+            if graphs.step.contract.scores_fed { Some(PerSampleGrads::new(model, &spec.grad, backend)?) } else { None };
+        let c = &graphs.step.contract;
+        let mut values = g::initial_values(c)?;
+        let mut hyper = c.hyper.clone();
+        let ac = graphs.apply.as_ref().map(|a| &a.contract);
+        for cc in std::iter::once(c).chain(ac) {
+            for k in cc.opt_state_next.keys() {
+                if let Some(p) = k.split_once('/').map(|(_, p)| p) {
+                    if let Some(t) = values.get(p) {
+                        let z = HostTensor::f32(&t.shape, vec![0.0; t.len()]);
+                        values.entry(k.clone()).or_insert(z);
+                    }
+                }
+            }
+            for (k, v) in &cc.hyper {
+                hyper.entry(k.clone()).or_insert(*v);
+            }
+        }
+        Ok(StepRunner {
+            spec: spec.clone(),
+            graphs,
+            session,
+            apply_session,
+            exact,
+            values,
+            hyper,
+            seed,
+            step: 0,
+            fixed: BTreeMap::new(),
+        })
+    }
+
+    pub fn contract(&self) -> &Contract {
+        &self.graphs.step.contract
+    }
+
+    /// A batch .npz's arrays checked against the step graph (labels in range, shapes).
+    pub fn batch(&self, source: &str, arrays: BTreeMap<String, HostTensor>) -> Result<Batch> {
+        g::batch_from_npz(source, &self.graphs.step.model, &self.graphs.step.contract, arrays)
+    }
+
+    fn write_back(&mut self, c: &Contract, out: &BTreeMap<String, HostTensor>) -> Result<()> {
+        for (i, o) in c.params_next.iter().chain(&c.opt_state_next).chain(&c.state_next) {
+            let v = out.get(o).ok_or_else(|| anyhow!("the step graph has no output '{o}'"))?;
+            self.values.insert(i.clone(), v.clone());
+        }
+        Ok(())
+    }
+
+    /// One optimizer step on `batch`; returns the step graph's outputs (m-SAM: diagnostics
+    /// averaged over micro-batches, `correct` summed, per-sample outputs concatenated).
+    pub fn step(&mut self, batch: &Batch) -> Result<BTreeMap<String, HostTensor>> {
+        let b = batch.labels.shape[0];
+        let out = match self.spec.micro_batch {
+            None => {
+                let mut extra = Vec::new();
+                if let Some(ex) = &mut self.exact {
+                    let s = ex.norms(&self.values, batch, self.seed, self.step)?;
+                    extra.push((step::SCORES_INPUT.to_string(), HostTensor::f32(&[b], s)));
+                }
+                let c = &self.graphs.step.contract;
+                let f = feeds(c, Some(batch), &self.values, &self.hyper, self.seed, self.step, &self.fixed, &extra)?;
+                let out: BTreeMap<String, HostTensor> = self.session.run(&f)?.into_iter().collect();
+                let c = c.clone();
+                self.write_back(&c, &out)?;
+                out
+            }
+            Some(m) => self.micro_step(batch, m)?,
+        };
+        check_finite(&out, self.step)?;
+        self.step += 1;
+        Ok(out)
+    }
+
+    fn micro_step(&mut self, batch: &Batch, m: usize) -> Result<BTreeMap<String, HostTensor>> {
+        let b = batch.labels.shape[0];
+        if m == 0 || b % m != 0 {
+            bail!("--micro-batch {m} does not divide the batch size {b}");
+        }
+        let k = b / m;
+        let c = self.graphs.step.contract.clone();
+        let mut acc: Vec<(String, HostTensor)> = c
+            .opt_state_next
+            .keys()
+            .map(|a| {
+                let p = a.split_once('/').map(|(_, p)| p).unwrap_or(a);
+                let t = &self.values[p];
+                (a.clone(), HostTensor::f32(&t.shape, vec![0.0; t.len()]))
+            })
+            .collect();
+        let mut merged: BTreeMap<String, Vec<HostTensor>> = BTreeMap::new();
+        for j in 0..k {
+            let mb = batch_rows(batch, j * m, m);
+            let f = feeds(
+                &c,
+                Some(&mb),
+                &self.values,
+                &self.hyper,
+                self.seed,
+                self.step * k as u64 + j as u64,
+                &self.fixed,
+                &acc,
+            )?;
+            let out: BTreeMap<String, HostTensor> = self.session.run(&f)?.into_iter().collect();
+            for (i, o) in &c.state_next {
+                self.values.insert(i.clone(), out[o].clone());
+            }
+            for (a, t) in acc.iter_mut() {
+                *t = out[&c.opt_state_next[a]].clone();
+            }
+            for (name, t) in out {
+                merged.entry(name).or_default().push(t);
+            }
+        }
+        let ac = self.graphs.apply.as_ref().expect("m-SAM has an apply graph").contract.clone();
+        let mut hyper = self.hyper.clone();
+        hyper.insert(graph_passes::passes::sam_update::MICRO_BATCHES.into(), k as f32);
+        let f = feeds(&ac, None, &self.values, &hyper, self.seed, self.step, &self.fixed, &acc)?;
+        let session = self.apply_session.as_mut().expect("m-SAM has an apply session");
+        let out: BTreeMap<String, HostTensor> = session.run(&f)?.into_iter().collect();
+        self.write_back(&ac, &out)?;
+        let mut result: BTreeMap<String, HostTensor> = out;
+        for (name, parts) in merged {
+            let t = if parts[0].shape.is_empty() {
+                let vals: Vec<f64> = parts.iter().map(|p| p.to_f64()[0]).collect();
+                let v = if name == "correct" { vals.iter().sum::<f64>() } else { vals.iter().sum::<f64>() / k as f64 };
+                HostTensor::f32(&[], vec![v as f32])
+            } else if parts[0].shape.len() == 1 && parts[0].shape[0] == m {
+                let v: Vec<f32> = parts.iter().flat_map(|p| p.to_f64().into_iter().map(|x| x as f32)).collect();
+                HostTensor::f32(&[b], v)
+            } else {
+                continue;
+            };
+            result.insert(name, t);
+        }
+        Ok(result)
+    }
+}
+
+/// A NaN/Inf loss stops training with the step that produced it.
+fn check_finite(out: &BTreeMap<String, HostTensor>, step: u64) -> Result<()> {
+    if let Some(l) = out.get("loss") {
+        if l.to_f64().iter().any(|x| !x.is_finite()) {
+            bail!("step {step}: the loss is {} (diverged: lower --lr or --rho, or check the data)", l.to_f64()[0]);
+        }
+    }
+    Ok(())
+}
+
+/// The evaluation graph with a session: loss, per-sample losses, correct count.
+pub struct Evaluator {
+    pub graph: StepGraph,
+    session: Box<dyn Session>,
+}
+
+impl Evaluator {
+    pub fn new(model: &Model, spec: &GradSpec, backend: &dyn Backend) -> Result<Evaluator> {
+        let graph = step::eval_graph(model, spec).map_err(|e| anyhow!("{e}"))?;
+        let session = backend.load(&graph.model.to_proto())?;
+        Ok(Evaluator { graph, session })
+    }
+
+    pub fn run(
+        &mut self,
+        values: &BTreeMap<String, HostTensor>,
+        batch: &Batch,
+    ) -> Result<BTreeMap<String, HostTensor>> {
+        let f = feeds(&self.graph.contract, Some(batch), values, &BTreeMap::new(), 0, 0, &BTreeMap::new(), &[])?;
+        Ok(self.session.run(&f)?.into_iter().collect())
+    }
+}
