@@ -86,3 +86,140 @@ fn rw_sam_with_lambda_zero_equals_sam() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// One step of every optimizer against tools/reference_steps.py (PyTorch, METHOD.md)
+
+/// buf0_p[i] = 1e-3·sin(0.1·i + k), as tools/reference_steps.py.
+fn buf0(k: usize, n: usize) -> Vec<f32> {
+    (0..n).map(|i| (1e-3 * (0.1 * i as f64 + k as f64).sin()) as f32).collect()
+}
+
+/// z_p[i] = 1 − 2·bit13(i·2654435761 + 97·k mod 2³²), as tools/reference_steps.py.
+fn rademacher(k: usize, n: usize) -> Vec<f32> {
+    (0..n as u64)
+        .map(|i| {
+            let h = (i.wrapping_mul(2654435761).wrapping_add(97 * k as u64)) % (1u64 << 32);
+            1.0 - 2.0 * ((h >> 13) & 1) as f32
+        })
+        .collect()
+}
+
+fn reference_spec(opt: &str) -> StepSpec {
+    use graph_passes::passes::sam_update::WeightDecayMode as W;
+    let base = StepSpec { lr: 0.1, momentum: 0.9, weight_decay: 5e-4, rho: 0.05, ..StepSpec::default() };
+    match opt {
+        "sgd" => StepSpec { nesterov: true, ..base },
+        "sam" => StepSpec { optimizer: Optimizer::Sam, ..base },
+        "usam" => StepSpec { optimizer: Optimizer::Usam, weight_decay_mode: W::Loss, ..base },
+        "asam" => StepSpec { optimizer: Optimizer::Asam, rho: 0.5, eta: 0.01, weight_decay_mode: W::Decoupled, ..base },
+        "rwsam" => StepSpec {
+            optimizer: Optimizer::Sam,
+            reweight: Some(ReweightSpec {
+                lambda: 1.0,
+                score: Score::Fd { q: 1, scheme: graph_passes::passes::fd_branch::FdScheme::Forward },
+                score_norm: graph_passes::passes::reweight::ScoreNorm::Mean,
+            }),
+            fd_delta: 3e-3,
+            ..base
+        },
+        "msam" => StepSpec { optimizer: Optimizer::Sam, micro_batch: Some(2), ..base },
+        _ => unreachable!(),
+    }
+}
+
+/// ‖Δ‖/‖ref‖ of two vectors.
+fn rel(got: &[f64], want: &[f64]) -> f64 {
+    let d = got.iter().zip(want).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    let n = want.iter().map(|b| b * b).sum::<f64>().sqrt();
+    if n < 1e-12 {
+        d
+    } else {
+        d / n
+    }
+}
+
+fn check_reference_step(name: &str, opt: &str, engine_kind: &str) -> Vec<String> {
+    let m = Model::load(&model(name)).unwrap();
+    let be = engine(engine_kind);
+    let spec = reference_spec(opt);
+    let mut r = StepRunner::new(&m, &spec, be.as_ref(), 0).unwrap();
+    let mut params = r.contract().params.clone();
+    params.sort();
+    for (k, p) in params.iter().enumerate() {
+        let n = r.values[p].len();
+        let shape = r.values[p].shape.clone();
+        r.values.insert(format!("momentum_buffer/{p}"), HostTensor::f32(&shape, buf0(k, n)));
+        r.fixed.insert(format!("fd_z/0/{p}"), HostTensor::f32(&shape, rademacher(k, n)));
+    }
+    let before = r.values.clone();
+    let b = fixture_batch(&r, name);
+    let out = r.step(&b).unwrap();
+    let want = read_npz(&fixture(&format!("{name}/step_{opt}.npz"))).unwrap();
+    let mut errors = Vec::new();
+    // running statistics: PyTorch buffer name → the graph's state input
+    let state_name = |buffer: &str| -> Option<String> {
+        r.contract().state_next.keys().find(|k| k.as_str() == buffer || k.ends_with(buffer)).cloned()
+    };
+    for (key, w) in &want {
+        let Some(v) = key.strip_prefix("next/") else { continue };
+        let input = if r.values.contains_key(v) { Some(v.to_string()) } else { state_name(v) };
+        let Some(input) = input else {
+            errors.push(format!("{key}: no such value in the step graph"));
+            continue;
+        };
+        let pick = |t: &HostTensor| -> Vec<f64> {
+            let all = t.to_f64();
+            match want.get(&format!("idx/{key}")) {
+                Some(idx) => idx.to_f64().iter().map(|&i| all[i as usize]).collect(),
+                None => all,
+            }
+        };
+        let got = pick(&r.values[&input]);
+        let w = w.to_f64();
+        let e = rel(&got, &w);
+        if e > 1e-4 {
+            errors.push(format!("{key}: ‖Δ‖/‖ref‖ = {e:.2e}"));
+        }
+        // the update itself (θ_next − θ), far stricter than the next value
+        if let Some(b0) = before.get(&input) {
+            let b0 = pick(b0);
+            let du: Vec<f64> = got.iter().zip(&b0).map(|(a, b)| a - b).collect();
+            let dw: Vec<f64> = w.iter().zip(&b0).map(|(a, b)| a - b).collect();
+            let e = rel(&du, &dw);
+            if e > 2e-3 {
+                errors.push(format!("{key}: update ‖Δ‖/‖ref‖ = {e:.2e}"));
+            }
+        }
+    }
+    for diag in ["loss", "grad_norm", "sharpness", "scores"] {
+        if let (Some(w), Some(g)) = (want.get(diag), out.get(diag)) {
+            let e = rel(&g.to_f64(), &w.to_f64());
+            let tol = if diag == "sharpness" || diag == "scores" { 1e-2 } else { 1e-4 };
+            if e > tol {
+                errors.push(format!("{diag}: {:?} vs PyTorch {:?} (rel {e:.2e})", g.to_f64(), w.to_f64()));
+            }
+        }
+    }
+    errors.into_iter().map(|e| format!("{name} {opt} on {engine_kind}: {e}")).collect()
+}
+
+fn reference_steps(engine_kind: &str) {
+    let mut errors = Vec::new();
+    for name in ["mlp", "cnn", "resnet8"] {
+        for opt in ["sgd", "sam", "usam", "asam", "rwsam", "msam"] {
+            errors.extend(check_reference_step(name, opt, engine_kind));
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+#[test]
+fn one_step_of_every_optimizer_equals_pytorch_on_tract() {
+    reference_steps("tract");
+}
+
+#[test]
+fn one_step_of_every_optimizer_equals_pytorch_on_ort() {
+    reference_steps("ort");
+}

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""One training step of every optimizer of ../shared/METHOD.md in plain PyTorch: the reference
+onnxsam's step graphs are tested against (tests/step_graphs.rs).
+
+Not run in CI (needs torch). Setup as for tools/export_models.py, then:
+    .venv/bin/python tools/reference_steps.py
+
+For models mlp, cnn, resnet8 and optimizers sgd, sam, usam, asam, rwsam, msam it writes
+tests/fixtures/<model>/step_<optimizer>.npz with
+  loss, grad_norm, sharpness (SAM family), scores (rwsam),
+  and for every parameter p: next/<p>, next/momentum_buffer/<p>; every running statistic
+  next/<buffer>. Tensors over 4096 elements are stored at 1024 sampled coordinates
+  (idx/<name> holds the flat indices) to keep fixtures small; their full norm is in norm/<name>.
+The reference computes in float64 (from the float32 model, batch and inputs): one ASAM step on cnn
+is ill-conditioned enough (ρ = 0.5 moves ReLU kinks) that PyTorch's own float32 result differs from
+its float64 result by ~1% on the conv gradients; onnxsam's float32 graph is compared with the exact
+answer. Inputs both sides compute from formulas (no files): the batch is tests/fixtures/<model>/batch.npz,
+initial momentum buffers buf0_p[i] = 1e-3·sin(0.1·i + k) (k = parameter index in name order), and
+the Rademacher direction z_p[i] = 1 − 2·bit13(i·2654435761 + 97·k mod 2³²).
+"""
+import os
+import zlib
+import sys
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from export_models import CNN, MLP, ResNet8  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+
+# the hyperparameters of each optimizer's test (tests/step_graphs.rs uses the same)
+CONFIGS = {
+    "sgd": dict(opt="sgd", lr=0.1, momentum=0.9, nesterov=True, wd=5e-4, wd_mode="coupled"),
+    "sam": dict(opt="sam", lr=0.1, momentum=0.9, nesterov=False, wd=5e-4, wd_mode="coupled", rho=0.05),
+    "usam": dict(opt="usam", lr=0.1, momentum=0.9, nesterov=False, wd=5e-4, wd_mode="loss", rho=0.05),
+    "asam": dict(opt="asam", lr=0.1, momentum=0.9, nesterov=False, wd=5e-4, wd_mode="decoupled", rho=0.5, eta=0.01),
+    "rwsam": dict(opt="sam", lr=0.1, momentum=0.9, nesterov=False, wd=5e-4, wd_mode="coupled", rho=0.05,
+                  lam=1.0, delta=3e-3),
+    "msam": dict(opt="sam", lr=0.1, momentum=0.9, nesterov=False, wd=5e-4, wd_mode="coupled", rho=0.05, micro=2),
+}
+
+
+def buf0(k, n):
+    i = np.arange(n, dtype=np.float64)
+    return (1e-3 * np.sin(0.1 * i + k)).astype(np.float32)
+
+
+def rademacher(k, n):
+    i = np.arange(n, dtype=np.uint64)
+    h = (i * np.uint64(2654435761) + np.uint64(97 * k)) % np.uint64(2**32)
+    return (1.0 - 2.0 * ((h >> np.uint64(13)) & np.uint64(1)).astype(np.float32)).astype(np.float32)
+
+
+def load_from_onnx(model, path):
+    """Parameters by PyTorch name from the ONNX initializers (directly or through the exporter's
+    Identity aliases); BatchNorm buffers keep PyTorch's fresh values, which the export has too."""
+    m = onnx.load(path)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type == "Identity" and n.input[0] in inits:
+            inits.setdefault(n.output[0], inits[n.input[0]])
+    state = model.state_dict()
+    for k in state:
+        if k in inits:
+            state[k] = torch.from_numpy(inits[k].copy())
+        else:
+            assert "running" in k or "num_batches" in k or k.startswith("bn") or ".bn" in k, k
+    model.load_state_dict(state)
+
+
+def per_sample(model, x, y):
+    return F.cross_entropy(model(x), y, reduction="none")
+
+
+def per_sample_at(model, names, values, x, y):
+    """Per-sample losses with the parameters replaced by `values`; BatchNorm uses batch statistics
+    and updates copies of the running statistics, so the model's are left alone (METHOD.md)."""
+    state = dict(zip(names, values))
+    state.update({k: v.clone() for k, v in model.named_buffers()})
+    logits = torch.func.functional_call(model, state, (x,))
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def is_weight(name, p):
+    return "weight" in name or ("bias" not in name and p.dim() >= 2)
+
+
+def ascent_and_descent(model, names, params, x, y, cfg, z=None):
+    """g = ∇L(θ + ε) (with wd in mode `loss`), plus diagnostics. The clean forward updates BN."""
+    wd, mode = cfg["wd"], cfg["wd_mode"]
+    lps = per_sample(model, x, y)
+    loss = lps.mean()
+    diag = {"loss": loss.detach().numpy()}
+    if cfg["opt"] == "sgd":
+        g = list(torch.autograd.grad(loss, params))
+        if mode == "loss":
+            g = [gi + wd * p.detach() for gi, p in zip(g, params)]
+        diag["grad_norm"] = torch.sqrt(sum((gi ** 2).sum() for gi in g)).numpy()
+        return g, diag
+    ascent = loss
+    if "lam" in cfg:
+        delta = cfg["delta"]
+        with torch.no_grad():
+            lq = per_sample_at(model, names, [p + zp * delta for p, zp in zip(params, z)], x, y)
+        d = (lq - lps.detach()) / delta
+        s = torch.sqrt(d ** 2)
+        c = s.mean() + 1e-12
+        w = torch.softmax(cfg["lam"] * s / c, dim=0).detach()
+        diag["scores"] = s.numpy()
+        ascent = (w * lps).sum()
+    ga = list(torch.autograd.grad(ascent, params))
+    if mode == "loss":
+        ga = [gi + wd * p.detach() for gi, p in zip(ga, params)]
+    gn = torch.sqrt(sum((gi ** 2).sum() for gi in ga))
+    diag["grad_norm"] = gn.numpy()
+    rho = cfg["rho"]
+    if cfg["opt"] == "usam":
+        eps = [rho * gi for gi in ga]
+    elif cfg["opt"] == "sam":
+        eps = [rho * gi / (gn + 1e-12) for gi in ga]
+    else:  # asam
+        t = [(p.detach().abs() + cfg["eta"]) if is_weight(n, p) else None for n, p in zip(names, params)]
+        tg = [ti * gi if ti is not None else gi for ti, gi in zip(t, ga)]
+        n2 = torch.sqrt(sum((x_ ** 2).sum() for x_ in tg))
+        eps = [rho * (ti * x_ if ti is not None else x_) / (n2 + 1e-12) for ti, x_ in zip(t, tg)]
+    pe = [(p.detach() + e.detach()).requires_grad_() for p, e in zip(params, eps)]
+    adv = per_sample_at(model, names, pe, x, y).mean()
+    g = list(torch.autograd.grad(adv, pe))
+    if mode == "loss":
+        g = [gi + wd * p.detach() for gi, p in zip(g, pe)]
+    diag["sharpness"] = (adv - loss).detach().numpy()
+    return g, diag
+
+
+def step(model, x, y, cfg, bufs, z=None):
+    names = [n for n, _ in model.named_parameters()]
+    params = [p for _, p in model.named_parameters()]
+    if "micro" in cfg:
+        m = cfg["micro"]
+        k = x.shape[0] // m
+        acc = [torch.zeros_like(p) for p in params]
+        losses = []
+        for j in range(k):
+            gj, dj = ascent_and_descent(model, names, params, x[j * m:(j + 1) * m], y[j * m:(j + 1) * m], cfg)
+            acc = [a + gi for a, gi in zip(acc, gj)]
+            losses.append(dj["loss"])
+        g = [a / k for a in acc]
+        diag = {"loss": np.float32(np.mean(losses))}
+    else:
+        g, diag = ascent_and_descent(model, names, params, x, y, cfg, z)
+    lr, mu, wd = cfg["lr"], cfg["momentum"], cfg["wd"]
+    new_bufs = []
+    with torch.no_grad():
+        for p, gi, b in zip(params, g, bufs):
+            if cfg["wd_mode"] == "coupled":
+                gi = gi + wd * p
+            nb = mu * b + gi
+            d = gi + mu * nb if cfg["nesterov"] else nb
+            if cfg["wd_mode"] == "decoupled":
+                p.sub_(lr * wd * p)
+            p.sub_(lr * d)
+            new_bufs.append(nb)
+    return new_bufs, diag
+
+
+def sample(name, a, out):
+    a = np.asarray(a).astype(np.float32)
+    flat = a.reshape(-1)
+    if flat.size > 4096:
+        idx = np.random.default_rng(zlib.crc32(name.encode())).choice(flat.size, 1024, replace=False)
+        idx.sort()
+        out[f"idx/{name}"] = idx.astype(np.int64)
+        out[f"norm/{name}"] = np.float32(np.linalg.norm(flat.astype(np.float64)))
+        out[name] = flat[idx]
+    else:
+        out[name] = a
+
+
+def main():
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    for name, cls in [("mlp", MLP), ("cnn", CNN), ("resnet8", ResNet8)]:
+        batch = np.load(os.path.join(FIXTURES, name, "batch.npz"))
+        x = torch.from_numpy(batch["input"]).double()
+        y = torch.from_numpy(batch["y"].astype(np.int64))
+        for opt, cfg in CONFIGS.items():
+            model = cls()
+            load_from_onnx(model, os.path.join(ROOT, "models", f"{name}.onnx"))
+            model.double().train()
+            named = list(model.named_parameters())
+            order = sorted(range(len(named)), key=lambda i: named[i][0])
+            kidx = {named[i][0]: k for k, i in enumerate(order)}
+            bufs = [torch.from_numpy(buf0(kidx[n], p.numel())).reshape(p.shape).double() for n, p in named]
+            z = [torch.from_numpy(rademacher(kidx[n], p.numel())).reshape(p.shape).double() for n, p in named]
+            new_bufs, diag = step(model, x, y, cfg, bufs, z)
+            out = {k: np.asarray(v).astype(np.float32) for k, v in diag.items()}
+            for (n, p), nb in zip(named, new_bufs):
+                sample(f"next/{n}", p.detach().numpy(), out)
+                sample(f"next/momentum_buffer/{n}", nb.numpy(), out)
+            for n, b in model.named_buffers():
+                if "running" in n:
+                    sample(f"next/{n}", b.numpy(), out)
+            path = os.path.join(FIXTURES, name, f"step_{opt}.npz")
+            np.savez(path, **out)
+            print(f"{name} {opt}: loss {float(diag['loss']):.5f}, {os.path.getsize(path)} bytes")
+
+
+if __name__ == "__main__":
+    main()
