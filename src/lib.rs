@@ -1,6 +1,7 @@
 //! onnxsam: trains ONNX graphs with sharpness-aware methods, compiled into standard ONNX.
 pub mod backend;
 pub mod cli;
+pub mod data;
 pub mod grad;
 pub mod step;
 pub mod tensor;

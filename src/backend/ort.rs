@@ -75,6 +75,9 @@ impl Backend for OrtBackend {
         let mut builder = OrtSession::builder(env).map_err(|e| anyhow!("ONNX Runtime: {e}"))?;
         builder = builder.with_intra_threads(self.threads).map_err(map)?;
         builder = builder.with_inter_threads(1).map_err(map)?;
+        // a training step runs several sessions in turn (step, m-SAM apply, evaluation): threads
+        // that spin after a run would steal the cores the next session needs
+        builder = builder.with_intra_op_spinning(false).map_err(map)?;
         if let Device::Cuda(id) = self.device {
             builder = builder
                 .with_execution_providers([ort::ep::CUDA::default().with_device_id(id).build().error_on_failure()])

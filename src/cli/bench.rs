@@ -28,6 +28,12 @@ pub struct BenchArgs {
     warmup: usize,
     #[command(flatten)]
     graph: GradGraphArgs,
+    /// With --optimizer: time training steps of that optimizer beside SGD's (interleaved rounds)
+    #[command(flatten)]
+    step: super::step::StepArgs,
+    /// Time the standard set side by side: SGD, SAM, RW-SAM (λ = 1, Q = 1), m-SAM with M = 16 and 4
+    #[arg(long, conflicts_with = "optimizer")]
+    suite: bool,
     #[command(flatten)]
     backend: BackendArgs,
     #[arg(long)]
@@ -105,6 +111,9 @@ struct Report {
 }
 
 pub fn bench(a: BenchArgs) -> Result<i32> {
+    if a.suite || a.step.optimizer.is_some() {
+        return bench_steps(&a);
+    }
     let model = Model::load(&a.model)?;
     let spec = a.graph.spec()?;
     let (gm, c) = step::grad_graph(&model, &spec).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
@@ -163,6 +172,142 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
             r.node_ratio,
             r.grad_load_s
         );
+    }
+    Ok(0)
+}
+
+#[derive(serde::Serialize)]
+struct StepTiming {
+    name: String,
+    nodes: usize,
+    load_s: f64,
+    median_ms: f64,
+    ratio_to_sgd: f64,
+}
+
+#[derive(serde::Serialize)]
+struct StepReport {
+    model: String,
+    backend: String,
+    batch_size: usize,
+    steps: usize,
+    optimizers: Vec<StepTiming>,
+}
+
+/// Training steps of several optimizers on one synthetic batch, timed in interleaved rounds (so
+/// machine noise hits all alike); lr is fed as 0 so that parameters stay put and no run diverges.
+fn bench_steps(a: &BenchArgs) -> Result<i32> {
+    use crate::step::StepRunner;
+    use graph_passes::passes::fd_branch::FdScheme;
+    use graph_passes::passes::reweight::ScoreNorm;
+    use graph_passes::passes::sam_update::Optimizer;
+    use graph_passes::step::{ReweightSpec, Score, StepSpec};
+    let model = Model::load(&a.model)?;
+    let shown = a.model.display().to_string();
+    let user = a.step.spec(&a.graph)?;
+    let sgd = StepSpec { optimizer: Optimizer::Sgd, reweight: None, micro_batch: None, ..user.clone() };
+    let mut configs: Vec<(String, StepSpec)> = vec![("sgd".into(), sgd.clone())];
+    if a.suite {
+        let sam = StepSpec { optimizer: Optimizer::Sam, ..sgd.clone() };
+        let rw = StepSpec {
+            reweight: Some(ReweightSpec {
+                lambda: 1.0,
+                score: Score::Fd { q: 1, scheme: FdScheme::Forward },
+                score_norm: ScoreNorm::Mean,
+            }),
+            ..sam.clone()
+        };
+        configs.push(("sam".into(), sam.clone()));
+        configs.push(("rw-sam".into(), rw));
+        for m in [16, 4] {
+            configs.push((format!("m-sam M={m}"), StepSpec { micro_batch: Some(m), ..sam.clone() }));
+        }
+    } else if user.optimizer != Optimizer::Sgd || user.reweight.is_some() {
+        let mut name = format!("{:?}", user.optimizer).to_lowercase();
+        if user.reweight.is_some() {
+            name = format!("rw-{name}");
+        }
+        if let Some(m) = user.micro_batch {
+            name = format!("m-{name} M={m}");
+        }
+        configs.push((name, user.clone()));
+    }
+    for (name, c) in &configs {
+        if let Some(m) = c.micro_batch {
+            if m == 0 || a.batch_size % m != 0 {
+                anyhow::bail!("{name}: --micro-batch {m} does not divide --batch-size {}", a.batch_size);
+            }
+        }
+    }
+    let be = backend::select(&a.backend.request(), true)?;
+    let mut runners = Vec::new();
+    for (name, c) in &configs {
+        let t0 = Instant::now();
+        let mut r = StepRunner::new(&model, c, be.as_ref(), 0).with_context(|| format!("{shown} ({name})"))?;
+        r.hyper.insert("lr".into(), 0.0);
+        let nodes = r.graphs.step.model.graph.nodes.len();
+        runners.push((name.clone(), r, nodes, t0.elapsed().as_secs_f64(), Vec::new()));
+    }
+    let classes = {
+        let s = shapes::infer(&runners[0].1.graphs.step.model.graph).map_err(|e| anyhow!("{e}"))?;
+        let c = runners[0].1.contract();
+        c.logits.as_deref().and_then(|l| s.shape(l)).and_then(|sh| sh.get(1).and_then(|d| d.known())).unwrap_or(10)
+            as usize
+    };
+    let (data, labels) = synthetic_batch(&model, a.batch_size, classes)?;
+    let batch = Batch { data, labels };
+    for round in 0..a.warmup + a.steps {
+        for (name, r, _, _, times) in runners.iter_mut() {
+            let t0 = Instant::now();
+            r.step(&batch).with_context(|| format!("{shown} ({name})"))?;
+            if round >= a.warmup {
+                times.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let median = |t: &mut Vec<f64>| {
+        t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        t[t.len() / 2]
+    };
+    let mut timings: Vec<StepTiming> = runners
+        .iter_mut()
+        .map(|(name, _, nodes, load_s, times)| StepTiming {
+            name: name.clone(),
+            nodes: *nodes,
+            load_s: *load_s,
+            median_ms: median(times),
+            ratio_to_sgd: 0.0,
+        })
+        .collect();
+    let base = timings[0].median_ms;
+    for t in timings.iter_mut() {
+        t.ratio_to_sgd = t.median_ms / base;
+    }
+    let r = StepReport {
+        model: shown,
+        backend: be.describe(),
+        batch_size: a.batch_size,
+        steps: a.steps,
+        optimizers: timings,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(0);
+    }
+    println!("{}: batch {}, {}, median of {} steps", r.model, r.batch_size, r.backend, r.steps);
+    println!("  {:<12} {:>10} {:>8} {:>7} {:>8}", "optimizer", "ms/step", "÷ SGD", "nodes", "load s");
+    for t in &r.optimizers {
+        println!("  {:<12} {:>10.2} {:>8.2} {:>7} {:>8.2}", t.name, t.median_ms, t.ratio_to_sgd, t.nodes, t.load_s);
+    }
+    let get = |n: &str| r.optimizers.iter().find(|t| t.name == n).map(|t| t.median_ms);
+    if let (Some(sam), Some(rw)) = (get("sam"), get("rw-sam")) {
+        print!("  SAM/SGD {:.2}, RW-SAM/SAM {:.2}", sam / base, rw / sam);
+        for m in [16, 4] {
+            if let Some(ms) = get(&format!("m-sam M={m}")) {
+                print!(", m-SAM(M={m})/RW-SAM {:.2}", ms / rw);
+            }
+        }
+        println!();
     }
     Ok(0)
 }

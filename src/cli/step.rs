@@ -54,8 +54,9 @@ pub enum WdModeArg {
 /// The optimizer and its hyperparameters (defaults of the step graph's scalar inputs).
 #[derive(Args, Clone, Debug)]
 pub struct StepArgs {
-    #[arg(long, value_enum, default_value = "sgd")]
-    pub optimizer: OptimizerArg,
+    /// sgd (default), sam, usam or asam
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerArg>,
     /// RW-SAM: reweight samples by pᵢ ∝ exp(λ·sᵢ/c) in the ascent step (λ = LAMBDA)
     #[arg(long, value_name = "LAMBDA")]
     pub reweight: Option<f32>,
@@ -105,7 +106,7 @@ impl StepArgs {
                 "--eval-mode: step graphs train with batch statistics; use `rewrite --eval` for the evaluation graph"
             );
         }
-        let optimizer = match self.optimizer {
+        let optimizer = match self.optimizer.unwrap_or(OptimizerArg::Sgd) {
             OptimizerArg::Sgd => Optimizer::Sgd,
             OptimizerArg::Sam => Optimizer::Sam,
             OptimizerArg::Usam => Optimizer::Usam,
@@ -185,6 +186,14 @@ pub fn save_graph(g: &StepGraph, json: &GraphJson, path: &Path, external_data: b
     for t in g.contract.init.values() {
         if m.graph.inputs.iter().any(|v| v.name == t.name) {
             m.graph.initializers.push(t.clone());
+        }
+    }
+    // optimizer state (momentum buffers, m-SAM accumulators) starts at zero
+    for k in g.contract.opt_state_next.keys() {
+        let p = k.split_once('/').map(|(_, p)| p).unwrap_or(k);
+        if let Some(t) = g.contract.init.get(p) {
+            let n: i64 = t.dims.iter().product();
+            m.graph.initializers.push(graph_passes::onnx::tensor::from_f32(k, &t.dims, &vec![0.0; n as usize]));
         }
     }
     for (k, v) in &g.contract.hyper {
