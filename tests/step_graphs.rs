@@ -283,3 +283,84 @@ fn m_usam_with_m_one_is_the_gradient_of_loss_plus_gradient_norm_plus_variance() 
         assert!(rel(&g, &without) > 100.0 * err.max(1e-7), "{e}: tr V term too small to test");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// rewrite / bench: bad input and what they write
+
+fn rewrite(args: &[&str]) -> (std::process::Output, tempfile::TempDir) {
+    let tmp = tempdir();
+    let out = tmp.path().join("step.onnx");
+    let mut a = vec!["rewrite", "models/mlp.onnx", "-o", out.to_str().unwrap()];
+    a.extend_from_slice(args);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_onnxsam"));
+    cmd.current_dir(root()).args(&a);
+    (cmd.output().unwrap(), tmp)
+}
+
+#[test]
+fn bad_optimizer_options_exit_2_with_one_line() {
+    let (o, _t) = rewrite(&["--optimizer", "sgd", "--reweight", "1"]);
+    assert_bad_input(&o, "--reweight", "SAM-family optimizer");
+    let (o, _t) = rewrite(&["--optimizer", "sam", "--rho", "-0.1"]);
+    assert_bad_input(&o, "--rho", "≥ 0");
+    let (o, _t) = rewrite(&["--optimizer", "sam", "--micro-batch", "0"]);
+    assert_bad_input(&o, "--micro-batch", "at least 1");
+    let (o, _t) = rewrite(&["--optimizer", "sam", "--reweight", "1", "--micro-batch", "4"]);
+    assert_bad_input(&o, "--micro-batch", "choose one");
+    let (o, _t) = rewrite(&["--optimizer", "adam"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("invalid value 'adam'"), "{}", stderr(&o));
+    // m-SAM's micro-batch must divide the batch
+    let o = onnxsam(&[
+        "bench",
+        model("mlp").to_str().unwrap(),
+        "--optimizer",
+        "sam",
+        "--micro-batch",
+        "5",
+        "--batch-size",
+        "128",
+        "--backend",
+        "tract",
+    ]);
+    assert_bad_input(&o, "--micro-batch 5", "does not divide");
+}
+
+#[test]
+fn rewrite_writes_a_step_graph_that_inspect_and_diff_explain() {
+    let (o, t) = rewrite(&["--optimizer", "sam", "--reweight", "1", "--fd-q", "2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let step = t.path().join("step.onnx");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t.path().join("step.json")).unwrap()).unwrap();
+    let g = &json["graphs"][0];
+    let roles = |key: &str, role: &str| -> usize {
+        g[key].as_array().unwrap().iter().filter(|io| io["role"] == role).count()
+    };
+    assert_eq!(roles("inputs", "parameter"), 6);
+    assert_eq!(roles("inputs", "random_direction"), 12, "Q = 2 directions per parameter tensor");
+    assert_eq!(roles("inputs", "state"), 6, "momentum buffers");
+    assert_eq!(roles("outputs", "parameter"), 6);
+    for d in ["loss", "correct", "grad_norm", "sharpness", "weight_entropy", "ess", "max_weight", "trace_v"] {
+        assert!(
+            g["outputs"].as_array().unwrap().iter().any(|io| io["name"] == d && io["role"] == "diagnostic"),
+            "diagnostic {d} missing"
+        );
+    }
+    let o = onnxsam(&["inspect", step.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0));
+    let text = stdout(&o);
+    assert!(text.contains("onnxsam training-step graph"), "{text}");
+    assert!(text.contains("reweight λ = 1"), "{text}");
+    let o = onnxsam(&["diff", model("mlp").to_str().unwrap(), step.to_str().unwrap()]);
+    let text = stdout(&o);
+    for pass in ["per-sample-loss", "fd-branch", "reweight", "sam-update"] {
+        assert!(text.contains(&format!("{pass} (")), "diff shows no {pass} nodes:\n{text}");
+    }
+    // m-SAM writes the micro-batch graph and the apply graph
+    let (o, t) = rewrite(&["--optimizer", "sam", "--micro-batch", "16"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(t.path().join("step.apply.onnx").exists());
+    let o = onnxsam(&["inspect", t.path().join("step.apply.onnx").to_str().unwrap()]);
+    assert!(stdout(&o).contains("m-SAM apply graph"), "{}", stdout(&o));
+}

@@ -56,6 +56,23 @@ struct Report {
     /// One line per thing onnxsam or an engine cannot handle.
     limitations: Vec<String>,
     node_metadata: bool,
+    /// A graph onnxsam compiled (step, m-SAM micro/apply, eval): its contract and optimizer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    onnxsam_graph: Option<CompiledGraph>,
+}
+
+#[derive(Serialize)]
+struct CompiledGraph {
+    contract: super::step::GraphJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spec: Option<serde_json::Value>,
+}
+
+fn compiled_graph(model: &Model) -> Option<CompiledGraph> {
+    let get = |k: &str| model.meta.metadata_props.iter().find(|p| p.key == k).map(|p| p.value.clone());
+    let contract: super::step::GraphJson = serde_json::from_str(&get(super::step::CONTRACT_KEY)?).ok()?;
+    let spec = get(super::step::SPEC_KEY).and_then(|s| serde_json::from_str(&s).ok());
+    Some(CompiledGraph { contract, spec })
 }
 
 fn io_list(vs: &[&onnx::ValueInfoProto]) -> Vec<Io> {
@@ -200,6 +217,7 @@ fn report(path: &std::path::Path) -> Result<Report> {
         modes,
         limitations,
         node_metadata,
+        onnxsam_graph: compiled_graph(&model),
     })
 }
 
@@ -213,8 +231,59 @@ fn human_bytes(b: usize) -> String {
     }
 }
 
+fn print_compiled(c: &CompiledGraph) {
+    let kind = match c.contract.kind.as_str() {
+        "step" => "training-step graph (one run per step)",
+        "micro" => "m-SAM micro-batch graph (one run per micro-batch; then the apply graph)",
+        "apply" => "m-SAM apply graph (the base optimizer step)",
+        "eval" => "evaluation graph",
+        other => other,
+    };
+    println!("onnxsam {kind}");
+    if let Some(s) = &c.spec {
+        let mut parts = vec![format!("optimizer {}", s["optimizer"].as_str().unwrap_or("?"))];
+        if let Some(rw) = s.get("reweight").filter(|v| !v.is_null()) {
+            let score = match rw["score"]["kind"].as_str() {
+                Some("fd") => format!("fd, Q = {}, {}", rw["score"]["q"], rw["score"]["scheme"].as_str().unwrap_or("")),
+                other => other.unwrap_or("?").to_string(),
+            };
+            parts.push(format!("reweight λ = {} (scores {score}, norm {})", rw["lambda"], rw["score_norm"].as_str().unwrap_or("")));
+        }
+        if let Some(m) = s.get("micro_batch").filter(|v| !v.is_null()) {
+            parts.push(format!("micro-batch M = {m}"));
+        }
+        parts.push(format!("loss {}", s["loss"].as_str().unwrap_or("?")));
+        println!("  {}", parts.join(" · "));
+    }
+    let group = |ios: &[graph_passes::step::Io]| {
+        let mut by: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for io in ios {
+            let label = match io.default {
+                Some(d) => format!("{} = {d}", io.name),
+                None => io.name.clone(),
+            };
+            by.entry(io.role.as_str()).or_default().push(label);
+        }
+        for (role, names) in by {
+            let shown = if names.len() > 6 {
+                format!("{} … ({} in all)", names[..4].join(", "), names.len())
+            } else {
+                names.join(", ")
+            };
+            println!("    {role:<17} {shown}");
+        }
+    };
+    println!("  inputs by role:");
+    group(&c.contract.inputs);
+    println!("  outputs by role:");
+    group(&c.contract.outputs);
+}
+
 fn print_text(r: &Report) {
     println!("{}", r.file);
+    if let Some(c) = &r.onnxsam_graph {
+        print_compiled(c);
+    }
     let opsets: Vec<String> = r.opsets.iter().map(|(d, v)| format!("{d} {v}")).collect();
     println!(
         "  IR {} · opset {} · producer {} · graph '{}'",

@@ -115,6 +115,10 @@ pub fn main() -> i32 {
             .cloned()
             .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_default();
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            // `onnxsam inspect step.onnx | head`: the reader left; nothing went wrong here
+            std::process::exit(0);
+        }
         let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         if !crate::backend::tract::GUARDED.load(std::sync::atomic::Ordering::Relaxed) {
             eprintln!("onnxsam: internal error: {}{at} (please report this)", msg.replace('\n', " "));

@@ -58,24 +58,24 @@ pub struct StepArgs {
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerArg>,
     /// RW-SAM: reweight samples by pᵢ ∝ exp(λ·sᵢ/c) in the ascent step (λ = LAMBDA)
-    #[arg(long, value_name = "LAMBDA")]
+    #[arg(long, value_name = "LAMBDA", allow_hyphen_values = true)]
     pub reweight: Option<f32>,
     /// m-SAM: perturb per micro-batch of M samples (M must divide the batch size)
     #[arg(long, value_name = "M")]
     pub micro_batch: Option<usize>,
     /// Perturbation radius ρ (ASAM: typically 0.5–1.0)
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_hyphen_values = true)]
     pub rho: f32,
     /// ASAM's η
     #[arg(long, default_value_t = 0.01)]
     pub eta: f32,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_hyphen_values = true)]
     pub lr: f32,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_hyphen_values = true)]
     pub momentum: f32,
     #[arg(long)]
     pub nesterov: bool,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     pub weight_decay: f32,
     #[arg(long, value_enum, default_value = "coupled")]
     pub weight_decay_mode: WdModeArg,
@@ -164,6 +164,8 @@ impl StepArgs {
 
 /// The metadata key of a compiled graph's contract (the same JSON as step.json's part for it).
 pub const CONTRACT_KEY: &str = "onnxsam.contract";
+/// The metadata key of the optimizer spec a step graph was compiled from.
+pub const SPEC_KEY: &str = "onnxsam.spec";
 
 /// step.json's description of one graph.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -181,7 +183,13 @@ fn graph_json(g: &StepGraph, kind: &str, file: &str) -> GraphJson {
 
 /// Saves a compiled graph: parameter, state and hyperparameter defaults as initializers (any
 /// runtime may override them as inputs), the contract in the model's metadata.
-pub fn save_graph(g: &StepGraph, json: &GraphJson, path: &Path, external_data: bool) -> Result<()> {
+pub fn save_graph(
+    g: &StepGraph,
+    json: &GraphJson,
+    spec: Option<&StepSpec>,
+    path: &Path,
+    external_data: bool,
+) -> Result<()> {
     let mut m: Model = g.model.clone();
     for t in g.contract.init.values() {
         if m.graph.inputs.iter().any(|v| v.name == t.name) {
@@ -199,11 +207,17 @@ pub fn save_graph(g: &StepGraph, json: &GraphJson, path: &Path, external_data: b
     for (k, v) in &g.contract.hyper {
         m.graph.initializers.push(graph_passes::onnx::tensor::from_f32(k, &[], &[*v]));
     }
-    m.meta.metadata_props.retain(|p| p.key != CONTRACT_KEY);
+    m.meta.metadata_props.retain(|p| p.key != CONTRACT_KEY && p.key != SPEC_KEY);
     m.meta.metadata_props.push(graph_passes::onnx::StringStringEntryProto {
         key: CONTRACT_KEY.into(),
         value: serde_json::to_string(json)?,
     });
+    if let Some(spec) = spec {
+        m.meta.metadata_props.push(graph_passes::onnx::StringStringEntryProto {
+            key: SPEC_KEY.into(),
+            value: serde_json::to_string(spec)?,
+        });
+    }
     m.graph.rest.doc_string = format!("onnxsam {} graph", json.kind);
     let opts = SaveOptions { external_data: external_data.then_some(true), ..Default::default() };
     m.save(path, &opts)?;
@@ -224,7 +238,7 @@ pub fn write_step(graphs: &step::StepGraphs, spec: &StepSpec, out: &Path, extern
     let file = |suffix: &str| format!("{stem}{suffix}.onnx");
     let step_kind = if graphs.apply.is_some() { "micro" } else { "step" };
     let mut jsons = vec![graph_json(&graphs.step, step_kind, &file(""))];
-    save_graph(&graphs.step, &jsons[0], out, external_data)?;
+    save_graph(&graphs.step, &jsons[0], Some(spec), out, external_data)?;
     let mut line = format!(
         "wrote {} ({} nodes, {} parameters)",
         out.display(),
@@ -234,7 +248,7 @@ pub fn write_step(graphs: &step::StepGraphs, spec: &StepSpec, out: &Path, extern
     if let Some(a) = &graphs.apply {
         let path = out.with_file_name(file(".apply"));
         let j = graph_json(a, "apply", &file(".apply"));
-        save_graph(a, &j, &path, external_data)?;
+        save_graph(a, &j, Some(spec), &path, external_data)?;
         line += &format!(", {} ({} nodes)", path.display(), a.model.graph.nodes.len());
         jsons.push(j);
     }
@@ -248,7 +262,7 @@ pub fn write_step(graphs: &step::StepGraphs, spec: &StepSpec, out: &Path, extern
 pub fn write_eval(g: &StepGraph, out: &Path, external_data: bool) -> Result<String> {
     let name = out.file_name().and_then(|s| s.to_str()).unwrap_or("eval.onnx").to_string();
     let j = graph_json(g, "eval", &name);
-    save_graph(g, &j, out, external_data)?;
+    save_graph(g, &j, None, out, external_data)?;
     let json_path = out.with_extension("json");
     graph_passes::onnx::write_atomic(&json_path, serde_json::to_string_pretty(&j)?.as_bytes())?;
     Ok(format!("wrote {} ({} nodes) and {}", out.display(), g.model.graph.nodes.len(), json_path.display()))
