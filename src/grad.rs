@@ -29,8 +29,9 @@ pub fn proto_from_host(name: &str, t: &HostTensor) -> Result<TensorProto> {
     })
 }
 
-/// Counter-based uniform [0, 1) noise (splitmix64), so a run is reproducible from (seed, key).
-pub fn uniform(seed: u64, key: &str, n: usize) -> Vec<f32> {
+/// Counter-based random 64-bit words (splitmix64 of a hash of (seed, key) plus the index), so a
+/// run is reproducible from (seed, key) and any part of it can be drawn without the rest.
+pub fn random_words(seed: u64, key: &str, n: usize) -> Vec<u64> {
     let mut h: u64 = seed ^ 0x9E37_79B9_7F4A_7C15;
     for b in key.bytes() {
         h = (h ^ b as u64).wrapping_mul(0x100_0000_01B3);
@@ -40,10 +41,14 @@ pub fn uniform(seed: u64, key: &str, n: usize) -> Vec<f32> {
             let mut z = h.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 24) as f32
+            z ^ (z >> 31)
         })
         .collect()
+}
+
+/// Counter-based uniform [0, 1) noise, reproducible from (seed, key).
+pub fn uniform(seed: u64, key: &str, n: usize) -> Vec<f32> {
+    random_words(seed, key, n).into_iter().map(|z| (z >> 40) as f32 / (1u64 << 24) as f32).collect()
 }
 
 /// The batch's arrays: model inputs by name (a lone data input may be called `x`) and labels `y`.

@@ -334,9 +334,8 @@ fn rewrite_writes_a_step_graph_that_inspect_and_diff_explain() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(t.path().join("step.json")).unwrap()).unwrap();
     let g = &json["graphs"][0];
-    let roles = |key: &str, role: &str| -> usize {
-        g[key].as_array().unwrap().iter().filter(|io| io["role"] == role).count()
-    };
+    let roles =
+        |key: &str, role: &str| -> usize { g[key].as_array().unwrap().iter().filter(|io| io["role"] == role).count() };
     assert_eq!(roles("inputs", "parameter"), 6);
     assert_eq!(roles("inputs", "random_direction"), 12, "Q = 2 directions per parameter tensor");
     assert_eq!(roles("inputs", "state"), 6, "momentum buffers");
@@ -363,4 +362,104 @@ fn rewrite_writes_a_step_graph_that_inspect_and_diff_explain() {
     assert!(t.path().join("step.apply.onnx").exists());
     let o = onnxsam(&["inspect", t.path().join("step.apply.onnx").to_str().unwrap()]);
     assert!(stdout(&o).contains("m-SAM apply graph"), "{}", stdout(&o));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Smaller contracts: exact scores, weight-decay exclusions, the eval graph, stable output
+
+#[test]
+fn exact_scores_are_per_sample_gradient_norms_and_set_the_gibbs_weights() {
+    use onnxsam::step::PerSampleGrads;
+    let m = Model::load(&model("mlp")).unwrap();
+    let be = engine("tract");
+    let spec = StepSpec {
+        reweight: Some(ReweightSpec {
+            lambda: 1.0,
+            score: Score::Exact,
+            score_norm: graph_passes::passes::reweight::ScoreNorm::Mean,
+        }),
+        ..sam(0.05)
+    };
+    let mut r = StepRunner::new(&m, &spec, be.as_ref(), 0).unwrap();
+    let b = fixture_batch(&r, "mlp");
+    let mut psg = PerSampleGrads::new(&m, &spec.grad, be.as_ref()).unwrap();
+    let norms: Vec<f64> = psg.norms(&r.values, &b, 0, 0).unwrap().into_iter().map(|x| x as f64).collect();
+    // ‖∇ℓᵢ‖ from the per-sample gradients agrees with the mean gradient of the fixture
+    let out = r.step(&b).unwrap();
+    let c = norms.iter().sum::<f64>() / norms.len() as f64;
+    let e: Vec<f64> = norms.iter().map(|s| (s / c).exp()).collect();
+    let z: f64 = e.iter().sum();
+    let want: Vec<f64> = e.iter().map(|x| x / z).collect();
+    let got = out["sample_weights"].to_f64();
+    assert!(rel(&got, &want) < 1e-5, "weights {got:?} vs softmax(s/mean s) {want:?}");
+    assert!(norms.iter().all(|&n| n > 0.0));
+}
+
+#[test]
+fn weight_decay_spares_biases_and_norms_when_asked() {
+    use graph_passes::passes::sam_update::WeightDecayMode as W;
+    for mode in [W::Coupled, W::Decoupled, W::Loss] {
+        // SGD: with SAM, decay in mode `loss` also enters ε and so moves every parameter a little
+        let sgd = StepSpec::default();
+        let with = StepSpec { weight_decay: 0.1, weight_decay_mode: mode, no_decay_bias_norm: true, ..sgd.clone() };
+        let without = StepSpec { weight_decay: 0.0, ..sgd };
+        let (a, _) = one_step("resnet8", &with, "tract");
+        let (b, _) = one_step("resnet8", &without, "tract");
+        for p in a.contract().params.clone() {
+            let d = rel(&a.values[&p].to_f64(), &b.values[&p].to_f64());
+            let rank = a.values[&p].shape.len();
+            if rank <= 1 {
+                assert!(d < 1e-6, "{mode:?}: {p} (rank {rank}) was decayed: {d:.2e}");
+            } else {
+                assert!(d > 1e-5, "{mode:?}: {p} was not decayed");
+            }
+        }
+    }
+}
+
+#[test]
+fn eval_graph_gives_eval_mode_logits_loss_and_correct_count() {
+    use onnxsam::step::Evaluator;
+    for e in ["tract", "ort"] {
+        let m = Model::load(&model("resnet8")).unwrap();
+        let be = engine(e);
+        let mut ev = Evaluator::new(&m, &graph_passes::step::GradSpec::default(), be.as_ref()).unwrap();
+        let input = read_npz(&fixture("resnet8/input.npz")).unwrap();
+        let want = &read_npz(&fixture("resnet8/output.npz")).unwrap()["logits"];
+        let x = input.values().next().unwrap().clone();
+        let n = x.shape[0];
+        let labels: Vec<i64> = (0..n as i64).map(|i| i % 10).collect();
+        let batch = Batch { data: vec![("input".into(), x)], labels: HostTensor::i64(&[n], labels.clone()) };
+        let values = onnxsam::grad::initial_values(&ev.graph.contract).unwrap();
+        let out = ev.run(&values, &batch).unwrap();
+        let logits = out["logits"].to_f64();
+        assert!(rel(&logits, &want.to_f64()) < 1e-5, "{e}: eval-mode logits differ from PyTorch's");
+        let w = want.to_f64();
+        let mut correct = 0.0;
+        let mut loss = 0.0;
+        for i in 0..n {
+            let row = &w[i * 10..i * 10 + 10];
+            let arg = (0..10).max_by(|&a, &b| row[a].partial_cmp(&row[b]).unwrap()).unwrap();
+            correct += (arg as i64 == labels[i]) as i32 as f64;
+            let mx = row.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = mx + row.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
+            loss += (lse - row[labels[i] as usize]) / n as f64;
+        }
+        assert_eq!(out["correct"].to_f64()[0], correct, "{e}");
+        assert!((out["loss"].to_f64()[0] - loss).abs() < 1e-4 * loss.abs().max(1.0), "{e}");
+    }
+}
+
+#[test]
+fn rewriting_twice_gives_the_same_bytes() {
+    let (o1, t1) = rewrite(&["--optimizer", "asam", "--reweight", "0.5", "--fd-scheme", "central"]);
+    let (o2, t2) = rewrite(&["--optimizer", "asam", "--reweight", "0.5", "--fd-scheme", "central"]);
+    assert_eq!(o1.status.code(), Some(0), "{}", stderr(&o1));
+    assert_eq!(o2.status.code(), Some(0));
+    let a = std::fs::read(t1.path().join("step.onnx")).unwrap();
+    let b = std::fs::read(t2.path().join("step.onnx")).unwrap();
+    assert!(a == b, "two rewrites of the same model and spec differ");
+    let ja = std::fs::read(t1.path().join("step.json")).unwrap();
+    let jb = std::fs::read(t2.path().join("step.json")).unwrap();
+    assert!(ja == jb);
 }

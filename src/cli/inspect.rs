@@ -247,7 +247,11 @@ fn print_compiled(c: &CompiledGraph) {
                 Some("fd") => format!("fd, Q = {}, {}", rw["score"]["q"], rw["score"]["scheme"].as_str().unwrap_or("")),
                 other => other.unwrap_or("?").to_string(),
             };
-            parts.push(format!("reweight λ = {} (scores {score}, norm {})", rw["lambda"], rw["score_norm"].as_str().unwrap_or("")));
+            parts.push(format!(
+                "reweight λ = {} (scores {score}, norm {})",
+                rw["lambda"],
+                rw["score_norm"].as_str().unwrap_or("")
+            ));
         }
         if let Some(m) = s.get("micro_batch").filter(|v| !v.is_null()) {
             parts.push(format!("micro-batch M = {m}"));
