@@ -154,7 +154,7 @@ pub fn feeds(
     if let Some(l) = &c.labels {
         f.push((l.clone(), batch.labels.clone()));
     }
-    for name in c.params.iter().chain(c.state_next.keys()) {
+    for name in c.params.iter().chain(c.state_next.keys()).chain(&c.state) {
         let v = values.get(name).ok_or_else(|| anyhow!("no value for '{name}'"))?;
         f.push((name.clone(), v.clone()));
     }

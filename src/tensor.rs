@@ -138,3 +138,25 @@ pub fn write_npz(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
 }
+
+/// Reads one .npy file.
+pub fn read_npy(path: &Path) -> Result<HostTensor> {
+    use ndarray_npy::ReadNpyExt;
+    let shown = path.display();
+    macro_rules! attempt {
+        ($t:ty, $variant:ident) => {
+            let file = File::open(path).with_context(|| format!("{shown}: cannot open"))?;
+            if let Ok(a) = ArrayD::<$t>::read_npy(file) {
+                let shape = a.shape().to_vec();
+                let v: Vec<$t> = a.as_standard_layout().iter().cloned().collect();
+                return Ok(HostTensor { shape, data: Data::$variant(v) });
+            }
+        };
+    }
+    attempt!(f32, F32);
+    attempt!(f64, F64);
+    attempt!(i64, I64);
+    attempt!(i32, I32);
+    attempt!(u8, U8);
+    bail!("{shown}: not a .npy file of float32, float64, int64, int32 or uint8")
+}

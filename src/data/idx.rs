@@ -1,17 +1,32 @@
-//! IDX files (MNIST, Fashion-MNIST): a big-endian header — two zero bytes, a type code (0x08 =
-//! unsigned byte), the number of dimensions — then the dimensions as u32 and the data.
-use std::path::Path;
+//! IDX files (MNIST, Fashion-MNIST), raw or gzip-compressed: a big-endian header — two zero
+//! bytes, a type code (0x08 = unsigned byte), the number of dimensions — then the dimensions as
+//! u32 and the data.
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use super::Dataset;
 
+/// The bytes of a file, gunzipped when it is gzip.
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_end(&mut out)
+            .map_err(|e| anyhow::anyhow!("{}: broken gzip data ({e}); fetch it again", path.display()))?;
+        return Ok(out);
+    }
+    Ok(bytes)
+}
+
 /// Dimensions and bytes of an unsigned-byte IDX file.
 pub fn read_u8(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = read_maybe_gz(path)?;
     let shown = path.display();
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
-        bail!("{shown}: not an IDX file (the header must start with two zero bytes); is it gzip-compressed or another format?");
+        bail!("{shown}: not an IDX file (the header must start with two zero bytes)");
     }
     if bytes[2] != 0x08 {
         bail!("{shown}: IDX type code 0x{:02x}; onnxsam reads unsigned-byte IDX (0x08) as MNIST uses", bytes[2]);
@@ -23,11 +38,11 @@ pub fn read_u8(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
     let dims: Vec<usize> = (0..nd)
         .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
         .collect();
-    let n: usize = dims.iter().product();
+    let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let body = &bytes[4 + 4 * nd..];
-    if body.len() != n {
+    if n != Some(body.len()) {
         bail!(
-            "{shown}: the header announces {dims:?} = {n} values but the file holds {} (truncated or corrupt; fetch it again with tools/fetch-data.sh)",
+            "{shown}: corrupt IDX header: it announces dimensions {dims:?} but the file holds {} values (fetch it again with tools/fetch-data.sh)",
             body.len()
         );
     }
@@ -50,11 +65,36 @@ pub fn read_pair(images: &Path, labels: &Path) -> Result<Dataset> {
         sample_shape: vec![1, dims[1], dims[2]],
         y: lb.iter().map(|&l| l as i64).collect(),
         classes,
+        source: images.display().to_string(),
     })
 }
 
-/// MNIST-style folder: train-images-idx3-ubyte + train-labels-idx1-ubyte (or t10k-… for `test`).
+fn find(dir: &Path, name: &str) -> Option<PathBuf> {
+    [dir.join(name), dir.join(format!("{name}.gz"))].into_iter().find(|p| p.exists())
+}
+
+/// MNIST-style folder: train-images-idx3-ubyte + train-labels-idx1-ubyte (raw or .gz); t10k-…
+/// become the test set. A path to an images file reads it with its labels file beside it.
 pub fn read_mnist_dir(dir: &Path, test: bool) -> Result<Dataset> {
     let p = if test { "t10k" } else { "train" };
-    read_pair(&dir.join(format!("{p}-images-idx3-ubyte")), &dir.join(format!("{p}-labels-idx1-ubyte")))
+    let images = find(dir, &format!("{p}-images-idx3-ubyte"));
+    let labels = find(dir, &format!("{p}-labels-idx1-ubyte"));
+    match (images, labels) {
+        (Some(i), Some(l)) => read_pair(&i, &l),
+        _ => bail!("{}: no {p}-images-idx3-ubyte and {p}-labels-idx1-ubyte (raw or .gz) here", dir.display()),
+    }
+}
+
+pub fn load(path: &Path) -> Result<(Dataset, Option<Dataset>)> {
+    if path.is_dir() {
+        let train = read_mnist_dir(path, false)?;
+        let test = if find(path, "t10k-images-idx3-ubyte").is_some() { Some(read_mnist_dir(path, true)?) } else { None };
+        return Ok((train, test));
+    }
+    let name = path.file_name().and_then(|s| s.to_str()).unwrap_or("");
+    if !name.contains("images") {
+        bail!("{}: give the images file (…-images-idx3-ubyte) or the folder holding it", path.display());
+    }
+    let labels = path.with_file_name(name.replace("images-idx3", "labels-idx1"));
+    Ok((read_pair(path, &labels)?, None))
 }

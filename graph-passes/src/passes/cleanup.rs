@@ -34,6 +34,7 @@ impl Pass for Cleanup {
                 c.labels = None;
             }
             c.state_next.remove(v);
+            c.state.retain(|s| s != v);
             c.random_uniform.remove(v);
             c.hyper.remove(v);
             c.directions.retain(|d| &d.input != v);

@@ -35,6 +35,8 @@ pub struct Contract {
     pub split: BTreeMap<String, Vec<String>>,
     /// State fed back each step (BatchNorm running statistics) → the output with its next value.
     pub state_next: BTreeMap<String, String>,
+    /// State read but not updated (running statistics of an evaluation graph).
+    pub state: Vec<String>,
     /// Inputs the runtime fills with uniform [0, 1) noise (dropout masks) → their shape
     /// (−1 stands for the batch size).
     pub random_uniform: BTreeMap<String, Vec<i64>>,

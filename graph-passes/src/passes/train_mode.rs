@@ -50,12 +50,21 @@ impl Pass for EvalMode {
         "eval-mode"
     }
 
-    fn run(&self, m: &mut Model, _c: &mut Contract) -> Result<()> {
+    fn run(&self, m: &mut Model, c: &mut Contract) -> Result<()> {
         rewrite_each(m, &["BatchNormalization"], |n, ctx| {
             if n.attr_i("training_mode", 0) != 0 {
                 return Err(node_error(n, "training_mode=1 in an evaluation graph"));
             }
             let (x, scale, bias, mean, var) = (&n.input[0], &n.input[1], &n.input[2], &n.input[3], &n.input[4]);
+            // running statistics become inputs (read, not updated), so trained values can be fed
+            for stat in [mean, var] {
+                if let Some(t) = ctx.g.initializer(stat).cloned() {
+                    ctx.g.initializers.retain(|i| i.name != *stat);
+                    ctx.g.inputs.push(value_info(stat, t.data_type, &t.dims));
+                    c.init.insert(stat.clone(), t);
+                    c.state.push(stat.clone());
+                }
+            }
             let r = ctx.rank(x)? as i64;
             let spatial: Vec<i64> = (1..r - 1).collect();
             // y = (x − μ)·γ/√(σ² + ε) + β
