@@ -5,5 +5,6 @@ pub mod data;
 pub mod grad;
 pub mod step;
 pub mod tensor;
+pub mod train;
 
 pub use graph_passes;

@@ -65,8 +65,12 @@ fn feeds(
             f.push((l.clone(), batch.labels.clone()));
         }
     }
-    let state =
-        c.state_next.keys().chain(c.opt_state_next.keys()).chain(&c.state).filter(|k| !extra.iter().any(|(e, _)| e == *k));
+    let state = c
+        .state_next
+        .keys()
+        .chain(c.opt_state_next.keys())
+        .chain(&c.state)
+        .filter(|k| !extra.iter().any(|(e, _)| e == *k));
     for name in c.params.iter().chain(state) {
         let v = values.get(name).ok_or_else(|| anyhow!("no value for '{name}'"))?;
         f.push((name.clone(), v.clone()));

@@ -340,7 +340,8 @@ pub fn io_roles(g: &StepGraph) -> (Vec<Io>, Vec<Io>) {
                 "label"
             } else if c.params.iter().any(|p| p == n) {
                 "parameter"
-            } else if c.state_next.contains_key(n) || c.opt_state_next.contains_key(n) || c.state.iter().any(|s| s == n) {
+            } else if c.state_next.contains_key(n) || c.opt_state_next.contains_key(n) || c.state.iter().any(|s| s == n)
+            {
                 "state"
             } else if dir.is_some() {
                 "random_direction"

@@ -5,6 +5,7 @@ pub mod grad;
 mod inspect;
 pub mod run;
 pub mod step;
+mod train;
 
 use std::path::PathBuf;
 
@@ -53,6 +54,17 @@ enum Command {
         after_help = "Examples:\n  onnxsam rewrite models/cnn.onnx --optimizer sam --reweight 1 --rho 0.05 -o step.onnx\n  onnxsam diff models/cnn.onnx step.onnx\n  onnxsam rewrite models/mlp.onnx --optimizer sam --micro-batch 16 -o msam.onnx   (also msam.apply.onnx)\n  onnxsam rewrite models/cnn.onnx --grad-only -o grad.onnx\n  onnxsam rewrite models/cnn.onnx --eval -o eval.onnx"
     )]
     Rewrite(grad::RewriteArgs),
+    /// Train a model: data, one step-graph run per step, evaluation, checkpoints, the trained model.onnx
+    #[command(
+        after_help = "Examples:\n  onnxsam train models/mlp.onnx --data data/mnist --optimizer sam --reweight 1 --epochs 1 --lr 0.05 --out runs/mlp\n  onnxsam train --resume runs/mlp --epochs 3\n  onnxsam train models/cnn.onnx --data data/mnist --label-noise 0.4 --optimizer sam --rho 0.05 --epochs 3 --out runs/cnn-noisy"
+    )]
+    Train(crate::train::TrainArgs),
+    /// Loss, accuracy and per-class accuracy of a model on a dataset
+    #[command(after_help = "Example:\n  onnxsam eval runs/mlp/model.onnx --data data/mnist")]
+    Eval(train::EvalArgs),
+    /// Write a training run's checkpoint as a model (the original graph with trained values)
+    #[command(after_help = "Example:\n  onnxsam export runs/mlp -o trained.onnx")]
+    Export(train::ExportArgs),
     /// Time forward vs forward+backward on synthetic batches (median of --steps runs)
     #[command(after_help = "Example:\n  onnxsam bench models/cnn.onnx --batch-size 128 --backend ort")]
     Bench(bench::BenchArgs),
@@ -133,6 +145,9 @@ pub fn main() -> i32 {
         Command::Gradcheck(a) => grad::gradcheck(a),
         Command::Rewrite(a) => grad::rewrite(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Train(a) => crate::train::train(a, std::env::args().skip(2).collect()),
+        Command::Eval(a) => train::eval(a),
+        Command::Export(a) => train::export(a),
     };
     match result {
         Ok(code) => code,

@@ -35,7 +35,8 @@ pub fn read_batches(files: &[std::path::PathBuf], hundred: bool) -> Result<Datas
 
 pub fn load(path: &Path) -> Result<(Dataset, Option<Dataset>)> {
     if !path.is_dir() {
-        let hundred = path.file_name().and_then(|s| s.to_str()).map(|s| s == "train.bin" || s == "test.bin").unwrap_or(false);
+        let hundred =
+            path.file_name().and_then(|s| s.to_str()).map(|s| s == "train.bin" || s == "test.bin").unwrap_or(false);
         return Ok((read_batches(&[path.to_path_buf()], hundred)?, None));
     }
     if path.join("train.bin").exists() {

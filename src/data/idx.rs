@@ -88,7 +88,8 @@ pub fn read_mnist_dir(dir: &Path, test: bool) -> Result<Dataset> {
 pub fn load(path: &Path) -> Result<(Dataset, Option<Dataset>)> {
     if path.is_dir() {
         let train = read_mnist_dir(path, false)?;
-        let test = if find(path, "t10k-images-idx3-ubyte").is_some() { Some(read_mnist_dir(path, true)?) } else { None };
+        let test =
+            if find(path, "t10k-images-idx3-ubyte").is_some() { Some(read_mnist_dir(path, true)?) } else { None };
         return Ok((train, test));
     }
     let name = path.file_name().and_then(|s| s.to_str()).unwrap_or("");

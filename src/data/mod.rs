@@ -72,7 +72,9 @@ pub fn detect(path: &Path) -> Result<Format> {
         if has("train-images-idx3-ubyte") || has("t10k-images-idx3-ubyte") {
             return Ok(Format::Idx);
         }
-        if path.join("data_batch_1.bin").exists() || path.join("train.bin").exists() || path.join("test_batch.bin").exists()
+        if path.join("data_batch_1.bin").exists()
+            || path.join("train.bin").exists()
+            || path.join("test_batch.bin").exists()
         {
             return Ok(Format::Cifar);
         }
@@ -187,12 +189,7 @@ impl Dataset {
     pub fn normalize_channels(&mut self, mean: &[f32], std: &[f32]) -> Result<()> {
         let channels = if mean.len() == 1 { 1 } else { self.sample_shape.first().copied().unwrap_or(1) };
         if mean.len() != channels || std.len() != channels {
-            bail!(
-                "{}: --normalize gives {} means for samples of {} channels",
-                self.source,
-                mean.len(),
-                channels
-            );
+            bail!("{}: --normalize gives {} means for samples of {} channels", self.source, mean.len(), channels);
         }
         let per = self.sample_len() / channels;
         for (i, v) in self.x.iter_mut().enumerate() {
