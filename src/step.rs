@@ -252,7 +252,7 @@ impl StepRunner {
             }
             Some(m) => self.micro_step(batch, m)?,
         };
-        check_finite(&out, self.step)?;
+        check_finite(&out, self.step + 1)?; // 1-based, as the metrics count steps
         self.step += 1;
         Ok(out)
     }

@@ -173,3 +173,124 @@ fn resumed_run_continues_the_identical_trajectory() {
     assert_eq!(a, b, "final parameters differ");
     assert_eq!(std::fs::read(straight.join("model.onnx")).unwrap(), std::fs::read(split.join("model.onnx")).unwrap());
 }
+
+#[test]
+fn a_checkpoint_write_that_dies_leaves_the_previous_one_loadable() {
+    let tmp = tempdir();
+    let data = mnist_subset(tmp.path(), 512);
+    let run = tmp.path().join("run");
+    let mut args = vec!["models/mlp.onnx", "--data", data.to_str().unwrap(), "--epochs", "1", "--batch-size", "128"];
+    args.extend_from_slice(NORM);
+    args.extend_from_slice(&["--backend", "tract", "--out", run.to_str().unwrap()]);
+    let o = train_cmd(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let before = onnxsam::train::checkpoint::load(&run, None).unwrap();
+    // the second epoch's checkpoint write fails midway
+    let o = onnxsam_env(
+        &["train", "--resume", run.to_str().unwrap(), "--epochs", "2"],
+        &[("ONNXSAM_FAIL_CHECKPOINT", "1")],
+    );
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("checkpoint write failed"), "{}", stderr(&o));
+    let after = onnxsam::train::checkpoint::load(&run, None).unwrap();
+    assert_eq!(before.0, after.0, "the newest complete checkpoint changed");
+    assert_eq!(before.1, after.1);
+    // and the run goes on from it
+    let o = train_cmd(&["--resume", run.to_str().unwrap(), "--epochs", "2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(onnxsam::train::checkpoint::load(&run, None).unwrap().0.step, 8);
+}
+
+#[test]
+fn label_noise_flips_the_stated_fraction_with_its_seed() {
+    let tmp = tempdir();
+    let mnist = idx::read_mnist_dir(&root().join("data/mnist"), false).unwrap().head(10_000).unwrap();
+    for f in [0.2, 0.4, 0.8] {
+        let mut a = mnist.clone();
+        let flipped = a.add_label_noise(f, 5).unwrap();
+        let changed = a.y.iter().zip(&mnist.y).filter(|(x, y)| x != y).count();
+        assert_eq!(changed, (f * 10_000.0_f64).round() as usize, "fraction {f}");
+        assert_eq!(flipped.len(), changed);
+        let mut b = mnist.clone();
+        b.add_label_noise(f, 5).unwrap();
+        assert_eq!(a.y, b.y, "same seed, same noise");
+        let mut c = mnist.clone();
+        c.add_label_noise(f, 6).unwrap();
+        assert_ne!(a.y, c.y, "another seed, other noise");
+        // symmetric: flipped labels spread over the other classes
+        let mut counts = [0usize; 10];
+        for &i in &flipped {
+            counts[a.y[i] as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 0), "{counts:?}");
+    }
+    // the run logs it and keeps both label sets
+    let data = mnist_subset(tmp.path(), 1000);
+    let run = tmp.path().join("noisy");
+    let mut args = vec!["models/mlp.onnx", "--data", data.to_str().unwrap(), "--max-steps", "2", "--label-noise", "0.4"];
+    args.extend_from_slice(NORM);
+    args.extend_from_slice(&["--backend", "tract", "--out", run.to_str().unwrap()]);
+    let o = train_cmd(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("label noise: 400 of 1000 training labels flipped"), "{}", stdout(&o));
+    let labels = read_npz(&run.join("labels.npz")).unwrap();
+    let (clean, noisy) = (labels["clean"].to_f64(), labels["noisy"].to_f64());
+    assert_eq!(clean.iter().zip(&noisy).filter(|(a, b)| a != b).count(), 400);
+}
+
+#[test]
+fn bad_training_input_exits_2_and_overwrites_nothing() {
+    let tmp = tempdir();
+    let data = mnist_subset(tmp.path(), 256);
+    let d = data.to_str().unwrap();
+    let out = tmp.path().join("r");
+    let o = train_cmd(&["models/resnet8.onnx", "--data", d, "--epochs", "1", "--backend", "tract", "--out", out.to_str().unwrap()]);
+    assert_bad_input(&o, "mnist_subset.npz", "do not fit the model's input");
+    // labels out of range
+    let bad = tmp.path().join("bad_labels.npz");
+    let x = HostTensor::f32(&[4, 1, 28, 28], vec![0.0; 4 * 784]);
+    write_npz(&bad, &[("x".into(), x), ("y".into(), HostTensor::i64(&[4], vec![0, 1, 12, 3]))]).unwrap();
+    let o = train_cmd(&["models/mlp.onnx", "--data", bad.to_str().unwrap(), "--epochs", "1", "--backend", "tract", "--out", out.to_str().unwrap()]);
+    assert_bad_input(&o, "bad_labels.npz", "label 12");
+    // a corrupt IDX header
+    let idx_dir = tmp.path().join("idx");
+    std::fs::create_dir_all(&idx_dir).unwrap();
+    let mut img = vec![0u8, 0, 8, 3, 0, 0, 0, 9, 0, 0, 0, 28, 0, 0, 0, 28];
+    img.extend(vec![0u8; 2 * 784]);
+    std::fs::write(idx_dir.join("train-images-idx3-ubyte"), &img).unwrap();
+    std::fs::write(idx_dir.join("train-labels-idx1-ubyte"), [0u8, 0, 8, 1, 0, 0, 0, 2, 1, 2]).unwrap();
+    let o = train_cmd(&["models/mlp.onnx", "--data", idx_dir.to_str().unwrap(), "--epochs", "1", "--backend", "tract", "--out", out.to_str().unwrap()]);
+    assert_bad_input(&o, "train-images-idx3-ubyte", "corrupt IDX header");
+    assert!(!out.join("config.json").exists(), "a failed start wrote a run");
+    // --device cuda without a CUDA-capable ONNX Runtime
+    let o = train_cmd(&["models/mlp.onnx", "--data", d, "--epochs", "1", "--backend", "ort", "--device", "cuda", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("onnxruntime-gpu"), "{}", stderr(&o));
+    // a folder holding another run, without --resume: refused, nothing touched
+    let run = tmp.path().join("taken");
+    let mut args = vec!["models/mlp.onnx", "--data", d, "--max-steps", "1"];
+    args.extend_from_slice(NORM);
+    args.extend_from_slice(&["--backend", "tract", "--out", run.to_str().unwrap()]);
+    assert_eq!(train_cmd(&args).status.code(), Some(0));
+    let before: Vec<Vec<u8>> = ["config.json", "metrics.jsonl", "model.onnx"].iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
+    let o = train_cmd(&["models/cnn.onnx", "--data", d, "--max-steps", "1", "--backend", "tract", "--out", run.to_str().unwrap()]);
+    assert_bad_input(&o, "taken", "already holds a run");
+    let after: Vec<Vec<u8>> = ["config.json", "metrics.jsonl", "model.onnx"].iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn a_nan_loss_stops_training_naming_the_step() {
+    let tmp = tempdir();
+    let data = mnist_subset(tmp.path(), 512);
+    let run = tmp.path().join("nan");
+    // an absurd learning rate diverges within a few steps
+    let mut args = vec!["models/mlp.onnx", "--data", data.to_str().unwrap(), "--epochs", "3", "--lr", "1e6", "--batch-size", "128"];
+    args.extend_from_slice(NORM);
+    args.extend_from_slice(&["--backend", "tract", "--out", run.to_str().unwrap()]);
+    let o = train_cmd(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("training stopped: step") && err.contains("last good checkpoint"), "{err}");
+    assert!(!err.contains("panicked"));
+}
