@@ -3,6 +3,7 @@ pub mod backend;
 pub mod cli;
 pub mod data;
 pub mod grad;
+pub mod report;
 pub mod step;
 pub mod tensor;
 pub mod train;

@@ -227,7 +227,8 @@ fn label_noise_flips_the_stated_fraction_with_its_seed() {
     // the run logs it and keeps both label sets
     let data = mnist_subset(tmp.path(), 1000);
     let run = tmp.path().join("noisy");
-    let mut args = vec!["models/mlp.onnx", "--data", data.to_str().unwrap(), "--max-steps", "2", "--label-noise", "0.4"];
+    let mut args =
+        vec!["models/mlp.onnx", "--data", data.to_str().unwrap(), "--max-steps", "2", "--label-noise", "0.4"];
     args.extend_from_slice(NORM);
     args.extend_from_slice(&["--backend", "tract", "--out", run.to_str().unwrap()]);
     let o = train_cmd(&args);
@@ -244,13 +245,33 @@ fn bad_training_input_exits_2_and_overwrites_nothing() {
     let data = mnist_subset(tmp.path(), 256);
     let d = data.to_str().unwrap();
     let out = tmp.path().join("r");
-    let o = train_cmd(&["models/resnet8.onnx", "--data", d, "--epochs", "1", "--backend", "tract", "--out", out.to_str().unwrap()]);
+    let o = train_cmd(&[
+        "models/resnet8.onnx",
+        "--data",
+        d,
+        "--epochs",
+        "1",
+        "--backend",
+        "tract",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_bad_input(&o, "mnist_subset.npz", "do not fit the model's input");
     // labels out of range
     let bad = tmp.path().join("bad_labels.npz");
     let x = HostTensor::f32(&[4, 1, 28, 28], vec![0.0; 4 * 784]);
     write_npz(&bad, &[("x".into(), x), ("y".into(), HostTensor::i64(&[4], vec![0, 1, 12, 3]))]).unwrap();
-    let o = train_cmd(&["models/mlp.onnx", "--data", bad.to_str().unwrap(), "--epochs", "1", "--backend", "tract", "--out", out.to_str().unwrap()]);
+    let o = train_cmd(&[
+        "models/mlp.onnx",
+        "--data",
+        bad.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--backend",
+        "tract",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_bad_input(&o, "bad_labels.npz", "label 12");
     // a corrupt IDX header
     let idx_dir = tmp.path().join("idx");
@@ -259,11 +280,33 @@ fn bad_training_input_exits_2_and_overwrites_nothing() {
     img.extend(vec![0u8; 2 * 784]);
     std::fs::write(idx_dir.join("train-images-idx3-ubyte"), &img).unwrap();
     std::fs::write(idx_dir.join("train-labels-idx1-ubyte"), [0u8, 0, 8, 1, 0, 0, 0, 2, 1, 2]).unwrap();
-    let o = train_cmd(&["models/mlp.onnx", "--data", idx_dir.to_str().unwrap(), "--epochs", "1", "--backend", "tract", "--out", out.to_str().unwrap()]);
+    let o = train_cmd(&[
+        "models/mlp.onnx",
+        "--data",
+        idx_dir.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--backend",
+        "tract",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_bad_input(&o, "train-images-idx3-ubyte", "corrupt IDX header");
     assert!(!out.join("config.json").exists(), "a failed start wrote a run");
     // --device cuda without a CUDA-capable ONNX Runtime
-    let o = train_cmd(&["models/mlp.onnx", "--data", d, "--epochs", "1", "--backend", "ort", "--device", "cuda", "--out", out.to_str().unwrap()]);
+    let o = train_cmd(&[
+        "models/mlp.onnx",
+        "--data",
+        d,
+        "--epochs",
+        "1",
+        "--backend",
+        "ort",
+        "--device",
+        "cuda",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("onnxruntime-gpu"), "{}", stderr(&o));
     // a folder holding another run, without --resume: refused, nothing touched
@@ -272,10 +315,22 @@ fn bad_training_input_exits_2_and_overwrites_nothing() {
     args.extend_from_slice(NORM);
     args.extend_from_slice(&["--backend", "tract", "--out", run.to_str().unwrap()]);
     assert_eq!(train_cmd(&args).status.code(), Some(0));
-    let before: Vec<Vec<u8>> = ["config.json", "metrics.jsonl", "model.onnx"].iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
-    let o = train_cmd(&["models/cnn.onnx", "--data", d, "--max-steps", "1", "--backend", "tract", "--out", run.to_str().unwrap()]);
+    let before: Vec<Vec<u8>> =
+        ["config.json", "metrics.jsonl", "model.onnx"].iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
+    let o = train_cmd(&[
+        "models/cnn.onnx",
+        "--data",
+        d,
+        "--max-steps",
+        "1",
+        "--backend",
+        "tract",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
     assert_bad_input(&o, "taken", "already holds a run");
-    let after: Vec<Vec<u8>> = ["config.json", "metrics.jsonl", "model.onnx"].iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
+    let after: Vec<Vec<u8>> =
+        ["config.json", "metrics.jsonl", "model.onnx"].iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
     assert_eq!(before, after);
 }
 
@@ -285,7 +340,17 @@ fn a_nan_loss_stops_training_naming_the_step() {
     let data = mnist_subset(tmp.path(), 512);
     let run = tmp.path().join("nan");
     // an absurd learning rate diverges within a few steps
-    let mut args = vec!["models/mlp.onnx", "--data", data.to_str().unwrap(), "--epochs", "3", "--lr", "1e6", "--batch-size", "128"];
+    let mut args = vec![
+        "models/mlp.onnx",
+        "--data",
+        data.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--lr",
+        "1e6",
+        "--batch-size",
+        "128",
+    ];
     args.extend_from_slice(NORM);
     args.extend_from_slice(&["--backend", "tract", "--out", run.to_str().unwrap()]);
     let o = train_cmd(&args);
@@ -293,4 +358,33 @@ fn a_nan_loss_stops_training_naming_the_step() {
     let err = stderr(&o);
     assert!(err.contains("training stopped: step") && err.contains("last good checkpoint"), "{err}");
     assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn plot_writes_the_curves_of_a_run() {
+    let tmp = tempdir();
+    let data = mnist_subset(tmp.path(), 512);
+    let run = tmp.path().join("run");
+    let mut args = vec!["models/mlp.onnx", "--data", data.to_str().unwrap(), "--epochs", "2", "--batch-size", "64"];
+    args.extend_from_slice(NORM);
+    args.extend_from_slice(&[
+        "--optimizer",
+        "sam",
+        "--reweight",
+        "1",
+        "--backend",
+        "tract",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(train_cmd(&args).status.code(), Some(0));
+    assert!(run.join("sample_weights.npz").exists(), "the last RW weights are kept for the histogram");
+    let o = onnxsam(&["plot", run.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let png = std::fs::read(run.join("curves.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(png.len() > 20_000, "a 1500×900 plot with six panels ({} bytes)", png.len());
+    // a folder without a run: one line, exit 2
+    let o = onnxsam(&["plot", tmp.path().to_str().unwrap()]);
+    assert_bad_input(&o, "metrics.jsonl", "cannot read");
 }

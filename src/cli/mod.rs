@@ -65,9 +65,21 @@ enum Command {
     /// Write a training run's checkpoint as a model (the original graph with trained values)
     #[command(after_help = "Example:\n  onnxsam export runs/mlp -o trained.onnx")]
     Export(train::ExportArgs),
+    /// PNG curves of a training run: loss, accuracy, lr/ρ, ESS, tr V, and the last RW weights
+    #[command(after_help = "Example:\n  onnxsam plot runs/mlp-rwsam   (writes runs/mlp-rwsam/curves.png)")]
+    Plot(PlotArgs),
     /// Time forward vs forward+backward on synthetic batches (median of --steps runs)
     #[command(after_help = "Example:\n  onnxsam bench models/cnn.onnx --batch-size 128 --backend ort")]
     Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// A training run's folder
+    run: PathBuf,
+    /// The PNG to write (default RUN_DIR/curves.png)
+    #[arg(short = 'o', long = "output")]
+    output: Option<PathBuf>,
 }
 
 /// Options every command that executes a graph shares.
@@ -148,6 +160,10 @@ pub fn main() -> i32 {
         Command::Train(a) => crate::train::train(a, std::env::args().skip(2).collect()),
         Command::Eval(a) => train::eval(a),
         Command::Export(a) => train::export(a),
+        Command::Plot(a) => crate::report::plot::plot(&a.run, a.output.as_deref()).map(|p| {
+            eprintln!("wrote {}", p.display());
+            0
+        }),
     };
     match result {
         Ok(code) => code,

@@ -399,6 +399,7 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
             b
         });
         let (mut ep_loss, mut ep_correct, mut ep_n) = (0.0, 0.0, 0usize);
+        let mut last_weights: Option<HostTensor> = None;
         let epoch_start = Instant::now();
         let mut steps_this_epoch = 0usize;
         for batch in batches {
@@ -453,6 +454,9 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
             }
             row.insert("seconds".into(), json!(seconds));
             metrics.write(&row)?;
+            if let Some(w) = out.get("sample_weights") {
+                last_weights = Some(w.clone());
+            }
             let rate = steps_this_epoch as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
             match &bar {
                 Some(b) => {
@@ -514,6 +518,9 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
         row.insert("seconds".into(), json!(seconds));
         metrics.write(&row)?;
         println!("{line} ({seconds:.1} s)");
+        if let Some(w) = last_weights.take() {
+            crate::tensor::write_npz(&run.join("sample_weights.npz"), &[("sample_weights".into(), w)])?;
+        }
         if pos.batch_in_epoch >= per_epoch || (pos.step as usize) < total {
             pos.epoch += 1;
             pos.batch_in_epoch = 0;

@@ -1,0 +1,2 @@
+//! Reports of a training run: PNG curves.
+pub mod plot;
