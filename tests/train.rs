@@ -35,13 +35,14 @@ fn train_cmd(extra: &[&str]) -> std::process::Output {
     onnxsam(&a)
 }
 
-/// metrics.jsonl rows without the wall-clock column.
+/// metrics.jsonl rows without the wall-clock columns.
 fn rows(run: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
     onnxsam::train::metrics::read(run)
         .unwrap()
         .into_iter()
         .map(|mut r| {
             r.remove("seconds");
+            r.remove("data_wait");
             r
         })
         .collect()

@@ -25,6 +25,7 @@ pub const COLUMNS: &[&str] = &[
     "val_acc",
     "test_loss",
     "test_acc",
+    "data_wait",
     "seconds",
 ];
 

@@ -402,7 +402,12 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
         let mut last_weights: Option<HostTensor> = None;
         let epoch_start = Instant::now();
         let mut steps_this_epoch = 0usize;
-        for batch in batches {
+        let mut batches = batches;
+        let mut data_wait = 0.0f64;
+        loop {
+            let waited = Instant::now();
+            let Some(batch) = batches.next() else { break };
+            data_wait += waited.elapsed().as_secs_f64();
             if pos.step as usize >= total {
                 break;
             }
@@ -493,6 +498,7 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
         if let Some(b) = &bar {
             b.finish_and_clear();
         }
+        let epoch_s = epoch_start.elapsed().as_secs_f64();
         // end of the epoch (or of --max-steps): evaluate, checkpoint
         let mut row = Map::new();
         row.insert("kind".into(), json!("epoch"));
@@ -501,6 +507,9 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
         if ep_n > 0 {
             row.insert("train_loss".into(), json!(ep_loss / ep_n as f64));
             row.insert("train_acc".into(), json!(ep_correct / ep_n as f64));
+        }
+        if steps_this_epoch > 0 {
+            row.insert("data_wait".into(), json!(data_wait / epoch_s.max(1e-9)));
         }
         let mut line = format!("epoch {}/{epochs}: step {}", pos.epoch + 1, pos.step);
         if ep_n > 0 {
@@ -517,7 +526,10 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
         let seconds = base_seconds + started.elapsed().as_secs_f64();
         row.insert("seconds".into(), json!(seconds));
         metrics.write(&row)?;
-        println!("{line} ({seconds:.1} s)");
+        println!(
+            "{line} ({seconds:.1} s; waiting for data {:.1}% of the epoch)",
+            100.0 * data_wait / epoch_s.max(1e-9)
+        );
         if let Some(w) = last_weights.take() {
             crate::tensor::write_npz(&run.join("sample_weights.npz"), &[("sample_weights".into(), w)])?;
         }
