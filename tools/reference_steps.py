@@ -96,12 +96,12 @@ def ascent_and_descent(model, names, params, x, y, cfg, z=None):
     wd, mode = cfg["wd"], cfg["wd_mode"]
     lps = per_sample(model, x, y)
     loss = lps.mean()
-    diag = {"loss": loss.detach().numpy()}
+    diag = {"loss": loss.detach().cpu().numpy()}
     if cfg["opt"] == "sgd":
         g = list(torch.autograd.grad(loss, params))
         if mode == "loss":
             g = [gi + wd * p.detach() for gi, p in zip(g, params)]
-        diag["grad_norm"] = torch.sqrt(sum((gi ** 2).sum() for gi in g)).numpy()
+        diag["grad_norm"] = torch.sqrt(sum((gi ** 2).sum() for gi in g)).cpu().numpy()
         return g, diag
     ascent = loss
     if "lam" in cfg:
@@ -112,13 +112,13 @@ def ascent_and_descent(model, names, params, x, y, cfg, z=None):
         s = torch.sqrt(d ** 2)
         c = s.mean() + 1e-12
         w = torch.softmax(cfg["lam"] * s / c, dim=0).detach()
-        diag["scores"] = s.numpy()
+        diag["scores"] = s.cpu().numpy()
         ascent = (w * lps).sum()
     ga = list(torch.autograd.grad(ascent, params))
     if mode == "loss":
         ga = [gi + wd * p.detach() for gi, p in zip(ga, params)]
     gn = torch.sqrt(sum((gi ** 2).sum() for gi in ga))
-    diag["grad_norm"] = gn.numpy()
+    diag["grad_norm"] = gn.cpu().numpy()
     rho = cfg["rho"]
     if cfg["opt"] == "usam":
         eps = [rho * gi for gi in ga]
@@ -134,7 +134,7 @@ def ascent_and_descent(model, names, params, x, y, cfg, z=None):
     g = list(torch.autograd.grad(adv, pe))
     if mode == "loss":
         g = [gi + wd * p.detach() for gi, p in zip(g, pe)]
-    diag["sharpness"] = (adv - loss).detach().numpy()
+    diag["sharpness"] = (adv - loss).detach().cpu().numpy()
     return g, diag
 
 
@@ -201,11 +201,11 @@ def main():
             new_bufs, diag = step(model, x, y, cfg, bufs, z)
             out = {k: np.asarray(v).astype(np.float32) for k, v in diag.items()}
             for (n, p), nb in zip(named, new_bufs):
-                sample(f"next/{n}", p.detach().numpy(), out)
-                sample(f"next/momentum_buffer/{n}", nb.numpy(), out)
+                sample(f"next/{n}", p.detach().cpu().numpy(), out)
+                sample(f"next/momentum_buffer/{n}", nb.cpu().numpy(), out)
             for n, b in model.named_buffers():
                 if "running" in n:
-                    sample(f"next/{n}", b.numpy(), out)
+                    sample(f"next/{n}", b.cpu().numpy(), out)
             path = os.path.join(FIXTURES, name, f"step_{opt}.npz")
             np.savez(path, **out)
             print(f"{name} {opt}: loss {float(diag['loss']):.5f}, {os.path.getsize(path)} bytes")
