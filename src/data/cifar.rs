@@ -55,3 +55,39 @@ pub fn load(path: &Path) -> Result<(Dataset, Option<Dataset>)> {
     }
     Ok((read_batches(&train, false)?, t))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(label: u8, base: u8, hundred: bool) -> Vec<u8> {
+        let mut r = if hundred { vec![label / 10, label] } else { vec![label] };
+        r.extend((0..3072).map(|i| base.wrapping_add((i % 251) as u8)));
+        r
+    }
+
+    #[test]
+    fn cifar_records_are_read_as_labels_and_planar_rgb() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("data_batch_1.bin");
+        let bytes: Vec<u8> = [record(3, 0, false), record(9, 7, false)].concat();
+        std::fs::write(&f, &bytes).unwrap();
+        let (d, test) = load(dir.path()).unwrap();
+        assert!(test.is_none());
+        assert_eq!(d.y, vec![3, 9]);
+        assert_eq!(d.sample_shape, vec![3, 32, 32]);
+        assert_eq!(d.x[1024], (1024 % 251) as f32 / 255.0, "green plane starts at 1024");
+        assert_eq!(d.x[3072], 7.0 / 255.0, "second record");
+        // CIFAR-100: coarse and fine label bytes; the fine one is the label
+        let g = dir.path().join("train.bin");
+        std::fs::write(&g, record(57, 0, true)).unwrap();
+        let (d, _) = load(dir.path()).unwrap();
+        assert_eq!(d.y, vec![57]);
+        assert_eq!(d.classes, 100);
+        // a truncated file: one line naming it
+        std::fs::write(&f, &bytes[..5000]).unwrap();
+        std::fs::remove_file(&g).unwrap();
+        let e = load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("data_batch_1.bin") && e.contains("not a whole number"), "{e}");
+    }
+}

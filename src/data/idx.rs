@@ -99,3 +99,34 @@ pub fn load(path: &Path) -> Result<(Dataset, Option<Dataset>)> {
     let labels = path.with_file_name(name.replace("images-idx3", "labels-idx1"));
     Ok((read_pair(path, &labels)?, None))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn gzip_compressed_idx_reads_like_raw() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut img = vec![0u8, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2];
+        img.extend([0, 255, 128, 1, 2, 3, 4, 5]);
+        let lab = vec![0u8, 0, 8, 1, 0, 0, 0, 2, 7, 1];
+        let gz = |b: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(b).unwrap();
+            e.finish().unwrap()
+        };
+        std::fs::write(dir.path().join("train-images-idx3-ubyte.gz"), gz(&img)).unwrap();
+        std::fs::write(dir.path().join("train-labels-idx1-ubyte.gz"), gz(&lab)).unwrap();
+        let (d, test) = load(dir.path()).unwrap();
+        assert!(test.is_none());
+        assert_eq!(d.y, vec![7, 1]);
+        assert_eq!(d.sample_shape, vec![1, 2, 2]);
+        assert_eq!(d.x[1], 1.0);
+        // truncated gzip: an error naming the file
+        let broken = gz(&img);
+        std::fs::write(dir.path().join("train-images-idx3-ubyte.gz"), &broken[..broken.len() / 2]).unwrap();
+        let e = load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("train-images-idx3-ubyte.gz"), "{e}");
+    }
+}
