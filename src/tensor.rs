@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use graph_passes::onnx::{data_type as dt, tensor::dtype_name};
 use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::{NpzReader, NpzWriter};
@@ -96,23 +96,35 @@ pub fn read_npz(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
     Ok(out)
 }
 
-fn read_entry(npz: &mut NpzReader<File>, name: &str) -> Result<HostTensor> {
-    macro_rules! attempt {
-        ($t:ty, $variant:ident) => {
-            if let Ok(a) = npz.by_name::<ndarray::OwnedRepr<$t>, IxDyn>(name) {
+/// Tries `$read` with `$t` standing for each element type onnxsam stores, in order; the first
+/// that reads is the answer (.npy/.npz files carry their dtype, but ndarray-npy reads by type).
+macro_rules! read_any_dtype {
+    (|$t:ident| $read:expr) => {{
+        let mut out: Option<HostTensor> = None;
+        read_any_dtype!(@one out, $t, $read, f32, F32);
+        read_any_dtype!(@one out, $t, $read, f64, F64);
+        read_any_dtype!(@one out, $t, $read, i64, I64);
+        read_any_dtype!(@one out, $t, $read, i32, I32);
+        read_any_dtype!(@one out, $t, $read, u8, U8);
+        read_any_dtype!(@one out, $t, $read, bool, Bool);
+        out
+    }};
+    (@one $out:ident, $t:ident, $read:expr, $ty:ty, $variant:ident) => {
+        if $out.is_none() {
+            #[allow(dead_code)]
+            type $t = $ty;
+            if let Ok(a) = $read {
                 let shape = a.shape().to_vec();
-                let v: Vec<$t> = a.as_standard_layout().iter().cloned().collect();
-                return Ok(HostTensor { shape, data: Data::$variant(v) });
+                $out = Some(HostTensor { shape, data: Data::$variant(a.as_standard_layout().iter().cloned().collect()) });
             }
-        };
-    }
-    attempt!(f32, F32);
-    attempt!(f64, F64);
-    attempt!(i64, I64);
-    attempt!(i32, I32);
-    attempt!(u8, U8);
-    attempt!(bool, Bool);
-    bail!("unsupported dtype (onnxsam reads float32, float64, int64, int32, uint8 and bool arrays)")
+        }
+    };
+}
+
+fn read_entry(npz: &mut NpzReader<File>, name: &str) -> Result<HostTensor> {
+    read_any_dtype!(|T| npz.by_name::<ndarray::OwnedRepr<T>, IxDyn>(name)).ok_or_else(|| {
+        anyhow!("unsupported dtype (onnxsam reads float32, float64, int64, int32, uint8 and bool arrays)")
+    })
 }
 
 /// Writes tensors to an .npz file atomically (temp file + rename).
@@ -143,20 +155,9 @@ pub fn write_npz(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
 pub fn read_npy(path: &Path) -> Result<HostTensor> {
     use ndarray_npy::ReadNpyExt;
     let shown = path.display();
-    macro_rules! attempt {
-        ($t:ty, $variant:ident) => {
-            let file = File::open(path).with_context(|| format!("{shown}: cannot open"))?;
-            if let Ok(a) = ArrayD::<$t>::read_npy(file) {
-                let shape = a.shape().to_vec();
-                let v: Vec<$t> = a.as_standard_layout().iter().cloned().collect();
-                return Ok(HostTensor { shape, data: Data::$variant(v) });
-            }
-        };
-    }
-    attempt!(f32, F32);
-    attempt!(f64, F64);
-    attempt!(i64, I64);
-    attempt!(i32, I32);
-    attempt!(u8, U8);
-    bail!("{shown}: not a .npy file of float32, float64, int64, int32 or uint8")
+    File::open(path).with_context(|| format!("{shown}: cannot open"))?;
+    read_any_dtype!(|T| File::open(path)
+        .map_err(|e| e.to_string())
+        .and_then(|f| ArrayD::<T>::read_npy(f).map_err(|e| e.to_string())))
+    .ok_or_else(|| anyhow!("{shown}: not a .npy file of float32, float64, int64, int32, uint8 or bool"))
 }

@@ -35,6 +35,14 @@ fn train_cmd(extra: &[&str]) -> std::process::Output {
     onnxsam(&a)
 }
 
+/// `train MODEL --data DATA --epochs 1 --out OUT EXTRA…` (no normalization).
+fn train_once(model: &str, data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut a = vec![model, "--data", data.to_str().unwrap(), "--epochs", "1"];
+    a.extend_from_slice(&["--out", out.to_str().unwrap()]);
+    a.extend_from_slice(extra);
+    train_cmd(&a)
+}
+
 /// metrics.jsonl rows without the wall-clock columns.
 fn rows(run: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
     onnxsam::train::metrics::read(run)
@@ -246,33 +254,13 @@ fn bad_training_input_exits_2_and_overwrites_nothing() {
     let data = mnist_subset(tmp.path(), 256);
     let d = data.to_str().unwrap();
     let out = tmp.path().join("r");
-    let o = train_cmd(&[
-        "models/resnet8.onnx",
-        "--data",
-        d,
-        "--epochs",
-        "1",
-        "--backend",
-        "tract",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = train_once("models/resnet8.onnx", &data, &out, &["--backend", "tract"]);
     assert_bad_input(&o, "mnist_subset.npz", "do not fit the model's input");
     // labels out of range
     let bad = tmp.path().join("bad_labels.npz");
     let x = HostTensor::f32(&[4, 1, 28, 28], vec![0.0; 4 * 784]);
     write_npz(&bad, &[("x".into(), x), ("y".into(), HostTensor::i64(&[4], vec![0, 1, 12, 3]))]).unwrap();
-    let o = train_cmd(&[
-        "models/mlp.onnx",
-        "--data",
-        bad.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--backend",
-        "tract",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = train_once("models/mlp.onnx", &bad, &out, &["--backend", "tract"]);
     assert_bad_input(&o, "bad_labels.npz", "label 12");
     // a corrupt IDX header
     let idx_dir = tmp.path().join("idx");
@@ -281,33 +269,11 @@ fn bad_training_input_exits_2_and_overwrites_nothing() {
     img.extend(vec![0u8; 2 * 784]);
     std::fs::write(idx_dir.join("train-images-idx3-ubyte"), &img).unwrap();
     std::fs::write(idx_dir.join("train-labels-idx1-ubyte"), [0u8, 0, 8, 1, 0, 0, 0, 2, 1, 2]).unwrap();
-    let o = train_cmd(&[
-        "models/mlp.onnx",
-        "--data",
-        idx_dir.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--backend",
-        "tract",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = train_once("models/mlp.onnx", &idx_dir, &out, &["--backend", "tract"]);
     assert_bad_input(&o, "train-images-idx3-ubyte", "corrupt IDX header");
     assert!(!out.join("config.json").exists(), "a failed start wrote a run");
     // --device cuda without a CUDA-capable ONNX Runtime
-    let o = train_cmd(&[
-        "models/mlp.onnx",
-        "--data",
-        d,
-        "--epochs",
-        "1",
-        "--backend",
-        "ort",
-        "--device",
-        "cuda",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = train_once("models/mlp.onnx", &data, &out, &["--backend", "ort", "--device", "cuda"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("onnxruntime-gpu"), "{}", stderr(&o));
     // a folder holding another run, without --resume: refused, nothing touched
