@@ -355,3 +355,53 @@ fn plot_writes_the_curves_of_a_run() {
     let o = onnxsam(&["plot", tmp.path().to_str().unwrap()]);
     assert_bad_input(&o, "metrics.jsonl", "cannot read");
 }
+
+#[test]
+fn ctrl_c_checkpoints_mid_epoch_and_resume_continues_identically() {
+    let tmp = tempdir();
+    let data = mnist_subset(tmp.path(), 640);
+    let args = |run: &Path| -> Vec<String> {
+        let mut a: Vec<String> =
+            ["train", "models/cnn.onnx", "--data", data.to_str().unwrap(), "--epochs", "2", "--batch-size", "32"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        a.extend(NORM.iter().map(|s| s.to_string()));
+        a.extend(
+            ["--optimizer", "sam", "--backend", "tract", "--out", run.to_str().unwrap()].iter().map(|s| s.to_string()),
+        );
+        a
+    };
+    let straight = tmp.path().join("straight");
+    let o = onnxsam(&args(&straight).iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // the same run, interrupted by SIGINT a few steps in
+    let run = tmp.path().join("interrupted");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_onnxsam"))
+        .current_dir(root())
+        .args(args(&run))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(run.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0);
+        if lines >= 5 {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 120, "the run wrote no metrics");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("interrupted at step"), "{text}");
+    let pos = onnxsam::train::checkpoint::load(&run, None).unwrap().0;
+    assert!(pos.batch_in_epoch > 0 && pos.epoch == 0, "checkpoint mid-epoch: {pos:?}");
+    let o = train_cmd(&["--resume", run.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(rows(&straight), rows(&run), "metrics of an uninterrupted run vs Ctrl-C + resume");
+    assert_eq!(std::fs::read(straight.join("model.onnx")).unwrap(), std::fs::read(run.join("model.onnx")).unwrap());
+}

@@ -20,6 +20,10 @@ pub struct Position {
     pub metrics_lines: usize,
     /// Training time so far (for the metrics' seconds column).
     pub seconds: f64,
+    /// The epoch in progress so far: Σ loss·n, Σ correct, n (so that a run resumed mid-epoch
+    /// reports the same epoch averages as an uninterrupted one).
+    #[serde(default)]
+    pub epoch_sums: (f64, f64, usize),
 }
 
 pub fn dir(run: &Path) -> PathBuf {

@@ -339,7 +339,8 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
         (None, None) => bail!("give --epochs N or --max-steps N"),
     };
     let epochs = total.div_ceil(per_epoch.max(1));
-    let mut pos = Position { step: 0, epoch: 0, batch_in_epoch: 0, metrics_lines: 0, seconds: 0.0 };
+    let mut pos =
+        Position { step: 0, epoch: 0, batch_in_epoch: 0, metrics_lines: 0, seconds: 0.0, epoch_sums: (0.0, 0.0, 0) };
     if resuming {
         let (p, values) = checkpoint::load(&run, None)?;
         for (k, v) in values {
@@ -398,7 +399,9 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
             b.set_position(pos.batch_in_epoch as u64);
             b
         });
-        let (mut ep_loss, mut ep_correct, mut ep_n) = (0.0, 0.0, 0usize);
+        // a run resumed mid-epoch goes on with the epoch's sums so far
+        let (mut ep_loss, mut ep_correct, mut ep_n) =
+            if pos.batch_in_epoch > 0 { pos.epoch_sums } else { (0.0, 0.0, 0) };
         let mut last_weights: Option<HostTensor> = None;
         let epoch_start = Instant::now();
         let mut steps_this_epoch = 0usize;
@@ -483,6 +486,7 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
             if INTERRUPTED.load(Ordering::SeqCst) {
                 pos.metrics_lines = metrics.lines;
                 pos.seconds = seconds;
+                pos.epoch_sums = (ep_loss, ep_correct, ep_n);
                 checkpoint::save(&run, &pos, &runner.values, a.keep_checkpoints)?;
                 if let Some(b) = &bar {
                     b.abandon();
@@ -539,6 +543,7 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
         }
         pos.metrics_lines = metrics.lines;
         pos.seconds = seconds;
+        pos.epoch_sums = (ep_loss, ep_correct, ep_n);
         checkpoint::save(&run, &pos, &runner.values, a.keep_checkpoints)?;
         if pos.batch_in_epoch != 0 {
             break;
