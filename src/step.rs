@@ -172,6 +172,11 @@ pub struct StepRunner {
     pub step: u64,
     /// Inputs fed as given instead of generated (e.g. a reference's directions).
     pub fixed: BTreeMap<String, HostTensor>,
+    /// Keep parameters, optimizer state and running statistics with the engine between steps
+    /// (ONNX Runtime: on its device, outputs bound to the next step's inputs); `values` is then
+    /// brought up to date by `sync`. Engines that cannot, and m-SAM's two graphs, ignore it.
+    pub keep_on_device: bool,
+    on_device: bool,
 }
 
 impl StepRunner {
@@ -212,6 +217,8 @@ impl StepRunner {
             seed,
             step: 0,
             fixed: BTreeMap::new(),
+            keep_on_device: false,
+            on_device: false,
         })
     }
 
@@ -222,6 +229,17 @@ impl StepRunner {
     /// A batch .npz's arrays checked against the step graph (labels in range, shapes).
     pub fn batch(&self, source: &str, arrays: BTreeMap<String, HostTensor>) -> Result<Batch> {
         g::batch_from_npz(source, &self.graphs.step.model, &self.graphs.step.contract, arrays)
+    }
+
+    /// Brings `values` up to date with what the engine holds (after steps with `keep_on_device`).
+    pub fn sync(&mut self) -> Result<()> {
+        if self.on_device {
+            for (i, _) in carried(&self.graphs.step.contract) {
+                let v = self.session.fetch(&i)?;
+                self.values.insert(i, v);
+            }
+        }
+        Ok(())
     }
 
     fn write_back(&mut self, c: &Contract, out: &BTreeMap<String, HostTensor>) -> Result<()> {
@@ -245,10 +263,18 @@ impl StepRunner {
                 }
                 let c = &self.graphs.step.contract;
                 let f = feeds(c, Some(batch), &self.values, &self.hyper, self.seed, self.step, &self.fixed, &extra)?;
-                let out: BTreeMap<String, HostTensor> = self.session.run(&f)?.into_iter().collect();
-                let c = c.clone();
-                self.write_back(&c, &out)?;
-                out
+                if self.keep_on_device && self.exact.is_none() && self.session.can_carry() {
+                    let carry = carried(c);
+                    let out: BTreeMap<String, HostTensor> =
+                        self.session.run_carrying(&f, &carry)?.into_iter().collect();
+                    self.on_device = true;
+                    out
+                } else {
+                    let out: BTreeMap<String, HostTensor> = self.session.run(&f)?.into_iter().collect();
+                    let c = c.clone();
+                    self.write_back(&c, &out)?;
+                    out
+                }
             }
             Some(m) => self.micro_step(batch, m)?,
         };
@@ -320,6 +346,11 @@ impl StepRunner {
         }
         Ok(result)
     }
+}
+
+/// (input, output with its next value) of everything a step carries to the next.
+fn carried(c: &Contract) -> Vec<(String, String)> {
+    c.params_next.iter().chain(&c.opt_state_next).chain(&c.state_next).map(|(i, o)| (i.clone(), o.clone())).collect()
 }
 
 /// A NaN/Inf loss stops training with the step that produced it.

@@ -15,6 +15,28 @@ use crate::tensor::HostTensor;
 pub trait Session {
     /// Runs the graph; returns every graph output, in the graph's order.
     fn run(&mut self, feeds: &[(String, HostTensor)]) -> Result<Vec<(String, HostTensor)>>;
+
+    /// Whether `run_carrying` keeps values on the engine's device between runs.
+    fn can_carry(&self) -> bool {
+        false
+    }
+
+    /// Like `run`, but each (input, output) pair of `carry` stays on the engine's device: the
+    /// input is read from `feeds` while the session holds no value for it, and afterwards the
+    /// previous run's output is bound to it without a copy to the host (parameters, optimizer
+    /// state and running statistics of a training step). Returns the other outputs.
+    fn run_carrying(
+        &mut self,
+        _feeds: &[(String, HostTensor)],
+        _carry: &[(String, String)],
+    ) -> Result<Vec<(String, HostTensor)>> {
+        bail!("this engine does not keep values between runs")
+    }
+
+    /// The value the session holds for a carried input (copied to the host).
+    fn fetch(&mut self, name: &str) -> Result<HostTensor> {
+        bail!("this engine holds no value '{name}'")
+    }
 }
 
 pub trait Backend {

@@ -87,7 +87,11 @@ impl Backend for OrtBackend {
             .commit_from_memory(&bytes)
             .map_err(|e| anyhow!("ONNX Runtime cannot load the model: {}", one_line(&e.to_string())))?;
         let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
-        Ok(Box::new(OrtRunner { session, outputs }))
+        let device = match self.device {
+            Device::Cpu => (ort::memory::AllocationDevice::CPU, 0),
+            Device::Cuda(id) => (ort::memory::AllocationDevice::CUDA, id),
+        };
+        Ok(Box::new(OrtRunner { session, outputs, device, held: std::collections::HashMap::new() }))
     }
 }
 
@@ -98,6 +102,10 @@ fn one_line(s: &str) -> String {
 struct OrtRunner {
     session: OrtSession,
     outputs: Vec<String>,
+    /// Where carried values live (the execution provider's device).
+    device: (ort::memory::AllocationDevice<'static>, i32),
+    /// Carried inputs' current values, on `device`.
+    held: std::collections::HashMap<String, DynValue>,
 }
 
 fn to_value(t: &HostTensor) -> Result<SessionInputValue<'static>> {
@@ -111,6 +119,32 @@ fn to_value(t: &HostTensor) -> Result<SessionInputValue<'static>> {
         Data::U8(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into(),
         Data::Bool(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into(),
     })
+}
+
+fn to_dyn(t: &HostTensor) -> Result<DynValue> {
+    let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+    let e = |e: ort::Error| anyhow!("ONNX Runtime: {e}");
+    Ok(match &t.data {
+        Data::F32(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into_dyn(),
+        Data::F64(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into_dyn(),
+        Data::I64(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into_dyn(),
+        Data::I32(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into_dyn(),
+        Data::U8(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into_dyn(),
+        Data::Bool(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into_dyn(),
+    })
+}
+
+/// A value's data on the host: values on a device are copied to the CPU first.
+fn to_host(name: &str, v: &DynValue) -> Result<HostTensor> {
+    let t =
+        v.view().downcast::<ort::value::DynTensorValueType>().map_err(|e| anyhow!("ONNX Runtime: '{name}': {e}"))?;
+    if t.memory_info().is_cpu_accessible() {
+        return from_value(name, v);
+    }
+    let h = t
+        .to(ort::memory::AllocationDevice::CPU, 0)
+        .map_err(|e| anyhow!("ONNX Runtime: copying '{name}' to the host: {e}"))?;
+    from_value(name, &h.into_dyn())
 }
 
 fn from_value(name: &str, v: &DynValue) -> Result<HostTensor> {
@@ -136,6 +170,56 @@ impl Session for OrtRunner {
         let inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
             feeds.iter().map(|(n, t)| Ok((Cow::from(n.as_str()), to_value(t)?))).collect::<Result<_>>()?;
         let out = self.session.run(inputs).map_err(|e| anyhow!("ONNX Runtime: {}", one_line(&e.to_string())))?;
-        self.outputs.iter().map(|n| Ok((n.clone(), from_value(n, &out[n.as_str()])?))).collect()
+        self.outputs.iter().map(|n| Ok((n.clone(), to_host(n, &out[n.as_str()])?))).collect()
+    }
+
+    fn can_carry(&self) -> bool {
+        true
+    }
+
+    fn run_carrying(
+        &mut self,
+        feeds: &[(String, HostTensor)],
+        carry: &[(String, String)],
+    ) -> Result<Vec<(String, HostTensor)>> {
+        let err = |e: ort::Error| anyhow!("ONNX Runtime: {}", one_line(&e.to_string()));
+        let mut binding = self.session.create_binding().map_err(err)?;
+        for (n, t) in feeds {
+            if !self.held.contains_key(n) {
+                binding.bind_input(n.as_str(), &to_dyn(t)?).map_err(err)?;
+            }
+        }
+        for (i, _) in carry {
+            if let Some(v) = self.held.get(i) {
+                binding.bind_input(i.as_str(), v).map_err(err)?;
+            }
+        }
+        let mem = ort::memory::MemoryInfo::new(
+            self.device.0.clone(),
+            self.device.1,
+            ort::memory::AllocatorType::Device,
+            ort::memory::MemoryType::Default,
+        )
+        .map_err(err)?;
+        for o in &self.outputs {
+            binding.bind_output_to_device(o.as_str(), &mem).map_err(err)?;
+        }
+        let mut out = self.session.run_binding(&binding).map_err(err)?;
+        let mut result = Vec::new();
+        for o in &self.outputs {
+            let v = out.remove(o.as_str()).ok_or_else(|| anyhow!("ONNX Runtime returned no '{o}'"))?;
+            match carry.iter().find(|(_, c)| c == o) {
+                Some((i, _)) => {
+                    self.held.insert(i.clone(), v);
+                }
+                None => result.push((o.clone(), to_host(o, &v)?)),
+            }
+        }
+        Ok(result)
+    }
+
+    fn fetch(&mut self, name: &str) -> Result<HostTensor> {
+        let v = self.held.get(name).ok_or_else(|| anyhow!("ONNX Runtime holds no value '{name}'"))?;
+        to_host(name, v)
     }
 }

@@ -245,6 +245,8 @@ fn bench_steps(a: &BenchArgs) -> Result<i32> {
         let t0 = Instant::now();
         let mut r = StepRunner::new(&model, c, be.as_ref(), 0).with_context(|| format!("{shown} ({name})"))?;
         r.hyper.insert("lr".into(), 0.0);
+        r.keep_on_device = true; // as `train` runs it
+
         let nodes = r.graphs.step.model.graph.nodes.len();
         runners.push((name.clone(), r, nodes, t0.elapsed().as_secs_f64(), Vec::new()));
     }

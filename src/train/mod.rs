@@ -350,6 +350,7 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
         println!("resuming {} at step {} (epoch {}, batch {})", run.display(), p.step, p.epoch + 1, p.batch_in_epoch);
         pos = p;
     }
+    runner.keep_on_device = true;
     let mut metrics = metrics::Metrics::open(&run, pos.metrics_lines)?;
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     let train = Arc::new(train);
@@ -487,6 +488,7 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
                 pos.metrics_lines = metrics.lines;
                 pos.seconds = seconds;
                 pos.epoch_sums = (ep_loss, ep_correct, ep_n);
+                runner.sync()?;
                 checkpoint::save(&run, &pos, &runner.values, a.keep_checkpoints)?;
                 if let Some(b) = &bar {
                     b.abandon();
@@ -519,6 +521,7 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
         if ep_n > 0 {
             line += &format!(", train loss {:.4} acc {:.4}", ep_loss / ep_n as f64, ep_correct / ep_n as f64);
         }
+        runner.sync()?;
         for (name, d) in [("val", &val), ("test", &test)] {
             if let Some(d) = d {
                 let (l, acc) = evaluate(&mut eval, &runner.values, d, &input, a.eval_batch_size)?;
@@ -549,6 +552,7 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
             break;
         }
     }
+    runner.sync()?;
     let trained = export::export(&model, &spec.grad, &runner.values)?;
     trained.save(&run.join("model.onnx"), &Default::default())?;
     println!("wrote {} (the trained model)", run.join("model.onnx").display());
