@@ -4,6 +4,18 @@ mod common;
 
 use common::*;
 
+/// Runs a tools/ script with python3; panics with its output when it fails.
+fn python(label: &str, script: &str, args: &[&std::path::Path]) {
+    let check =
+        std::process::Command::new("python3").arg(root().join(script)).args(args).output().expect("python3 runs");
+    assert!(
+        check.status.success(),
+        "{label}: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
 #[test]
 fn written_gradient_graphs_run_in_python_onnxruntime() {
     for m in ["cnn", "resnet8", "transformer"] {
@@ -11,19 +23,8 @@ fn written_gradient_graphs_run_in_python_onnxruntime() {
         let out = tmp.path().join("grad.onnx");
         let o = onnxsam(&["rewrite", model(m).to_str().unwrap(), "--grad-only", "-o", out.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        let check = std::process::Command::new("python3")
-            .arg(root().join("tools/check_portable.py"))
-            .arg(&out)
-            .arg(fixture(&format!("{m}/batch.npz")))
-            .arg(fixture(&format!("{m}/grads.npz")))
-            .output()
-            .expect("python3 runs");
-        assert!(
-            check.status.success(),
-            "{m}: {}{}",
-            String::from_utf8_lossy(&check.stdout),
-            String::from_utf8_lossy(&check.stderr)
-        );
+        let (batch, grads) = (fixture(&format!("{m}/batch.npz")), fixture(&format!("{m}/grads.npz")));
+        python(m, "tools/check_portable.py", &[&out, &batch, &grads]);
     }
 }
 
@@ -50,19 +51,7 @@ fn written_step_graphs_run_in_python_onnxruntime() {
         let o = onnxsam(&args);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let out = tmp.path().join("out.npz");
-        let check = std::process::Command::new("python3")
-            .arg(root().join("tools/check_step_portable.py"))
-            .arg(&step)
-            .arg(fixture(&format!("{m}/batch.npz")))
-            .arg(&out)
-            .output()
-            .expect("python3 runs");
-        assert!(
-            check.status.success(),
-            "{m}: {}{}",
-            String::from_utf8_lossy(&check.stdout),
-            String::from_utf8_lossy(&check.stderr)
-        );
+        python(m, "tools/check_step_portable.py", &[&step, &fixture(&format!("{m}/batch.npz")), &out]);
         let py = read_npz(&out).unwrap();
         // the same step in onnxsam (tract), with Python's directions
         let spec_json: serde_json::Value =

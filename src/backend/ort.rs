@@ -109,16 +109,7 @@ struct OrtRunner {
 }
 
 fn to_value(t: &HostTensor) -> Result<SessionInputValue<'static>> {
-    let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
-    let e = |e: ort::Error| anyhow!("ONNX Runtime: {e}");
-    Ok(match &t.data {
-        Data::F32(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into(),
-        Data::F64(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into(),
-        Data::I64(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into(),
-        Data::I32(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into(),
-        Data::U8(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into(),
-        Data::Bool(v) => Tensor::from_array((shape, v.clone())).map_err(e)?.into(),
-    })
+    Ok(to_dyn(t)?.into())
 }
 
 fn to_dyn(t: &HostTensor) -> Result<DynValue> {
