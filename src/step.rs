@@ -15,10 +15,14 @@ use crate::tensor::{Data, HostTensor};
 
 /// ±1 with equal probability, from (seed, step, q, parameter).
 pub fn rademacher(seed: u64, step: u64, q: usize, param: &str, n: usize) -> Vec<f32> {
-    g::uniform(seed, &format!("fd_z/{step}/{q}/{param}"), n)
-        .into_iter()
-        .map(|u| if u < 0.5 { -1.0 } else { 1.0 })
-        .collect()
+    rademacher_signs(seed, step, q, param, n).into_iter().map(|s| if s { 1.0 } else { -1.0 }).collect()
+}
+
+/// The same directions as the step graph's bool inputs take them (true = +1): one splitmix64
+/// output gives 64 signs.
+pub fn rademacher_signs(seed: u64, step: u64, q: usize, param: &str, n: usize) -> Vec<bool> {
+    let words = g::random_words(seed, &format!("fd_z/{step}/{q}/{param}"), n.div_ceil(64));
+    (0..n).map(|i| (words[i / 64] >> (i % 64)) & 1 == 1).collect()
 }
 
 /// Rows [start, start + n) of a tensor's first axis.
@@ -81,7 +85,8 @@ fn feeds(
     }
     for d in &c.directions {
         let p = values.get(&d.param).ok_or_else(|| anyhow!("no value for '{}'", d.param))?;
-        f.push((d.input.clone(), HostTensor::f32(&p.shape, rademacher(seed, step, d.q, &d.param, p.len()))));
+        let signs = rademacher_signs(seed, step, d.q, &d.param, p.len());
+        f.push((d.input.clone(), HostTensor { shape: p.shape.clone(), data: Data::Bool(signs) }));
     }
     let batch_size = batch.map(|b| b.labels.shape[0]).unwrap_or(0);
     for (name, dims) in &c.random_uniform {

@@ -150,7 +150,11 @@ fn check_reference_step(name: &str, opt: &str, engine_kind: &str) -> Vec<String>
         let n = r.values[p].len();
         let shape = r.values[p].shape.clone();
         r.values.insert(format!("momentum_buffer/{p}"), HostTensor::f32(&shape, buf0(k, n)));
-        r.fixed.insert(format!("fd_z/0/{p}"), HostTensor::f32(&shape, rademacher(k, n)));
+        let signs: Vec<bool> = rademacher(k, n).into_iter().map(|z| z > 0.0).collect();
+        r.fixed.insert(
+            format!("fd_z/0/{p}"),
+            HostTensor { shape: shape.clone(), data: onnxsam::tensor::Data::Bool(signs) },
+        );
     }
     let before = r.values.clone();
     let b = fixture_batch(&r, name);
@@ -338,6 +342,12 @@ fn rewrite_writes_a_step_graph_that_inspect_and_diff_explain() {
         |key: &str, role: &str| -> usize { g[key].as_array().unwrap().iter().filter(|io| io["role"] == role).count() };
     assert_eq!(roles("inputs", "parameter"), 6);
     assert_eq!(roles("inputs", "random_direction"), 12, "Q = 2 directions per parameter tensor");
+    assert!(g["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|io| io["role"] == "random_direction")
+        .all(|io| io["dtype"] == "bool"));
     assert_eq!(roles("inputs", "state"), 6, "momentum buffers");
     assert_eq!(roles("outputs", "parameter"), 6);
     for d in ["loss", "correct", "grad_norm", "sharpness", "weight_entropy", "ess", "max_weight", "trace_v"] {

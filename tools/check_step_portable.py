@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Runs a step graph written by `onnxsam rewrite --optimizer …` in Python onnxruntime, driven only
 by its step.json, as any user could: data and labels from BATCH.npz, parameters, state and
-hyperparameters from the graph's defaults, random directions drawn here with numpy (seed 0).
+hyperparameters from the graph's defaults, random directions drawn here with numpy (seed 0; bool
+inputs, true = +1).
 
 Usage: python3 tools/check_step_portable.py STEP.onnx BATCH.npz OUT.npz
 Writes every graph output and every random direction fed (under its input name) to OUT.npz;
@@ -32,7 +33,7 @@ def main():
         elif role == "label":
             feeds[name] = batch["y"]
         elif role == "random_direction":
-            z = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=io["shape"])
+            z = rng.random(io["shape"]) < 0.5  # Rademacher as bool: true is +1
             feeds[name] = fed_dirs[name] = z
         elif role == "random_uniform":
             raise SystemExit(f"{name}: dropout noise is not drawn by this check")
