@@ -143,6 +143,74 @@ pub fn batch_from_npz(
     Ok(Batch { data: checked, labels })
 }
 
+/// How `feeds_with` fills the inputs besides data, labels, parameters and state.
+#[derive(Default)]
+pub struct FeedOptions<'a> {
+    /// Values of the hyperparameter inputs.
+    pub hyper: Option<&'a BTreeMap<String, f32>>,
+    pub seed: u64,
+    /// The optimizer step, which keys random inputs (dropout noise, directions) besides their
+    /// name; None keys them by name alone (`grad`, `gradcheck`).
+    pub step: Option<u64>,
+    /// Inputs fed as given instead of generated (e.g. a reference's directions).
+    pub fixed: Option<&'a BTreeMap<String, HostTensor>>,
+    /// Further inputs, fed as they are (they replace carried state of the same name).
+    pub extra: &'a [(String, HostTensor)],
+    /// Inputs the engine already holds between runs: not fed.
+    pub held: &'a [String],
+}
+
+/// Every input of a compiled graph: data, labels, parameters, state, hyperparameters, random
+/// directions and noise.
+pub fn feeds_with(
+    c: &Contract,
+    batch: Option<&Batch>,
+    values: &BTreeMap<String, HostTensor>,
+    o: &FeedOptions,
+) -> Result<Vec<(String, HostTensor)>> {
+    let mut f: Vec<(String, HostTensor)> = Vec::new();
+    if let Some(batch) = batch {
+        f.extend(batch.data.iter().filter(|(k, _)| c.data.contains(k)).cloned());
+        if let Some(l) = &c.labels {
+            f.push((l.clone(), batch.labels.clone()));
+        }
+    }
+    let state = c.state_next.keys().chain(c.opt_state_next.keys()).chain(&c.state);
+    for name in c.params.iter().chain(state) {
+        if o.held.contains(name) || o.extra.iter().any(|(e, _)| e == name) {
+            continue;
+        }
+        let v = values.get(name).ok_or_else(|| anyhow!("no value for '{name}'"))?;
+        f.push((name.clone(), v.clone()));
+    }
+    for name in c.hyper.keys() {
+        let v = o.hyper.and_then(|h| h.get(name)).ok_or_else(|| anyhow!("no value for hyperparameter '{name}'"))?;
+        f.push((name.clone(), HostTensor::f32(&[], vec![*v])));
+    }
+    for d in &c.directions {
+        let p = values.get(&d.param).ok_or_else(|| anyhow!("no value for '{}'", d.param))?;
+        let signs = crate::step::rademacher_signs(o.seed, o.step.unwrap_or(0), d.q, &d.param, p.len());
+        f.push((d.input.clone(), HostTensor { shape: p.shape.clone(), data: Data::Bool(signs) }));
+    }
+    let batch_size = batch.map(|b| b.labels.shape[0]).unwrap_or(0);
+    for (name, dims) in &c.random_uniform {
+        let shape: Vec<usize> = dims.iter().map(|&d| if d < 0 { batch_size } else { d as usize }).collect();
+        let n = shape.iter().product();
+        let key = match o.step {
+            Some(step) => format!("{name}/{step}"),
+            None => name.clone(),
+        };
+        f.push((name.clone(), HostTensor::f32(&shape, uniform(o.seed, &key, n))));
+    }
+    f.extend(o.extra.iter().cloned());
+    for (k, v) in o.fixed.into_iter().flatten() {
+        if let Some(slot) = f.iter_mut().find(|(n, _)| n == k) {
+            slot.1 = v.clone();
+        }
+    }
+    Ok(f)
+}
+
 /// Every input of the gradient graph: data, labels, parameters, state, random noise.
 pub fn feeds(
     c: &Contract,
@@ -150,21 +218,7 @@ pub fn feeds(
     values: &BTreeMap<String, HostTensor>,
     seed: u64,
 ) -> Result<Vec<(String, HostTensor)>> {
-    let mut f: Vec<(String, HostTensor)> = batch.data.clone();
-    if let Some(l) = &c.labels {
-        f.push((l.clone(), batch.labels.clone()));
-    }
-    for name in c.params.iter().chain(c.state_next.keys()).chain(&c.state) {
-        let v = values.get(name).ok_or_else(|| anyhow!("no value for '{name}'"))?;
-        f.push((name.clone(), v.clone()));
-    }
-    let batch_size = batch.labels.shape[0];
-    for (name, dims) in &c.random_uniform {
-        let shape: Vec<usize> = dims.iter().map(|&d| if d < 0 { batch_size } else { d as usize }).collect();
-        let n = shape.iter().product();
-        f.push((name.clone(), HostTensor::f32(&shape, uniform(seed, name, n))));
-    }
-    Ok(f)
+    feeds_with(c, Some(batch), values, &FeedOptions { seed, ..Default::default() })
 }
 
 /// Initial values of parameters and state from the contract.

@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Context, Result};
 use graph_passes::ir::Model;
+use graph_passes::passes::sam_update::state_param;
 use graph_passes::passes::Contract;
 use graph_passes::step::{self, GradSpec, StepGraph, StepSpec};
 
 use crate::backend::{Backend, Session};
-use crate::grad::{self as g, Batch};
+use crate::grad::{self as g, feeds_with, Batch, FeedOptions};
 use crate::tensor::{Data, HostTensor};
 
 /// ±1 with equal probability, from (seed, step, q, parameter).
@@ -49,60 +50,6 @@ fn batch_rows(b: &Batch, start: usize, n: usize) -> Batch {
     }
 }
 
-/// Every input a compiled graph needs, from the batch, the carried values, hyperparameters and
-/// the RNG. `fixed` overrides (tests feed a reference implementation's directions).
-#[allow(clippy::too_many_arguments)]
-fn feeds(
-    c: &Contract,
-    batch: Option<&Batch>,
-    values: &BTreeMap<String, HostTensor>,
-    hyper: &BTreeMap<String, f32>,
-    seed: u64,
-    step: u64,
-    fixed: &BTreeMap<String, HostTensor>,
-    extra: &[(String, HostTensor)],
-) -> Result<Vec<(String, HostTensor)>> {
-    let mut f: Vec<(String, HostTensor)> = Vec::new();
-    if let Some(batch) = batch {
-        f.extend(batch.data.iter().filter(|(k, _)| c.data.contains(k)).cloned());
-        if let Some(l) = &c.labels {
-            f.push((l.clone(), batch.labels.clone()));
-        }
-    }
-    let state = c
-        .state_next
-        .keys()
-        .chain(c.opt_state_next.keys())
-        .chain(&c.state)
-        .filter(|k| !extra.iter().any(|(e, _)| e == *k));
-    for name in c.params.iter().chain(state) {
-        let v = values.get(name).ok_or_else(|| anyhow!("no value for '{name}'"))?;
-        f.push((name.clone(), v.clone()));
-    }
-    for name in c.hyper.keys() {
-        let v = hyper.get(name).ok_or_else(|| anyhow!("no value for hyperparameter '{name}'"))?;
-        f.push((name.clone(), HostTensor::f32(&[], vec![*v])));
-    }
-    for d in &c.directions {
-        let p = values.get(&d.param).ok_or_else(|| anyhow!("no value for '{}'", d.param))?;
-        let signs = rademacher_signs(seed, step, d.q, &d.param, p.len());
-        f.push((d.input.clone(), HostTensor { shape: p.shape.clone(), data: Data::Bool(signs) }));
-    }
-    let batch_size = batch.map(|b| b.labels.shape[0]).unwrap_or(0);
-    for (name, dims) in &c.random_uniform {
-        let shape: Vec<usize> = dims.iter().map(|&d| if d < 0 { batch_size } else { d as usize }).collect();
-        let n = shape.iter().product();
-        f.push((name.clone(), HostTensor::f32(&shape, g::uniform(seed, &format!("{name}/{step}"), n))));
-    }
-    f.extend(extra.iter().cloned());
-    for (k, v) in fixed {
-        if let Some(slot) = f.iter_mut().find(|(n, _)| n == k) {
-            slot.1 = v.clone();
-        }
-    }
-    Ok(f)
-}
-
 /// Exact per-sample gradients (slow: one backward per sample, with the train-mode forward of
 /// the whole batch, so BatchNorm's batch statistics are differentiated too). For --score exact
 /// and for measuring the finite-difference estimator.
@@ -129,7 +76,8 @@ impl PerSampleGrads {
     ) -> Result<Vec<BTreeMap<String, HostTensor>>> {
         let b = batch.labels.shape[0];
         let w = self.contract.sample_weights.clone().ok_or_else(|| anyhow!("no sample_weights input"))?;
-        let base = feeds(&self.contract, Some(batch), values, &BTreeMap::new(), seed, step, &BTreeMap::new(), &[])?;
+        let o = FeedOptions { seed, step: Some(step), ..Default::default() };
+        let base = feeds_with(&self.contract, Some(batch), values, &o)?;
         let mut out = Vec::with_capacity(b);
         for i in 0..b {
             let mut onehot = vec![0.0f32; b];
@@ -200,11 +148,9 @@ impl StepRunner {
         let ac = graphs.apply.as_ref().map(|a| &a.contract);
         for cc in std::iter::once(c).chain(ac) {
             for k in cc.opt_state_next.keys() {
-                if let Some(p) = k.split_once('/').map(|(_, p)| p) {
-                    if let Some(t) = values.get(p) {
-                        let z = HostTensor::f32(&t.shape, vec![0.0; t.len()]);
-                        values.entry(k.clone()).or_insert(z);
-                    }
+                if let Some(t) = values.get(state_param(k)) {
+                    let z = zeros_like(t);
+                    values.entry(k.clone()).or_insert(z);
                 }
             }
             for (k, v) in &cc.hyper {
@@ -255,6 +201,16 @@ impl StepRunner {
         Ok(())
     }
 
+    fn feed_options<'a>(
+        &'a self,
+        step: u64,
+        hyper: &'a BTreeMap<String, f32>,
+        extra: &'a [(String, HostTensor)],
+        held: &'a [String],
+    ) -> FeedOptions<'a> {
+        FeedOptions { hyper: Some(hyper), seed: self.seed, step: Some(step), fixed: Some(&self.fixed), extra, held }
+    }
+
     /// One optimizer step on `batch`; returns the step graph's outputs (m-SAM: diagnostics
     /// averaged over micro-batches, `correct` summed, per-sample outputs concatenated).
     pub fn step(&mut self, batch: &Batch) -> Result<BTreeMap<String, HostTensor>> {
@@ -267,8 +223,13 @@ impl StepRunner {
                     extra.push((step::SCORES_INPUT.to_string(), HostTensor::f32(&[b], s)));
                 }
                 let c = &self.graphs.step.contract;
-                let f = feeds(c, Some(batch), &self.values, &self.hyper, self.seed, self.step, &self.fixed, &extra)?;
-                if self.keep_on_device && self.exact.is_none() && self.session.can_carry() {
+                let carry = self.keep_on_device && self.exact.is_none() && self.session.can_carry();
+                // what the engine holds from the last step is neither copied nor fed
+                let held: Vec<String> =
+                    if self.on_device { carried(c).into_iter().map(|(i, _)| i).collect() } else { vec![] };
+                let o = self.feed_options(self.step, &self.hyper, &extra, &held);
+                let f = feeds_with(c, Some(batch), &self.values, &o)?;
+                if carry {
                     let carry = carried(c);
                     let out: BTreeMap<String, HostTensor> =
                         self.session.run_carrying(&f, &carry)?.into_iter().collect();
@@ -295,28 +256,13 @@ impl StepRunner {
         }
         let k = b / m;
         let c = self.graphs.step.contract.clone();
-        let mut acc: Vec<(String, HostTensor)> = c
-            .opt_state_next
-            .keys()
-            .map(|a| {
-                let p = a.split_once('/').map(|(_, p)| p).unwrap_or(a);
-                let t = &self.values[p];
-                (a.clone(), HostTensor::f32(&t.shape, vec![0.0; t.len()]))
-            })
-            .collect();
+        let mut acc: Vec<(String, HostTensor)> =
+            c.opt_state_next.keys().map(|a| (a.clone(), zeros_like(&self.values[state_param(a)]))).collect();
         let mut merged: BTreeMap<String, Vec<HostTensor>> = BTreeMap::new();
         for j in 0..k {
             let mb = batch_rows(batch, j * m, m);
-            let f = feeds(
-                &c,
-                Some(&mb),
-                &self.values,
-                &self.hyper,
-                self.seed,
-                self.step * k as u64 + j as u64,
-                &self.fixed,
-                &acc,
-            )?;
+            let o = self.feed_options(self.step * k as u64 + j as u64, &self.hyper, &acc, &[]);
+            let f = feeds_with(&c, Some(&mb), &self.values, &o)?;
             let out: BTreeMap<String, HostTensor> = self.session.run(&f)?.into_iter().collect();
             for (i, o) in &c.state_next {
                 self.values.insert(i.clone(), out[o].clone());
@@ -331,7 +277,7 @@ impl StepRunner {
         let ac = self.graphs.apply.as_ref().expect("m-SAM has an apply graph").contract.clone();
         let mut hyper = self.hyper.clone();
         hyper.insert(graph_passes::passes::sam_update::MICRO_BATCHES.into(), k as f32);
-        let f = feeds(&ac, None, &self.values, &hyper, self.seed, self.step, &self.fixed, &acc)?;
+        let f = feeds_with(&ac, None, &self.values, &self.feed_options(self.step, &hyper, &acc, &[]))?;
         let session = self.apply_session.as_mut().expect("m-SAM has an apply session");
         let out: BTreeMap<String, HostTensor> = session.run(&f)?.into_iter().collect();
         self.write_back(&ac, &out)?;
@@ -351,6 +297,11 @@ impl StepRunner {
         }
         Ok(result)
     }
+}
+
+/// Optimizer state starts at zero.
+fn zeros_like(t: &HostTensor) -> HostTensor {
+    HostTensor::f32(&t.shape, vec![0.0; t.len()])
 }
 
 /// (input, output with its next value) of everything a step carries to the next.
@@ -386,7 +337,12 @@ impl Evaluator {
         values: &BTreeMap<String, HostTensor>,
         batch: &Batch,
     ) -> Result<BTreeMap<String, HostTensor>> {
-        let f = feeds(&self.graph.contract, Some(batch), values, &BTreeMap::new(), 0, 0, &BTreeMap::new(), &[])?;
+        let f = feeds_with(
+            &self.graph.contract,
+            Some(batch),
+            values,
+            &FeedOptions { step: Some(0), ..Default::default() },
+        )?;
         Ok(self.session.run(&f)?.into_iter().collect())
     }
 }

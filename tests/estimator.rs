@@ -20,7 +20,7 @@ fn mnist() -> Dataset {
     let dir = root().join("data/mnist");
     let mut d = idx::read_mnist_dir(&dir, false)
         .unwrap_or_else(|e| panic!("MNIST is needed for this test: run tools/fetch-data.sh mnist ({e})"));
-    d.normalize(0.1307, 0.3081);
+    d.normalize_channels(&[0.1307], &[0.3081]).unwrap();
     d
 }
 

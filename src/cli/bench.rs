@@ -40,6 +40,13 @@ pub struct BenchArgs {
     json: bool,
 }
 
+/// The logits' class count of a compiled graph (10 when unknown), for synthetic labels.
+fn classes_of(m: &Model, c: &graph_passes::passes::Contract) -> Result<usize> {
+    let s = shapes::infer(&m.graph).map_err(|e| anyhow!("{e}"))?;
+    let known = c.logits.as_deref().and_then(|l| s.shape(l)).and_then(|sh| sh.get(1).and_then(|d| d.known()));
+    Ok(known.unwrap_or(10) as usize)
+}
+
 /// Random data for the model's inputs at `batch` and labels in range.
 fn synthetic_batch(model: &Model, batch: usize, classes: usize) -> Result<(Vec<(String, HostTensor)>, HostTensor)> {
     let mut data = Vec::new();
@@ -117,10 +124,7 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
     let model = Model::load(&a.model)?;
     let spec = a.graph.spec()?;
     let (gm, c) = step::grad_graph(&model, &spec).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
-    let s = shapes::infer(&gm.graph).map_err(|e| anyhow!("{e}"))?;
-    let classes =
-        c.logits.as_deref().and_then(|l| s.shape(l)).and_then(|sh| sh.get(1).and_then(|d| d.known())).unwrap_or(10)
-            as usize;
+    let classes = classes_of(&gm, &c)?;
     let (data, labels) = synthetic_batch(&model, a.batch_size, classes)?;
     let labels: HostTensor = labels;
     let be = backend::select(&a.backend.request(), true)?;
@@ -250,12 +254,7 @@ fn bench_steps(a: &BenchArgs) -> Result<i32> {
         let nodes = r.graphs.step.model.graph.nodes.len();
         runners.push((name.clone(), r, nodes, t0.elapsed().as_secs_f64(), Vec::new()));
     }
-    let classes = {
-        let s = shapes::infer(&runners[0].1.graphs.step.model.graph).map_err(|e| anyhow!("{e}"))?;
-        let c = runners[0].1.contract();
-        c.logits.as_deref().and_then(|l| s.shape(l)).and_then(|sh| sh.get(1).and_then(|d| d.known())).unwrap_or(10)
-            as usize
-    };
+    let classes = classes_of(&runners[0].1.graphs.step.model, runners[0].1.contract())?;
     let (data, labels) = synthetic_batch(&model, a.batch_size, classes)?;
     let batch = Batch { data, labels };
     for round in 0..a.warmup + a.steps {

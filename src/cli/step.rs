@@ -198,8 +198,7 @@ pub fn save_graph(
     }
     // optimizer state (momentum buffers, m-SAM accumulators) starts at zero
     for k in g.contract.opt_state_next.keys() {
-        let p = k.split_once('/').map(|(_, p)| p).unwrap_or(k);
-        if let Some(t) = g.contract.init.get(p) {
+        if let Some(t) = g.contract.init.get(graph_passes::passes::sam_update::state_param(k)) {
             let n: i64 = t.dims.iter().product();
             m.graph.initializers.push(graph_passes::onnx::tensor::from_f32(k, &t.dims, &vec![0.0; n as usize]));
         }

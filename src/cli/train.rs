@@ -56,43 +56,14 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         Some(other) => bail!("--split {other}: expected test or train"),
         None => loaded.test.unwrap_or(loaded.train),
     };
-    let norm = match &a.normalize {
-        Some(s) if s == "none" => None,
-        Some(s) => {
-            let v: Vec<f32> = s
-                .split(',')
-                .map(|x| x.trim().parse())
-                .collect::<Result<_, _>>()
-                .map_err(|_| anyhow!("--normalize {s}: expected numbers"))?;
-            if v.len() < 2 || v.len() % 2 != 0 {
-                bail!("--normalize {s}: expected MEAN,STD or M1,…,Mc,S1,…,Sc");
-            }
-            Some((v[..v.len() / 2].to_vec(), v[v.len() / 2..].to_vec()))
-        }
-        None => loaded.kind.normalization(),
-    };
-    if let Some((m, s)) = &norm {
-        d.normalize_channels(m, s)?;
+    if let Some((m, s)) = crate::train::normalization(a.normalize.as_deref(), loaded.kind)? {
+        d.normalize_channels(&m, &s)?;
     }
     let spec = a.graph.spec()?;
     let be = backend::select(&a.backend.request(), true)?;
     let mut ev = Evaluator::new(&model, &spec, be.as_ref()).map_err(|e| anyhow!("{shown}: {e:#}"))?;
-    let input = ev.graph.contract.data.first().cloned().ok_or_else(|| anyhow!("{shown}: no data input"))?;
-    let want: Vec<usize> = {
-        let v = model.graph.data_inputs();
-        let t = graph_passes::shapes::value_type_of(&v[0].r#type);
-        t.and_then(|t| t.shape)
-            .map(|s| s.iter().skip(1).filter_map(|d| d.known()).map(|x| x as usize).collect())
-            .unwrap_or_default()
-    };
-    if !want.is_empty() && want != d.sample_shape {
-        bail!(
-            "{}: samples of shape {:?} do not fit the model's input '{input}' {:?} ({shown})",
-            d.source,
-            d.sample_shape,
-            want
-        );
-    }
+    let (input, want, _) = crate::train::model_io(&model, &shown)?;
+    crate::train::check_data(&d, &want, &input, None, &shown)?;
     let values = crate::grad::initial_values(&ev.graph.contract)?;
     let classes = d.classes.max(1);
     let (mut hit, mut count) = (vec![0usize; classes], vec![0usize; classes]);

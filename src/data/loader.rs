@@ -95,9 +95,7 @@ impl Prefetch {
                         for (k, &i) in idx.iter().enumerate() {
                             aug.apply(&data.x[i * s..(i + 1) * s], &data.sample_shape, r[k], &mut x);
                         }
-                        let mut batch = data.batch(&spec.input, idx);
-                        batch.data[0].1.data = crate::tensor::Data::F32(x);
-                        batch
+                        data.batch_of(&spec.input, idx, x)
                     }
                 };
                 if tx.send(batch).is_err() {

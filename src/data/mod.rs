@@ -199,20 +199,18 @@ impl Dataset {
         Ok(())
     }
 
-    /// (x − mean)/std for every value (one channel) — e.g. MNIST's 0.1307, 0.3081.
-    pub fn normalize(&mut self, mean: f32, std: f32) {
-        for v in self.x.iter_mut() {
-            *v = (*v - mean) / std;
-        }
-    }
-
-    /// The batch of samples `idx`, fed to the model input `input`.
-    pub fn batch(&self, input: &str, idx: &[usize]) -> Batch {
+    /// The values of samples `idx`, one after the other.
+    fn gather(&self, idx: &[usize]) -> Vec<f32> {
         let s = self.sample_len();
         let mut x = Vec::with_capacity(idx.len() * s);
         for &i in idx {
             x.extend_from_slice(&self.x[i * s..(i + 1) * s]);
         }
+        x
+    }
+
+    /// A batch of samples `x` (already gathered, [idx.len(), …]) with the labels of `idx`.
+    pub fn batch_of(&self, input: &str, idx: &[usize], x: Vec<f32>) -> Batch {
         let mut shape = vec![idx.len()];
         shape.extend(&self.sample_shape);
         Batch {
@@ -221,14 +219,14 @@ impl Dataset {
         }
     }
 
+    /// The batch of samples `idx`, fed to the model input `input`.
+    pub fn batch(&self, input: &str, idx: &[usize]) -> Batch {
+        self.batch_of(input, idx, self.gather(idx))
+    }
+
     /// The samples `idx` as a new dataset.
     pub fn subset(&self, idx: &[usize]) -> Dataset {
-        let s = self.sample_len();
-        let mut x = Vec::with_capacity(idx.len() * s);
-        for &i in idx {
-            x.extend_from_slice(&self.x[i * s..(i + 1) * s]);
-        }
-        Dataset { x, y: idx.iter().map(|&i| self.y[i]).collect(), ..self.clone() }
+        Dataset { x: self.gather(idx), y: idx.iter().map(|&i| self.y[i]).collect(), ..self.clone() }
     }
 
     /// The first `n` samples.

@@ -101,6 +101,14 @@ struct Stored {
 /// Stopped by Ctrl-C: checkpoint and exit.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// Per-channel (means, stds) from `--normalize` or, without it, the dataset's defaults.
+pub(crate) fn normalization(arg: Option<&str>, kind: data::Kind) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+    match arg {
+        Some(s) => parse_normalize(s),
+        None => Ok(kind.normalization()),
+    }
+}
+
 fn parse_normalize(s: &str) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
     if s == "none" {
         return Ok(None);
@@ -121,7 +129,7 @@ fn parse_normalize(s: &str) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
 }
 
 /// The model input's sample shape (known dims after the batch) and the logits' class count.
-fn model_io(model: &Model, source: &str) -> Result<(String, Vec<Option<i64>>, Option<usize>)> {
+pub(crate) fn model_io(model: &Model, source: &str) -> Result<(String, Vec<Option<i64>>, Option<usize>)> {
     let inputs = model.graph.data_inputs();
     let [input] = inputs.as_slice() else {
         bail!("{source}: onnxsam trains models with one data input; this one has {}", inputs.len());
@@ -140,7 +148,13 @@ fn model_io(model: &Model, source: &str) -> Result<(String, Vec<Option<i64>>, Op
     Ok((input.name.clone(), dims, classes))
 }
 
-fn check_data(d: &Dataset, want: &[Option<i64>], input: &str, classes: Option<usize>, model: &str) -> Result<()> {
+pub(crate) fn check_data(
+    d: &Dataset,
+    want: &[Option<i64>],
+    input: &str,
+    classes: Option<usize>,
+    model: &str,
+) -> Result<()> {
     let ok = d.sample_shape.len() == want.len()
         && d.sample_shape.iter().zip(want).all(|(&n, w)| w.map(|w| w as usize == n).unwrap_or(true));
     if !ok {
@@ -190,19 +204,10 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
     let resuming = a.resume.is_some();
     let stored_raw: Vec<String>;
     if let Some(r) = a.resume.clone() {
-        let cfg = r.join("config.json");
-        let text = std::fs::read_to_string(&cfg)
-            .with_context(|| format!("{}: no run to resume here (config.json missing)", r.display()))?;
-        let v: Value =
-            serde_json::from_str(&text).with_context(|| format!("{}: not an onnxsam run config", cfg.display()))?;
-        stored_raw = v["args"]
-            .as_array()
-            .map(|x| x.iter().filter_map(|s| s.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        let stored = Stored::try_parse_from(std::iter::once("train".to_string()).chain(stored_raw.iter().cloned()))
-            .map_err(|e| anyhow!("{}: {}", cfg.display(), e.to_string().lines().next().unwrap_or("")))?;
+        let (raw_args, stored) = stored_run(&r, "no run to resume here")?;
+        stored_raw = raw_args;
         let (epochs, max_steps, backend) = (a.epochs, a.max_steps, a.backend.clone());
-        a = stored.a;
+        a = stored;
         if epochs.is_some() || max_steps.is_some() {
             a.epochs = epochs;
             a.max_steps = max_steps;
@@ -262,10 +267,7 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
         Some(t) => Some(data::load(t, a.data_format)?.train),
         None => loaded.test,
     };
-    let norm = match &a.normalize {
-        Some(s) => parse_normalize(s)?,
-        None => loaded.kind.normalization(),
-    };
+    let norm = normalization(a.normalize.as_deref(), loaded.kind)?;
     if let Some((m, s)) = &norm {
         train.normalize_channels(m, s)?;
         if let Some(t) = test.as_mut() {
@@ -561,17 +563,23 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
 
 /// The run folder's source model and its training spec (for export).
 pub fn run_source(run: &Path) -> Result<(Model, graph_passes::step::GradSpec)> {
+    let (_, stored) = stored_run(run, "not a run folder")?;
+    let model = Model::load(&run.join("source.onnx"))?;
+    Ok((model, stored.graph.spec()?))
+}
+
+/// The command-line arguments a run was started with (RUN_DIR/config.json), and as parsed.
+fn stored_run(run: &Path, missing: &str) -> Result<(Vec<String>, TrainArgs)> {
     let cfg = run.join("config.json");
-    let text = std::fs::read_to_string(&cfg)
-        .with_context(|| format!("{}: not a run folder (no config.json)", run.display()))?;
+    let text =
+        std::fs::read_to_string(&cfg).with_context(|| format!("{}: {missing} (config.json missing)", run.display()))?;
     let v: Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not an onnxsam run config", cfg.display()))?;
     let args: Vec<String> = v["args"]
         .as_array()
         .map(|x| x.iter().filter_map(|s| s.as_str().map(String::from)).collect())
         .unwrap_or_default();
-    let stored = Stored::try_parse_from(std::iter::once("train".to_string()).chain(args))
+    let stored = Stored::try_parse_from(std::iter::once("train".to_string()).chain(args.iter().cloned()))
         .map_err(|e| anyhow!("{}: {}", cfg.display(), e.to_string().lines().next().unwrap_or("")))?;
-    let model = Model::load(&run.join("source.onnx"))?;
-    Ok((model, stored.a.graph.spec()?))
+    Ok((args, stored.a))
 }

@@ -67,6 +67,11 @@ pub const MOMENTUM_BUFFER: &str = "momentum_buffer/";
 pub const NEXT: &str = "next/";
 pub const MICRO_BATCHES: &str = "micro_batches";
 
+/// The parameter an optimizer-state input belongs to (`momentum_buffer/<p>`, `grad_acc/<p>`).
+pub fn state_param(state: &str) -> &str {
+    state.strip_prefix(MOMENTUM_BUFFER).or_else(|| state.strip_prefix(GRAD_ACC)).unwrap_or(state)
+}
+
 /// A weight tensor for ASAM (SamsungLabs/ASAM: names containing "weight"; for names without
 /// PyTorch structure, any tensor of rank ≥ 2 that is not called a bias).
 pub fn is_weight(name: &str, rank: usize) -> bool {
