@@ -127,7 +127,7 @@ pub struct StepRunner {
     pub fixed: BTreeMap<String, HostTensor>,
     /// Keep parameters, optimizer state and running statistics with the engine between steps
     /// (ONNX Runtime: on its device, outputs bound to the next step's inputs); `values` is then
-    /// brought up to date by `sync`. Engines that cannot, and m-SAM's two graphs, ignore it.
+    /// brought up to date by `sync`. Engines that cannot (tract) ignore it.
     pub keep_on_device: bool,
     on_device: bool,
 }
@@ -185,9 +185,25 @@ impl StepRunner {
     /// Brings `values` up to date with what the engine holds (after steps with `keep_on_device`).
     pub fn sync(&mut self) -> Result<()> {
         if self.on_device {
-            for (i, _) in carried(&self.graphs.step.contract) {
-                let v = self.session.fetch(&i)?;
-                self.values.insert(i, v);
+            let c = &self.graphs.step.contract;
+            let names: Vec<String> = match &self.graphs.apply {
+                None => carried(c).into_iter().map(|(i, _)| i).collect(),
+                // m-SAM: running statistics with the micro-batch session, parameters and momentum
+                // with the apply session (the accumulated gradient is not kept between steps)
+                Some(a) => {
+                    let ac = &a.contract;
+                    c.state_next.keys().chain(ac.params_next.keys()).chain(ac.opt_state_next.keys()).cloned().collect()
+                }
+            };
+            for n in names {
+                let v = if self.session.holds(&n) {
+                    self.session.fetch(&n)?
+                } else if let Some(a) = self.apply_session.as_mut().filter(|a| a.holds(&n)) {
+                    a.fetch(&n)?
+                } else {
+                    bail!("internal: the engine holds no '{n}' after a step kept on the device")
+                };
+                self.values.insert(n, v);
             }
         }
         Ok(())
@@ -256,31 +272,11 @@ impl StepRunner {
         }
         let k = b / m;
         let c = self.graphs.step.contract.clone();
-        let mut acc: Vec<(String, HostTensor)> =
-            c.opt_state_next.keys().map(|a| (a.clone(), zeros_like(&self.values[state_param(a)]))).collect();
-        let mut merged: BTreeMap<String, Vec<HostTensor>> = BTreeMap::new();
-        for j in 0..k {
-            let mb = batch_rows(batch, j * m, m);
-            let o = self.feed_options(self.step * k as u64 + j as u64, &self.hyper, &acc, &[]);
-            let f = feeds_with(&c, Some(&mb), &self.values, &o)?;
-            let out: BTreeMap<String, HostTensor> = self.session.run(&f)?.into_iter().collect();
-            for (i, o) in &c.state_next {
-                self.values.insert(i.clone(), out[o].clone());
-            }
-            for (a, t) in acc.iter_mut() {
-                *t = out[&c.opt_state_next[a]].clone();
-            }
-            for (name, t) in out {
-                merged.entry(name).or_default().push(t);
-            }
-        }
         let ac = self.graphs.apply.as_ref().expect("m-SAM has an apply graph").contract.clone();
-        let mut hyper = self.hyper.clone();
-        hyper.insert(graph_passes::passes::sam_update::MICRO_BATCHES.into(), k as f32);
-        let f = feeds_with(&ac, None, &self.values, &self.feed_options(self.step, &hyper, &acc, &[]))?;
-        let session = self.apply_session.as_mut().expect("m-SAM has an apply session");
-        let out: BTreeMap<String, HostTensor> = session.run(&f)?.into_iter().collect();
-        self.write_back(&ac, &out)?;
+        let mut apply = self.apply_session.take().expect("m-SAM has an apply session");
+        let r = self.micro_runs(batch, m, k, &c, &ac, apply.as_mut());
+        self.apply_session = Some(apply);
+        let (out, merged) = r?;
         let mut result: BTreeMap<String, HostTensor> = out;
         for (name, parts) in merged {
             let t = if parts[0].shape.is_empty() {
@@ -297,11 +293,98 @@ impl StepRunner {
         }
         Ok(result)
     }
+
+    /// m-SAM's k micro-batch runs and its apply run. With `keep_on_device` (and an engine that
+    /// can), nothing carried visits the host: the accumulated gradient stays with the micro-batch
+    /// session between its runs and then moves to the apply session; the parameters move from
+    /// the apply session (which updates them) to the micro-batch session and back each step;
+    /// running statistics stay with the micro-batch session, momentum with the apply session.
+    fn micro_runs(
+        &mut self,
+        batch: &Batch,
+        m: usize,
+        k: usize,
+        c: &Contract,
+        ac: &Contract,
+        apply: &mut dyn Session,
+    ) -> Result<(Outputs, BTreeMap<String, Vec<HostTensor>>)> {
+        let on_device = self.keep_on_device && self.session.can_carry() && apply.can_carry();
+        let acc_names: Vec<String> = c.opt_state_next.keys().cloned().collect();
+        let zero_acc: Vec<(String, HostTensor)> =
+            acc_names.iter().map(|a| (a.clone(), zeros_like(&self.values[state_param(a)]))).collect();
+        let mut acc = zero_acc.clone();
+        if on_device {
+            for (p, _) in &ac.params_next {
+                if let Some(v) = apply.take(p) {
+                    self.session.give(p, v)?;
+                }
+            }
+            // each step's accumulation starts from zeros fed from the host
+            for a in &acc_names {
+                drop(self.session.take(a));
+            }
+        }
+        let micro_carry: Vec<(String, String)> =
+            c.opt_state_next.iter().chain(&c.state_next).map(|(i, o)| (i.clone(), o.clone())).collect();
+        let mut merged: BTreeMap<String, Vec<HostTensor>> = BTreeMap::new();
+        for j in 0..k {
+            let mb = batch_rows(batch, j * m, m);
+            let out: BTreeMap<String, HostTensor> = if on_device {
+                let held: Vec<String> = all_inputs(c).filter(|n| self.session.holds(n)).collect();
+                let extra = if j == 0 { zero_acc.clone() } else { vec![] };
+                let o = self.feed_options(self.step * k as u64 + j as u64, &self.hyper, &extra, &held);
+                let f = feeds_with(c, Some(&mb), &self.values, &o)?;
+                self.session.run_carrying(&f, &micro_carry)?.into_iter().collect()
+            } else {
+                let o = self.feed_options(self.step * k as u64 + j as u64, &self.hyper, &acc, &[]);
+                let f = feeds_with(c, Some(&mb), &self.values, &o)?;
+                let out: BTreeMap<String, HostTensor> = self.session.run(&f)?.into_iter().collect();
+                for (i, o) in &c.state_next {
+                    self.values.insert(i.clone(), out[o].clone());
+                }
+                for (a, t) in acc.iter_mut() {
+                    *t = out[&c.opt_state_next[a]].clone();
+                }
+                out
+            };
+            for (name, t) in out {
+                merged.entry(name).or_default().push(t);
+            }
+        }
+        let mut hyper = self.hyper.clone();
+        hyper.insert(graph_passes::passes::sam_update::MICRO_BATCHES.into(), k as f32);
+        let out: BTreeMap<String, HostTensor> = if on_device {
+            for name in acc_names.iter().chain(ac.params_next.keys()) {
+                if let Some(v) = self.session.take(name) {
+                    apply.give(name, v)?;
+                }
+            }
+            let held: Vec<String> = all_inputs(ac).filter(|n| apply.holds(n)).collect();
+            let f = feeds_with(ac, None, &self.values, &self.feed_options(self.step, &hyper, &[], &held))?;
+            let out = apply.run_carrying(&f, &carried(ac))?.into_iter().collect();
+            self.on_device = true;
+            out
+        } else {
+            let f = feeds_with(ac, None, &self.values, &self.feed_options(self.step, &hyper, &acc, &[]))?;
+            let out = apply.run(&f)?.into_iter().collect();
+            self.write_back(ac, &out)?;
+            out
+        };
+        Ok((out, merged))
+    }
 }
+
+/// A run's outputs by name.
+type Outputs = BTreeMap<String, HostTensor>;
 
 /// Optimizer state starts at zero.
 fn zeros_like(t: &HostTensor) -> HostTensor {
     HostTensor::f32(&t.shape, vec![0.0; t.len()])
+}
+
+/// Every parameter and state input of a graph.
+fn all_inputs(c: &Contract) -> impl Iterator<Item = String> + '_ {
+    c.params.iter().chain(c.state_next.keys()).chain(c.opt_state_next.keys()).chain(&c.state).cloned()
 }
 
 /// (input, output with its next value) of everything a step carries to the next.

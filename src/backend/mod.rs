@@ -37,7 +37,27 @@ pub trait Session {
     fn fetch(&mut self, name: &str) -> Result<HostTensor> {
         bail!("this engine holds no value '{name}'")
     }
+
+    /// Whether the session holds a value for this input (it is then not fed).
+    fn holds(&self, _name: &str) -> bool {
+        false
+    }
+
+    /// Removes the value held for an input, still on the device, to `give` it to another
+    /// session of the same backend (m-SAM's micro-batch and apply graphs share parameters and
+    /// the accumulated gradient this way).
+    fn take(&mut self, _name: &str) -> Option<Held> {
+        None
+    }
+
+    /// Holds `value` (from `take`) for input `name`: runs with `run_carrying` bind it.
+    fn give(&mut self, name: &str, _value: Held) -> Result<()> {
+        bail!("this engine cannot hold '{name}'")
+    }
 }
+
+/// A value one session held on the engine's device, moving to another session.
+pub struct Held(pub Box<dyn std::any::Any>);
 
 pub trait Backend {
     /// A short description: engine, version, device.

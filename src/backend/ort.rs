@@ -11,7 +11,7 @@ use ort::value::{DynValue, Tensor};
 use prost::Message;
 
 use super::discover::{OrtLibrary, NOT_FOUND_GPU};
-use super::{Backend, Device, Session};
+use super::{Backend, Device, Held, Session};
 use crate::tensor::{Data, HostTensor};
 
 static ENV: OnceLock<std::result::Result<(Environment, String), String>> = OnceLock::new();
@@ -87,11 +87,12 @@ impl Backend for OrtBackend {
             .commit_from_memory(&bytes)
             .map_err(|e| anyhow!("ONNX Runtime cannot load the model: {}", one_line(&e.to_string())))?;
         let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let inputs = session.inputs().iter().map(|i| i.name().to_string()).collect();
         let device = match self.device {
             Device::Cpu => (ort::memory::AllocationDevice::CPU, 0),
             Device::Cuda(id) => (ort::memory::AllocationDevice::CUDA, id),
         };
-        Ok(Box::new(OrtRunner { session, outputs, device, held: std::collections::HashMap::new() }))
+        Ok(Box::new(OrtRunner { session, inputs, outputs, device, held: std::collections::HashMap::new() }))
     }
 }
 
@@ -101,6 +102,7 @@ fn one_line(s: &str) -> String {
 
 struct OrtRunner {
     session: OrtSession,
+    inputs: Vec<String>,
     outputs: Vec<String>,
     /// Where carried values live (the execution provider's device).
     device: (ort::memory::AllocationDevice<'static>, i32),
@@ -180,10 +182,8 @@ impl Session for OrtRunner {
                 binding.bind_input(n.as_str(), &to_dyn(t)?).map_err(err)?;
             }
         }
-        for (i, _) in carry {
-            if let Some(v) = self.held.get(i) {
-                binding.bind_input(i.as_str(), v).map_err(err)?;
-            }
+        for (i, v) in &self.held {
+            binding.bind_input(i.as_str(), v).map_err(err)?;
         }
         let mem = ort::memory::MemoryInfo::new(
             self.device.0.clone(),
@@ -212,5 +212,22 @@ impl Session for OrtRunner {
     fn fetch(&mut self, name: &str) -> Result<HostTensor> {
         let v = self.held.get(name).ok_or_else(|| anyhow!("ONNX Runtime holds no value '{name}'"))?;
         to_host(name, v)
+    }
+
+    fn holds(&self, name: &str) -> bool {
+        self.held.contains_key(name)
+    }
+
+    fn take(&mut self, name: &str) -> Option<Held> {
+        self.held.remove(name).map(|v| Held(Box::new(v)))
+    }
+
+    fn give(&mut self, name: &str, value: Held) -> Result<()> {
+        if !self.inputs.iter().any(|i| i == name) {
+            bail!("the graph has no input '{name}' to hold");
+        }
+        let v = value.0.downcast::<DynValue>().map_err(|_| anyhow!("'{name}' was held by another engine"))?;
+        self.held.insert(name.to_string(), *v);
+        Ok(())
     }
 }
