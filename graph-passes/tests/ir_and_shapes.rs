@@ -102,3 +102,32 @@ fn dead_nodes_and_their_initializers_are_removed() {
     assert_eq!(model.graph.remove_dead(), 0);
     assert_eq!(model.graph.initializers.len(), 6);
 }
+
+#[test]
+fn relu_then_max_pool_becomes_max_pool_then_relu_only_where_nothing_else_reads_the_relu() {
+    use graph_passes::passes::train_mode::pool_before_relu;
+    // cnn: Conv → Relu → MaxPool twice; afterwards each MaxPool reads the Conv and its ReLU the pool
+    let mut m = model("cnn");
+    let before = infer(&m.graph).unwrap();
+    let logits_shape = before.get(&m.graph.outputs[0].name).cloned();
+    assert_eq!(pool_before_relu(&mut m.graph).unwrap(), 2);
+    let producers: std::collections::HashMap<String, String> =
+        m.graph.nodes.iter().flat_map(|n| n.output.iter().map(move |o| (o.clone(), n.op_type.clone()))).collect();
+    for n in m.graph.nodes.iter().filter(|n| n.op_type == "MaxPool") {
+        assert_eq!(producers[&n.input[0]], "Conv", "{}", n.describe());
+    }
+    for n in m.graph.nodes.iter().filter(|n| n.op_type == "Relu" && producers.get(&n.input[0]).is_some()) {
+        let p = &producers[&n.input[0]];
+        assert!(p == "MaxPool" || p == "Gemm", "{} reads a {p}", n.describe());
+    }
+    let after = infer(&m.graph).unwrap();
+    assert_eq!(after.get(&m.graph.outputs[0].name).cloned(), logits_shape);
+    assert_eq!(pool_before_relu(&mut m.graph).unwrap(), 0, "nothing left to swap");
+
+    // a ReLU output that something else reads too stays where it is
+    let mut m = model("cnn");
+    let relu = m.graph.nodes.iter().find(|n| n.op_type == "Relu").unwrap().output[0].clone();
+    let extra = m.graph.add("Neg", &[&relu]).output();
+    m.graph.outputs.push(graph_passes::onnx::ValueInfoProto { name: extra, ..Default::default() });
+    assert_eq!(pool_before_relu(&mut m.graph).unwrap(), 1);
+}

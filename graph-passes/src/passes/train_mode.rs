@@ -20,11 +20,48 @@ impl Pass for TrainMode {
     }
 
     fn run(&self, m: &mut Model, c: &mut Contract) -> Result<()> {
+        pool_before_relu(&mut m.graph)?;
         rewrite_each(m, &["BatchNormalization", "Dropout"], |n, ctx| match n.op_type.as_str() {
             "BatchNormalization" => batch_norm(n, ctx, c),
             _ => dropout(n, ctx, c),
         })
     }
+}
+
+/// Relu → MaxPool becomes MaxPool → Relu where the ReLU's output feeds only that (single-output)
+/// MaxPool: a max over a window commutes with the monotone ReLU, so the forward computes the same
+/// values, while the ReLU — and the mask its gradient multiplies by — runs on the pooled tensor
+/// (k² times smaller), and the MaxPool gradient lands on the convolution's output directly. The
+/// gradient is the same too: where the window's maximum is positive it flows to that element,
+/// whose ReLU passes it; where it is not, both forms give zero. The two nodes keep their names
+/// and only exchange inputs and outputs. Returns how many pairs it swapped.
+pub fn pool_before_relu(g: &mut crate::ir::Graph) -> Result<usize> {
+    let graph_outputs: std::collections::HashSet<&str> = g.outputs.iter().map(|o| o.name.as_str()).collect();
+    let consumers = g.consumers();
+    let mut swaps = Vec::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        if n.op_type != "Relu" || !(n.domain.is_empty() || n.domain == "ai.onnx") || graph_outputs.contains(n.output[0].as_str()) {
+            continue;
+        }
+        let Some(&[j]) = consumers.get(n.output[0].as_str()).map(|v| v.as_slice()) else { continue };
+        let p = &g.nodes[j];
+        let single = p.output.len() == 1 || p.output[1..].iter().all(|o| o.is_empty());
+        if p.op_type == "MaxPool" && (p.domain.is_empty() || p.domain == "ai.onnx") && single && p.input[0] == n.output[0] {
+            swaps.push((i, j));
+        }
+    }
+    for &(i, j) in &swaps {
+        let (x, r, y) = (g.nodes[i].input[0].clone(), g.nodes[i].output[0].clone(), g.nodes[j].output[0].clone());
+        g.value_info.retain(|v| v.name != r);
+        g.nodes[j].input[0] = x;
+        g.nodes[j].output[0] = r.clone();
+        g.nodes[i].input[0] = r;
+        g.nodes[i].output[0] = y;
+    }
+    if !swaps.is_empty() {
+        g.topo_sort()?;
+    }
+    Ok(swaps.len())
 }
 
 /// Calls `f` on every node of the given ops (as they were before the pass), with a builder over
@@ -51,6 +88,7 @@ impl Pass for EvalMode {
     }
 
     fn run(&self, m: &mut Model, c: &mut Contract) -> Result<()> {
+        pool_before_relu(&mut m.graph)?;
         rewrite_each(m, &["BatchNormalization"], |n, ctx| {
             if n.attr_i("training_mode", 0) != 0 {
                 return Err(node_error(n, "training_mode=1 in an evaluation graph"));

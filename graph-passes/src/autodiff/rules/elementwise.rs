@@ -164,12 +164,13 @@ fn reciprocal(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) ->
     Ok(one(c.neg(&t)))
 }
 
-/// y = max(x, 0):  dx = dy · [x > 0]   (a multiply by a 0/1 mask: ONNX Runtime's Where and
-/// Sign are slower)
+/// y = max(x, 0):  dx = dy · [y > 0]   (a multiply by a 0/1 mask: ONNX Runtime's Where and
+/// Sign are slower). The mask reads the output, [y > 0] = [x > 0], so that x feeds nothing but
+/// the ReLU and ONNX Runtime can fuse a Conv with the ReLU after it.
 fn relu(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
     let d = dy(n, dys)?;
     let zero = c.scalar(0.0);
-    let pos = c.op("Greater", &[&n.input[0], &zero]);
+    let pos = c.op("Greater", &[&n.output[0], &zero]);
     let m = c.mask(&pos);
     Ok(one(c.mul(&d, &m)))
 }
