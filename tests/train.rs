@@ -115,14 +115,13 @@ fn sgd_sam_and_rw_sam_learn_mnist_on_tract() {
 fn ort_and_tract_runs_of_one_seed_agree_over_the_first_steps() {
     let tmp = tempdir();
     let data = mnist_subset(tmp.path(), 640);
-    // SGD: the engines' float32 rounding alone (measured ≤ 3e-7 over 5 steps). SAM and RW-SAM: the
-    // second pass at θ + ε meets ReLU and max-pool decisions that those rounding differences can
-    // flip, so the runs part after a couple of steps (measured on cnn: 4e-5 at step 2, 5e-4 at
-    // step 3; RW-SAM's scores also divide loss differences by δ); they are compared over 2 steps.
+    // The engines' float32 rounding alone: measured ≤ 3e-7 over 8 steps for SGD, SAM and RW-SAM on
+    // cnn (SAM and RW-SAM parted after two steps, by 5e-4 at step 3, while ‖g‖ was summed in
+    // float32: each engine's summation order moved ε = ρ·g/‖g‖ by ~1e-4; it is summed in float64 now).
     let sgd: &[&str] = &["--optimizer", "sgd"];
     let sam: &[&str] = &["--optimizer", "sam"];
     let rw: &[&str] = &["--optimizer", "sam", "--reweight", "1"];
-    for (k, (opt, steps, tol)) in [(sgd, 5, 1e-5), (sam, 2, 1e-4), (rw, 2, 1e-4)].into_iter().enumerate() {
+    for (k, (opt, steps, tol)) in [(sgd, 5, 1e-5), (sam, 5, 1e-5), (rw, 5, 1e-5)].into_iter().enumerate() {
         let mut losses = Vec::new();
         for be in ["tract", "ort"] {
             let run = tmp.path().join(format!("{be}-{k}"));

@@ -3,10 +3,11 @@
 reference implementation (tools/reference_steps.py, float32), in one run.
 
 Usage: .venv/bin/python tools/bench/train_vs_torch.py [--models mlp cnn resnet8 transformer]
-       [--steps 10] [--threads 2] [--device cpu|cuda] [--engines ort tract]
-Needs torch (see tools/export_models.py) and a release build. Per model: PyTorch ms/step for SGD,
-SAM and RW-SAM (λ = 1, Q = 1), then `onnxsam bench --suite` on each engine; prints the table and
-onnxsam's steps/s ÷ PyTorch's.
+       [--steps 10] [--rounds 3] [--threads 2] [--device cpu|cuda] [--engines ort tract]
+Needs torch (see tools/export_models.py) and a release build. Per model and round: PyTorch ms/step
+for SGD, SAM and RW-SAM (λ = 1, Q = 1), then `onnxsam bench --suite` on each engine. Rounds
+alternate the two sides so that a noisy machine's slow minutes fall on both; each number is the
+median over rounds of the per-round medians. Prints the table and onnxsam's steps/s ÷ PyTorch's.
 """
 import argparse
 import json
@@ -81,20 +82,28 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     rows = []
+    engines = [e for e in a.engines if e == "ort" or a.device == "cpu"]
     for m in a.models:
-        pt = torch_ms(m, a.steps, a.device)
-        print(f"{m} pytorch ({a.device}, {a.threads} threads): " + ", ".join(f"{k} {v:.2f} ms" for k, v in pt.items()),
-              flush=True)
-        for e in a.engines:
-            if e == "tract" and a.device != "cpu":
-                continue
-            ox = onnxsam_ms(m, e, a.steps, a.threads, a.device)
-            print(f"{m} onnxsam {e}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ox.items()), flush=True)
+        pts, oxs = [], {e: [] for e in engines}
+        for r in range(a.rounds):
+            pt = torch_ms(m, a.steps, a.device)
+            pts.append(pt)
+            print(f"{m} round {r + 1} pytorch ({a.device}, {a.threads} threads): "
+                  + ", ".join(f"{k} {v:.2f} ms" for k, v in pt.items()), flush=True)
+            for e in engines:
+                ox = onnxsam_ms(m, e, a.steps, a.threads, a.device)
+                oxs[e].append(ox)
+                print(f"{m} round {r + 1} onnxsam {e}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ox.items()),
+                      flush=True)
+        med = lambda runs, k: float(np.median([x[k] for x in runs]))  # noqa: E731
+        for e in engines:
             for opt in CONFIGS:
-                rows.append((m, e, opt, pt[opt], ox[opt], pt[opt] / ox[opt]))
+                p, x = med(pts, opt), med(oxs[e], opt)
+                rows.append((m, e, opt, p, x, p / x))
     print()
     print("| model | engine | optimizer | PyTorch ms | onnxsam ms | onnxsam steps/s ÷ PyTorch's |")
     print("|---|---|---|---:|---:|---:|")

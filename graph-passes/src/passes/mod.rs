@@ -214,12 +214,16 @@ pub fn correct_count(ctx: &mut Ctx, logits: &str, labels: &str) -> String {
     ctx.reduce_sum(&m, &[0], false)
 }
 
-/// Σ over tensors of Σ x² (float scalar).
+/// Σ over tensors of Σ x² (float scalar), summed in float64: a float32 sum over ~10⁵ squares is
+/// off by ~1e-4 relative, by an amount that depends on each engine's summation order, and SAM's
+/// ε = ρ·g/‖g‖ carried that difference into every step (ONNX Runtime and tract runs of one seed
+/// parted after two SAM steps). The casts cost one pass over the gradients.
 pub fn sum_of_squares(ctx: &mut Ctx, xs: &[String]) -> String {
     let flat = ctx.const_i64(&[-1]);
     let mut acc: Option<String> = None;
     for x in xs {
-        let sq = ctx.square(x);
+        let x64 = ctx.cast(x, dt::DOUBLE);
+        let sq = ctx.square(&x64);
         let f = ctx.reshape(&sq, &flat);
         let s = ctx.reduce_sum(&f, &[0], false);
         acc = Some(match acc {
@@ -227,5 +231,8 @@ pub fn sum_of_squares(ctx: &mut Ctx, xs: &[String]) -> String {
             None => s,
         });
     }
-    acc.unwrap_or_else(|| ctx.scalar(0.0))
+    match acc {
+        Some(a) => ctx.cast(&a, dt::FLOAT),
+        None => ctx.scalar(0.0),
+    }
 }
