@@ -527,3 +527,15 @@ fn m_sam_values_kept_on_the_device_match_the_host_round_trip() {
     let d = dev.step(&b).unwrap();
     assert_eq!(a["loss"], d["loss"]);
 }
+
+#[test]
+fn weight_decay_is_an_input_only_when_asked_for() {
+    // no decay: no `weight_decay` input and no decay nodes (two per parameter)
+    let m = Model::load(&model("mlp")).unwrap();
+    let none = graph_passes::step::step_graphs(&m, &StepSpec::default()).unwrap();
+    let some = graph_passes::step::step_graphs(&m, &StepSpec { weight_decay: 5e-4, ..StepSpec::default() }).unwrap();
+    assert!(!none.step.contract.hyper.contains_key("weight_decay"));
+    assert_eq!(some.step.contract.hyper.get("weight_decay"), Some(&5e-4));
+    let params = some.step.contract.params.len();
+    assert_eq!(some.step.model.graph.nodes.len(), none.step.model.graph.nodes.len() + 2 * params);
+}

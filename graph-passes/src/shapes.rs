@@ -752,6 +752,10 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
                         Some(reduce_shape(xs, &(0..xs.len()).collect::<Vec<_>>(), keep))
                     }
                 }
+                // over every axis without keepdims: a scalar, whatever the input's shape
+                (None, None) if !has_axes_input && !keep && !arg && n.attr_i("noop_with_empty_axes", 0) == 0 => {
+                    Some(vec![])
+                }
                 _ => None,
             };
             set(s, &out0, if arg { dt::INT64 } else { x.dtype }, shape);

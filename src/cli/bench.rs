@@ -34,6 +34,11 @@ pub struct BenchArgs {
     /// Time the standard set side by side: SGD, SAM, RW-SAM (λ = 1, Q = 1), m-SAM with M = 16 and 4
     #[arg(long, conflicts_with = "optimizer")]
     suite: bool,
+    /// Time each optimizer's steps back to back, as a training run takes them (its warm-up
+    /// first), instead of in interleaved rounds; what tools/bench/train_vs_torch.py compares with
+    /// PyTorch, which also runs each optimizer's steps back to back
+    #[arg(long)]
+    consecutive: bool,
     #[command(flatten)]
     backend: BackendArgs,
     #[arg(long)]
@@ -199,7 +204,8 @@ struct StepReport {
 }
 
 /// Training steps of several optimizers on one synthetic batch, timed in interleaved rounds (so
-/// machine noise hits all alike); lr is fed as 0 so that parameters stay put and no run diverges.
+/// machine noise hits all alike) or back to back (`--consecutive`); lr is fed as 0 so that
+/// parameters stay put and no run diverges.
 fn bench_steps(a: &BenchArgs) -> Result<i32> {
     use crate::step::StepRunner;
     use graph_passes::passes::fd_branch::FdScheme;
@@ -257,13 +263,20 @@ fn bench_steps(a: &BenchArgs) -> Result<i32> {
     let classes = classes_of(&runners[0].1.graphs.step.model, runners[0].1.contract())?;
     let (data, labels) = synthetic_batch(&model, a.batch_size, classes)?;
     let batch = Batch { data, labels };
-    for round in 0..a.warmup + a.steps {
-        for (name, r, _, _, times) in runners.iter_mut() {
-            let t0 = Instant::now();
-            r.step(&batch).with_context(|| format!("{shown} ({name})"))?;
-            if round >= a.warmup {
-                times.push(t0.elapsed().as_secs_f64() * 1e3);
-            }
+    // interleaved: round by round, every optimizer once; consecutive: one optimizer's steps after
+    // another's
+    let n = a.warmup + a.steps;
+    let order: Vec<(usize, usize)> = if a.consecutive {
+        (0..runners.len()).flat_map(|k| (0..n).map(move |i| (i, k))).collect()
+    } else {
+        (0..n).flat_map(|i| (0..runners.len()).map(move |k| (i, k))).collect()
+    };
+    for (i, k) in order {
+        let (name, r, _, _, times) = &mut runners[k];
+        let t0 = Instant::now();
+        r.step(&batch).with_context(|| format!("{shown} ({name})"))?;
+        if i >= a.warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
     }
     let median = |t: &mut Vec<f64>| {

@@ -5,7 +5,8 @@ reference implementation (tools/reference_steps.py, float32), in one run.
 Usage: .venv/bin/python tools/bench/train_vs_torch.py [--models mlp cnn resnet8 transformer]
        [--steps 10] [--rounds 3] [--threads 2] [--device cpu|cuda] [--engines ort tract]
 Needs torch (see tools/export_models.py) and a release build. Per model and round: PyTorch ms/step
-for SGD, SAM and RW-SAM (λ = 1, Q = 1), then `onnxsam bench --suite` on each engine. Rounds
+for SGD, SAM and RW-SAM (λ = 1, Q = 1), each optimizer's steps back to back, then `onnxsam bench
+--suite --consecutive` on each engine (back to back too, as a training run takes its steps). Rounds
 alternate the two sides so that a noisy machine's slow minutes fall on both; each number is the
 median over rounds of the per-round medians. Prints the table and onnxsam's steps/s ÷ PyTorch's.
 """
@@ -66,7 +67,8 @@ def torch_ms(name, steps, device):
 
 
 def onnxsam_ms(name, engine, steps, threads, device):
-    cmd = [BIN, "bench", os.path.join(ROOT, "models", f"{name}.onnx"), "--suite", "--json", "--steps", str(steps),
+    cmd = [BIN, "bench", os.path.join(ROOT, "models", f"{name}.onnx"), "--suite", "--consecutive", "--json",
+           "--steps", str(steps),
            "--backend", engine, "--threads", str(threads), "--device", device]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:

@@ -219,13 +219,11 @@ pub fn correct_count(ctx: &mut Ctx, logits: &str, labels: &str) -> String {
 /// ε = ρ·g/‖g‖ carried that difference into every step (ONNX Runtime and tract runs of one seed
 /// parted after two SAM steps). The casts cost one pass over the gradients.
 pub fn sum_of_squares(ctx: &mut Ctx, xs: &[String]) -> String {
-    let flat = ctx.const_i64(&[-1]);
     let mut acc: Option<String> = None;
     for x in xs {
         let x64 = ctx.cast(x, dt::DOUBLE);
-        let sq = ctx.square(&x64);
-        let f = ctx.reshape(&sq, &flat);
-        let s = ctx.reduce_sum(&f, &[0], false);
+        // no axes: over all of them, to a scalar
+        let s = ctx.g.add("ReduceSumSquare", &[&x64]).int("keepdims", 0).output();
         acc = Some(match acc {
             Some(a) => ctx.add(&a, &s),
             None => s,

@@ -102,7 +102,9 @@ impl Pass for SamUpdate {
         if params.is_empty() {
             bail!("the model has no trainable parameters (all frozen?)");
         }
-        let wd = hyper(m, c, "weight_decay", self.weight_decay)?;
+        // no weight decay asked for: no `weight_decay` input and no decay nodes (two per parameter)
+        let wd = if self.weight_decay != 0.0 { Some(hyper(m, c, "weight_decay", self.weight_decay)?) } else { None };
+        let wd = wd.as_deref();
         let g = match self.stage {
             Stage::Apply => {
                 let k = hyper(m, c, MICRO_BATCHES, 1.0)?;
@@ -115,7 +117,7 @@ impl Pass for SamUpdate {
                 let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), 0);
                 acc.iter().map(|a| ctx.div(a, &k)).collect()
             }
-            _ => self.descent_gradient(m, c, &wd)?,
+            _ => self.descent_gradient(m, c, wd)?,
         };
         if self.stage == Stage::Micro {
             let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), 0);
@@ -128,7 +130,7 @@ impl Pass for SamUpdate {
             }
             return m.graph.topo_sort();
         }
-        self.base_step(m, c, &wd, &g)?;
+        self.base_step(m, c, wd, &g)?;
         m.graph.topo_sort()
     }
 }
@@ -136,7 +138,7 @@ impl Pass for SamUpdate {
 impl SamUpdate {
     /// The gradient the base optimizer descends along (before coupled weight decay), plus the
     /// diagnostics loss, correct, grad_norm and sharpness.
-    fn descent_gradient(&self, m: &mut Model, c: &mut Contract, wd: &str) -> Result<Vec<String>> {
+    fn descent_gradient(&self, m: &mut Model, c: &mut Contract, wd: Option<&str>) -> Result<Vec<String>> {
         let params = c.params.clone();
         let Some(loss) = c.loss.clone() else { bail!("sam-update needs a loss: run per-sample-loss first") };
         let opset = m.opset();
@@ -226,8 +228,9 @@ impl SamUpdate {
         params: &[String],
         at: &[String],
         g: &[String],
-        wd: &str,
+        wd: Option<&str>,
     ) -> Vec<String> {
+        let Some(wd) = wd else { return g.to_vec() };
         params
             .iter()
             .zip(at)
@@ -245,7 +248,7 @@ impl SamUpdate {
 
     /// SGD with momentum / nesterov / weight decay, PyTorch semantics: outputs next/<p> and
     /// next/momentum_buffer/<p>.
-    fn base_step(&self, m: &mut Model, c: &mut Contract, wd: &str, g: &[String]) -> Result<()> {
+    fn base_step(&self, m: &mut Model, c: &mut Contract, wd: Option<&str>, g: &[String]) -> Result<()> {
         let params = c.params.clone();
         let lr = hyper(m, c, "lr", self.lr)?;
         let mu = hyper(m, c, "momentum", self.momentum)?;
@@ -268,7 +271,8 @@ impl SamUpdate {
                 nb.clone()
             };
             let mut theta = p.clone();
-            if self.weight_decay_mode == WeightDecayMode::Decoupled && self.decayed(c, p) {
+            if let Some(wd) = wd.filter(|_| self.weight_decay_mode == WeightDecayMode::Decoupled && self.decayed(c, p))
+            {
                 let lw = ctx.mul(&lr, wd);
                 let t = ctx.mul(p, &lw);
                 theta = ctx.sub(p, &t);

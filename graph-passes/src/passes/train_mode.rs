@@ -40,13 +40,20 @@ pub fn pool_before_relu(g: &mut crate::ir::Graph) -> Result<usize> {
     let consumers = g.consumers();
     let mut swaps = Vec::new();
     for (i, n) in g.nodes.iter().enumerate() {
-        if n.op_type != "Relu" || !(n.domain.is_empty() || n.domain == "ai.onnx") || graph_outputs.contains(n.output[0].as_str()) {
+        if n.op_type != "Relu"
+            || !(n.domain.is_empty() || n.domain == "ai.onnx")
+            || graph_outputs.contains(n.output[0].as_str())
+        {
             continue;
         }
         let Some(&[j]) = consumers.get(n.output[0].as_str()).map(|v| v.as_slice()) else { continue };
         let p = &g.nodes[j];
         let single = p.output.len() == 1 || p.output[1..].iter().all(|o| o.is_empty());
-        if p.op_type == "MaxPool" && (p.domain.is_empty() || p.domain == "ai.onnx") && single && p.input[0] == n.output[0] {
+        if p.op_type == "MaxPool"
+            && (p.domain.is_empty() || p.domain == "ai.onnx")
+            && single
+            && p.input[0] == n.output[0]
+        {
             swaps.push((i, j));
         }
     }
