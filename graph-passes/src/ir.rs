@@ -265,6 +265,75 @@ impl Graph {
         before - self.nodes.len()
     }
 
+    /// Folds a Transpose of a Transpose into one (composing the perms; where they cancel, readers
+    /// take the original value) and a Reshape of a Reshape into one (when the outer target shape
+    /// is a constant without 0 entries, which would copy a dimension of the inner result). The
+    /// inner nodes stay for their other readers; `remove_dead` takes those left unread. Exact:
+    /// both only move the same elements. Returns how many nodes it rewired.
+    pub fn fold_transposes_and_reshapes(&mut self) -> usize {
+        let graph_outputs: HashSet<String> = self.outputs.iter().map(|v| v.name.clone()).collect();
+        let mut folded = 0;
+        loop {
+            let producers: HashMap<String, usize> =
+                self.producers().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            let mut change: Option<(usize, NodeProto)> = None;
+            let mut bypass: Option<(String, String)> = None;
+            for (j, n) in self.nodes.iter().enumerate() {
+                let Some(&i) = producers.get(&n.input.first().cloned().unwrap_or_default()) else { continue };
+                let inner = &self.nodes[i];
+                if n.op_type != inner.op_type || !n.domain.is_empty() || !inner.domain.is_empty() {
+                    continue;
+                }
+                if n.op_type == "Transpose" {
+                    let (Some(p1), Some(p2)) = (inner.attr_ints("perm"), n.attr_ints("perm")) else { continue };
+                    if p1.len() != p2.len() {
+                        continue;
+                    }
+                    let q: Vec<i64> = p2.iter().map(|&k| p1[k as usize]).collect();
+                    let identity = q.iter().enumerate().all(|(k, &v)| v == k as i64);
+                    if identity && !graph_outputs.contains(&n.output[0]) {
+                        bypass = Some((n.output[0].clone(), inner.input[0].clone()));
+                        change = Some((j, n.clone()));
+                    } else if !identity {
+                        let mut m = n.clone();
+                        m.input[0] = inner.input[0].clone();
+                        m.attribute.retain(|a| a.name != "perm");
+                        m.attribute.push(attr_ints("perm", &q));
+                        change = Some((j, m));
+                    } else {
+                        continue;
+                    }
+                    break;
+                }
+                if n.op_type == "Reshape" && n.input.len() == 2 {
+                    let Some(t) = self.initializer(&n.input[1]) else { continue };
+                    let Ok(shape) = crate::onnx::tensor::to_i64(t) else { continue };
+                    if shape.contains(&0) {
+                        continue;
+                    }
+                    let mut m = n.clone();
+                    m.input[0] = inner.input[0].clone();
+                    change = Some((j, m));
+                    break;
+                }
+            }
+            let Some((j, m)) = change else { break };
+            match bypass {
+                Some((from, to)) => {
+                    self.nodes.remove(j);
+                    for n in self.nodes.iter_mut() {
+                        for x in n.input.iter_mut().filter(|x| **x == from) {
+                            *x = to.clone();
+                        }
+                    }
+                }
+                None => self.nodes[j] = m,
+            }
+            folded += 1;
+        }
+        folded
+    }
+
     /// Removes Identity nodes whose input is computed by another node: their output name is kept
     /// (it may be a graph output or a name the user knows) and given to the producer instead.
     /// Returns how many went.

@@ -64,6 +64,7 @@ pub fn grad_graph(model: &Model, spec: &GradSpec) -> Result<(Model, Contract)> {
     run_all(&mut m, &mut c, &passes)?;
     m.graph.value_info.clear();
     m.graph.remove_identities();
+    m.graph.fold_transposes_and_reshapes();
     m.graph.eliminate_common_subexpressions();
     m.graph.remove_dead();
     Ok((m, c))

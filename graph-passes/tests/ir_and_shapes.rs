@@ -131,3 +131,45 @@ fn relu_then_max_pool_becomes_max_pool_then_relu_only_where_nothing_else_reads_t
     m.graph.outputs.push(graph_passes::onnx::ValueInfoProto { name: extra, ..Default::default() });
     assert_eq!(pool_before_relu(&mut m.graph).unwrap(), 1);
 }
+
+#[test]
+fn transposes_and_reshapes_of_their_own_kind_fold_into_one() {
+    use graph_passes::ir::attr_ints;
+    use graph_passes::onnx::{data_type as dt, tensor, ValueInfoProto};
+    use graph_passes::passes::value_info;
+    let mut m = model("mlp");
+    let g = &mut m.graph;
+    g.inputs.push(value_info("x", dt::FLOAT, &[2, 3, 4]));
+    // composed: [0,2,1] then [2,0,1] is [1,0,2]
+    let t1 = g.add("Transpose", &["x"]).attr(attr_ints("perm", &[0, 2, 1])).output();
+    let t2 = g.add("Transpose", &[&t1]).attr(attr_ints("perm", &[2, 0, 1])).output();
+    // cancelling: [1,0,2] twice reads x itself
+    let u1 = g.add("Transpose", &["x"]).attr(attr_ints("perm", &[1, 0, 2])).output();
+    let u2 = g.add("Transpose", &[&u1]).attr(attr_ints("perm", &[1, 0, 2])).output();
+    let u3 = g.add("Neg", &[&u2]).output();
+    // Reshape of a Reshape; one whose target has a 0 stays
+    let s1 = g.add_initializer("s1", tensor::from_i64("", &[2], &[6, 4]));
+    let s2 = g.add_initializer("s2", tensor::from_i64("", &[2], &[4, -1]));
+    let s0 = g.add_initializer("s0", tensor::from_i64("", &[2], &[0, -1]));
+    let r1 = g.add("Reshape", &["x", &s1]).output();
+    let r2 = g.add("Reshape", &[&r1, &s2]).output();
+    let r3 = g.add("Reshape", &[&r1, &s0]).output();
+    for o in [&t2, &u3, &r2, &r3] {
+        g.outputs.push(ValueInfoProto { name: o.clone(), ..Default::default() });
+    }
+    let before = infer(g).unwrap();
+    let shapes: Vec<_> = [&t2, &u3, &r2, &r3].iter().map(|o| before.shape(o).cloned()).collect();
+    assert_eq!(g.fold_transposes_and_reshapes(), 3);
+    g.remove_dead();
+    let after = infer(g).unwrap();
+    for (o, s) in [&t2, &u3, &r2, &r3].iter().zip(&shapes) {
+        assert_eq!(&after.shape(o).cloned(), s, "{o}");
+    }
+    let prod = |o: &str| g.nodes.iter().find(|n| n.output[0] == o).unwrap().clone();
+    assert_eq!(prod(&t2).input[0], "x");
+    assert_eq!(prod(&t2).attr_ints("perm"), Some(vec![1, 0, 2]));
+    assert_eq!(prod(&u3).input[0], "x", "cancelling transposes vanish");
+    assert_eq!(prod(&r2).input[0], "x");
+    assert_eq!(prod(&r3).input[0], r1, "a target with 0 copies a dimension of the inner result");
+    assert!(g.nodes.iter().all(|n| n.output[0] != u1 && n.output[0] != u2), "the unread inner transposes are gone");
+}

@@ -1,4 +1,4 @@
-//! cleanup: Identity folding, shared constants and common subexpressions, dead nodes and
+//! cleanup: Identity folding, Transpose∘Transpose and Reshape∘Reshape folding, shared constants and common subexpressions, dead nodes and
 //! initializers, inputs nothing reads, topological order. Names are the builder's (derived from
 //! pass, op and a counter), so the same spec always gives the same graph.
 use std::collections::HashSet;
@@ -18,6 +18,7 @@ impl Pass for Cleanup {
         let g = &mut m.graph;
         g.value_info.clear();
         g.remove_identities();
+        g.fold_transposes_and_reshapes();
         g.eliminate_common_subexpressions();
         g.remove_dead();
         let read: HashSet<String> = g
