@@ -148,39 +148,43 @@ fn ort_and_tract_runs_of_one_seed_agree_over_the_first_steps() {
 fn resumed_run_continues_the_identical_trajectory() {
     let tmp = tempdir();
     let data = mnist_subset(tmp.path(), 1024);
-    let base = |run: &Path, epochs: &str| -> Vec<String> {
-        let mut a: Vec<String> = Vec::new();
-        a.extend(
-            ["models/mlp.onnx", "--data", data.to_str().unwrap(), "--epochs", epochs, "--batch-size", "100"]
-                .iter()
-                .map(|s| s.to_string()),
-        );
-        a.extend(NORM.iter().map(|s| s.to_string()));
-        a.extend(
-            ["--optimizer", "sam", "--reweight", "1", "--backend", "tract", "--out", run.to_str().unwrap()]
-                .iter()
-                .map(|s| s.to_string()),
-        );
-        a
-    };
-    let run = |args: &[String]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_onnxsam"));
-        let o = cmd.current_dir(root()).arg("train").args(args).output().unwrap();
+    // RW-SAM on tract; m-SAM on ONNX Runtime, whose two sessions keep values on the device
+    let configs: [&[&str]; 2] = [
+        &["--optimizer", "sam", "--reweight", "1", "--backend", "tract"],
+        &["--optimizer", "sam", "--micro-batch", "25", "--backend", "ort"],
+    ];
+    for (k, opt) in configs.iter().enumerate() {
+        let base = |run: &Path, epochs: &str| -> Vec<String> {
+            let mut a: Vec<String> = Vec::new();
+            a.extend(
+                ["models/mlp.onnx", "--data", data.to_str().unwrap(), "--epochs", epochs, "--batch-size", "100"]
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
+            a.extend(NORM.iter().chain(opt.iter()).map(|s| s.to_string()));
+            a.extend(["--out".to_string(), run.to_str().unwrap().to_string()]);
+            a
+        };
+        let run = |args: &[String]| {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_onnxsam"));
+            let o = cmd.current_dir(root()).arg("train").args(args).output().unwrap();
+            assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        };
+        let straight = tmp.path().join(format!("straight-{k}"));
+        run(&base(&straight, "2"));
+        let split = tmp.path().join(format!("split-{k}"));
+        run(&base(&split, "1"));
+        let o = train_cmd(&["--resume", split.to_str().unwrap(), "--epochs", "2"]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    };
-    let straight = tmp.path().join("straight");
-    run(&base(&straight, "2"));
-    let split = tmp.path().join("split");
-    run(&base(&split, "1"));
-    let o = train_cmd(&["--resume", split.to_str().unwrap(), "--epochs", "2"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert_eq!(rows(&straight), rows(&split), "metrics of 2 epochs vs 1 + resume + 1 differ");
-    let last = |r: &Path| onnxsam::train::checkpoint::list(r).unwrap().last().unwrap().1.with_extension("npz");
-    assert_eq!(last(&straight).file_name(), last(&split).file_name());
-    let a = read_npz(&last(&straight)).unwrap();
-    let b = read_npz(&last(&split)).unwrap();
-    assert_eq!(a, b, "final parameters differ");
-    assert_eq!(std::fs::read(straight.join("model.onnx")).unwrap(), std::fs::read(split.join("model.onnx")).unwrap());
+        assert_eq!(rows(&straight), rows(&split), "{opt:?}: metrics of 2 epochs vs 1 + resume + 1 differ");
+        let last = |r: &Path| onnxsam::train::checkpoint::list(r).unwrap().last().unwrap().1.with_extension("npz");
+        assert_eq!(last(&straight).file_name(), last(&split).file_name());
+        let a = read_npz(&last(&straight)).unwrap();
+        let b = read_npz(&last(&split)).unwrap();
+        assert_eq!(a, b, "{opt:?}: final parameters differ");
+        let model = |r: &Path| std::fs::read(r.join("model.onnx")).unwrap();
+        assert_eq!(model(&straight), model(&split), "{opt:?}");
+    }
 }
 
 #[test]
