@@ -314,7 +314,7 @@ impl StepRunner {
             acc_names.iter().map(|a| (a.clone(), zeros_like(&self.values[state_param(a)]))).collect();
         let mut acc = zero_acc.clone();
         if on_device {
-            for (p, _) in &ac.params_next {
+            for p in ac.params_next.keys() {
                 if let Some(v) = apply.take(p) {
                     self.session.give(p, v)?;
                 }
