@@ -52,6 +52,16 @@ fn sam(rho: f32) -> StepSpec {
     StepSpec { optimizer: Optimizer::Sam, rho, weight_decay: 5e-4, ..StepSpec::default() }
 }
 
+/// RW-SAM's reweighting with λ = `lambda`: forward differences along one direction, mean-normalized
+/// scores.
+fn reweight(lambda: f32) -> Option<ReweightSpec> {
+    Some(ReweightSpec {
+        lambda,
+        score: Score::Fd { q: 1, scheme: graph_passes::passes::fd_branch::FdScheme::Forward },
+        score_norm: graph_passes::passes::reweight::ScoreNorm::Mean,
+    })
+}
+
 #[test]
 fn sam_with_rho_zero_equals_sgd() {
     for e in ["tract", "ort"] {
@@ -70,14 +80,7 @@ fn rw_sam_with_lambda_zero_equals_sam() {
     for e in ["tract", "ort"] {
         for name in ["mlp", "resnet8"] {
             let (a, _) = one_step(name, &sam(0.05), e);
-            let rw = StepSpec {
-                reweight: Some(ReweightSpec {
-                    lambda: 0.0,
-                    score: Score::Fd { q: 1, scheme: graph_passes::passes::fd_branch::FdScheme::Forward },
-                    score_norm: graph_passes::passes::reweight::ScoreNorm::Mean,
-                }),
-                ..sam(0.05)
-            };
+            let rw = StepSpec { reweight: reweight(0.0), ..sam(0.05) };
             let (b, out) = one_step(name, &rw, e);
             let (err, at) = max_rel(&a.values, &b.values);
             assert!(err < 1e-6, "{name} on {e}: RW-SAM(λ=0) differs from SAM by {err:.2e} at {at}");
@@ -113,16 +116,7 @@ fn reference_spec(opt: &str) -> StepSpec {
         "sam" => StepSpec { optimizer: Optimizer::Sam, ..base },
         "usam" => StepSpec { optimizer: Optimizer::Usam, weight_decay_mode: W::Loss, ..base },
         "asam" => StepSpec { optimizer: Optimizer::Asam, rho: 0.5, eta: 0.01, weight_decay_mode: W::Decoupled, ..base },
-        "rwsam" => StepSpec {
-            optimizer: Optimizer::Sam,
-            reweight: Some(ReweightSpec {
-                lambda: 1.0,
-                score: Score::Fd { q: 1, scheme: graph_passes::passes::fd_branch::FdScheme::Forward },
-                score_norm: graph_passes::passes::reweight::ScoreNorm::Mean,
-            }),
-            fd_delta: 3e-3,
-            ..base
-        },
+        "rwsam" => StepSpec { optimizer: Optimizer::Sam, reweight: reweight(1.0), fd_delta: 3e-3, ..base },
         "msam" => StepSpec { optimizer: Optimizer::Sam, micro_batch: Some(2), ..base },
         _ => unreachable!(),
     }
@@ -502,15 +496,7 @@ fn device_matches_host(spec: &StepSpec, seed: u64) {
 fn values_kept_on_the_device_match_the_host_round_trip() {
     // ONNX Runtime with IoBinding: parameters, momentum and running statistics stay with the
     // engine between steps
-    let spec = StepSpec {
-        reweight: Some(ReweightSpec {
-            lambda: 1.0,
-            score: Score::Fd { q: 1, scheme: graph_passes::passes::fd_branch::FdScheme::Forward },
-            score_norm: graph_passes::passes::reweight::ScoreNorm::Mean,
-        }),
-        ..sam(0.05)
-    };
-    device_matches_host(&spec, 3);
+    device_matches_host(&StepSpec { reweight: reweight(1.0), ..sam(0.05) }, 3);
 }
 
 #[test]

@@ -276,8 +276,8 @@ impl Graph {
         loop {
             let producers: HashMap<String, usize> =
                 self.producers().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-            let mut change: Option<(usize, NodeProto)> = None;
-            let mut bypass: Option<(String, String)> = None;
+            // (node, its rewritten form) or (node to drop, the value its readers take instead)
+            let mut change: Option<(usize, std::result::Result<NodeProto, String>)> = None;
             for (j, n) in self.nodes.iter().enumerate() {
                 let Some(&i) = producers.get(&n.input.first().cloned().unwrap_or_default()) else { continue };
                 let inner = &self.nodes[i];
@@ -292,14 +292,13 @@ impl Graph {
                     let q: Vec<i64> = p2.iter().map(|&k| p1[k as usize]).collect();
                     let identity = q.iter().enumerate().all(|(k, &v)| v == k as i64);
                     if identity && !graph_outputs.contains(&n.output[0]) {
-                        bypass = Some((n.output[0].clone(), inner.input[0].clone()));
-                        change = Some((j, n.clone()));
+                        change = Some((j, Err(inner.input[0].clone())));
                     } else if !identity {
                         let mut m = n.clone();
                         m.input[0] = inner.input[0].clone();
                         m.attribute.retain(|a| a.name != "perm");
                         m.attribute.push(attr_ints("perm", &q));
-                        change = Some((j, m));
+                        change = Some((j, Ok(m)));
                     } else {
                         continue;
                     }
@@ -313,21 +312,21 @@ impl Graph {
                     }
                     let mut m = n.clone();
                     m.input[0] = inner.input[0].clone();
-                    change = Some((j, m));
+                    change = Some((j, Ok(m)));
                     break;
                 }
             }
             let Some((j, m)) = change else { break };
-            match bypass {
-                Some((from, to)) => {
-                    self.nodes.remove(j);
+            match m {
+                Ok(m) => self.nodes[j] = m,
+                Err(to) => {
+                    let from = self.nodes.remove(j).output.swap_remove(0);
                     for n in self.nodes.iter_mut() {
                         for x in n.input.iter_mut().filter(|x| **x == from) {
                             *x = to.clone();
                         }
                     }
                 }
-                None => self.nodes[j] = m,
             }
             folded += 1;
         }
