@@ -260,6 +260,34 @@ fn pow_clip_where_rules() {
             g.add("Where", &[&c, "a", "b"]).output()
         },
     ));
+    // CastLike (dynamo exports wrap constants in it): the gradient goes to the first input only,
+    // cast back to its type; the second input lends its type and gets none
+    cases.push(case(
+        "CastLike to the same type, the type's source differentiated too",
+        17,
+        vec![("x", rnd("cl", &[2, 3], -1.0, 1.0)), ("like", rnd("cm", &[3], -1.0, 1.0))],
+        &["x", "like"],
+        |g| {
+            let c = g.add("CastLike", &["x", "like"]).output();
+            // `like` also feeds the output directly, so its gradient is that path's alone
+            g.add("Mul", &[&c, "like"]).output()
+        },
+    ));
+    cases.push(case("CastLike through float64 and back", 17, vec![("x", rnd("cn", &[4], -1.0, 1.0))], &["x"], |g| {
+        let d = g.add_initializer(
+            "d",
+            onnxsam::graph_passes::onnx::TensorProto {
+                name: String::new(),
+                dims: vec![1],
+                data_type: dt::DOUBLE,
+                raw_data: 0.5f64.to_le_bytes().to_vec(),
+                ..Default::default()
+            },
+        );
+        let up = g.add("CastLike", &["x", &d]).output();
+        let sq = g.add("Mul", &[&up, &up]).output();
+        g.add("CastLike", &[&sq, "x"]).output()
+    }));
     check_all(cases);
 }
 

@@ -519,6 +519,18 @@ impl<'g> NodeBuilder<'g> {
         self.g.nodes.push(self.node);
         outs
     }
+    /// Adds the node with outputs of exactly these names (the caller knows they are free).
+    pub fn exact_outputs(mut self, names: &[&str]) {
+        if self.node.name.is_empty() {
+            let base = format!("{}_{}", self.g.pass.as_deref().unwrap_or("node"), self.node.op_type);
+            self.node.name = self.g.fresh(&base);
+        }
+        for n in names {
+            self.g.used_names.insert(n.to_string());
+        }
+        self.node.output = names.iter().map(|n| n.to_string()).collect();
+        self.g.nodes.push(self.node);
+    }
     pub fn output(self) -> String {
         self.outputs(1).remove(0)
     }

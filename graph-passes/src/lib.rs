@@ -2,6 +2,7 @@
 pub mod autodiff;
 pub mod diff;
 pub mod error;
+pub mod import;
 pub mod ir;
 pub mod onnx;
 pub mod passes;

@@ -284,7 +284,8 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             // value propagation for shape arithmetic
             let vals: Option<Vec<Vec<Dim>>> = n.input.iter().map(|i| s.values.get(i).cloned()).collect();
             if let Some(vals) = vals {
-                if let Some(v) = fold_binary(op, &vals) {
+                let folded = if op == "Where" { fold_where(&vals) } else { fold_binary(op, &vals) };
+                if let Some(v) = folded {
                     s.values.insert(out0.clone(), v);
                 }
             }
@@ -766,6 +767,15 @@ fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
                 let r = s.shape(&n.input[0])?.first()?.known()?;
                 Some((0..r).map(|i| Dim::Sym(format!("cos{i}"))).collect())
             });
+            // a small integer vector of known length (exporters build `expand` targets this way)
+            let fill = n.attr("value").and_then(|a| a.t.as_ref()).and_then(|t| tensor::to_i64(t).ok()).map(|v| v[0]);
+            if let (Some(sh), true) = (&shape, matches!(dtype, dt::INT64 | dt::INT32)) {
+                if let ([Dim::Known(len)], Some(v)) = (sh.as_slice(), fill.or(Some(0))) {
+                    if *len <= 64 {
+                        s.values.insert(out0.clone(), vec![Dim::Known(v); *len as usize]);
+                    }
+                }
+            }
             set(s, &out0, dtype, shape);
         }
         "Range" => {
@@ -952,6 +962,19 @@ fn reshape_shape(n: &NodeProto, xs: Option<&Shape>, target: &[Dim], allowzero: b
     Ok(out)
 }
 
+/// Where(cond, a, b) over small integer vectors (cond as 0/1).
+fn fold_where(vals: &[Vec<Dim>]) -> Option<Vec<Dim>> {
+    let [c, a, b] = vals else { return None };
+    let len = c.len().max(a.len()).max(b.len());
+    let at = |v: &Vec<Dim>, i: usize| v.get(if v.len() == 1 { 0 } else { i }).cloned();
+    (0..len)
+        .map(|i| match at(c, i)?.known()? {
+            0 => at(b, i),
+            _ => at(a, i),
+        })
+        .collect()
+}
+
 fn fold_binary(op: &str, vals: &[Vec<Dim>]) -> Option<Vec<Dim>> {
     if vals.len() != 2 {
         return None;
@@ -971,11 +994,21 @@ fn fold_binary(op: &str, vals: &[Vec<Dim>]) -> Option<Vec<Dim>> {
                     "Sub" => x - y,
                     "Mul" => x * y,
                     "Div" if y != 0 => x / y,
+                    // integer Mod (fmod = 0): the sign follows the divisor, as Python's %
+                    "Equal" => (x == y) as i64,
+                    "Less" => (x < y) as i64,
+                    "Greater" => (x > y) as i64,
+                    "Mod" if y != 0 => x.rem_euclid(y) + if y < 0 && x.rem_euclid(y) != 0 { y } else { 0 },
                     _ => return None,
                 })),
                 _ => match (op, y.known()) {
                     ("Mul" | "Div", Some(1)) | ("Add" | "Sub", Some(0)) => Some(x.clone()),
-                    _ => None,
+                    // a symbolic size is never negative: unequal to any negative constant
+                    ("Equal", Some(k)) if k < 0 => Some(Dim::Known(0)),
+                    _ => match (op, x.known()) {
+                        ("Equal", Some(k)) if k < 0 => Some(Dim::Known(0)),
+                        _ => None,
+                    },
                 },
             }
         })

@@ -1,4 +1,5 @@
 //! Composes passes into the graphs onnxsam runs: the gradient graph (forward + loss + gradients).
+use crate::import::{Import, Sharing};
 use crate::ir::Model;
 use crate::passes::lift_params::LiftParams;
 use crate::passes::per_sample_loss::{Loss, PerSampleLoss};
@@ -11,9 +12,23 @@ pub struct GradSpec {
     pub loss: Loss,
     pub train_mode: bool,
     pub freeze: Vec<String>,
-    pub untie_shared: bool,
+    /// Which tensors several nodes read stay one parameter (import).
+    pub sharing: Sharing,
+    /// Train a graph whose BatchNorm layers the exporter folded into convolutions.
+    pub allow_folded_bn: bool,
     /// Differentiate Σ wᵢ·ℓᵢ with a `sample_weights` input instead of the mean loss.
     pub weighted: bool,
+}
+
+impl GradSpec {
+    /// The passes every graph starts with: import (PyTorch's tensors, merges undone) and
+    /// lift-params (parameters become inputs).
+    pub fn front(&self) -> (Import, LiftParams) {
+        (
+            Import { sharing: self.sharing, allow_folded_bn: self.allow_folded_bn },
+            LiftParams { freeze: self.freeze.clone() },
+        )
+    }
 }
 
 impl Default for GradSpec {
@@ -22,46 +37,68 @@ impl Default for GradSpec {
             loss: Loss::CrossEntropy { label_smoothing: 0.0 },
             train_mode: true,
             freeze: vec![],
-            untie_shared: false,
+            sharing: Sharing::Auto,
+            allow_folded_bn: false,
             weighted: false,
         }
     }
 }
 
-/// Ops between the parameters and the outputs that have no gradient rule: found before any pass
-/// runs, so the error names the op and its node rather than a consequence.
-pub fn check_differentiable(model: &Model) -> Result<()> {
+/// Ops between the parameters and the outputs that have no gradient rule, found right after
+/// import, so the error names the op and its node rather than a consequence.
+pub fn check_differentiable(g: &crate::ir::Graph, params: &[String]) -> Result<()> {
+    match untrainable_ops(g, params)?.into_iter().next() {
+        Some(first) => Err(crate::Error(first)),
+        None => Ok(()),
+    }
+}
+
+/// One line per op (first node of each op type) that a gradient would have to pass through
+/// from `params` but that has no gradient rule.
+pub fn untrainable_ops(g: &crate::ir::Graph, params: &[String]) -> Result<Vec<String>> {
     use crate::autodiff::rules::{is_non_differentiable, rule_for};
     use crate::ir::NodeExt;
-    let g = &model.graph;
-    let mut reached: std::collections::HashSet<&str> =
-        g.initializers.iter().map(|t| t.name.as_str()).filter(|n| !n.starts_with("onnx::")).collect();
+    let mut reached: std::collections::HashSet<&str> = params.iter().map(|s| s.as_str()).collect();
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for &i in &g.topo_order()? {
         let n = &g.nodes[i];
-        if is_non_differentiable(&n.op_type) || !n.input.iter().any(|v| reached.contains(v.as_str())) {
+        let reads = n
+            .input
+            .iter()
+            .enumerate()
+            .any(|(k, v)| crate::autodiff::carries_gradient(&n.op_type, k) && reached.contains(v.as_str()));
+        if is_non_differentiable(&n.op_type) || !reads {
             continue;
         }
-        if rule_for(&n.op_type).is_none() {
-            crate::bail!("{} has no gradient rule yet", n.describe());
+        if rule_for(&n.op_type).is_none() && seen.insert(n.op_type.clone()) {
+            out.push(format!("{} has no gradient rule yet", n.describe()));
         }
         reached.extend(n.output.iter().map(|s| s.as_str()));
     }
-    Ok(())
+    Ok(out)
+}
+
+/// The model after import and lift-params: PyTorch's parameters as inputs under their names.
+/// With `differentiable`, every op between them and the outputs must have a gradient rule.
+pub fn imported(model: &Model, spec: &GradSpec, differentiable: bool) -> Result<(Model, Contract)> {
+    let mut m = model.clone();
+    let mut c = Contract::default();
+    let (import, lift) = spec.front();
+    run_all(&mut m, &mut c, &[&import, &lift])?;
+    if differentiable {
+        check_differentiable(&m.graph, &c.params)?;
+    }
+    Ok((m, c))
 }
 
 /// forward + per-sample loss + gradients of every trainable parameter.
 pub fn grad_graph(model: &Model, spec: &GradSpec) -> Result<(Model, Contract)> {
-    check_differentiable(model)?;
-    let mut m = model.clone();
-    let mut c = Contract::default();
-    let lift = LiftParams { freeze: spec.freeze.clone(), untie_shared: spec.untie_shared };
+    let (mut m, mut c) = imported(model, spec, true)?;
     let loss = PerSampleLoss { loss: spec.loss, weighted: spec.weighted };
     let ad = Autodiff { weighted: spec.weighted };
-    let mut passes: Vec<&dyn Pass> = vec![&lift];
-    passes.push(if spec.train_mode { &TrainMode } else { &EvalMode });
-    passes.push(&loss);
-    passes.push(&ad);
-    run_all(&mut m, &mut c, &passes)?;
+    let mode: &dyn Pass = if spec.train_mode { &TrainMode } else { &EvalMode };
+    run_all(&mut m, &mut c, &[mode, &loss, &ad])?;
     m.graph.value_info.clear();
     m.graph.remove_identities();
     m.graph.fold_transposes_and_reshapes();
@@ -72,14 +109,10 @@ pub fn grad_graph(model: &Model, spec: &GradSpec) -> Result<(Model, Contract)> {
 
 /// forward + per-sample loss only (no gradients): what gradcheck evaluates.
 pub fn loss_graph(model: &Model, spec: &GradSpec) -> Result<(Model, Contract)> {
-    let mut m = model.clone();
-    let mut c = Contract::default();
-    let lift = LiftParams { freeze: spec.freeze.clone(), untie_shared: spec.untie_shared };
+    let (mut m, mut c) = imported(model, spec, false)?;
     let loss = PerSampleLoss { loss: spec.loss, weighted: spec.weighted };
-    let mut passes: Vec<&dyn Pass> = vec![&lift];
-    passes.push(if spec.train_mode { &TrainMode } else { &EvalMode });
-    passes.push(&loss);
-    run_all(&mut m, &mut c, &passes)?;
+    let mode: &dyn Pass = if spec.train_mode { &TrainMode } else { &EvalMode };
+    run_all(&mut m, &mut c, &[mode, &loss])?;
     m.graph.value_info.clear();
     Ok((m, c))
 }
@@ -230,14 +263,11 @@ pub struct StepGraphs {
     pub apply: Option<StepGraph>,
 }
 
-/// lift-params + train-mode + per-sample-loss, with the forward recorded for copies.
+/// import + lift-params + train-mode + per-sample-loss, with the forward recorded for copies.
 fn training_forward(model: &Model, spec: &GradSpec) -> Result<(Model, Contract)> {
-    check_differentiable(model)?;
-    let mut m = model.clone();
-    let mut c = Contract::default();
-    let lift = LiftParams { freeze: spec.freeze.clone(), untie_shared: spec.untie_shared };
+    let (mut m, mut c) = imported(model, spec, true)?;
     let loss = PerSampleLoss { loss: spec.loss, weighted: false };
-    run_all(&mut m, &mut c, &[&lift, &TrainMode, &loss])?;
+    run_all(&mut m, &mut c, &[&TrainMode, &loss])?;
     m.graph.value_info.clear();
     let order = m.graph.topo_order()?;
     c.forward = order.iter().map(|&i| m.graph.nodes[i].clone()).collect();
@@ -277,11 +307,9 @@ pub fn step_graphs(model: &Model, spec: &StepSpec) -> Result<StepGraphs> {
 
 /// The evaluation graph: eval-mode forward, per-sample loss, correct count.
 pub fn eval_graph(model: &Model, spec: &GradSpec) -> Result<StepGraph> {
-    let mut m = model.clone();
-    let mut c = Contract::default();
-    let lift = LiftParams { freeze: spec.freeze.clone(), untie_shared: spec.untie_shared };
+    let (mut m, mut c) = imported(model, spec, false)?;
     let loss = PerSampleLoss { loss: spec.loss, weighted: false };
-    run_all(&mut m, &mut c, &[&lift, &EvalMode, &loss, &EvalGraph, &Cleanup])?;
+    run_all(&mut m, &mut c, &[&EvalMode, &loss, &EvalGraph, &Cleanup])?;
     Ok(StepGraph { model: m, contract: c })
 }
 

@@ -29,6 +29,7 @@ pub const DIFFERENTIABLE: &[&str] = &[
     "Where",
     "Identity",
     "Cast",
+    "CastLike",
     "Conv",
     "MaxPool",
     "AveragePool",

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
+use graph_passes::import::Sharing;
 use graph_passes::ir::Model;
 use graph_passes::onnx::SaveOptions;
 use graph_passes::passes::per_sample_loss::Loss;
@@ -38,9 +39,19 @@ pub struct GradGraphArgs {
     /// Keep parameters matching this glob constant (repeatable), e.g. --freeze 'conv1.*'
     #[arg(long, value_name = "PATTERN")]
     freeze: Vec<String>,
-    /// Give every use of a tensor the exporter shared its own parameter
-    #[arg(long)]
+    /// Give every use of a shared tensor its own parameter, even where PyTorch uses one tensor
+    /// several times (default: tensors the exporter merged are untied where the file shows they
+    /// were distinct PyTorch tensors; a tensor PyTorch itself reuses stays one parameter)
+    #[arg(long, conflicts_with = "keep_tied")]
     untie_shared: bool,
+    /// Keep tensors the exporter merged as one parameter each (BatchNorm running statistics
+    /// are still kept apart from parameters)
+    #[arg(long)]
+    keep_tied: bool,
+    /// Train a graph whose BatchNorm layers the exporter folded into convolutions (not the
+    /// network PyTorch trains; a warning says so)
+    #[arg(long)]
+    allow_folded_bn: bool,
 }
 
 impl GradGraphArgs {
@@ -61,7 +72,14 @@ impl GradGraphArgs {
             loss,
             train_mode: !self.eval_mode,
             freeze: self.freeze.clone(),
-            untie_shared: self.untie_shared,
+            sharing: if self.untie_shared {
+                Sharing::UntieAll
+            } else if self.keep_tied {
+                Sharing::KeepTied
+            } else {
+                Sharing::Auto
+            },
+            allow_folded_bn: self.allow_folded_bn,
             weighted: false,
         })
     }
@@ -157,6 +175,59 @@ pub fn grad(a: GradArgs) -> Result<i32> {
         "loss {loss:.6}; wrote {} gradients and {} running statistics to {}",
         c.grads.len(),
         c.state_next.len(),
+        a.out.display()
+    );
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct StepOnceArgs {
+    #[command(flatten)]
+    input: GradInput,
+    #[command(flatten)]
+    step: super::step::StepArgs,
+    /// Where to write the next value of every parameter (by PyTorch name), momentum_buffer/<p>,
+    /// bn_after/<statistic> and the step's diagnostics (loss, grad_norm, …)
+    #[arg(long, value_name = "NPZ")]
+    out: PathBuf,
+}
+
+/// `onnxsam step`: one optimizer step on one batch, what a training step does, with everything
+/// it changes written out (to compare with PyTorch, or to look at one step closely).
+pub fn step_once(a: StepOnceArgs) -> Result<i32> {
+    let i = &a.input;
+    let spec = a.step.spec(&i.graph)?;
+    let model = Model::load(&i.model)?;
+    let shown = i.model.display().to_string();
+    let be = backend::select(&i.backend.request(), true)?;
+    let mut runner = crate::step::StepRunner::new(&model, &spec, be.as_ref(), i.seed).with_context(|| shown.clone())?;
+    let batch = runner.batch(&i.batch.display().to_string(), read_npz(&i.batch)?)?;
+    let out = runner.step(&batch).with_context(|| shown.clone())?;
+    runner.sync()?;
+    let c = runner.contract().clone();
+    let mut arrays: Vec<(String, HostTensor)> = Vec::new();
+    for (name, o) in &c.diagnostics {
+        if let Some(v) = out.get(o) {
+            arrays.push((name.clone(), v.clone()));
+        }
+    }
+    for p in &c.params {
+        arrays.push((p.clone(), runner.values[p].clone()));
+    }
+    for (k, v) in &runner.values {
+        if k.starts_with(graph_passes::passes::sam_update::MOMENTUM_BUFFER) {
+            arrays.push((k.clone(), v.clone()));
+        }
+    }
+    for stat in c.state_next.keys() {
+        arrays.push((format!("bn_after/{stat}"), runner.values[stat].clone()));
+    }
+    write_npz(&a.out, &arrays)?;
+    let loss = out.get(c.diagnostics.get("loss").map(|s| s.as_str()).unwrap_or("loss")).map(|t| t.to_f64()[0]);
+    eprintln!(
+        "loss {}; wrote {} parameters after one step to {}",
+        loss.map(|l| format!("{l:.6}")).unwrap_or_else(|| "?".into()),
+        c.params.len(),
         a.out.display()
     );
     Ok(0)

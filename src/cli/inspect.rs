@@ -1,13 +1,13 @@
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
+use graph_passes::import::ImportReport;
 use graph_passes::ir::{Model, NodeExt};
 use graph_passes::onnx::{self, tensor, TESTED_OPSETS};
-use graph_passes::passes::lift_params::LiftParams;
-use graph_passes::passes::{Contract, Pass};
 use graph_passes::shapes::{self, shape_string, value_type_of};
+use graph_passes::step::{self, GradSpec};
 use graph_passes::support;
 use serde::Serialize;
 
@@ -53,6 +53,12 @@ struct Report {
     nodes: usize,
     ops: BTreeMap<String, usize>,
     modes: Vec<String>,
+    /// "trains as PyTorch" or "cannot: … (what to do)".
+    verdict: String,
+    /// What the import pass found and did: merges undone, renamed or transposed tensors.
+    import: Vec<String>,
+    /// The exporter that wrote the file (dynamo, legacy, other), as import saw it.
+    exporter: String,
     /// One line per thing onnxsam or an engine cannot handle.
     limitations: Vec<String>,
     node_metadata: bool,
@@ -103,42 +109,62 @@ fn report(path: &std::path::Path) -> Result<Report> {
         };
         *ops.entry(key).or_default() += 1;
     }
-    // running statistics: BatchNormalization inputs 3 and 4
-    let stats: HashSet<&str> = g
-        .nodes
-        .iter()
-        .filter(|n| n.op_type == "BatchNormalization")
-        .flat_map(|n| n.input.iter().skip(3).take(2).map(|s| s.as_str()))
-        .collect();
-    let mut running: Vec<String> = stats.iter().map(|s| s.to_string()).collect();
-    running.sort();
-    // what training would lift: the lift-params pass itself, on a copy
-    let mut lifted = model.clone();
-    let mut contract = Contract::default();
-    let lift = LiftParams::default();
-    let mut shared = Vec::new();
-    if let Err(e) = lift.run(&mut lifted, &mut contract) {
-        shared.push(format!("no parameters to train: {e}"));
-    }
-    let trainable: Vec<&onnx::TensorProto> = contract.params.iter().filter_map(|p| contract.init.get(p)).collect();
-    for (root, aliases) in &contract.split {
-        let mut aliases = aliases.clone();
-        aliases.sort();
-        shared.push(format!(
-            "initializer '{root}' also stands for {} tensors the exporter merged into it ({}); training gives each its own (parameters and running statistics apart)",
-            aliases.len(),
-            aliases.join(", ")
+    // what training would see: the import pass and the gradient graph itself, on a copy
+    let spec = GradSpec::default();
+    // the import report also where the verdict is a refusal (folded BatchNorm)
+    let lenient = GradSpec { allow_folded_bn: true, ..GradSpec::default() };
+    let (report, trainable, untrainable) = match step::imported(&model, &lenient, false) {
+        Ok((m, c)) => {
+            let ops = step::untrainable_ops(&m.graph, &c.params).unwrap_or_default();
+            (c.import.clone(), c.params.iter().filter_map(|p| c.init.get(p).cloned()).collect::<Vec<_>>(), ops)
+        }
+        Err(_) => (ImportReport::default(), vec![], vec![]),
+    };
+    let verdict = match step::grad_graph(&model, &spec) {
+        Ok(_) => "trains as PyTorch".to_string(),
+        Err(e) => format!("cannot: {e}"),
+    };
+    let mut import = Vec::new();
+    for (root, names) in &report.untied {
+        import.push(format!(
+            "initializer '{root}' stood for {} distinct PyTorch tensors the exporter merged ({}); untied: each is trained (or kept as a running statistic) on its own (--keep-tied keeps the merge)",
+            names.len(),
+            names.join(", ")
         ));
     }
-    for (tensor, users) in &contract.tied {
-        shared.push(format!(
-            "tied weights: '{tensor}' is read by {} nodes ({}); kept as one parameter (--untie-shared gives each its own)",
+    for (p, users) in &report.tied {
+        import.push(format!(
+            "tied weights: '{p}' is read by {} nodes ({}) as one tensor; one parameter, the gradients of all uses summed (--untie-shared gives each use its own)",
             users.len(),
             users.join(", ")
         ));
     }
+    for (p, stored) in &report.stored_as {
+        for s in stored {
+            import.push(if s.perm.is_empty() {
+                format!("'{p}' is stored as '{}'; trained, checkpointed and reported as '{p}'", s.name)
+            } else {
+                format!(
+                    "'{p}' is stored transposed (perm {:?}) as '{}'; trained in PyTorch's layout as '{p}', written back as '{}'",
+                    s.perm, s.name, s.name
+                )
+            });
+        }
+    }
+    if !report.restored.is_empty() {
+        import.push(format!(
+            "zero biases the exporter's optimizer removed are given back to their layers (PyTorch trains them): {}",
+            graph_passes::import::summary(&report.restored, 6)
+        ));
+    }
+    for u in &report.unnamed {
+        import.push(format!("'{u}' was computed at export and names no PyTorch tensor; kept constant"));
+    }
+    for w in &report.warnings {
+        import.push(format!("warning: {w}"));
+    }
     let mut modes = Vec::new();
-    let mut limitations = shared;
+    let mut limitations = Vec::new();
     for n in &g.nodes {
         match n.op_type.as_str() {
             "BatchNormalization" => {
@@ -150,9 +176,6 @@ fn report(path: &std::path::Path) -> Result<Report> {
                     n.attr_f("momentum", 0.9),
                     n.attr_f("epsilon", 1e-5)
                 ));
-                if train {
-                    limitations.push(format!("{}: training_mode=1 BatchNormalization runs wrongly on ONNX Runtime with shared initializers and not at all on tract; onnxsam's train-mode pass decomposes it", n.describe()));
-                }
             }
             "Dropout" => {
                 let ratio = n.attr_f("ratio", 0.5);
@@ -169,12 +192,8 @@ fn report(path: &std::path::Path) -> Result<Report> {
             limitations.push(format!("{}: {why}; use --backend ort", n.describe()));
         }
     }
-    let mut seen = HashSet::new();
-    for n in &g.nodes {
-        if !support::has_gradient_rule(&n.op_type) && seen.insert(n.op_type.clone()) {
-            limitations
-                .push(format!("{} has no gradient rule yet (training through it is not possible)", n.describe()));
-        }
+    for u in untrainable {
+        limitations.push(format!("{u} (training through it is not possible)"));
     }
     match shapes::infer(g) {
         Ok(s) => {
@@ -211,11 +230,18 @@ fn report(path: &std::path::Path) -> Result<Report> {
         trainable_tensors: trainable.len(),
         trainable_parameters: trainable.iter().map(|t| tensor::numel(t)).sum(),
         trainable_bytes: trainable.iter().map(|t| tensor::data_bytes(t)).sum(),
-        running_statistics: running,
+        running_statistics: {
+            let mut b = report.buffers.clone();
+            b.sort();
+            b
+        },
         nodes: g.nodes.len(),
         ops,
         modes,
         limitations,
+        verdict,
+        import,
+        exporter: report.exporter.clone(),
         node_metadata,
         onnxsam_graph: compiled_graph(&model),
     })
@@ -324,14 +350,22 @@ fn print_text(r: &Report) {
             println!("  {m}");
         }
     }
+    println!("exporter: {}", r.exporter);
+    if !r.import.is_empty() {
+        println!("import:");
+        for l in &r.import {
+            println!("  {l}");
+        }
+    }
     if r.limitations.is_empty() {
-        println!("limitations: none — every op runs on both engines and has a gradient rule");
+        println!("limitations: none — every op on the way to the loss has a gradient rule, and every op runs on both engines");
     } else {
         println!("limitations:");
         for l in &r.limitations {
             println!("  {l}");
         }
     }
+    println!("verdict: {}", r.verdict);
 }
 
 #[derive(Serialize)]

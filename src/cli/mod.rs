@@ -46,6 +46,11 @@ enum Command {
         after_help = "Example:\n  onnxsam grad models/cnn.onnx --batch tests/fixtures/cnn/batch.npz --out grads.npz"
     )]
     Grad(grad::GradArgs),
+    /// One optimizer step on one batch: next parameters, momentum, running statistics, diagnostics
+    #[command(
+        after_help = "Examples:\n  onnxsam step models/cnn.onnx --batch tests/fixtures/cnn/batch.npz --optimizer sam --rho 0.05 --out next.npz\n  onnxsam step model.onnx --batch batch.npz --lr 0.1 --momentum 0.9 --weight-decay 5e-4 --out next.npz"
+    )]
+    Step(grad::StepOnceArgs),
     /// Compare autodiff gradients with central finite differences on random coordinates
     #[command(after_help = "Example:\n  onnxsam gradcheck models/mlp.onnx --batch tests/fixtures/mlp/batch.npz")]
     Gradcheck(grad::GradcheckArgs),
@@ -155,6 +160,7 @@ pub fn main() -> i32 {
         Command::Diff(a) => diff::run(a),
         Command::Grad(a) => grad::grad(a),
         Command::Gradcheck(a) => grad::gradcheck(a),
+        Command::Step(a) => grad::step_once(a),
         Command::Rewrite(a) => grad::rewrite(a),
         Command::Bench(a) => bench::bench(a),
         Command::Train(a) => crate::train::train(a, std::env::args().skip(2).collect()),

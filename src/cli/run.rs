@@ -100,7 +100,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(a: RunArgs) -> Result<i32> {
-    let model = Model::load(&a.model)?;
+    let mut model = Model::load(&a.model)?;
+    // a training-mode export (BatchNormalization with training_mode=1) runs as its file says, in
+    // ops both engines get right
+    graph_passes::passes::train_mode::decompose_training_batch_norms(&mut model)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
     let arrays = read_npz(&a.input)?;
     let feeds = feeds_for(&model, arrays, &a.input.display().to_string())?;
     let backend = backend::select(&a.backend.request(), true)?;

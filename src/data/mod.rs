@@ -132,11 +132,12 @@ fn to_dataset(x: HostTensor, y: HostTensor, source: &str) -> Result<Dataset> {
         bail!("{source}: x must have a batch axis, got a scalar");
     }
     let n = x.shape[0];
+    let dtype = x.dtype_name();
     let xs: Vec<f32> = match x.data {
         Data::F32(v) => v,
         Data::F64(v) => v.into_iter().map(|a| a as f32).collect(),
         Data::U8(v) => v.into_iter().map(|a| a as f32 / 255.0).collect(),
-        other => bail!("{source}: x must be float32, float64 or uint8, got {:?}", std::mem::discriminant(&other)),
+        _ => bail!("{source}: x must be float32, float64 or uint8, got {dtype}"),
     };
     let ys: Vec<i64> = match y.data {
         Data::I64(v) => v,

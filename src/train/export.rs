@@ -1,11 +1,10 @@
-//! The trained model: the original graph (after lift-params, which splits tensors the exporter
-//! merged) with trained parameters and running statistics as initializers — loadable by any
+//! The trained model: the original graph (after import, which splits tensors the exporter merged
+//! and names parameters the way PyTorch does) with trained parameters and running statistics as initializers — loadable by any
 //! ONNX runtime and by `onnxsam run`.
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Result};
 use graph_passes::ir::Model;
-use graph_passes::passes::lift_params::LiftParams;
 use graph_passes::passes::{run_all, Contract};
 use graph_passes::step::GradSpec;
 
@@ -15,8 +14,8 @@ use crate::tensor::HostTensor;
 pub fn export(original: &Model, spec: &GradSpec, values: &BTreeMap<String, HostTensor>) -> Result<Model> {
     let mut m = original.clone();
     let mut c = Contract::default();
-    let lift = LiftParams { freeze: spec.freeze.clone(), untie_shared: spec.untie_shared };
-    run_all(&mut m, &mut c, &[&lift]).map_err(|e| anyhow!("{e}"))?;
+    let (import, lift) = spec.front();
+    run_all(&mut m, &mut c, &[&import, &lift]).map_err(|e| anyhow!("{e}"))?;
     for p in &c.params {
         m.graph.inputs.retain(|v| &v.name != p);
         let v = values.get(p).ok_or_else(|| anyhow!("no trained value for parameter '{p}'"))?;
@@ -28,6 +27,8 @@ pub fn export(original: &Model, spec: &GradSpec, values: &BTreeMap<String, HostT
             *t = proto_from_host(&t.name, v)?;
         }
     }
+    // parameters the file stores in another layout go back to its names and layouts
+    graph_passes::import::fold_views(&mut m.graph).map_err(|e| anyhow!("{e}"))?;
     for n in m.graph.nodes.iter_mut() {
         n.metadata_props.retain(|p| p.key != graph_passes::ir::PASS_KEY);
     }

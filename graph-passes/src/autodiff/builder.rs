@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use crate::ir::Graph;
 use crate::onnx::{data_type as dt, tensor};
-use crate::shapes::{Dim, Shape, Shapes};
+use crate::shapes::{shape_string, Dim, Shape, Shapes};
 use crate::{bail, Result};
 
 pub struct Ctx<'g> {
@@ -144,10 +144,12 @@ impl<'g> Ctx<'g> {
     /// Statically known dimensions of `v` (error naming the value otherwise).
     pub fn known_dims(&self, v: &str) -> Result<Vec<i64>> {
         let s = self.shape(v)?;
-        s.iter()
-            .map(|d| d.known())
-            .collect::<Option<Vec<i64>>>()
-            .ok_or_else(|| crate::err!("value '{v}' has a symbolic shape {s:?}; this gradient needs it known"))
+        s.iter().map(|d| d.known()).collect::<Option<Vec<i64>>>().ok_or_else(|| {
+            crate::err!(
+                "value '{v}' has a symbolic shape {}; this gradient needs it known",
+                shape_string(&Some(s.clone()))
+            )
+        })
     }
 
     /// Undoes numpy broadcasting: sums `grad` (shaped like forward value `out`) down to the
@@ -165,7 +167,11 @@ impl<'g> Ctx<'g> {
                 (Dim::Known(1), Dim::Known(1)) => {}
                 (Dim::Known(1), _) => axes.push((lead + i) as i64),
                 (Dim::Known(a), Dim::Known(b)) if a != b => {
-                    bail!("cannot undo broadcasting of '{target}' {ts:?} to {os:?}")
+                    bail!(
+                        "cannot undo broadcasting of '{target}' {} to {}",
+                        shape_string(&Some(ts.clone())),
+                        shape_string(&Some(os.clone()))
+                    )
                 }
                 _ => {}
             }

@@ -62,7 +62,7 @@ pub fn gradients_with(
         if rules::is_non_differentiable(&n.op_type) {
             continue;
         }
-        if n.input.iter().any(|i| depends.contains(i)) {
+        if n.input.iter().enumerate().any(|(k, i)| carries_gradient(&n.op_type, k) && depends.contains(i)) {
             for o in &n.output {
                 if is_float_value(&shapes, o) && !stop.contains(o) {
                     depends.insert(o.clone());
@@ -85,6 +85,30 @@ pub fn gradients_with(
         }
     }
     let active = |v: &str| depends.contains(v) && needed.contains(v);
+    // the backward nodes a pass asks for are its own, but `diff` shows them apart from the rest
+    // of what the pass adds: tagged "<pass>/autodiff"
+    let outer = g.pass.clone();
+    if let Some(p) = &outer {
+        if p != "autodiff" {
+            g.pass = Some(format!("{p}/autodiff"));
+        }
+    }
+    let r = sweep(g, shapes, opset, loss, wrt, shortcuts, &nodes, &active);
+    g.pass = outer;
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sweep(
+    g: &mut Graph,
+    shapes: Shapes,
+    opset: i64,
+    loss: &str,
+    wrt: &[String],
+    shortcuts: &[Shortcut],
+    nodes: &[NodeProto],
+    active: &dyn Fn(&str) -> bool,
+) -> Result<HashMap<String, String>> {
     let mut ctx = Ctx::new(g, shapes, opset);
     let one = ctx.scalar(1.0);
     let mut contributions: HashMap<String, Vec<String>> = HashMap::from([(loss.to_string(), vec![one])]);
@@ -127,6 +151,12 @@ pub fn gradients_with(
         out.insert(w.clone(), grad);
     }
     Ok(out)
+}
+
+/// False for inputs through which no gradient flows into the node's outputs: CastLike's second
+/// input only lends its type.
+pub fn carries_gradient(op: &str, input: usize) -> bool {
+    !(op == "CastLike" && input == 1)
 }
 
 /// The summed gradient of `v` (Add chain over its contributions).

@@ -29,10 +29,8 @@ pub struct Contract {
     pub labels: Option<String>,
     /// Trainable parameters, as graph inputs, in order.
     pub params: Vec<String>,
-    /// Parameters that share one exported tensor (kept tied): tensor → the nodes reading it.
-    pub tied: BTreeMap<String, Vec<String>>,
-    /// Tensors the exporter merged that lift-params split: tensor → the names it now goes by.
-    pub split: BTreeMap<String, Vec<String>>,
+    /// What the import pass found: PyTorch parameters and buffers, merges undone, layouts.
+    pub import: crate::import::ImportReport,
     /// State fed back each step (BatchNorm running statistics) → the output with its next value.
     pub state_next: BTreeMap<String, String>,
     /// State read but not updated (running statistics of an evaluation graph).

@@ -120,7 +120,10 @@ fn attach(logits: &str, loss: Loss, c: &mut Ctx, contract: &mut Contract) -> Res
     let lps = match loss {
         Loss::CrossEntropy { label_smoothing } => {
             if shape.len() != 2 {
-                bail!("cross-entropy needs logits [batch, classes]; the output '{logits}' has shape {shape:?} (use --loss mse?)");
+                bail!(
+                    "cross-entropy needs logits [batch, classes]; the output '{logits}' has shape {} (use --loss mse?)",
+                    crate::shapes::shape_string(&Some(shape.clone()))
+                );
             }
             let labels = c.g.fresh(LABELS);
             c.g.inputs.push(value_info(&labels, dt::INT64, &[-1]));

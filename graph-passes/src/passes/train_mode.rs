@@ -71,6 +71,44 @@ pub fn pool_before_relu(g: &mut crate::ir::Graph) -> Result<usize> {
     Ok(swaps.len())
 }
 
+/// Rewrites every BatchNormalization with `training_mode=1` into elementary ops with the ONNX
+/// semantics (ONNX operator spec, BatchNormalization-15): Y from the batch's mean and biased
+/// variance; the optional outputs running_mean = input_mean·momentum + batch_mean·(1 − momentum)
+/// and running_var likewise with the biased batch variance. What `run` does before handing a
+/// training-mode export to an engine: tract cannot run the op with three outputs, and ONNX
+/// Runtime's kernel goes wrong when initializers share values (BACKEND-NOTES.md). Returns how
+/// many nodes it rewrote.
+pub fn decompose_training_batch_norms(m: &mut Model) -> Result<usize> {
+    let targets =
+        m.graph.nodes.iter().filter(|n| n.op_type == "BatchNormalization" && n.attr_i("training_mode", 0) != 0).count();
+    if targets == 0 {
+        return Ok(0);
+    }
+    m.graph.pass = Some("train-mode".into());
+    let r = rewrite_each(m, &["BatchNormalization"], |n, ctx| {
+        if n.attr_i("training_mode", 0) == 0 {
+            return Ok(());
+        }
+        let outs: Vec<String> = n.output.clone();
+        let (mean, var) = (n.input[3].clone(), n.input[4].clone());
+        let momentum = n.attr_f("momentum", 0.9);
+        let BatchStats { mu, bvar, .. } = batch_statistics(n, ctx)?;
+        let flat = ctx.const_i64(&[-1]);
+        let (mm, om) = (ctx.scalar(momentum), ctx.scalar(1.0 - momentum));
+        for (k, (input, batch)) in [(mean, mu), (var, bvar)].into_iter().enumerate() {
+            let Some(out) = outs.get(k + 1).filter(|o| !o.is_empty()) else { continue };
+            let b = ctx.reshape(&batch, &flat);
+            let kept = ctx.mul(&input, &mm);
+            let new = ctx.mul(&b, &om);
+            let next = ctx.add(&kept, &new);
+            rename_into(ctx, &next, out);
+        }
+        Ok(())
+    });
+    m.graph.pass = None;
+    r.map(|_| targets)
+}
+
 /// Calls `f` on every node of the given ops (as they were before the pass), with a builder over
 /// the graph and the forward's shapes, then restores topological order.
 fn rewrite_each(m: &mut Model, ops: &[&str], mut f: impl FnMut(&NodeProto, &mut Ctx) -> Result<()>) -> Result<()> {
@@ -97,10 +135,16 @@ impl Pass for EvalMode {
     fn run(&self, m: &mut Model, c: &mut Contract) -> Result<()> {
         pool_before_relu(&mut m.graph)?;
         rewrite_each(m, &["BatchNormalization"], |n, ctx| {
-            if n.attr_i("training_mode", 0) != 0 {
-                return Err(node_error(n, "training_mode=1 in an evaluation graph"));
+            let (mean, var) = (&n.input[3], &n.input[4]);
+            if !stats_are_state(ctx, n) {
+                // statistics computed in the graph (track_running_stats=False): PyTorch uses the
+                // batch's in evaluation too
+                return if n.attr_i("training_mode", 0) != 0 {
+                    batch_statistics(n, ctx).map(|_| ())
+                } else {
+                    normalize_with(n, ctx, mean, var)
+                };
             }
-            let (x, scale, bias, mean, var) = (&n.input[0], &n.input[1], &n.input[2], &n.input[3], &n.input[4]);
             // running statistics become inputs (read, not updated), so trained values can be fed
             for stat in [mean, var] {
                 if let Some(t) = ctx.g.initializer(stat).cloned() {
@@ -110,23 +154,38 @@ impl Pass for EvalMode {
                     c.state.push(stat.clone());
                 }
             }
-            let r = ctx.rank(x)? as i64;
-            let spatial: Vec<i64> = (1..r - 1).collect();
-            // y = (x − μ)·γ/√(σ² + ε) + β
-            let e = ctx.scalar(n.attr_f("epsilon", 1e-5));
-            let ve = ctx.add(var, &e);
-            let sd = ctx.sqrt(&ve);
-            let k = ctx.div(scale, &sd);
-            let (kr, mr, br) =
-                (ctx.unsqueeze(&k, &spatial), ctx.unsqueeze(mean, &spatial), ctx.unsqueeze(bias, &spatial));
-            let xc = ctx.sub(x, &mr);
-            let xs = ctx.mul(&xc, &kr);
-            let y = ctx.add(&xs, &br);
-            remove(ctx, n);
-            rename_into(ctx, &y, &n.output[0]);
-            Ok(())
+            normalize_with(n, ctx, mean, var)
         })
     }
+}
+
+/// True when a BatchNormalization's mean and variance inputs are running statistics (an
+/// initializer or a graph input), false when the graph computes them (a BatchNorm with
+/// `track_running_stats=False`: both exporters compute the batch's statistics and feed them in).
+fn stats_are_state(ctx: &Ctx, n: &NodeProto) -> bool {
+    [&n.input[3], &n.input[4]].iter().all(|s| ctx.g.initializer(s).is_some() || ctx.g.is_graph_input(s))
+}
+
+/// y = (x − μ)·γ/√(σ² + ε) + β with the given per-channel μ, σ² (values of the graph: running
+/// statistics, or statistics the graph computed, whose gradient then flows through them).
+fn normalize_with(n: &NodeProto, ctx: &mut Ctx, mean: &str, var: &str) -> Result<()> {
+    let (x, scale, bias) = (&n.input[0], &n.input[1], &n.input[2]);
+    if n.output.iter().skip(1).any(|o| !o.is_empty() && ctx.g.nodes.iter().any(|m| m.input.contains(o))) {
+        return Err(node_error(n, "its running-statistic outputs are read by the graph; onnxsam cannot train that"));
+    }
+    let r = ctx.rank(x)? as i64;
+    let spatial: Vec<i64> = (1..r - 1).collect();
+    let e = ctx.scalar(n.attr_f("epsilon", 1e-5));
+    let ve = ctx.add(var, &e);
+    let sd = ctx.sqrt(&ve);
+    let k = ctx.div(scale, &sd);
+    let (kr, mr, br) = (ctx.unsqueeze(&k, &spatial), ctx.unsqueeze(mean, &spatial), ctx.unsqueeze(bias, &spatial));
+    let xc = ctx.sub(x, &mr);
+    let xs = ctx.mul(&xc, &kr);
+    let y = ctx.add(&xs, &br);
+    remove(ctx, n);
+    rename_into(ctx, &y, &n.output[0]);
+    Ok(())
 }
 
 /// Removes node `n` from the graph; its outputs will be produced by the replacement.
@@ -145,21 +204,30 @@ fn rename_into(ctx: &mut Ctx, from: &str, to: &str) {
     }
 }
 
-fn batch_norm(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
-    let (x, scale, bias, mean, var) = (&n.input[0], &n.input[1], &n.input[2], &n.input[3], &n.input[4]);
+/// The batch-statistics form of a BatchNormalization, in place of the node:
+/// y = (x − μ)·k + β with k = γ/√(σ² + ε) [1, C, 1, 1] (the per-channel factor is formed on the
+/// small tensors, so the forward and its derivative touch the activations fewer times); μ, σ²
+/// the batch's mean and (biased) variance over all axes but the channel.
+struct BatchStats {
+    mu: String,
+    xc: String,
+    bvar: String,
+    sd: String,
+    k: String,
+    axes: Vec<i64>,
+    rank: i64,
+}
+
+fn batch_statistics(n: &NodeProto, ctx: &mut Ctx) -> Result<BatchStats> {
+    let (x, scale, bias) = (&n.input[0], &n.input[1], &n.input[2]);
     let r = ctx.rank(x)? as i64;
     let axes: Vec<i64> = std::iter::once(0).chain(2..r).collect();
     let spatial: Vec<i64> = (1..r - 1).collect();
-    let momentum = n.attr_f("momentum", 0.9);
-    let eps = n.attr_f("epsilon", 1e-5);
-    // batch statistics
     let mu = ctx.reduce_mean(x, &axes, true);
     let xc = ctx.sub(x, &mu);
     let sq = ctx.square(&xc);
     let bvar = ctx.reduce_mean(&sq, &axes, true);
-    // y = (x − μ)·k + β with k = γ/√(σ² + ε) [1, C, 1, 1]: the per-channel factor is formed on
-    // the small tensors, so the forward and its derivative touch the activations fewer times
-    let e = ctx.scalar(eps);
+    let e = ctx.scalar(n.attr_f("epsilon", 1e-5));
     let ve = ctx.add(&bvar, &e);
     let sd = ctx.sqrt(&ve);
     let sc = ctx.unsqueeze(scale, &spatial);
@@ -169,22 +237,30 @@ fn batch_norm(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
     let y = ctx.add(&ys, &b);
     remove(ctx, n);
     rename_into(ctx, &y, &n.output[0]);
-    // running statistics become state: inputs now, next values as outputs
-    for stat in [mean, var] {
+    Ok(BatchStats { mu, xc, bvar, sd, k, axes, rank: r })
+}
+
+fn batch_norm(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
+    let (x, scale, bias, mean, var) = (&n.input[0], &n.input[1], &n.input[2], &n.input[3], &n.input[4]);
+    let state = stats_are_state(ctx, n);
+    if !state && n.attr_i("training_mode", 0) == 0 {
+        // the graph computes the statistics it normalizes with (dynamo, track_running_stats=False)
+        return normalize_with(n, ctx, mean, var);
+    }
+    if !state && n.output.iter().skip(1).any(|o| !o.is_empty() && ctx.g.nodes.iter().any(|m| m.input.contains(o))) {
+        return Err(node_error(n, "its running-statistic outputs are read by the graph; onnxsam cannot train that"));
+    }
+    let momentum = n.attr_f("momentum", 0.9);
+    let BatchStats { mu, xc, bvar, sd, k, axes, rank: r } = batch_statistics(n, ctx)?;
+    // running statistics become state: inputs now, next values as outputs (unless the graph
+    // computes them: track_running_stats=False, legacy exporter: no state, batch statistics)
+    for stat in [mean, var].iter().filter(|_| state) {
         if let Some(t) = ctx.g.initializer(stat).cloned() {
-            ctx.g.initializers.retain(|i| i.name != *stat);
+            ctx.g.initializers.retain(|i| i.name != **stat);
             ctx.g.inputs.push(value_info(stat, t.data_type, &t.dims));
-            c.init.insert(stat.clone(), t);
-        } else if !ctx.g.is_graph_input(stat) {
-            return Err(node_error(
-                n,
-                format!("running statistic '{stat}' is computed in the graph; onnxsam expects an initializer"),
-            ));
+            c.init.insert(stat.to_string(), t);
         }
     }
-    let flat = ctx.const_i64(&[-1]);
-    let mu_c = ctx.reshape(&mu, &flat);
-    let var_c = ctx.reshape(&bvar, &flat);
     // unbiased: var · n/(n − 1), n = elements per channel (the batch may be symbolic)
     let count = match batch_count(ctx, c, x, &axes)? {
         Some(count) => count,
@@ -208,9 +284,15 @@ fn batch_norm(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
         axes: axes.clone(),
         rank: r,
     });
+    if !state {
+        return Ok(());
+    }
     let one = ctx.scalar(1.0);
     let cm1 = ctx.sub(&count, &one);
     let ratio = ctx.div(&count, &cm1);
+    let flat = ctx.const_i64(&[-1]);
+    let mu_c = ctx.reshape(&mu, &flat);
+    let var_c = ctx.reshape(&bvar, &flat);
     let var_u = ctx.mul(&var_c, &ratio);
     let (mm, om) = (ctx.scalar(momentum), ctx.scalar(1.0 - momentum));
     for (stat, batch) in [(mean, mu_c), (var, var_u)] {

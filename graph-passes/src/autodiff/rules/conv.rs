@@ -69,8 +69,8 @@ fn conv(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Re
         return Err(node_error(
             n,
             format!(
-                "gradient needs a 2-D convolution with known channels and size, got input shape {:?}",
-                c.shape(&x)?
+                "the gradient covers 2-D convolutions with known channels and size; this one's input is {}",
+                crate::shapes::shape_string(&Some(c.shape(&x)?.clone()))
             ),
         ));
     }

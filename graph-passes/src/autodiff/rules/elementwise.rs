@@ -31,6 +31,7 @@ pub fn rule(op: &str) -> Option<Rule> {
         "Where" => where_,
         "Identity" => identity,
         "Cast" => cast,
+        "CastLike" => cast_like,
         "Dropout" => dropout,
         _ => return None,
     })
@@ -358,6 +359,18 @@ fn cast(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Resul
     }
     let to = n.attr_i("to", dt::FLOAT as i64) as i32;
     Ok(one(if to == from { d } else { c.cast(&d, from) }))
+}
+
+/// y = castlike(x, like) (x cast to like's type; the dynamo exporter wraps scalar constants in
+/// it):  dx = cast(dy) back to x's type; `like` only lends its type and gets no gradient
+fn cast_like(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
+    let d = dy(n, dys)?;
+    let from = c.shapes.get(&n.input[0]).map(|t| t.dtype).unwrap_or(dt::FLOAT);
+    if !tensor::is_float(from) {
+        return Ok(vec![None, None]);
+    }
+    let to = c.shapes.get(&n.input[1]).map(|t| t.dtype).unwrap_or(from);
+    Ok(vec![Some(if to == from { d } else { c.cast(&d, from) }), None])
 }
 
 /// Dropout at inference (no training_mode input): y = x,  dx = dy. The train-mode pass replaces
