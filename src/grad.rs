@@ -221,6 +221,14 @@ pub fn feeds(
     feeds_with(c, Some(batch), values, &FeedOptions { seed, ..Default::default() })
 }
 
+/// Prints what the import pass warns about (one line each, on stderr): training a graph that is
+/// not quite PyTorch's must never be silent.
+pub fn warn_import(c: &Contract) {
+    for w in &c.import.warnings {
+        eprintln!("onnxsam: warning: {w}");
+    }
+}
+
 /// Initial values of parameters and state from the contract.
 pub fn initial_values(c: &Contract) -> Result<BTreeMap<String, HostTensor>> {
     c.init.iter().map(|(k, t)| Ok((k.clone(), host_from_proto(t)?))).collect()

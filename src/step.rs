@@ -135,6 +135,7 @@ pub struct StepRunner {
 impl StepRunner {
     pub fn new(model: &Model, spec: &StepSpec, backend: &dyn Backend, seed: u64) -> Result<StepRunner> {
         let graphs = step::step_graphs(model, spec).map_err(|e| anyhow!("{e}"))?;
+        g::warn_import(&graphs.step.contract);
         let session = backend.load(&graphs.step.model.to_proto()).context("loading the step graph")?;
         let apply_session = match &graphs.apply {
             Some(a) => Some(backend.load(&a.model.to_proto()).context("loading the m-SAM apply graph")?),

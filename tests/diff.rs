@@ -128,3 +128,33 @@ fn nodes_without_names_are_matched_by_structure() {
         d.nodes_changed
     );
 }
+
+#[test]
+fn diff_of_a_step_graph_shows_backward_nodes_apart_from_the_update() {
+    // what autodiff adds for the SAM update's two gradients is grouped as sam-update/autodiff,
+    // the forward at θ+ε as sam-update/forward, the update itself (ε, θ+ε, the SGD step) as
+    // sam-update
+    let dir = tempdir();
+    let step = dir.path().join("step.onnx");
+    let m = model("cnn");
+    let o = onnxsam(&["rewrite", m.to_str().unwrap(), "--optimizer", "sam", "-o", step.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&onnxsam(&["diff", m.to_str().unwrap(), step.to_str().unwrap()]));
+    let count = |pass: &str| -> usize {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{pass} (")))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let (backward, forward, update) = (count("sam-update/autodiff"), count("sam-update/forward"), count("sam-update"));
+    assert!(
+        backward > 20 && forward > 5 && update > 0,
+        "backward {backward}, forward {forward}, update {update}: {text}"
+    );
+    // the backward of a conv net has Conv/ConvTranspose/MatMul nodes; the update has none
+    let group =
+        |pass: &str| text.lines().find(|l| l.trim().starts_with(&format!("{pass} ("))).unwrap_or("").to_string();
+    assert!(group("sam-update/autodiff").contains("Conv") || group("sam-update/autodiff").contains("MatMul"), "{text}");
+    assert!(!group("sam-update").contains("Conv×"), "{text}");
+}

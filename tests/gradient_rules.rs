@@ -566,6 +566,33 @@ fn gather_rules_accumulate_repeated_indices() {
             |g| g.add("Gather", &["t", "ids"]).int("axis", 0).output(),
         ),
         case(
+            "Gather axis 1, a constant scalar index (ViT's x[:, 0])",
+            17,
+            vec![("x", rnd("g1", &[2, 4, 3], -1.0, 1.0))],
+            &["x"],
+            |g| {
+                let k = g.add_initializer("k", tensor::from_i64("", &[], &[2]));
+                g.add("Gather", &["x", &k]).int("axis", 1).output()
+            },
+        ),
+        case(
+            "Gather axis -1, a negative scalar index",
+            17,
+            vec![("x", rnd("g2", &[2, 3, 4], -1.0, 1.0))],
+            &["x"],
+            |g| {
+                let k = g.add_initializer("k", tensor::from_i64("", &[], &[-1]));
+                g.add("Gather", &["x", &k]).int("axis", -1).output()
+            },
+        ),
+        case(
+            "Gather axis 1, 2-D indices with repeats and negatives",
+            17,
+            vec![("x", rnd("g3", &[2, 5, 3], -1.0, 1.0)), ("i", HostTensor::i64(&[2, 3], vec![1, -1, 1, 0, 4, -5]))],
+            &["x"],
+            |g| g.add("Gather", &["x", "i"]).int("axis", 1).output(),
+        ),
+        case(
             "GatherElements axis 1",
             17,
             vec![("x", rnd("ge", &[3, 4], -1.0, 1.0)), ("i", HostTensor::i64(&[3, 2], vec![0, 0, 3, 1, 2, 2]))],

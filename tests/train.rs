@@ -381,7 +381,7 @@ fn ctrl_c_checkpoints_mid_epoch_and_resume_continues_identically() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     // the same run, interrupted by SIGINT a few steps in
     let run = tmp.path().join("interrupted");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_onnxsam"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_onnxsam"))
         .current_dir(root())
         .args(args(&run))
         .stdout(std::process::Stdio::piped())

@@ -136,6 +136,7 @@ impl GradRun {
         let shown = path.display().to_string();
         let (gm, contract) = if loss_only { step::loss_graph(&model, spec) } else { step::grad_graph(&model, spec) }
             .map_err(|e| anyhow!("{shown}: {e}"))?;
+        g::warn_import(&contract);
         let be = backend::select(&backend.request(), true)?;
         let session = be.load(&gm.to_proto()).with_context(|| shown.clone())?;
         let values = g::initial_values(&contract)?;

@@ -102,8 +102,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(a: RunArgs) -> Result<i32> {
     let mut model = Model::load(&a.model)?;
     // a training-mode export (BatchNormalization with training_mode=1) runs as its file says, in
-    // ops both engines get right
+    // ops both engines get right; shape arithmetic with known values becomes constants (tract
+    // misreads some of the dynamo exporter's chains)
     graph_passes::passes::train_mode::decompose_training_batch_norms(&mut model)
+        .and_then(|_| graph_passes::import::fold::fold_known_integer_inputs(&mut model.graph))
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
     let arrays = read_npz(&a.input)?;
     let feeds = feeds_for(&model, arrays, &a.input.display().to_string())?;

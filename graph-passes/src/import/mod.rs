@@ -21,7 +21,9 @@
 //! tensor one initializer in PyTorch's layout, and reads other layouts through `Transpose` nodes
 //! tagged `onnxsam.pass = import` (so `export` can store the trained values back in the file's own
 //! layout). Parameters and buffers come out listed in `Contract::import`.
+pub mod fold;
 pub mod metadata;
+pub mod sequences;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -137,6 +139,10 @@ impl Pass for Import {
         if dynamo {
             report.restored = restore_removed_biases(g);
         }
+        g.pass = Some(self.name().into());
+        let canonical = sequences::split_sequences_to_split(g).and_then(|_| fold::fold_known_integer_inputs(g));
+        g.pass = None;
+        canonical?;
         let graph_inputs: HashSet<String> = g.inputs.iter().map(|v| v.name.clone()).collect();
         let graph_outputs: HashSet<String> = g.outputs.iter().map(|v| v.name.clone()).collect();
         let stored: HashMap<String, TensorProto> = g

@@ -28,7 +28,7 @@ impl ForwardCopy {
 }
 
 /// Copies `c.forward` into `g` under `prefix`, reading `subst[v]` wherever the forward read `v`
-/// (parameters → perturbed parameters). Nodes are tagged with the pass now running.
+/// (parameters → perturbed parameters). Nodes are tagged `<pass now running>/forward`.
 pub fn copy_forward(g: &mut Graph, c: &Contract, prefix: &str, subst: &HashMap<String, String>) -> Result<ForwardCopy> {
     let mut map = subst.clone();
     for n in &c.forward {
@@ -53,7 +53,8 @@ pub fn copy_forward(g: &mut Graph, c: &Contract, prefix: &str, subst: &HashMap<S
         }
         m.metadata_props.retain(|p| p.key != PASS_KEY);
         if let Some(pass) = &g.pass {
-            m.metadata_props.push(StringStringEntryProto { key: PASS_KEY.into(), value: pass.clone() });
+            // `diff` shows the copies apart from the rest of what the pass adds
+            m.metadata_props.push(StringStringEntryProto { key: PASS_KEY.into(), value: format!("{pass}/forward") });
         }
         g.nodes.push(m);
     }

@@ -124,7 +124,8 @@ fn rewrite_each(m: &mut Model, ops: &[&str], mut f: impl FnMut(&NodeProto, &mut 
 
 /// eval-mode: BatchNormalization with its running statistics, written out in elementary ops
 /// (tract runs the BatchNormalization op only with constant scale and bias, and lifted
-/// parameters are inputs); Dropout stays the identity it is at inference.
+/// parameters are inputs); Dropout becomes the identity (also where a training-mode export's
+/// training_mode input would switch it on).
 pub struct EvalMode;
 
 impl Pass for EvalMode {
@@ -134,7 +135,15 @@ impl Pass for EvalMode {
 
     fn run(&self, m: &mut Model, c: &mut Contract) -> Result<()> {
         pool_before_relu(&mut m.graph)?;
-        rewrite_each(m, &["BatchNormalization"], |n, ctx| {
+        rewrite_each(m, &["BatchNormalization", "Dropout"], |n, ctx| {
+            if n.op_type == "Dropout" {
+                // PyTorch's eval mode: the identity, whatever a training-mode export's
+                // training_mode input says
+                let y = ctx.op("Identity", &[&n.input[0]]);
+                remove(ctx, n);
+                rename_into(ctx, &y, &n.output[0]);
+                return Ok(());
+            }
             let (mean, var) = (&n.input[3], &n.input[4]);
             if !stats_are_state(ctx, n) {
                 // statistics computed in the graph (track_running_stats=False): PyTorch uses the
@@ -353,11 +362,16 @@ fn dropout(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
     };
     remove(ctx, n);
     rename_into(ctx, &y, &n.output[0]);
+    // a training-mode export names the mask output; only a mask the graph reads is a problem
     if let Some(mask_out) = n.output.get(1).filter(|s| !s.is_empty()) {
-        return Err(node_error(
-            n,
-            format!("the Dropout mask output '{mask_out}' is used; onnxsam cannot train through it"),
-        ));
+        let read =
+            ctx.g.nodes.iter().any(|m| m.input.contains(mask_out)) || ctx.g.outputs.iter().any(|o| &o.name == mask_out);
+        if read {
+            return Err(node_error(
+                n,
+                format!("the Dropout mask output '{mask_out}' is read by the graph; onnxsam cannot train through it"),
+            ));
+        }
     }
     Ok(())
 }

@@ -129,7 +129,13 @@ fn slice(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Resu
     let mut pads = vec![0i64; 2 * r];
     for (k, &a) in axes.iter().enumerate() {
         let a = (if a < 0 { a + r as i64 } else { a }) as usize;
-        let dim = xs[a].known().ok_or_else(|| node_error(n, "sliced axis has a symbolic size"))?;
+        let Some(dim) = xs[a].known() else {
+            // the whole of a symbolic axis (the batch, `x[:, 0]` as the dynamo exporter writes it)
+            if starts[k] == 0 && ends[k] >= i32::MAX as i64 {
+                continue;
+            }
+            return Err(node_error(n, "sliced axis has a symbolic size"));
+        };
         let (b, e, _) = crate::shapes::slice_bounds(starts[k], ends[k], 1, dim);
         pads[a] = b;
         pads[a + r] = dim - e.max(b);
