@@ -9,16 +9,7 @@ fn check(model_name: &str, backend: &str) {
     let out = dir.path().join("out.npz");
     let m = model(model_name);
     let input = fixture(&format!("{model_name}/input.npz"));
-    let o = onnxsam(&[
-        "run",
-        m.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--backend",
-        backend,
-    ]);
+    let o = run_cmd(&m, &input, &out, backend);
     assert_eq!(o.status.code(), Some(0), "{model_name} on {backend}: {}", stderr(&o));
     assert!(stderr(&o).contains(&format!("backend: {backend}")), "{}", stderr(&o));
     let got = read_npz(&out).unwrap();

@@ -302,16 +302,7 @@ fn trained_model_keeps_the_files_names_and_layouts() {
     onnxsam::tensor::write_npz(&input, &[("input".into(), batch["input"].clone())]).unwrap();
     let out = tmp.path().join("out.npz");
     for backend in ["tract", "ort"] {
-        let o = onnxsam(&[
-            "run",
-            run.join("model.onnx").to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--backend",
-            backend,
-        ]);
+        let o = run_cmd(&run.join("model.onnx"), &input, &out, backend);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let logits = read_npz(&out).unwrap()["logits"].to_f64();
         assert!(logits.iter().all(|x| x.is_finite()) && logits.len() == 80, "{logits:?}");
@@ -399,4 +390,40 @@ fn keep_tied_and_untie_shared_on_a_real_export() {
     let kept_name = kept.keys().find(|k| members.contains(k)).unwrap_or(&root).clone();
     let k = kept[&kept_name].to_f64();
     assert!(sum.iter().zip(&k).all(|(a, b)| (a - b).abs() < 1e-5), "{kept_name}: {k:?} vs {sum:?}");
+}
+
+/// `run` on a training-mode export (BatchNormalization with training_mode=1 and three outputs):
+/// both engines compute it as the file says, with batch statistics, so the logits give PyTorch's
+/// train-mode loss (tract could not run the op; ONNX Runtime's kernel is wrong with shared
+/// initializers).
+#[test]
+fn run_computes_a_training_mode_export_on_both_engines() {
+    for arch in ["resnet18", "shufflenet_v2"] {
+        let dir = fixture(&format!("zoo/{arch}"));
+        let tmp = tempdir();
+        let batch = read_npz(&dir.join("batch.npz")).unwrap();
+        let input = tmp.path().join("input.npz");
+        onnxsam::tensor::write_npz(&input, &[("input".into(), batch["input"].clone())]).unwrap();
+        let labels: Vec<f64> = batch["y"].to_f64();
+        let want = read_npz(&dir.join("reference.npz")).unwrap()["loss"].to_f64()[0];
+        for backend in ["tract", "ort"] {
+            let out = tmp.path().join(format!("{backend}.npz"));
+            let file = dir.join("legacy_train.onnx");
+            let o = run_cmd(&file, &input, &out, backend);
+            assert_eq!(o.status.code(), Some(0), "{arch} on {backend}: {}", stderr(&o));
+            let logits = read_npz(&out).unwrap()["logits"].to_f64();
+            let classes = logits.len() / labels.len();
+            let loss: f64 = logits
+                .chunks(classes)
+                .zip(&labels)
+                .map(|(row, &y)| {
+                    let m = row.iter().cloned().fold(f64::MIN, f64::max);
+                    let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+                    lse - row[y as usize]
+                })
+                .sum::<f64>()
+                / labels.len() as f64;
+            assert!((loss - want).abs() < 1e-5 * want.max(1.0), "{arch} on {backend}: loss {loss} vs PyTorch {want}");
+        }
+    }
 }

@@ -63,12 +63,7 @@ pub fn untrainable_ops(g: &crate::ir::Graph, params: &[String]) -> Result<Vec<St
     let mut seen = std::collections::HashSet::new();
     for &i in &g.topo_order()? {
         let n = &g.nodes[i];
-        let reads = n
-            .input
-            .iter()
-            .enumerate()
-            .any(|(k, v)| crate::autodiff::carries_gradient(&n.op_type, k) && reached.contains(v.as_str()));
-        if is_non_differentiable(&n.op_type) || !reads {
+        if is_non_differentiable(&n.op_type) || !crate::autodiff::reads_through_gradient(n, &reached) {
             continue;
         }
         if rule_for(&n.op_type).is_none() && seen.insert(n.op_type.clone()) {

@@ -66,3 +66,17 @@ pub fn grad_cmd(model: &Path, batch: &Path, out: &Path, extra: &[&str]) -> Outpu
     args.extend_from_slice(extra);
     onnxsam(&args)
 }
+
+/// `onnxsam run MODEL --input INPUT --output OUT --backend BACKEND`
+pub fn run_cmd(model: &Path, input: &Path, out: &Path, backend: &str) -> Output {
+    onnxsam(&[
+        "run",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--backend",
+        backend,
+    ])
+}

@@ -1002,36 +1002,14 @@ def export_legacy_train(model, x, path):
     return notes
 
 
-def _legacy_export(model, x, path, **kw):
-    """torch.onnx.export(dynamo=False) with a dynamic batch (dynamic_axes); if that fails, with a static
-    batch (meta.json: dynamic_batch_error, e.g. BatchNorm without running statistics, whose export
-    reshapes to the traced batch size). Returns the notes."""
+def _export_dynamic_or_static(model, x, path, dynamic, how, **kw):
+    """torch.onnx.export with a dynamic batch (`dynamic`: the exporter's keyword for it); if that fails,
+    with a static batch (meta.json: dynamic_batch_error, e.g. BatchNorm without running statistics in
+    the legacy exporter, whose export reshapes to the traced batch size). Returns the notes."""
     notes = {}
-    common = dict(dynamo=False, input_names=["input"], output_names=["logits"], **kw)
     try:
-        torch.onnx.export(model, (x,), path, dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **common)
-        notes["dynamic_batch_requested"] = "dynamic_axes"
-    except Exception as e:  # noqa: BLE001
-        notes["dynamic_batch_error"] = _first_line(e)
-        if os.path.exists(path):
-            os.remove(path)
-        torch.onnx.export(model, (x,), path, **common)
-        notes["dynamic_batch_requested"] = "none (static fallback)"
-    return notes
-
-
-def export(model, x, path, setting):
-    """Export one setting; returns a dict of notes (dynamic-batch method, fallbacks)."""
-    notes = {}
-    if setting == "legacy_train":
-        return export_legacy_train(model, x, path)
-    if setting.startswith("legacy"):
-        return _legacy_export(model, x, path, do_constant_folding=(setting == "legacy"))
-    kw = dict(dynamo=True, input_names=["input"], output_names=["logits"], optimize=(setting == "dynamo"),
-              external_data=False)
-    try:
-        torch.onnx.export(model, (x,), path, dynamic_shapes=({0: torch.export.Dim("batch")},), **kw)
-        notes["dynamic_batch_requested"] = 'dynamic_shapes=({0: torch.export.Dim("batch")},)'
+        torch.onnx.export(model, (x,), path, **dynamic, **kw)
+        notes["dynamic_batch_requested"] = how
     except Exception as e:  # noqa: BLE001
         notes["dynamic_batch_error"] = _first_line(e)
         if os.path.exists(path):
@@ -1039,6 +1017,26 @@ def export(model, x, path, setting):
         torch.onnx.export(model, (x,), path, **kw)
         notes["dynamic_batch_requested"] = "none (static fallback)"
     return notes
+
+
+def _legacy_export(model, x, path, **kw):
+    """torch.onnx.export(dynamo=False) with a dynamic batch (dynamic_axes), else a static one."""
+    return _export_dynamic_or_static(
+        model, x, path, dict(dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}), "dynamic_axes",
+        dynamo=False, input_names=["input"], output_names=["logits"], **kw)
+
+
+def export(model, x, path, setting):
+    """Export one setting; returns a dict of notes (dynamic-batch method, fallbacks)."""
+    if setting == "legacy_train":
+        return export_legacy_train(model, x, path)
+    if setting.startswith("legacy"):
+        return _legacy_export(model, x, path, do_constant_folding=(setting == "legacy"))
+    return _export_dynamic_or_static(
+        model, x, path, dict(dynamic_shapes=({0: torch.export.Dim("batch")},)),
+        'dynamic_shapes=({0: torch.export.Dim("batch")},)',
+        dynamo=True, input_names=["input"], output_names=["logits"], optimize=(setting == "dynamo"),
+        external_data=False)
 
 
 def strip_stack_traces(path):

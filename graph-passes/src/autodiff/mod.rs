@@ -159,6 +159,11 @@ pub fn carries_gradient(op: &str, input: usize) -> bool {
     !(op == "CastLike" && input == 1)
 }
 
+/// True when `n` reads one of `values` through an input that carries a gradient.
+pub fn reads_through_gradient(n: &NodeProto, values: &HashSet<&str>) -> bool {
+    n.input.iter().enumerate().any(|(k, v)| carries_gradient(&n.op_type, k) && values.contains(v.as_str()))
+}
+
 /// The summed gradient of `v` (Add chain over its contributions).
 fn take_sum(ctx: &mut Ctx, contributions: &mut HashMap<String, Vec<String>>, v: &str) -> Option<String> {
     let parts = contributions.remove(v)?;

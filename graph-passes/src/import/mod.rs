@@ -657,13 +657,8 @@ fn unnamed_on_gradient_path(g: &Graph, unnamed: &[String]) -> Vec<String> {
         let mut hits_output = false;
         for &i in &order {
             let n = &g.nodes[i];
-            let reads = n
-                .input
-                .iter()
-                .enumerate()
-                .any(|(k, v)| crate::autodiff::carries_gradient(&n.op_type, k) && reached.contains(v.as_str()));
-            // Identity counts as a path; ops without any rule still pass values on
-            if !reads || is_non_differentiable(&n.op_type) {
+            // ops without any rule still pass values on
+            if !crate::autodiff::reads_through_gradient(n, &reached) || is_non_differentiable(&n.op_type) {
                 continue;
             }
             if reader.is_none() && (rule_for(&n.op_type).is_some() || n.op_type == "Identity") {
