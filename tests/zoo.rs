@@ -427,3 +427,32 @@ fn run_computes_a_training_mode_export_on_both_engines() {
         }
     }
 }
+
+/// `inspect` gives one verdict per model and says what import did: the merges it undid, the
+/// tensors stored under other names or layouts, the biases it gave back.
+#[test]
+fn inspect_gives_a_verdict_and_what_import_did() {
+    let inspect = |arch: &str, setting: &str| {
+        let o = onnxsam(&["inspect", fixture(&format!("zoo/{arch}/{setting}.onnx")).to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let verdict = |text: &str| text.lines().find(|l| l.starts_with("verdict: ")).unwrap_or("").to_string();
+    let text = inspect("resnet18", "dynamo");
+    assert!(verdict(&text).starts_with("verdict: cannot: the exporter folded the BatchNorm layers bn1,"), "{text}");
+    assert!(verdict(&text).contains("optimize=False"), "{text}");
+    let text = inspect("resnet18", "legacy_nofold");
+    assert_eq!(verdict(&text), "verdict: trains as PyTorch", "{text}");
+    assert!(text.contains("exporter: legacy") && text.contains("distinct PyTorch tensors the exporter merged"), "{text}");
+    let text = inspect("convnext", "dynamo");
+    assert_eq!(verdict(&text), "verdict: trains as PyTorch", "{text}");
+    assert!(text.contains("is stored transposed (perm [1, 0]) as 'val_"), "{text}");
+    assert!(text.contains("zero biases the exporter's optimizer removed"), "{text}");
+    let text = inspect("lstm", "legacy");
+    assert!(verdict(&text).contains("computed at export") && verdict(&text).contains("do_constant_folding=False"), "{text}");
+    // --json carries the same
+    let o = onnxsam(&["inspect", fixture("zoo/transformer_encoder/legacy.onnx").to_str().unwrap(), "--json"]);
+    let j: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(j["verdict"], "trains as PyTorch");
+    assert!(j["import"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("in_proj_weight")), "{j}");
+}
