@@ -71,13 +71,17 @@ pub fn batch_from_npz(
         .ok_or_else(|| anyhow!("{source}: no labels: add an array 'y' (int64 class labels or float targets)"))?;
     let mut data = Vec::new();
     for name in &c.data {
+        let present = arrays.keys().cloned().collect::<Vec<_>>().join(", ");
         let t = match arrays.remove(name) {
             Some(t) => t,
-            None if c.data.len() == 1 => arrays
-                .remove("x")
-                .ok_or_else(|| anyhow!("{source}: no array '{name}' or 'x' for the model's input '{name}'"))?,
-            None => bail!("{source}: no array named '{name}' (the model's input)"),
+            None if c.data.len() == 1 && name != "x" => arrays.remove("x").ok_or_else(|| {
+                anyhow!("{source}: no array '{name}' (or 'x') for the model's input '{name}'; the file has: {present}")
+            })?,
+            None => bail!("{source}: no array '{name}' for the model's input '{name}'; the file has: {present}"),
         };
+        if let Some(i) = t.to_f64().iter().position(|v| !v.is_finite()) {
+            bail!("{source}: '{name}' holds a NaN or infinite value (element {i}); clean the data first");
+        }
         data.push((name.clone(), t));
     }
     // dtypes and shapes of data inputs
@@ -85,6 +89,9 @@ pub fn batch_from_npz(
         model.graph.inputs.iter().filter(|v| c.data.contains(&v.name)).collect();
     let checked = crate::cli::run::check_feeds(&inputs, data.iter().cloned().collect(), source)?;
     let batch = checked.first().map(|(_, t)| t.shape.first().copied().unwrap_or(0)).unwrap_or(0);
+    if batch == 0 {
+        bail!("{source}: the batch has no samples");
+    }
     if labels.shape.first().copied() != Some(batch) {
         bail!(
             "{source}: 'y' has {} rows but the batch has {batch} samples",
@@ -193,6 +200,11 @@ pub fn feeds_with(
         f.push((d.input.clone(), HostTensor { shape: p.shape.clone(), data: Data::Bool(signs) }));
     }
     let batch_size = batch.map(|b| b.labels.shape[0]).unwrap_or(0);
+    if let (Some(bn), Some(1)) = (&c.batch_norm_over_batch_only, batch.map(|b| b.labels.shape[0])) {
+        bail!(
+            "a batch of one sample: {bn} would normalize one value per channel (PyTorch: 'Expected more than 1 value per channel when training'); use batches of at least 2 samples (train: --drop-last drops a last batch of 1)"
+        );
+    }
     for (name, dims) in &c.random_uniform {
         let shape: Vec<usize> = dims.iter().map(|&d| if d < 0 { batch_size } else { d as usize }).collect();
         let n = shape.iter().product();

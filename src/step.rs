@@ -135,6 +135,18 @@ pub struct StepRunner {
 impl StepRunner {
     pub fn new(model: &Model, spec: &StepSpec, backend: &dyn Backend, seed: u64) -> Result<StepRunner> {
         let graphs = step::step_graphs(model, spec).map_err(|e| anyhow!("{e}"))?;
+        StepRunner::from_graphs(graphs, model, spec, backend, seed)
+    }
+
+    /// A runner of step graphs already compiled from `model` and `spec` (so that a caller can
+    /// check a batch against them before choosing an engine).
+    pub fn from_graphs(
+        graphs: step::StepGraphs,
+        model: &Model,
+        spec: &StepSpec,
+        backend: &dyn Backend,
+        seed: u64,
+    ) -> Result<StepRunner> {
         g::warn_import(&graphs.step.contract);
         let session = backend.load(&graphs.step.model.to_proto()).context("loading the step graph")?;
         let apply_session = match &graphs.apply {

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use graph_passes::onnx::{data_type as dt, tensor::dtype_name};
 use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::{NpzReader, NpzWriter};
@@ -84,7 +84,7 @@ fn to_array<T: Clone>(shape: &[usize], v: &[T]) -> ArrayD<T> {
 /// Reads every array of an .npz file, keyed by name (without the `.npy` suffix).
 pub fn read_npz(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
     let shown = path.display();
-    let file = File::open(path).with_context(|| format!("{shown}: cannot open"))?;
+    let file = open(path)?;
     let mut npz = NpzReader::new(file).map_err(|e| anyhow!("{shown}: not a valid .npz file ({e})"))?;
     let names = npz.names().map_err(|e| anyhow!("{shown}: not a valid .npz file ({e})"))?;
     let mut out = BTreeMap::new();
@@ -131,7 +131,8 @@ fn read_entry(npz: &mut NpzReader<File>, name: &str) -> Result<HostTensor> {
 pub fn write_npz(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
     let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap_or_default().to_string_lossy()));
     {
-        let file = File::create(&tmp).with_context(|| format!("{}: cannot write", path.display()))?;
+        let file = File::create(&tmp)
+            .map_err(|e| anyhow!("{}: cannot write: {}", path.display(), graph_passes::onnx::io_reason(&e)))?;
         let mut npz = NpzWriter::new(file);
         for (name, t) in tensors {
             let r = match &t.data {
@@ -147,15 +148,32 @@ pub fn write_npz(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
         let f = npz.finish().map_err(|e| anyhow!("{}: cannot write: {e}", path.display()))?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    if path.is_dir() {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("{}: cannot write: it is a folder", path.display());
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow!("{}: cannot write: {}", path.display(), graph_passes::onnx::io_reason(&e))
+    })?;
     Ok(())
+}
+
+/// Opens a data file, saying in words why not (a folder, missing, no permission).
+fn open(path: &Path) -> Result<File> {
+    let f = File::open(path)
+        .map_err(|e| anyhow!("{}: cannot open: {}", path.display(), graph_passes::onnx::io_reason(&e)))?;
+    if path.is_dir() {
+        bail!("{}: cannot open: it is a folder, not a file", path.display());
+    }
+    Ok(f)
 }
 
 /// Reads one .npy file.
 pub fn read_npy(path: &Path) -> Result<HostTensor> {
     use ndarray_npy::ReadNpyExt;
     let shown = path.display();
-    File::open(path).with_context(|| format!("{shown}: cannot open"))?;
+    open(path)?;
     read_any_dtype!(|T| File::open(path)
         .map_err(|e| e.to_string())
         .and_then(|f| ArrayD::<T>::read_npy(f).map_err(|e| e.to_string())))

@@ -181,3 +181,65 @@ fn device_cuda_without_a_cuda_onnxruntime() {
     ]);
     assert_bad_input(&o, "tract", "CPU only");
 }
+
+/// Batches onnxsam must not run: no samples, a NaN, a folder or a missing file instead of an
+/// .npz, one sample through a BatchNorm over the batch axis alone; and --out a folder.
+#[test]
+fn bad_batches_and_paths_get_one_line() {
+    use onnxsam::tensor::{read_npz, write_npz, HostTensor};
+    let d = tempdir();
+    let dir = fixture("zoo/bn_batchstats");
+    let m = dir.join("dynamo.onnx");
+    let batch = read_npz(&dir.join("batch.npz")).unwrap();
+    let (x, y) = (batch["input"].clone(), batch["y"].clone());
+    let rows = |t: &HostTensor, n: usize| onnxsam::step::take_rows(t, 0, n);
+    let out = d.path().join("g.npz");
+    let grad = |b: &std::path::Path| grad_cmd(&m, b, &out, &["--backend", "tract"]);
+    let save = |name: &str, x: HostTensor, y: HostTensor| {
+        let p = d.path().join(name);
+        write_npz(&p, &[("input".into(), x), ("y".into(), y)]).unwrap();
+        p
+    };
+    let empty = save("empty.npz", rows(&x, 0), rows(&y, 0));
+    assert_bad_input(&grad(&empty), "empty.npz", "no samples");
+    let mut nan = x.clone();
+    if let onnxsam::tensor::Data::F32(v) = &mut nan.data {
+        v[5] = f32::NAN;
+    }
+    let nan = save("nan.npz", nan, y.clone());
+    assert_bad_input(&grad(&nan), "nan.npz", "NaN");
+    let one = save("one.npz", rows(&x, 1), rows(&y, 1));
+    assert_bad_input(&grad(&one), "one sample", "BatchNorm layer bn3");
+    assert_bad_input(&grad(d.path()), &d.path().display().to_string(), "is a folder");
+    assert_bad_input(&grad(&d.path().join("missing.npz")), "missing.npz", "no such file");
+    let o = grad_cmd(&m, &dir.join("batch.npz"), d.path(), &["--backend", "tract"]);
+    assert_bad_input(&o, &d.path().display().to_string(), "is a folder");
+    // train: 9 samples in batches of 8 leave one sample for the last batch; refused before any
+    // run folder is made
+    // nine samples: the batch and its first sample again
+    let (xv, yv) = (x.as_f32().unwrap().to_vec(), y.to_f64());
+    let per = xv.len() / 8;
+    let nine_x = HostTensor::f32(&[9, 3, 16, 16], xv.iter().chain(&xv[..per]).copied().collect());
+    let nine_y = HostTensor::i64(&[9], yv.iter().chain(&yv[..1]).map(|v| *v as i64).collect());
+    let data = d.path().join("nine.npz");
+    write_npz(&data, &[("x".into(), nine_x), ("y".into(), nine_y)]).unwrap();
+    let run = d.path().join("run");
+    let o = onnxsam(&[
+        "train",
+        m.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--normalize",
+        "none",
+        "--backend",
+        "tract",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_bad_input(&o, "nine.npz", "--drop-last");
+    assert!(!run.exists(), "nothing is written for a run that cannot start");
+}

@@ -324,3 +324,68 @@ fn gradcheck_catches_a_gradient_that_is_ten_percent_off() {
     let failed: Vec<&str> = rows.iter().filter(|row| !row.ok).map(|row| row.parameter.as_str()).collect();
     assert_eq!(failed, vec!["fc2.weight"], "{rows:?}");
 }
+
+/// What a legacy file cannot say is said on stderr, one line each, while training goes on: the
+/// legacy exporter stores registered buffers like parameters, and ONNX momentum 1 may stand for
+/// PyTorch's momentum=None, a cumulative average the file does not carry.
+#[test]
+fn legacy_buffers_and_momentum_one_are_warned_about() {
+    use onnxsam::graph_passes::ir::{Graph, Model};
+    use onnxsam::graph_passes::onnx::{data_type as dt, tensor, ModelProto, OperatorSetIdProto};
+    use onnxsam::graph_passes::passes::value_info;
+    let tmp = tempdir();
+    let mut g = Graph::default();
+    g.inputs.push(value_info("x", dt::FLOAT, &[-1, 3, 2, 2]));
+    for (name, v) in [("bn.weight", 1.0), ("bn.bias", 0.0), ("bn.running_mean", 0.0), ("bn.running_var", 1.0)] {
+        g.initializers.push(tensor::from_f32(name, &[3], &[v; 3]));
+    }
+    g.initializers.push(tensor::from_f32(
+        "fc.weight",
+        &[12, 2],
+        &(0..24).map(|i| (i as f32 - 12.0) * 0.05).collect::<Vec<_>>(),
+    ));
+    g.initializers.push(tensor::from_f32("pe", &[2], &[0.1, -0.2]));
+    let b = g
+        .add("BatchNormalization", &["x", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"])
+        .float("momentum", 1.0)
+        .name("/bn/BatchNormalization")
+        .output();
+    let f = g.add("Flatten", &[&b]).output();
+    let h = g.add("MatMul", &[&f, "fc.weight"]).output();
+    let y = g.add("Add", &[&h, "pe"]).named_outputs(&["y"]).remove(0);
+    g.outputs.push(value_info(&y, dt::FLOAT, &[-1, 2]));
+    let meta = ModelProto {
+        ir_version: 8,
+        producer_name: "pytorch".into(),
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: 17 }],
+        ..Default::default()
+    };
+    let p = tmp.path().join("legacy.onnx");
+    Model { meta, graph: g }.save(&p, &Default::default()).unwrap();
+    let batch = tmp.path().join("batch.npz");
+    let x: Vec<f32> = (0..48).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3).collect();
+    onnxsam::tensor::write_npz(
+        &batch,
+        &[("x".into(), HostTensor::f32(&[4, 3, 2, 2], x)), ("y".into(), HostTensor::f32(&[4, 2], vec![0.5; 8]))],
+    )
+    .unwrap();
+    let out = tmp.path().join("g.npz");
+    let o = grad_cmd(&p, &batch, &out, &["--loss", "mse", "--backend", "tract"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("onnxsam: warning: ")).collect();
+    assert_eq!(warnings.len(), 2, "{err}");
+    assert!(
+        warnings.iter().any(|w| w.contains("does not mark buffers") && w.contains("pe") && !w.contains("fc.weight")),
+        "{err}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains("momentum 1") && w.contains("momentum=None") && w.contains("bn")),
+        "{err}"
+    );
+    // --freeze takes the buffer out of training
+    let o = grad_cmd(&p, &batch, &out, &["--loss", "mse", "--backend", "tract", "--freeze", "pe"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!read_npz(&out).unwrap().contains_key("pe"));
+    assert!(!stderr(&o).contains("does not mark buffers"), "{}", stderr(&o));
+}

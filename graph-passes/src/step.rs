@@ -25,7 +25,7 @@ impl GradSpec {
     /// lift-params (parameters become inputs).
     pub fn front(&self) -> (Import, LiftParams) {
         (
-            Import { sharing: self.sharing, allow_folded_bn: self.allow_folded_bn },
+            Import { sharing: self.sharing, allow_folded_bn: self.allow_folded_bn, freeze: self.freeze.clone() },
             LiftParams { freeze: self.freeze.clone() },
         )
     }

@@ -106,9 +106,12 @@ impl GradInput {
     /// The gradient graph's session and the checked batch.
     fn open(&self) -> Result<(GradRun, Batch)> {
         let spec = self.graph.spec()?;
-        let r = GradRun::new(&self.model, &spec, &self.backend, false)?;
-        let batch = r.batch(&self.batch)?;
-        Ok((r, batch))
+        // the batch is checked against the graph before an engine is chosen, so that bad data
+        // gets its one error line and nothing else
+        let (gm, contract, shown) = GradRun::build(&self.model, &spec, false)?;
+        let arrays = read_npz(&self.batch)?;
+        let batch = g::batch_from_npz(&self.batch.display().to_string(), &gm, &contract, arrays)?;
+        Ok((GradRun::start(gm, contract, shown, &self.backend)?, batch))
     }
 }
 
@@ -132,10 +135,21 @@ pub struct GradRun {
 
 impl GradRun {
     pub fn new(path: &Path, spec: &GradSpec, backend: &BackendArgs, loss_only: bool) -> Result<GradRun> {
+        let (gm, contract, shown) = GradRun::build(path, spec, loss_only)?;
+        GradRun::start(gm, contract, shown, backend)
+    }
+
+    /// The gradient (or loss) graph of the model at `path`, with its contract and how to name the file.
+    pub fn build(path: &Path, spec: &GradSpec, loss_only: bool) -> Result<(Model, Contract, String)> {
         let model = Model::load(path)?;
         let shown = path.display().to_string();
         let (gm, contract) = if loss_only { step::loss_graph(&model, spec) } else { step::grad_graph(&model, spec) }
             .map_err(|e| anyhow!("{shown}: {e}"))?;
+        Ok((gm, contract, shown))
+    }
+
+    /// A session of a built graph on the chosen engine.
+    pub fn start(gm: Model, contract: Contract, shown: String, backend: &BackendArgs) -> Result<GradRun> {
         g::warn_import(&contract);
         let be = backend::select(&backend.request(), true)?;
         let session = be.load(&gm.to_proto()).with_context(|| shown.clone())?;
@@ -200,9 +214,13 @@ pub fn step_once(a: StepOnceArgs) -> Result<i32> {
     let spec = a.step.spec(&i.graph)?;
     let model = Model::load(&i.model)?;
     let shown = i.model.display().to_string();
+    let graphs = step::step_graphs(&model, &spec).map_err(|e| anyhow!("{shown}: {e}"))?;
+    // the batch is checked before an engine is chosen: bad data gets one error line
+    let source = i.batch.display().to_string();
+    let batch = g::batch_from_npz(&source, &graphs.step.model, &graphs.step.contract, read_npz(&i.batch)?)?;
     let be = backend::select(&i.backend.request(), true)?;
-    let mut runner = crate::step::StepRunner::new(&model, &spec, be.as_ref(), i.seed).with_context(|| shown.clone())?;
-    let batch = runner.batch(&i.batch.display().to_string(), read_npz(&i.batch)?)?;
+    let mut runner = crate::step::StepRunner::from_graphs(graphs, &model, &spec, be.as_ref(), i.seed)
+        .with_context(|| shown.clone())?;
     let out = runner.step(&batch).with_context(|| shown.clone())?;
     runner.sync()?;
     let c = runner.contract().clone();

@@ -160,7 +160,11 @@ fn report(path: &std::path::Path) -> Result<Report> {
     for u in &report.unnamed {
         import.push(format!("'{u}' was computed at export and names no PyTorch tensor; kept constant"));
     }
-    for w in &report.warnings {
+    for note in &report.notes {
+        import.push(note.clone());
+    }
+    // (the folded-network warning is what --allow-folded-bn would print; the verdict says it)
+    for w in report.warnings.iter().filter(|w| !w.starts_with("training the folded network")) {
         import.push(format!("warning: {w}"));
     }
     let mut modes = Vec::new();

@@ -3,7 +3,7 @@
 //! CIFAR-100: coarse and fine label bytes (3074; onnxsam trains on the fine label).
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use super::Dataset;
 
@@ -12,7 +12,8 @@ pub fn read_batches(files: &[std::path::PathBuf], hundred: bool) -> Result<Datas
     let mut x = Vec::new();
     let mut y = Vec::new();
     for f in files {
-        let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let bytes = std::fs::read(f)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read: {}", f.display(), graph_passes::onnx::io_reason(&e)))?;
         if bytes.is_empty() || bytes.len() % rec != 0 {
             bail!(
                 "{}: {} bytes is not a whole number of {rec}-byte CIFAR-{} records (truncated, or the other CIFAR?)",

@@ -137,8 +137,16 @@ fn to_dataset(x: HostTensor, y: HostTensor, source: &str) -> Result<Dataset> {
         Data::F32(v) => v,
         Data::F64(v) => v.into_iter().map(|a| a as f32).collect(),
         Data::U8(v) => v.into_iter().map(|a| a as f32 / 255.0).collect(),
-        _ => bail!("{source}: x must be float32, float64 or uint8, got {dtype}"),
+        _ => bail!(
+            "{source}: x is {dtype}; onnxsam train reads float32, float64 or uint8 samples (token-id models: onnxsam grad and step take int64 inputs, train does not yet)"
+        ),
     };
+    if let Some(i) = xs.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "{source}: x holds a NaN or infinite value (sample {}); clean the data first",
+            i / (xs.len() / n.max(1)).max(1)
+        );
+    }
     let ys: Vec<i64> = match y.data {
         Data::I64(v) => v,
         Data::I32(v) => v.into_iter().map(|a| a as i64).collect(),

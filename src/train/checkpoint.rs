@@ -37,7 +37,8 @@ fn stem(step: u64) -> String {
 /// Writes a checkpoint; keeps the newest `keep`.
 pub fn save(run: &Path, pos: &Position, values: &BTreeMap<String, HostTensor>, keep: usize) -> Result<PathBuf> {
     let d = dir(run);
-    std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    std::fs::create_dir_all(&d)
+        .map_err(|e| anyhow!("{}: cannot create: {}", d.display(), graph_passes::onnx::io_reason(&e)))?;
     let npz = d.join(format!("{}.npz", stem(pos.step)));
     let arrays: Vec<(String, HostTensor)> = values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     if std::env::var("ONNXSAM_FAIL_CHECKPOINT").is_ok() {

@@ -299,8 +299,22 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
     if train.len() < a.batch_size && a.drop_last {
         bail!("{}: {} samples are fewer than one batch of {}", train.source, train.len(), a.batch_size);
     }
+    // the graphs: a model onnxsam cannot train gets its one error line before anything is written
+    let graphs = graph_passes::step::step_graphs(&model, &spec).map_err(|e| anyhow!("{shown}: {e}"))?;
+    if let Some(bn) = &graphs.step.contract.batch_norm_over_batch_only {
+        if !a.drop_last && train.len() % a.batch_size == 1 {
+            bail!(
+                "{}: {} samples in batches of {} leave a last batch of one sample, and {bn} cannot normalize one value per channel (PyTorch refuses it too); pass --drop-last or another --batch-size",
+                train.source,
+                train.len(),
+                a.batch_size
+            );
+        }
+    }
     // the run folder
-    std::fs::create_dir_all(&run).with_context(|| format!("cannot create {}", run.display()))?;
+    std::fs::create_dir_all(&run).map_err(|e| {
+        anyhow!("{}: cannot create the run folder: {}", run.display(), graph_passes::onnx::io_reason(&e))
+    })?;
     if !resuming {
         let cfg = json!({
             "args": stored_raw,
@@ -332,7 +346,8 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
         );
     }
     let be = backend::select(&a.backend.request(), true)?;
-    let mut runner = StepRunner::new(&model, &spec, be.as_ref(), a.seed).with_context(|| shown.clone())?;
+    let mut runner =
+        StepRunner::from_graphs(graphs, &model, &spec, be.as_ref(), a.seed).with_context(|| shown.clone())?;
     let mut eval = Evaluator::new(&model, &spec.grad, be.as_ref()).with_context(|| shown.clone())?;
     let per_epoch = loader::batches_per_epoch(train.len(), a.batch_size, a.drop_last);
     let total = match (a.max_steps, a.epochs) {

@@ -25,7 +25,8 @@ strip empties those values and changes nothing else).
 Architectures (folder names): resnet18 preact_wrn mobilenet_v2 mobilenet_v3_small efficientnet_b0
 shufflenet_v2 squeezenet densenet convnext regnet vit transformer_encoder mlp_mixer norm_cnn lstm gru
 conv1d bn_batchstats (BatchNorm with track_running_stats=False: batch statistics in train and eval, no
-running-statistics buffers). torchvision constructors where they exist, num_classes=10, dropout / stochastic depth off, fresh
+running-statistics buffers) tied_embedding (token ids in [0, 10), Embedding(10, d), mean, Linear-GELU-LayerNorm,
+Linear(d, 10) whose weight IS the embedding's: one Parameter used twice, named embed.weight). torchvision constructors where they exist, num_classes=10, dropout / stochastic depth off, fresh
 seeded init (except ViT's head, which torchvision zero-initialises so that no gradient would reach the
 encoder: drawn N(0, 0.02^2) here). Each has a FULL variant (standard widths, small input) and a NARROW
 one (same modules and op kinds, tiny widths: 1-8 k parameters, mostly 16x16 inputs) for the committed
@@ -409,6 +410,28 @@ class BNBatchStats(nn.Module):
         return self.fc2(x)
 
 
+class TiedEmbedding(nn.Module):
+    """Token ids [N, T] in [0, vocab) -> nn.Embedding(vocab, d) -> mean over tokens -> Linear(d, d) -> GELU
+    -> LayerNorm(d) -> Linear(d, vocab) whose weight IS the embedding's (tied as in language models: one
+    Parameter used twice, listed once by named_parameters() as embed.weight; its gradient is the sum of
+    both uses). The classes are the vocabulary (vocab = num_classes). PyTorch's default init throughout
+    (the head's bias is drawn, not zero)."""
+
+    def __init__(self, d=32, vocab=NUM_CLASSES):
+        super().__init__()
+        self.vocab = vocab  # make_batch draws the token ids in [0, vocab)
+        self.embed = nn.Embedding(vocab, d)
+        self.fc = nn.Linear(d, d)
+        self.act = nn.GELU()
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab)
+        self.head.weight = self.embed.weight
+
+    def forward(self, x):
+        h = self.norm(self.act(self.fc(self.embed(x).mean(dim=1))))
+        return self.head(h)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Builders: (model, input shape without batch, input dtype, description)
 
@@ -588,6 +611,14 @@ def build_bn_batchstats(narrow):
         "track_running_stats=False (batch statistics in train and eval, no running-statistics buffers)"
 
 
+def build_tied_embedding(narrow):
+    d = 8 if narrow else 32
+    return TiedEmbedding(d=d), (12,), torch.int64, \
+        f"Embedding({NUM_CLASSES}, {d}) -> mean over tokens -> Linear({d}, {d}) -> GELU -> LayerNorm({d}) -> " \
+        f"Linear({d}, {NUM_CLASSES}) whose weight is the embedding's (tied: one Parameter, embed.weight); " \
+        f"token ids in [0, {NUM_CLASSES})"
+
+
 ARCHS = {
     "resnet18": build_resnet18,
     "preact_wrn": build_preact_wrn,
@@ -607,6 +638,7 @@ ARCHS = {
     "gru": build_gru,
     "conv1d": build_conv1d,
     "bn_batchstats": build_bn_batchstats,
+    "tied_embedding": build_tied_embedding,
 }
 
 
@@ -614,10 +646,15 @@ ARCHS = {
 # References
 
 
-def make_batch(shape, dtype, batch, seed):
+def _vocab(model):
+    """The token-id range [0, vocab) of an int64-input model: VOCAB unless the model says (model.vocab)."""
+    return getattr(model, "vocab", VOCAB)
+
+
+def make_batch(shape, dtype, batch, seed, vocab=VOCAB):
     g = torch.Generator().manual_seed(seed + 1)
     if dtype == torch.int64:
-        x = torch.randint(0, VOCAB, (batch,) + tuple(shape), generator=g)
+        x = torch.randint(0, vocab, (batch,) + tuple(shape), generator=g)
     else:
         x = torch.randn((batch,) + tuple(shape), generator=g)
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=g)
@@ -1174,6 +1211,17 @@ def _savez_unless_same(path, compressed, **arrays):
     (np.savez_compressed if compressed else np.savez)(path, **arrays)
 
 
+def _parameter_aliases(model):
+    """{named_parameters() name: [the other names of the same tensor]} for tied parameters."""
+    first, out = {}, {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            out.setdefault(first[id(p)], []).append(n)
+        else:
+            first[id(p)] = n
+    return out
+
+
 def _batch_stats_in_eval(model):
     """Whether some BatchNorm has no running statistics (track_running_stats=False): it normalises with
     the batch statistics in eval mode too, so a sample's eval logits depend on the rest of the batch."""
@@ -1213,7 +1261,7 @@ def _reusable(d, args, model, shape, dtype, subset=True):
     if (meta.get("variant"), meta.get("batch_size"), meta.get("seed")) != \
             ("narrow" if args.narrow else "full", args.batch, args.seed):
         return None
-    x, y = make_batch(shape, dtype, args.batch, args.seed)
+    x, y = make_batch(shape, dtype, args.batch, args.seed, _vocab(model))
     with np.load(files[1]) as b:
         if not (np.array_equal(b["input"], x.numpy()) and np.array_equal(b["y"], y.numpy())):
             sys.exit(f"{d}: batch.npz is not the seeded batch: export all settings again")
@@ -1275,7 +1323,7 @@ def _fresh_references(model, arch, args, d, shape, dtype, desc, params, buffers)
     for f in os.listdir(d):
         if f.endswith(".onnx") or f.endswith(".onnx.data"):
             os.remove(os.path.join(d, f))
-    x, y = make_batch(shape, dtype, args.batch, args.seed)
+    x, y = make_batch(shape, dtype, args.batch, args.seed, _vocab(model))
     t0 = time.time()
     ref, err, unused = references(model, x, y, store_f32=not args.narrow)
     # gradients that are 0 in exact arithmetic (a bias followed by a normalisation over the same axis:
@@ -1304,7 +1352,7 @@ def _fresh_references(model, arch, args, d, shape, dtype, desc, params, buffers)
         "variant": "narrow" if args.narrow else "full",
         "description": desc,
         "input": {"name": "input", "shape": [args.batch] + list(shape), "dtype": str(x.numpy().dtype),
-                  "vocab": VOCAB if dtype == torch.int64 else None},
+                  "vocab": _vocab(model) if dtype == torch.int64 else None},
         "output": {"name": "logits", "shape": [args.batch, NUM_CLASSES]},
         "batch_size": args.batch,
         "seed": args.seed,
@@ -1315,6 +1363,9 @@ def _fresh_references(model, arch, args, d, shape, dtype, desc, params, buffers)
                                 sgd="torch.optim.SGD, first step (buffer = g + wd*theta)",
                                 sam="eps = rho*g/(||g||+1e-12), g' at theta+eps (BN stats restored), SGD from theta with g'"),
         "parameters": [{"name": n, "shape": s} for n, s in params],
+        # a parameter PyTorch uses under several names (a tied head: embed.weight is head.weight):
+        # named_parameters() lists the first, state_dict() all; exporters may keep either
+        "parameter_aliases": _parameter_aliases(model),
         "buffers": [{"name": n, "shape": s} for n, s in buffers],
         "running_stat_buffers": _running_buffers(model),
         "params_without_gradient": unused,

@@ -54,6 +54,8 @@ pub struct Import {
     pub sharing: Sharing,
     /// Train a graph whose BatchNorm layers the exporter folded into convolutions (with a warning).
     pub allow_folded_bn: bool,
+    /// Parameters lift-params will keep constant (glob patterns): no warning about training them.
+    pub freeze: Vec<String>,
 }
 
 /// How the file stores a PyTorch tensor when not under its name and in its layout.
@@ -81,11 +83,16 @@ pub struct ImportReport {
     pub tied: BTreeMap<String, Vec<String>>,
     /// PyTorch tensor → how the file stores it, where not under its own name and layout.
     pub stored_as: BTreeMap<String, Vec<Stored>>,
+    /// A tied parameter named after its first use → the name the exporter gave it (both are its
+    /// names in PyTorch's state_dict; named_parameters() lists the first).
+    pub aliases: BTreeMap<String, String>,
     /// BatchNorm layers the exporter folded into convolutions.
     pub folded_bn: Vec<String>,
     /// Zero biases the dynamo exporter's optimizer removed (`RemoveOptionalBiasFromConv`/`Gemm`),
     /// given back to their layers: PyTorch trains them.
     pub restored: Vec<String>,
+    /// What is worth knowing about the file (inspect prints these; nothing is wrong).
+    pub notes: Vec<String>,
     /// Float initializers computed at export that name no PyTorch tensor (kept constant).
     pub unnamed: Vec<String>,
     pub warnings: Vec<String>,
@@ -248,7 +255,8 @@ impl Pass for Import {
             }
         }
         // 3. folded BatchNorm
-        report.folded_bn = folded_batch_norms(g, dynamo, &reads);
+        let (folded_bn, folded_nodes) = folded_batch_norms(g, dynamo, &reads);
+        report.folded_bn = folded_bn;
         if !report.folded_bn.is_empty() {
             let list = summary(&report.folded_bn, 6);
             let fix = if dynamo {
@@ -323,6 +331,39 @@ impl Pass for Import {
             index.insert(key.clone(), tensors.len());
             tensors.push((t, v));
         }
+        // a tensor PyTorch ties (a head sharing the embedding's weight) is one Parameter under two
+        // module names; torch.export names the placeholder after one of them, named_parameters()
+        // after the module registered first, which is nearly always the one that runs first: the
+        // name of the first use (legacy exports carry named_parameters()'s name already)
+        if dynamo && self.sharing == Sharing::Auto {
+            let taken: HashSet<String> = tensors.iter().map(|(t, _)| t.name.clone()).collect();
+            for key in &order {
+                let (t, v) = &mut tensors[index[key]];
+                if t.kind != Kind::Param {
+                    continue;
+                }
+                let attr = t.name.rsplit('.').next().unwrap_or(&t.name).to_string();
+                let mut by_use: Vec<String> = Vec::new();
+                for (i, r) in reads.iter().enumerate() {
+                    if key_of[i].as_ref() != Some(key)
+                        || crate::autodiff::rules::is_non_differentiable(&op_types[r.node])
+                    {
+                        continue;
+                    }
+                    if let Some(scope) = module_paths(&g.nodes[r.node]).first() {
+                        let name = format!("{scope}.{attr}");
+                        if !by_use.contains(&name) {
+                            by_use.push(name);
+                        }
+                    }
+                }
+                if by_use.len() >= 2 && by_use[0] != t.name && by_use.contains(&t.name) && !taken.contains(&by_use[0]) {
+                    report.aliases.insert(by_use[0].clone(), t.name.clone());
+                    t.name = by_use[0].clone();
+                    v.name = t.name.clone();
+                }
+            }
+        }
         // 5. rewrite: stored tensors and aliases that are all named go; one initializer per tensor
         let unresolved_roots: HashSet<String> =
             reads.iter().zip(&key_of).filter(|(_, k)| k.is_none()).map(|(r, _)| r.root.clone()).collect();
@@ -375,20 +416,21 @@ impl Pass for Import {
             let Some(key) = &key_of[i] else { continue };
             let (t, _) = &tensors[index[key]];
             let perm = named[i].as_ref().map(|n| n.perm.clone()).unwrap_or_default();
-            let value = if perm.is_empty() {
-                t.name.clone()
-            } else if let Some(v) = views.get(&(t.name.clone(), perm.clone())) {
+            // the file's name, where it names no PyTorch tensor, stays as a view (Identity or
+            // Transpose) of the parameter, so that `export` writes the trained value under it
+            let keeps_file_name =
+                free.contains(&r.seen) && !tensor_names.contains(&r.seen) && !views.values().any(|v| v == &r.seen);
+            let value = if let Some(v) = views.get(&(t.name.clone(), perm.clone())) {
                 v.clone()
+            } else if perm.is_empty() && !keeps_file_name {
+                t.name.clone()
             } else {
-                let out = if free.contains(&r.seen)
-                    && !tensor_names.contains(&r.seen)
-                    && !views.values().any(|v| v == &r.seen)
-                {
-                    r.seen.clone()
+                let out = if keeps_file_name { r.seen.clone() } else { g.fresh(&format!("{}.stored", t.name)) };
+                if perm.is_empty() {
+                    g.add("Identity", &[&t.name]).exact_outputs(&[&out]);
                 } else {
-                    g.fresh(&format!("{}.stored", t.name))
-                };
-                g.add("Transpose", &[&t.name]).ints("perm", &perm).exact_outputs(&[&out]);
+                    g.add("Transpose", &[&t.name]).ints("perm", &perm).exact_outputs(&[&out]);
+                }
                 views.insert((t.name.clone(), perm.clone()), out.clone());
                 out
             };
@@ -405,6 +447,10 @@ impl Pass for Import {
         let mut readers: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (i, r) in reads.iter().enumerate() {
             let Some(key) = &key_of[i] else { continue };
+            // a folded convolution's tensors are named after it, not after anything PyTorch has
+            if folded_nodes.contains(&r.node) {
+                continue;
+            }
             let (t, _) = &tensors[index[key]];
             let names = by_root.entry(r.root.as_str()).or_default();
             if !names.contains(&t.name) {
@@ -433,8 +479,34 @@ impl Pass for Import {
         }
         report.tied = readers.into_iter().filter(|(_, who)| who.len() > 1).collect();
         for (r, n) in reads.iter().zip(&named) {
-            if n.is_none() && tensor::numel(&stored[&r.root]) > 1 && !report.unnamed.contains(&r.root) {
+            // a tensor holding ±inf or NaN (an attention mask) is no parameter of anybody's
+            let finite = tensor::to_f32(&stored[&r.root]).map(|v| v.iter().all(|x| x.is_finite())).unwrap_or(false);
+            if n.is_none() && finite && tensor::numel(&stored[&r.root]) > 1 && !report.unnamed.contains(&r.root) {
                 report.unnamed.push(r.root.clone());
+            }
+        }
+        let (notes, warnings) = batch_norm_notes(g);
+        report.notes.extend(notes);
+        report.warnings.extend(warnings);
+        if legacy {
+            // the legacy exporter stores registered buffers like parameters; names that are not a
+            // layer's weight or bias may be either
+            let unusual: Vec<String> = report
+                .params
+                .iter()
+                .filter(|p| {
+                    let last = p.rsplit('.').next().unwrap_or(p);
+                    !(last.ends_with("weight") || last.ends_with("bias"))
+                        && !self.freeze.iter().any(|f| crate::passes::lift_params::glob_match(f, p))
+                })
+                .cloned()
+                .collect();
+            if !unusual.is_empty() {
+                report.warnings.push(format!(
+                    "the legacy exporter does not mark buffers (register_buffer), so {} {} trained as parameters; --freeze what is a buffer, or export with dynamo=True (which marks them)",
+                    summary(&unusual, 4),
+                    if unusual.len() == 1 { "is" } else { "are" }
+                ));
             }
         }
         g.topo_sort()?;
@@ -524,14 +596,14 @@ fn unlayout(t: &TensorProto, perm: &[i64], name: &str) -> Result<TensorProto> {
     Ok(tensor::from_f32(name, &[c as i64, r as i64], &w))
 }
 
-/// Stores parameters back the way the file had them: every Transpose the import pass added that
-/// reads an initializer becomes an initializer under the view's (the file's) name, and a
-/// parameter initializer nothing else reads goes. What `export` does to a trained graph.
+/// Stores parameters back the way the file had them: every Transpose or Identity the import pass
+/// added that reads an initializer becomes an initializer under the view's (the file's) name,
+/// and a parameter initializer nothing else reads goes. What `export` does to a trained graph.
 pub fn fold_views(g: &mut Graph) -> Result<()> {
     use crate::ir::PASS_KEY;
     loop {
         let found = g.nodes.iter().position(|n| {
-            n.op_type == "Transpose"
+            (n.op_type == "Transpose" || n.op_type == "Identity")
                 && n.metadata_props.iter().any(|p| p.key == PASS_KEY && p.value == "import")
                 && g.initializer(&n.input[0]).is_some()
         });
@@ -698,6 +770,10 @@ fn name_legacy(
         if t.dims.is_empty() && !stat {
             return None; // exporter scalars
         }
+        // ±inf or NaN (an additive attention mask): a buffer, no parameter
+        if !stat && !tensor::to_f32(t).map(|v| v.iter().all(|x| x.is_finite())).unwrap_or(true) {
+            return None;
+        }
         return Some(Named { name: r.seen.clone(), kind: if stat { Kind::Buffer } else { Kind::Param }, perm: vec![] });
     }
     let transposed = |bias: &str| -> Option<Named> {
@@ -734,8 +810,9 @@ fn name_legacy(
 /// BatchNorm layers the exporter fused into convolutions: dynamo marks the Conv with the
 /// optimizer's rule `FuseBatchNormIntoConv`; a legacy Conv whose weight constant folding computed
 /// (`onnx::Conv_N`) had a BatchNorm folded into it (`_jit_pass_onnx_eval_peephole`).
-fn folded_batch_norms(g: &Graph, dynamo: bool, reads: &[Read]) -> Vec<String> {
+fn folded_batch_norms(g: &Graph, dynamo: bool, reads: &[Read]) -> (Vec<String>, HashSet<usize>) {
     let mut out = Vec::new();
+    let mut nodes = HashSet::new();
     for (i, n) in g.nodes.iter().enumerate() {
         if n.op_type != "Conv" {
             continue;
@@ -752,11 +829,42 @@ fn folded_batch_norms(g: &Graph, dynamo: bool, reads: &[Read]) -> Vec<String> {
             }
             metadata::legacy_module_path(&n.name).unwrap_or_else(|| n.describe())
         };
+        nodes.insert(i);
         if !out.contains(&layer) {
             out.push(layer);
         }
     }
-    out
+    (out, nodes)
+}
+
+/// BatchNorm facts a user should know: a training-mode export stores the running statistics its
+/// own forward left (torch.onnx.export with training=TRAINING runs the model once, and PyTorch's
+/// buffers move with it); ONNX momentum 1 keeps the running statistics as they are (PyTorch
+/// momentum 0 — or momentum=None, a cumulative average the file does not carry).
+fn batch_norm_notes(g: &Graph) -> (Vec<String>, Vec<String>) {
+    let mut notes = Vec::new();
+    let bns: Vec<&crate::onnx::NodeProto> = g.nodes.iter().filter(|n| n.op_type == "BatchNormalization").collect();
+    let stateful = |n: &&crate::onnx::NodeProto| n.input.get(3).map(|m| g.initializer(m).is_some()).unwrap_or(false);
+    if bns.iter().any(|n| n.attr_i("training_mode", 0) != 0 && stateful(n)) {
+        notes.push(
+            "a training-mode export: its running statistics are those after the export's own forward (PyTorch's buffers moved with it); training continues from the file's"
+                .into(),
+        );
+    }
+    let frozen: Vec<String> = bns
+        .iter()
+        .filter(|n| stateful(n) && n.attr_f("momentum", 0.9) >= 1.0)
+        .map(|n| metadata::describe_layer(n))
+        .collect();
+    let mut warnings = Vec::new();
+    if !frozen.is_empty() {
+        warnings.push(format!(
+            "BatchNorm {} {} momentum 1 in the file: running statistics stay as they are (PyTorch momentum=0); if the model used momentum=None (a cumulative average), the file does not carry it and onnxsam's running statistics will differ from PyTorch's — give it a momentum before exporting",
+            summary(&frozen, 4),
+            if frozen.len() == 1 { "has" } else { "have" }
+        ));
+    }
+    (notes, warnings)
 }
 
 /// "a, b, c, … (12 in all)"

@@ -17,10 +17,27 @@ pub const KNOWN_DOMAINS: &[&str] = &["", "ai.onnx", "ai.onnx.ml", "com.microsoft
 /// Default-domain opsets we test against (PyTorch exports 17–21); others load with a note.
 pub const TESTED_OPSETS: std::ops::RangeInclusive<i64> = 17..=21;
 
+/// Why a file could not be opened or read, in words (no OS error codes in messages).
+pub fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => "no such file".into(),
+        K::PermissionDenied => "permission denied".into(),
+        K::IsADirectory => "it is a folder, not a file".into(),
+        K::AlreadyExists => "it already exists".into(),
+        K::NotADirectory => "a part of the path is a file, not a folder".into(),
+        K::StorageFull => "the disk is full".into(),
+        _ => {
+            let s = e.to_string();
+            s.split(" (os error").next().unwrap_or(&s).to_string()
+        }
+    }
+}
+
 /// Reads and checks a model; tensors stored as external data are read into `raw_data`.
 pub fn load_model(path: &Path) -> Result<ModelProto> {
     let shown = path.display();
-    let bytes = fs::read(path).map_err(|e| err!("{shown}: cannot read: {e}"))?;
+    let bytes = fs::read(path).map_err(|e| err!("{shown}: cannot read: {}", io_reason(&e)))?;
     if bytes.is_empty() {
         bail!("{shown}: file is empty, not an ONNX model");
     }
@@ -339,7 +356,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })();
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
-        bail!("{shown}: cannot write: {e}");
+        bail!("{shown}: cannot write: {}", io_reason(&e));
     }
     Ok(())
 }

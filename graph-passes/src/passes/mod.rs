@@ -51,6 +51,10 @@ pub struct Contract {
     /// Train-mode BatchNorms whose gradient autodiff writes in closed form.
     #[serde(skip)]
     pub batch_norms: Vec<BatchNormRegion>,
+    /// A train-mode BatchNorm that normalizes over the batch axis alone (BatchNorm1d, or 1×1
+    /// maps): a batch of one sample gives it one value per channel (PyTorch refuses that).
+    #[serde(skip)]
+    pub batch_norm_over_batch_only: Option<String>,
     /// Initial values of parameters and state, by name.
     #[serde(skip)]
     pub init: BTreeMap<String, TensorProto>,

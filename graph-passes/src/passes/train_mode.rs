@@ -252,6 +252,13 @@ fn batch_statistics(n: &NodeProto, ctx: &mut Ctx) -> Result<BatchStats> {
 fn batch_norm(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
     let (x, scale, bias, mean, var) = (&n.input[0], &n.input[1], &n.input[2], &n.input[3], &n.input[4]);
     let state = stats_are_state(ctx, n);
+    // batch statistics over the batch axis alone (BatchNorm1d, 1×1 maps; also where the graph
+    // computes them itself): one sample is one value per channel
+    let spatial_one = ctx.shape(x)?.iter().skip(2).all(|d| d.known() == Some(1));
+    if spatial_one && c.batch_norm_over_batch_only.is_none() {
+        c.batch_norm_over_batch_only =
+            Some(format!("the BatchNorm layer {}", crate::import::metadata::describe_layer(n)));
+    }
     if !state && n.attr_i("training_mode", 0) == 0 {
         // the graph computes the statistics it normalizes with (dynamo, track_running_stats=False)
         return normalize_with(n, ctx, mean, var);
