@@ -8,6 +8,7 @@
 //!   1e-3 of the largest one), the running statistics too, and one SGD and one SAM `step` move
 //!   every parameter as PyTorch's do (same rule, on the update θ' − θ);
 //! - it is refused: exit 2 and one line that says why (the expected reason below).
+//!
 //! docs/models.md holds the same table for the full-size zoo (tools/zoo/check.py).
 mod common;
 
@@ -87,7 +88,7 @@ fn compare(
         let diff: Vec<f64> = g.iter().zip(w).map(|(a, b)| a - b).collect();
         let err = norm(&diff) / d;
         let tol = (3.0 * f32_abs.get(k).copied().unwrap_or(0.0) / d).max(1e-4);
-        if !(err <= tol) {
+        if err.is_nan() || err > tol {
             return Err(format!("{what} '{k}' off by {err:.2e} (tolerance {tol:.1e})"));
         }
     }

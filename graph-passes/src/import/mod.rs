@@ -496,8 +496,8 @@ impl Pass for Import {
                 .iter()
                 .filter(|p| {
                     let last = p.rsplit('.').next().unwrap_or(p);
-                    !(last.ends_with("weight") || last.ends_with("bias"))
-                        && !self.freeze.iter().any(|f| crate::passes::lift_params::glob_match(f, p))
+                    let frozen = self.freeze.iter().any(|f| crate::passes::lift_params::glob_match(f, p));
+                    !(last.ends_with("weight") || last.ends_with("bias") || frozen)
                 })
                 .cloned()
                 .collect();

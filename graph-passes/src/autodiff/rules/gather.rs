@@ -20,6 +20,7 @@ pub fn rule(op: &str) -> Option<Rule> {
 /// - axis 0 (embeddings): ScatterND(zeros, idx[..., None], dy, reduction = add);
 /// - other axes: the same with a moved to the front, x's dims (a, …) and dy's (idx dims, …),
 ///   and moved back.
+///
 /// Negative indices count from the end (ONNX Gather-13), so they are taken modulo s first.
 fn gather(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
     if need.get(1).copied().unwrap_or(false) {
