@@ -33,6 +33,7 @@ Options: --only ARCH …, --backends tract ort, --bin PATH, --json OUT (all meas
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -181,6 +182,8 @@ def relu_decisions(binary, path, batch, backends):
             return None
         m = onnx.load(g)
         relus = [n for n in m.graph.node if n.op_type == "Relu"]
+        if not relus:
+            return None
         for n in relus:
             m.graph.output.append(onnx.helper.make_tensor_value_info(n.output[0], onnx.TensorProto.FLOAT, None))
         onnx.save(m, g)
@@ -224,7 +227,11 @@ def main():
     ap.add_argument("--backends", nargs="*", default=["tract", "ort"])
     ap.add_argument("--json")
     ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--from-json", help="write docs/models.md from a --json file of an earlier run")
     a = ap.parse_args()
+    if a.from_json:
+        write_docs(json.load(open(a.from_json)), a.zoo)
+        return 0
     archs = sorted(d for d in os.listdir(a.zoo) if os.path.isfile(os.path.join(a.zoo, d, "meta.json")))
     if a.only:
         archs = [x for x in archs if x in a.only]
@@ -258,6 +265,8 @@ def main():
                         f"{n}: {k} ReLU decision{'s' if k > 1 else ''} at |x| ≤ {x:.1e} apart from the other engine" for n, k, x in kinks[:3])
                 elif kinks is not None:
                     bad["message"] += "; the engines make the same ReLU decisions"
+                else:
+                    bad["message"] += "; no ReLU in the network: float32 rounding alone"
             for r in pair:
                 worst = r.get("grad_worst")
                 print(f"{arch:<20} {setting:<14} {r['backend']:<6} {r['verdict']:<18} "
@@ -325,14 +334,15 @@ def write_docs(results, zoo):
         errs = " / ".join("–" if r.get("grad_worst") is None else f"{r['grad_worst']:.1e}" for r in rs)
         f32 = next((f"{r['pytorch_f32_worst']:.1e}" for r in rs if r.get("pytorch_f32_worst") is not None), "–")
         msg = next((r.get("message", "") for r in rs if r.get("message")), "")
-        msg = msg.replace("onnxsam: error: ", "").replace("|", "\\|")
+        msg = msg.replace("onnxsam: error: ", "")
+        msg = re.sub(r"^\S+\.onnx: ", "", msg).replace("|", "\\|")
         if len(msg) > 220:
             msg = msg[:217] + "…"
         n = meta_of[arch].get("num_params", "")
         lines.append(f"| {arch} | {n} | {setting} | {verdict} | {errs} | {f32} | {msg} |")
     counts = {}
     for (arch, setting), rs in by.items():
-        v = rs[0]["verdict"] if len(set(r["verdict"] for r in rs)) == 1 else "mixed"
+        v = rs[0]["verdict"] if len(set(r["verdict"] for r in rs)) == 1 else " / ".join(f"{r['backend']} {r['verdict']}" for r in rs)
         counts.setdefault(setting, {}).setdefault(v, 0)
         counts[setting][v] += 1
     lines += ["", "## By setting", ""]
