@@ -194,6 +194,96 @@ fn elementwise_unary_rules() {
     ]);
 }
 
+/// Values away from every kink of the activations here: |x| in [0.3, 1.5] and random sign, none
+/// within 0.2 of ±3 (HardSwish, HardSigmoid with PyTorch's α = 1/6).
+#[test]
+fn activation_and_trigonometric_rules() {
+    let attr = |op: &'static str, name: &'static str, v: f32, x: HostTensor| {
+        case(&format!("{op} {name}={v}"), 18, vec![("x", x)], &["x"], move |g| g.add(op, &["x"]).float(name, v).output())
+    };
+    let wide = |key: &str| rnd(key, &[3, 4], -5.0, 5.0);
+    // HardSwish/HardSigmoid: the three pieces, away from ±3
+    let pieces = HostTensor::f32(&[8], vec![-4.5, -3.4, -2.5, -0.7, 0.4, 2.6, 3.3, 4.8]);
+    check_all(vec![
+        case("HardSwish", 18, vec![("x", pieces.clone())], &["x"], |g| g.add("HardSwish", &["x"]).output()),
+        case("HardSigmoid (PyTorch's α = 1/6)", 18, vec![("x", pieces.clone())], &["x"], |g| {
+            g.add("HardSigmoid", &["x"]).float("alpha", 1.0 / 6.0).float("beta", 0.5).output()
+        }),
+        // ONNX's default α = 0.2, β = 0.5: kinks at ±2.5
+        unary("HardSigmoid", HostTensor::f32(&[6], vec![-3.1, -2.2, -0.4, 0.9, 2.2, 2.9])),
+        unary("Softplus", wide("sp")),
+        unary("Softsign", away("ss", &[3, 4])),
+        unary("Elu", away("el", &[3, 4])),
+        attr("Elu", "alpha", 0.5, away("el2", &[3, 4])),
+        unary("Selu", away("se", &[3, 4])),
+        attr("Celu", "alpha", 0.7, away("ce", &[3, 4])),
+        case("Mish", 18, vec![("x", wide("mi"))], &["x"], |g| g.add("Mish", &["x"]).output()),
+        attr("ThresholdedRelu", "alpha", 0.8, HostTensor::f32(&[6], vec![-1.0, 0.2, 0.5, 1.1, 1.6, -0.3])),
+        case(
+            "PRelu, a slope per channel broadcast over [N, C, H]",
+            17,
+            vec![("x", away("pr", &[2, 3, 4])), ("s", rnd("ps", &[3, 1], -0.5, 0.5))],
+            &["x", "s"],
+            |g| g.add("PRelu", &["x", "s"]).output(),
+        ),
+        unary("Sin", wide("si")),
+        unary("Cos", wide("co")),
+        unary("Tan", rnd("ta", &[3, 4], -1.2, 1.2)),
+        unary("Asin", rnd("as", &[3, 4], -0.9, 0.9)),
+        unary("Acos", rnd("ac", &[3, 4], -0.9, 0.9)),
+        unary("Atan", wide("at")),
+        unary("Sinh", rnd("sh", &[3, 4], -2.0, 2.0)),
+        unary("Cosh", rnd("ch", &[3, 4], -2.0, 2.0)),
+    ]);
+}
+
+/// Sum and Mean of several broadcast inputs; Mod on floats (torch.remainder and torch.fmod).
+#[test]
+fn sum_mean_mod_rules() {
+    let three = |op: &'static str| {
+        case(
+            &format!("{op} of three, broadcast"),
+            17,
+            vec![("a", rnd("sa", &[2, 3], -1.0, 1.0)), ("b", rnd("sb", &[3], -1.0, 1.0)), ("c", rnd("sc", &[2, 1], -1.0, 1.0))],
+            &["a", "b", "c"],
+            move |g| g.add(op, &["a", "b", "c"]).output(),
+        )
+    };
+    // a/b kept away from integers (Floor's jumps) by construction: b in [1.3, 1.7], a in a band
+    let a = HostTensor::f32(&[6], vec![-2.1, -0.6, 0.35, 0.9, 2.4, 3.7]);
+    let b = HostTensor::f32(&[6], vec![1.3, 1.5, 1.7, -1.4, 1.6, -1.5]);
+    check_all(vec![
+        three("Sum"),
+        three("Mean"),
+        case("Mod (fmod=1, torch.fmod)", 17, vec![("a", a.clone()), ("b", b.clone())], &["a", "b"], |g| {
+            g.add("Mod", &["a", "b"]).int("fmod", 1).output()
+        }),
+    ]);
+}
+
+/// Einsum: matrix product, batched product with an implicit output, a contraction summed away
+/// in one operand (the gradient expands it back), an outer product, '...' broadcasting.
+#[test]
+fn einsum_rules() {
+    let e = |eq: &'static str, shapes: Vec<(&'static str, Vec<usize>)>| {
+        let inputs: Vec<(&str, HostTensor)> =
+            shapes.iter().map(|(n, s)| (*n, rnd(&format!("{eq}{n}"), s, -1.0, 1.0))).collect();
+        let names: Vec<&'static str> = shapes.iter().map(|(n, _)| *n).collect();
+        let wrt = names.clone();
+        case(&format!("Einsum {eq}"), 17, inputs, &wrt, move |g| {
+            g.add("Einsum", &names).string("equation", eq).output()
+        })
+    };
+    check_all(vec![
+        e("ij,jk->ik", vec![("a", vec![2, 3]), ("b", vec![3, 4])]),
+        e("bij,bjk", vec![("a", vec![2, 2, 3]), ("b", vec![2, 3, 2])]),
+        e("ij,jk->i", vec![("a", vec![2, 3]), ("b", vec![3, 4])]),
+        e("i,j->ij", vec![("a", vec![3]), ("b", vec![2])]),
+        e("...ij,jk->...ik", vec![("a", vec![2, 2, 3]), ("b", vec![3, 2])]),
+        e("bhqd,bhkd->bhqk", vec![("a", vec![1, 2, 3, 4]), ("b", vec![1, 2, 2, 4])]),
+    ]);
+}
+
 fn binary(op: &'static str, a: HostTensor, b: HostTensor) -> Case {
     let name = format!("{op} {:?}·{:?}", a.shape, b.shape);
     case(&name, 17, vec![("a", a), ("b", b)], &["a", "b"], move |g| g.add(op, &["a", "b"]).output())

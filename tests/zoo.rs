@@ -41,7 +41,7 @@ fn expected(arch: &str, setting: &str) -> Option<&'static str> {
         // a head tied to the embedding: one parameter, named as named_parameters() names it
         "tied_embedding" => None,
         "mobilenet_v3_small" if folds_bn => Some(FOLDED),
-        "mobilenet_v3_small" => Some("op HardSwish"),
+        "mobilenet_v3_small" => None,
         "conv1d" if folds_bn => Some(FOLDED),
         "conv1d" => Some("2-D convolutions"),
         // constant folding rewrote the normalization's or recurrent layer's weights into tensors

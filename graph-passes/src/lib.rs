@@ -5,9 +5,9 @@ pub mod error;
 pub mod import;
 pub mod ir;
 pub mod onnx;
+pub mod ops;
 pub mod passes;
 pub mod shapes;
 pub mod step;
-pub mod support;
 
 pub use error::{Error, Result};

@@ -7,7 +7,7 @@ use std::fmt;
 use crate::ir::{constant_value, Graph, NodeExt};
 use crate::onnx::proto::{data_type as dt, tensor_shape_proto::dimension, type_proto, NodeProto, TypeProto};
 use crate::onnx::tensor;
-use crate::{bail, ir::node_error, Result};
+use crate::{ir::node_error, Result};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Dim {
@@ -90,7 +90,7 @@ impl Shapes {
     pub fn rank(&self, v: &str) -> Option<usize> {
         self.shape(v).map(|s| s.len())
     }
-    fn fresh_dim(&mut self, hint: &str) -> Dim {
+    pub(crate) fn fresh_dim(&mut self, hint: &str) -> Dim {
         self.counter += 1;
         Dim::Sym(format!("{hint}{}", self.counter))
     }
@@ -122,7 +122,7 @@ pub fn infer(g: &Graph) -> Result<Shapes> {
     Ok(s)
 }
 
-fn norm_axis(axis: i64, rank: usize) -> usize {
+pub(crate) fn norm_axis(axis: i64, rank: usize) -> usize {
     if axis < 0 {
         (axis + rank as i64).max(0) as usize
     } else {
@@ -155,7 +155,7 @@ pub fn broadcast(shapes: &[&Shape]) -> Option<Shape> {
     Some(out)
 }
 
-fn conv_out(size: &Dim, k: i64, stride: i64, pad_begin: i64, pad_end: i64, dilation: i64, ceil: bool) -> Dim {
+pub(crate) fn conv_out(size: &Dim, k: i64, stride: i64, pad_begin: i64, pad_end: i64, dilation: i64, ceil: bool) -> Dim {
     match size {
         Dim::Known(h) => {
             let eff = dilation * (k - 1) + 1;
@@ -167,13 +167,13 @@ fn conv_out(size: &Dim, k: i64, stride: i64, pad_begin: i64, pad_end: i64, dilat
     }
 }
 
-fn set(s: &mut Shapes, name: &str, dtype: i32, shape: Option<Shape>) {
+pub(crate) fn set(s: &mut Shapes, name: &str, dtype: i32, shape: Option<Shape>) {
     if !name.is_empty() {
         s.types.insert(name.to_string(), ValueType { dtype, shape });
     }
 }
 
-fn input_type(s: &Shapes, n: &NodeProto, i: usize) -> Result<ValueType> {
+pub(crate) fn input_type(s: &Shapes, n: &NodeProto, i: usize) -> Result<ValueType> {
     let name = n.input.get(i).filter(|x| !x.is_empty()).ok_or_else(|| node_error(n, format!("missing input {i}")))?;
     s.types
         .get(name)
@@ -181,7 +181,7 @@ fn input_type(s: &Shapes, n: &NodeProto, i: usize) -> Result<ValueType> {
         .ok_or_else(|| node_error(n, format!("input '{name}' has no known type (is it produced or declared?)")))
 }
 
-fn ints_of(g: &Graph, s: &Shapes, name: &str) -> Option<Vec<i64>> {
+pub(crate) fn ints_of(g: &Graph, s: &Shapes, name: &str) -> Option<Vec<i64>> {
     if let Some(v) = s.values.get(name) {
         return v.iter().map(|d| d.known()).collect();
     }
@@ -189,660 +189,44 @@ fn ints_of(g: &Graph, s: &Shapes, name: &str) -> Option<Vec<i64>> {
 }
 
 /// Axes from the attribute (older opsets) or the second input (newer ones).
-fn axes_of(g: &Graph, s: &Shapes, n: &NodeProto, input: usize) -> Option<Vec<i64>> {
+pub(crate) fn axes_of(g: &Graph, s: &Shapes, n: &NodeProto, input: usize) -> Option<Vec<i64>> {
     n.attr_ints("axes").or_else(|| n.input.get(input).filter(|x| !x.is_empty()).and_then(|a| ints_of(g, s, a)))
 }
 
+/// Types the outputs of one node by its op's shape rule (ops/); an op without one gets outputs of
+/// unknown shape (typed like its first input) and is listed in `unknown_ops`.
 fn infer_node(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
-    let op = n.op_type.as_str();
-    let out0 = n.output.first().cloned().unwrap_or_default();
-    macro_rules! same_as_input {
-        () => {{
-            let t = input_type(s, n, 0)?;
-            set(s, &out0, t.dtype, t.shape);
-        }};
+    if let Some(d) = crate::ops::lookup(&n.op_type) {
+        return (d.shape)(g, n, s);
     }
-    match op {
-        "Relu"
-        | "Sigmoid"
-        | "Tanh"
-        | "Exp"
-        | "Log"
-        | "Sqrt"
-        | "Neg"
-        | "Abs"
-        | "Reciprocal"
-        | "Erf"
-        | "Gelu"
-        | "LeakyRelu"
-        | "Softmax"
-        | "LogSoftmax"
-        | "Identity"
-        | "Clip"
-        | "Elu"
-        | "Selu"
-        | "HardSigmoid"
-        | "HardSwish"
-        | "Softplus"
-        | "Floor"
-        | "Ceil"
-        | "Round"
-        | "Sign"
-        | "Sin"
-        | "Cos"
-        | "Mish"
-        | "PRelu"
-        | "Celu"
-        | "Not"
-        | "LpNormalization"
-        | "InstanceNormalization"
-        | "ScatterElements"
-        | "ScatterND"
-        | "Trilu"
-        | "CumSum" => {
-            same_as_input!();
-            if op == "Identity" {
-                if let Some(v) = s.values.get(&n.input[0]).cloned() {
-                    s.values.insert(out0.clone(), v);
-                }
-            }
-        }
-        "Dropout" => {
-            let t = input_type(s, n, 0)?;
-            if let Some(mask) = n.output.get(1) {
-                set(s, mask, dt::BOOL, t.shape.clone());
-            }
-            set(s, &out0, t.dtype, t.shape);
-        }
-        "IsNaN" | "IsInf" => {
-            let t = input_type(s, n, 0)?;
-            set(s, &out0, dt::BOOL, t.shape);
-        }
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "Mean" | "Mod" | "Equal" | "Less"
-        | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor" | "Where" | "BitShift" => {
-            let types: Vec<ValueType> = (0..n.input.len()).map(|i| input_type(s, n, i)).collect::<Result<_>>()?;
-            let shape = if types.iter().all(|t| t.shape.is_some()) {
-                let shapes: Vec<&Shape> = types.iter().map(|t| t.shape.as_ref().unwrap()).collect();
-                Some(broadcast(&shapes).ok_or_else(|| {
-                    node_error(
-                        n,
-                        format!(
-                            "cannot broadcast shapes {}",
-                            types.iter().map(|t| shape_string(&t.shape)).collect::<Vec<_>>().join(" and ")
-                        ),
-                    )
-                })?)
-            } else {
-                None
-            };
-            let dtype = match op {
-                "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor" => dt::BOOL,
-                "Where" => types[1].dtype,
-                _ => types[0].dtype,
-            };
-            set(s, &out0, dtype, shape);
-            // value propagation for shape arithmetic
-            let vals: Option<Vec<Vec<Dim>>> = n.input.iter().map(|i| s.values.get(i).cloned()).collect();
-            if let Some(vals) = vals {
-                let folded = if op == "Where" { fold_where(&vals) } else { fold_binary(op, &vals) };
-                if let Some(v) = folded {
-                    s.values.insert(out0.clone(), v);
-                }
-            }
-        }
-        "Cast" => {
-            let t = input_type(s, n, 0)?;
-            let to = n.attr_i("to", dt::FLOAT as i64) as i32;
-            set(s, &out0, to, t.shape);
-            if to == dt::INT64 || to == dt::INT32 {
-                if let Some(v) = s.values.get(&n.input[0]).cloned() {
-                    s.values.insert(out0.clone(), v);
-                }
-            }
-        }
-        "CastLike" => {
-            let t = input_type(s, n, 0)?;
-            let like = input_type(s, n, 1)?;
-            set(s, &out0, like.dtype, t.shape);
-        }
-        "Constant" => {
-            let a = n.attribute.first().ok_or_else(|| node_error(n, "Constant without a value"))?;
-            match a.name.as_str() {
-                "value" => {
-                    let t = a.t.as_ref().ok_or_else(|| node_error(n, "Constant value is not a tensor"))?;
-                    set(s, &out0, t.data_type, Some(t.dims.iter().map(|&d| Dim::Known(d)).collect()));
-                    if matches!(t.data_type, dt::INT64 | dt::INT32) && t.dims.len() <= 1 && tensor::numel(t) <= 64 {
-                        if let Ok(v) = tensor::to_i64(t) {
-                            s.values.insert(out0.clone(), v.into_iter().map(Dim::Known).collect());
-                        }
-                    }
-                }
-                "value_int" => {
-                    set(s, &out0, dt::INT64, Some(vec![]));
-                    s.values.insert(out0.clone(), vec![Dim::Known(a.i.unwrap_or(0))]);
-                }
-                "value_ints" => {
-                    set(s, &out0, dt::INT64, Some(vec![Dim::Known(a.ints.len() as i64)]));
-                    s.values.insert(out0.clone(), a.ints.iter().map(|&v| Dim::Known(v)).collect());
-                }
-                "value_float" => set(s, &out0, dt::FLOAT, Some(vec![])),
-                "value_floats" => set(s, &out0, dt::FLOAT, Some(vec![Dim::Known(a.floats.len() as i64)])),
-                other => bail!("{}: Constant attribute '{other}' is not supported", n.describe()),
-            }
-        }
-        "Shape" => {
-            let t = input_type(s, n, 0)?;
-            match t.shape {
-                Some(shape) => {
-                    let r = shape.len() as i64;
-                    let clampi = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
-                    let start = clampi(n.attr_i("start", 0));
-                    let end = clampi(n.attr_i("end", r));
-                    let v: Vec<Dim> = shape[start..end.max(start)].to_vec();
-                    set(s, &out0, dt::INT64, Some(vec![Dim::Known(v.len() as i64)]));
-                    s.values.insert(out0.clone(), v);
-                }
-                None => set(s, &out0, dt::INT64, None),
-            }
-        }
-        "Size" => set(s, &out0, dt::INT64, Some(vec![])),
-        "Gemm" => {
-            let a = input_type(s, n, 0)?;
-            let b = input_type(s, n, 1)?;
-            let (ta, tb) = (n.attr_i("transA", 0) != 0, n.attr_i("transB", 0) != 0);
-            let shape = match (&a.shape, &b.shape) {
-                (Some(sa), Some(sb)) if sa.len() == 2 && sb.len() == 2 => Some(vec![
-                    if ta { sa[1].clone() } else { sa[0].clone() },
-                    if tb { sb[0].clone() } else { sb[1].clone() },
-                ]),
-                _ => None,
-            };
-            set(s, &out0, a.dtype, shape);
-        }
-        "MatMul" => {
-            let a = input_type(s, n, 0)?;
-            let b = input_type(s, n, 1)?;
-            let shape = match (&a.shape, &b.shape) {
-                (Some(sa), Some(sb)) => Some(matmul_shape(sa, sb).ok_or_else(|| {
-                    node_error(n, format!("MatMul of shapes {} and {}", shape_string(&a.shape), shape_string(&b.shape)))
-                })?),
-                _ => None,
-            };
-            set(s, &out0, a.dtype, shape);
-        }
-        "Conv" | "MaxPool" | "AveragePool" | "LpPool" => {
-            let x = input_type(s, n, 0)?;
-            let shape = match &x.shape {
-                Some(xs) if xs.len() >= 3 => {
-                    let sp = xs.len() - 2;
-                    let kernel = if op == "Conv" {
-                        let w = input_type(s, n, 1)?;
-                        match w.shape {
-                            Some(ws) => ws[2..].iter().map(|d| d.known().unwrap_or(1)).collect(),
-                            None => n.attr_ints("kernel_shape").unwrap_or(vec![1; sp]),
-                        }
-                    } else {
-                        n.attr_ints("kernel_shape").ok_or_else(|| node_error(n, "kernel_shape missing"))?
-                    };
-                    let strides = n.attr_ints("strides").unwrap_or(vec![1; sp]);
-                    let dil = n.attr_ints("dilations").unwrap_or(vec![1; sp]);
-                    let mut pads = n.attr_ints("pads").unwrap_or(vec![0; 2 * sp]);
-                    let auto_pad = n.attr_s("auto_pad").unwrap_or_default();
-                    let ceil = n.attr_i("ceil_mode", 0) != 0;
-                    let mut out = vec![xs[0].clone()];
-                    out.push(if op == "Conv" {
-                        input_type(s, n, 1)?.shape.map(|w| w[0].clone()).unwrap_or_else(|| s.fresh_dim("c"))
-                    } else {
-                        xs[1].clone()
-                    });
-                    for i in 0..sp {
-                        let d = match (auto_pad.as_str(), &xs[2 + i]) {
-                            ("SAME_UPPER" | "SAME_LOWER", Dim::Known(h)) => {
-                                Dim::Known((h + strides[i] - 1) / strides[i])
-                            }
-                            ("VALID", _) => {
-                                pads = vec![0; 2 * sp];
-                                conv_out(&xs[2 + i], kernel[i], strides[i], 0, 0, dil[i], ceil)
-                            }
-                            _ => conv_out(&xs[2 + i], kernel[i], strides[i], pads[i], pads[i + sp], dil[i], ceil),
-                        };
-                        out.push(d);
-                    }
-                    Some(out)
-                }
-                _ => None,
-            };
-            if let Some(ind) = n.output.get(1) {
-                set(s, ind, dt::INT64, shape.clone());
-            }
-            set(s, &out0, x.dtype, shape);
-        }
-        "ConvTranspose" => {
-            let x = input_type(s, n, 0)?;
-            let w = input_type(s, n, 1)?;
-            let shape = match (&x.shape, &w.shape) {
-                (Some(xs), Some(ws)) if xs.len() >= 3 => {
-                    let sp = xs.len() - 2;
-                    let group = n.attr_i("group", 1);
-                    let strides = n.attr_ints("strides").unwrap_or(vec![1; sp]);
-                    let dil = n.attr_ints("dilations").unwrap_or(vec![1; sp]);
-                    let pads = n.attr_ints("pads").unwrap_or(vec![0; 2 * sp]);
-                    let opad = n.attr_ints("output_padding").unwrap_or(vec![0; sp]);
-                    let mut out = vec![
-                        xs[0].clone(),
-                        ws[1].known().map(|c| Dim::Known(c * group)).unwrap_or_else(|| s.fresh_dim("c")),
-                    ];
-                    if let Some(os) = n.attr_ints("output_shape") {
-                        out.extend(os.iter().map(|&v| Dim::Known(v)));
-                    } else {
-                        for i in 0..sp {
-                            let k = ws[2 + i].known().unwrap_or(1);
-                            out.push(match xs[2 + i] {
-                                Dim::Known(h) => Dim::Known(
-                                    strides[i] * (h - 1) + opad[i] + (k - 1) * dil[i] + 1 - pads[i] - pads[i + sp],
-                                ),
-                                _ => s.fresh_dim("convT"),
-                            });
-                        }
-                    }
-                    Some(out)
-                }
-                _ => None,
-            };
-            set(s, &out0, x.dtype, shape);
-        }
-        "GlobalAveragePool" | "GlobalMaxPool" => {
-            let x = input_type(s, n, 0)?;
-            let shape = x
-                .shape
-                .map(|xs| xs.iter().enumerate().map(|(i, d)| if i < 2 { d.clone() } else { Dim::Known(1) }).collect());
-            set(s, &out0, x.dtype, shape);
-        }
-        "BatchNormalization" => {
-            let x = input_type(s, n, 0)?;
-            let c = x.shape.as_ref().map(|xs| vec![xs[1].clone()]);
-            for o in n.output.iter().skip(1) {
-                set(s, o, x.dtype, c.clone());
-            }
-            set(s, &out0, x.dtype, x.shape);
-        }
-        "LayerNormalization" => {
-            let x = input_type(s, n, 0)?;
-            if let Some(xs) = &x.shape {
-                let axis = norm_axis(n.attr_i("axis", -1), xs.len());
-                let red: Shape =
-                    xs.iter().enumerate().map(|(i, d)| if i < axis { d.clone() } else { Dim::Known(1) }).collect();
-                for o in n.output.iter().skip(1) {
-                    set(s, o, dt::FLOAT, Some(red.clone()));
-                }
-            }
-            set(s, &out0, x.dtype, x.shape);
-        }
-        "Flatten" => {
-            let x = input_type(s, n, 0)?;
-            let shape = x.shape.as_ref().map(|xs| {
-                let axis = norm_axis(n.attr_i("axis", 1), xs.len());
-                vec![dims_product(&xs[..axis]), dims_product(&xs[axis..])]
-            });
-            set(s, &out0, x.dtype, shape);
-        }
-        "Reshape" => {
-            let x = input_type(s, n, 0)?;
-            let target = s.values.get(&n.input[1]).cloned();
-            let shape = match (target, &x.shape) {
-                (Some(t), xs) => Some(reshape_shape(n, xs.as_ref(), &t, n.attr_i("allowzero", 0) != 0)?),
-                (None, _) => {
-                    let r =
-                        s.rank(&n.input[1]).and(s.shape(&n.input[1]).and_then(|sh| sh.first()).and_then(|d| d.known()));
-                    r.map(|r| (0..r).map(|_| s.fresh_dim("r")).collect())
-                }
-            };
-            if let (Some(v), Some(sh)) = (s.values.get(&n.input[0]).cloned(), &shape) {
-                if sh.len() <= 1 {
-                    s.values.insert(out0.clone(), v);
-                }
-            }
-            set(s, &out0, x.dtype, shape);
-        }
-        "Transpose" => {
-            let x = input_type(s, n, 0)?;
-            let shape = x.shape.map(|xs| {
-                let perm = n.attr_ints("perm").unwrap_or_else(|| (0..xs.len() as i64).rev().collect());
-                perm.iter().map(|&p| xs[p as usize].clone()).collect()
-            });
-            set(s, &out0, x.dtype, shape);
-        }
-        "Squeeze" | "Unsqueeze" => {
-            let x = input_type(s, n, 0)?;
-            let axes = axes_of(g, s, n, 1);
-            let shape = match (&x.shape, axes) {
-                (Some(xs), Some(axes)) if op == "Unsqueeze" => {
-                    let r = xs.len() + axes.len();
-                    let mut ax: Vec<usize> = axes.iter().map(|&a| norm_axis(a, r)).collect();
-                    ax.sort();
-                    let mut out = Vec::with_capacity(r);
-                    let mut it = xs.iter();
-                    for i in 0..r {
-                        out.push(if ax.contains(&i) {
-                            Dim::Known(1)
-                        } else {
-                            it.next().cloned().unwrap_or(Dim::Known(1))
-                        });
-                    }
-                    Some(out)
-                }
-                (Some(xs), Some(axes)) => {
-                    let ax: Vec<usize> = axes.iter().map(|&a| norm_axis(a, xs.len())).collect();
-                    Some(xs.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, d)| d.clone()).collect())
-                }
-                (Some(xs), None) if op == "Squeeze" => {
-                    Some(xs.iter().filter(|d| **d != Dim::Known(1)).cloned().collect())
-                }
-                _ => None,
-            };
-            if let Some(v) = s.values.get(&n.input[0]).cloned() {
-                s.values.insert(out0.clone(), v);
-            }
-            set(s, &out0, x.dtype, shape);
-        }
-        "Concat" => {
-            let types: Vec<ValueType> = (0..n.input.len()).map(|i| input_type(s, n, i)).collect::<Result<_>>()?;
-            let shape = if types.iter().all(|t| t.shape.is_some()) {
-                let first = types[0].shape.clone().unwrap();
-                let axis = norm_axis(n.attr_i("axis", 0), first.len());
-                let mut out = first.clone();
-                let mut total: Option<i64> = Some(0);
-                for t in &types {
-                    let d = &t.shape.as_ref().unwrap()[axis];
-                    total = total.and_then(|acc| d.known().map(|v| acc + v));
-                }
-                out[axis] = total.map(Dim::Known).unwrap_or_else(|| s.fresh_dim("cat"));
-                Some(out)
-            } else {
-                None
-            };
-            let vals: Option<Vec<Vec<Dim>>> = n.input.iter().map(|i| s.values.get(i).cloned()).collect();
-            if let Some(vals) = vals {
-                s.values.insert(out0.clone(), vals.concat());
-            }
-            set(s, &out0, types[0].dtype, shape);
-        }
-        "Split" => {
-            let x = input_type(s, n, 0)?;
-            let k = n.output.len();
-            let split = n
-                .attr_ints("split")
-                .or_else(|| n.input.get(1).filter(|x| !x.is_empty()).and_then(|i| ints_of(g, s, i)));
-            for (j, o) in n.output.iter().enumerate() {
-                let shape = x.shape.as_ref().map(|xs| {
-                    let axis = norm_axis(n.attr_i("axis", 0), xs.len());
-                    let mut out = xs.clone();
-                    out[axis] = match (&split, &xs[axis]) {
-                        (Some(sp), _) => Dim::Known(sp[j]),
-                        (None, Dim::Known(d)) => Dim::Known((d + k as i64 - 1) / k as i64).clone(),
-                        _ => Dim::Sym(format!("split{j}")),
-                    };
-                    if split.is_none() {
-                        if let Dim::Known(d) = xs[axis] {
-                            let chunk = (d + k as i64 - 1) / k as i64;
-                            out[axis] = Dim::Known(if j + 1 == k { d - chunk * (k as i64 - 1) } else { chunk });
-                        }
-                    }
-                    out
-                });
-                set(s, o, x.dtype, shape);
-            }
-        }
-        "Slice" => {
-            let x = input_type(s, n, 0)?;
-            let starts = ints_of(g, s, &n.input[1]);
-            let ends = ints_of(g, s, &n.input[2]);
-            let axes = n.input.get(3).filter(|x| !x.is_empty()).map(|a| ints_of(g, s, a));
-            let steps = n.input.get(4).filter(|x| !x.is_empty()).map(|a| ints_of(g, s, a));
-            let shape = match (&x.shape, starts, ends) {
-                (Some(xs), Some(st), Some(en)) => {
-                    let axes = match axes {
-                        Some(Some(a)) => a,
-                        Some(None) => return unknown_rank_out(s, &out0, x.dtype, Some(xs.len())),
-                        None => (0..st.len() as i64).collect(),
-                    };
-                    let steps = match steps {
-                        Some(Some(a)) => a,
-                        Some(None) => return unknown_rank_out(s, &out0, x.dtype, Some(xs.len())),
-                        None => vec![1; st.len()],
-                    };
-                    let mut out = xs.clone();
-                    let mut val = s.values.get(&n.input[0]).cloned();
-                    for (j, &a) in axes.iter().enumerate() {
-                        let a = norm_axis(a, xs.len());
-                        match &xs[a] {
-                            Dim::Known(d) => {
-                                let (b, e, step) = slice_bounds(st[j], en[j], steps[j], *d);
-                                let len = if step > 0 {
-                                    ((e - b).max(0) + step - 1) / step
-                                } else {
-                                    ((b - e).max(0) + (-step) - 1) / (-step)
-                                };
-                                out[a] = Dim::Known(len);
-                                if let Some(v) = &mut val {
-                                    if xs.len() == 1 && step > 0 {
-                                        *v = v
-                                            .iter()
-                                            .skip(b as usize)
-                                            .take(len as usize)
-                                            .step_by(step as usize)
-                                            .cloned()
-                                            .collect();
-                                    } else {
-                                        val = None;
-                                    }
-                                }
-                            }
-                            Dim::Sym(sym) => {
-                                out[a] = if st[j] == 0 && en[j] >= i64::MAX / 2 && steps[j] == 1 {
-                                    Dim::Sym(sym.clone())
-                                } else {
-                                    s.fresh_dim("slice")
-                                };
-                                val = None;
-                            }
-                        }
-                    }
-                    if let Some(v) = val {
-                        s.values.insert(out0.clone(), v);
-                    }
-                    Some(out)
-                }
-                (Some(xs), _, _) => Some((0..xs.len()).map(|_| s.fresh_dim("slice")).collect()),
-                _ => None,
-            };
-            set(s, &out0, x.dtype, shape);
-        }
-        "Gather" => {
-            let x = input_type(s, n, 0)?;
-            let idx = input_type(s, n, 1)?;
-            let shape = match (&x.shape, &idx.shape) {
-                (Some(xs), Some(is)) => {
-                    let axis = norm_axis(n.attr_i("axis", 0), xs.len());
-                    let mut out = xs[..axis].to_vec();
-                    out.extend(is.iter().cloned());
-                    out.extend(xs[axis + 1..].iter().cloned());
-                    Some(out)
-                }
-                _ => None,
-            };
-            if let (Some(v), Some(i)) = (s.values.get(&n.input[0]).cloned(), ints_of(g, s, &n.input[1])) {
-                let picked: Option<Vec<Dim>> = i
-                    .iter()
-                    .map(|&k| v.get(if k < 0 { (k + v.len() as i64) as usize } else { k as usize }).cloned())
-                    .collect();
-                if let Some(p) = picked {
-                    s.values.insert(out0.clone(), p);
-                }
-            }
-            set(s, &out0, x.dtype, shape);
-        }
-        "GatherElements" => {
-            let x = input_type(s, n, 0)?;
-            let idx = input_type(s, n, 1)?;
-            set(s, &out0, x.dtype, idx.shape);
-        }
-        "Expand" => {
-            let x = input_type(s, n, 0)?;
-            let shape = match (&x.shape, s.values.get(&n.input[1]).cloned()) {
-                (Some(xs), Some(t)) => broadcast(&[xs, &t]),
-                _ => None,
-            };
-            set(s, &out0, x.dtype, shape);
-        }
-        "Tile" => {
-            let x = input_type(s, n, 0)?;
-            let shape = match (&x.shape, ints_of(g, s, &n.input[1])) {
-                (Some(xs), Some(r)) => Some(
-                    xs.iter()
-                        .zip(r.iter())
-                        .map(|(d, &k)| match d {
-                            Dim::Known(v) => Dim::Known(v * k),
-                            Dim::Sym(sym) if k == 1 => Dim::Sym(sym.clone()),
-                            _ => Dim::Sym(format!("tile({d})")),
-                        })
-                        .collect(),
-                ),
-                _ => None,
-            };
-            set(s, &out0, x.dtype, shape);
-        }
-        "Pad" => {
-            let x = input_type(s, n, 0)?;
-            let pads = n.attr_ints("pads").or_else(|| n.input.get(1).and_then(|p| ints_of(g, s, p)));
-            let shape = match (&x.shape, pads) {
-                (Some(xs), Some(p)) if n.input.get(3).map(|a| a.is_empty()).unwrap_or(true) => {
-                    let r = xs.len();
-                    Some(
-                        xs.iter()
-                            .enumerate()
-                            .map(|(i, d)| match d {
-                                Dim::Known(v) => Dim::Known(v + p[i] + p[i + r]),
-                                Dim::Sym(sym) if p[i] + p[i + r] == 0 => Dim::Sym(sym.clone()),
-                                _ => Dim::Sym(format!("pad({d})")),
-                            })
-                            .collect(),
-                    )
-                }
-                (Some(xs), _) => Some((0..xs.len()).map(|_| s.fresh_dim("pad")).collect()),
-                _ => None,
-            };
-            set(s, &out0, x.dtype, shape);
-        }
-        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2" | "ReduceL1"
-        | "ReduceLogSumExp" | "ReduceSumSquare" | "ArgMax" | "ArgMin" => {
-            let x = input_type(s, n, 0)?;
-            let keep = n.attr_i("keepdims", 1) != 0;
-            let arg = op.starts_with("Arg");
-            let axes = if arg { Some(vec![n.attr_i("axis", 0)]) } else { axes_of(g, s, n, 1) };
-            let has_axes_input = n.input.get(1).map(|a| !a.is_empty()).unwrap_or(false) || n.attr("axes").is_some();
-            let shape = match (&x.shape, axes) {
-                (Some(xs), Some(ax)) => {
-                    let ax: Vec<usize> = ax.iter().map(|&a| norm_axis(a, xs.len())).collect();
-                    Some(reduce_shape(xs, &ax, keep))
-                }
-                (Some(xs), None) if !has_axes_input => {
-                    if n.attr_i("noop_with_empty_axes", 0) != 0 {
-                        Some(xs.clone())
-                    } else {
-                        Some(reduce_shape(xs, &(0..xs.len()).collect::<Vec<_>>(), keep))
-                    }
-                }
-                // over every axis without keepdims: a scalar, whatever the input's shape
-                (None, None) if !has_axes_input && !keep && !arg && n.attr_i("noop_with_empty_axes", 0) == 0 => {
-                    Some(vec![])
-                }
-                _ => None,
-            };
-            set(s, &out0, if arg { dt::INT64 } else { x.dtype }, shape);
-        }
-        "ConstantOfShape" => {
-            let dtype = n.attr("value").and_then(|a| a.t.as_ref()).map(|t| t.data_type).unwrap_or(dt::FLOAT);
-            let shape = s.values.get(&n.input[0]).cloned().or_else(|| {
-                let r = s.shape(&n.input[0])?.first()?.known()?;
-                Some((0..r).map(|i| Dim::Sym(format!("cos{i}"))).collect())
-            });
-            // a small integer vector of known length (exporters build `expand` targets this way)
-            let fill = n.attr("value").and_then(|a| a.t.as_ref()).and_then(|t| tensor::to_i64(t).ok()).map(|v| v[0]);
-            if let (Some(sh), true) = (&shape, matches!(dtype, dt::INT64 | dt::INT32)) {
-                if let ([Dim::Known(len)], Some(v)) = (sh.as_slice(), fill.or(Some(0))) {
-                    if *len <= 64 {
-                        s.values.insert(out0.clone(), vec![Dim::Known(v); *len as usize]);
-                    }
-                }
-            }
-            set(s, &out0, dtype, shape);
-        }
-        "Range" => {
-            let t = input_type(s, n, 0)?;
-            let len = match (ints_of(g, s, &n.input[0]), ints_of(g, s, &n.input[1]), ints_of(g, s, &n.input[2])) {
-                (Some(a), Some(b), Some(c)) if c[0] != 0 => {
-                    Dim::Known(((b[0] - a[0]) as f64 / c[0] as f64).ceil().max(0.0) as i64)
-                }
-                _ => s.fresh_dim("range"),
-            };
-            set(s, &out0, t.dtype, Some(vec![len]));
-        }
-        "OneHot" => {
-            let idx = input_type(s, n, 0)?;
-            let vals = input_type(s, n, 2)?;
-            let depth = ints_of(g, s, &n.input[1]).map(|d| Dim::Known(d[0])).unwrap_or_else(|| s.fresh_dim("depth"));
-            let shape = idx.shape.map(|is| {
-                let axis = norm_axis(n.attr_i("axis", -1), is.len() + 1);
-                let mut out = is.clone();
-                out.insert(axis, depth);
-                out
-            });
-            set(s, &out0, vals.dtype, shape);
-        }
-        "SoftmaxCrossEntropyLoss" | "NegativeLogLikelihoodLoss" => {
-            let x = input_type(s, n, 0)?;
-            let red = n.attr_s("reduction").unwrap_or_else(|| "mean".into());
-            let shape = if red == "none" {
-                x.shape.as_ref().map(|xs| {
-                    let mut o = vec![xs[0].clone()];
-                    o.extend(xs[2..].iter().cloned());
-                    o
-                })
-            } else {
-                Some(vec![])
-            };
-            set(s, &out0, x.dtype, shape);
-            if let Some(lp) = n.output.get(1) {
-                set(s, lp, x.dtype, x.shape.clone());
-            }
-        }
-        "RandomUniformLike" | "RandomNormalLike" => {
-            let x = input_type(s, n, 0)?;
-            let dtype = n.attr("dtype").and_then(|a| a.i).map(|i| i as i32).unwrap_or(x.dtype);
-            set(s, &out0, dtype, x.shape);
-        }
-        "Einsum" | "If" | "Loop" | "Scan" | "NonZero" | "TopK" | "Resize" | "Unique" | "NonMaxSuppression" => {
-            // outputs depend on data or subgraphs: known dtype where obvious, unknown shape
-            let dtype = n.input.first().and_then(|i| s.types.get(i)).map(|t| t.dtype).unwrap_or(dt::FLOAT);
-            for o in &n.output {
-                set(s, o, if op == "NonZero" { dt::INT64 } else { dtype }, None);
-            }
-        }
-        _ => {
-            if !s.unknown_ops.contains(&n.op_type) {
-                s.unknown_ops.push(n.op_type.clone());
-            }
-            let dtype = n.input.first().and_then(|i| s.types.get(i)).map(|t| t.dtype).unwrap_or(dt::FLOAT);
-            for o in &n.output {
-                set(s, o, dtype, None);
-            }
-        }
+    if !s.unknown_ops.contains(&n.op_type) {
+        s.unknown_ops.push(n.op_type.clone());
+    }
+    let dtype = n.input.first().and_then(|i| s.types.get(i)).map(|t| t.dtype).unwrap_or(dt::FLOAT);
+    for o in &n.output {
+        set(s, o, dtype, None);
     }
     Ok(())
 }
 
-fn unknown_rank_out(s: &mut Shapes, out: &str, dtype: i32, rank: Option<usize>) -> Result<()> {
+/// The output has its first input's type (elementwise unary ops and the like).
+pub(crate) fn same_as_input(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
+    let t = input_type(s, n, 0)?;
+    set(s, &n.output[0], t.dtype, t.shape);
+    Ok(())
+}
+
+/// Outputs of unknown shape, typed like the first input (ops whose output shape depends on data).
+pub(crate) fn data_dependent(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
+    let dtype = n.input.first().and_then(|i| s.types.get(i)).map(|t| t.dtype).unwrap_or(dt::FLOAT);
+    for o in &n.output {
+        set(s, o, dtype, None);
+    }
+    Ok(())
+}
+
+
+pub(crate) fn unknown_rank_out(s: &mut Shapes, out: &str, dtype: i32, rank: Option<usize>) -> Result<()> {
     let shape = rank.map(|r| (0..r).map(|_| s.fresh_dim("d")).collect());
     set(s, out, dtype, shape);
     Ok(())
@@ -861,7 +245,7 @@ pub fn slice_bounds(start: i64, end: i64, step: i64, d: i64) -> (i64, i64, i64) 
     }
 }
 
-fn reduce_shape(xs: &Shape, axes: &[usize], keep: bool) -> Shape {
+pub(crate) fn reduce_shape(xs: &Shape, axes: &[usize], keep: bool) -> Shape {
     xs.iter()
         .enumerate()
         .filter_map(|(i, d)| {
@@ -878,7 +262,7 @@ fn reduce_shape(xs: &Shape, axes: &[usize], keep: bool) -> Shape {
         .collect()
 }
 
-fn dims_product(ds: &[Dim]) -> Dim {
+pub(crate) fn dims_product(ds: &[Dim]) -> Dim {
     let mut p = 1i64;
     let mut syms = Vec::new();
     for d in ds {
@@ -894,7 +278,7 @@ fn dims_product(ds: &[Dim]) -> Dim {
     }
 }
 
-fn matmul_shape(a: &Shape, b: &Shape) -> Option<Shape> {
+pub(crate) fn matmul_shape(a: &Shape, b: &Shape) -> Option<Shape> {
     let (mut a, mut b) = (a.clone(), b.clone());
     let (a1, b1) = (a.len() == 1, b.len() == 1);
     if a1 {
@@ -915,7 +299,7 @@ fn matmul_shape(a: &Shape, b: &Shape) -> Option<Shape> {
     Some(out)
 }
 
-fn reshape_shape(n: &NodeProto, xs: Option<&Shape>, target: &[Dim], allowzero: bool) -> Result<Shape> {
+pub(crate) fn reshape_shape(n: &NodeProto, xs: Option<&Shape>, target: &[Dim], allowzero: bool) -> Result<Shape> {
     let mut out: Vec<Dim> = target
         .iter()
         .enumerate()
@@ -963,7 +347,7 @@ fn reshape_shape(n: &NodeProto, xs: Option<&Shape>, target: &[Dim], allowzero: b
 }
 
 /// Where(cond, a, b) over small integer vectors (cond as 0/1).
-fn fold_where(vals: &[Vec<Dim>]) -> Option<Vec<Dim>> {
+pub(crate) fn fold_where(vals: &[Vec<Dim>]) -> Option<Vec<Dim>> {
     let [c, a, b] = vals else { return None };
     let len = c.len().max(a.len()).max(b.len());
     let at = |v: &Vec<Dim>, i: usize| v.get(if v.len() == 1 { 0 } else { i }).cloned();
@@ -975,7 +359,7 @@ fn fold_where(vals: &[Vec<Dim>]) -> Option<Vec<Dim>> {
         .collect()
 }
 
-fn fold_binary(op: &str, vals: &[Vec<Dim>]) -> Option<Vec<Dim>> {
+pub(crate) fn fold_binary(op: &str, vals: &[Vec<Dim>]) -> Option<Vec<Dim>> {
     if vals.len() != 2 {
         return None;
     }

@@ -56,7 +56,7 @@ pub fn check_differentiable(g: &crate::ir::Graph, params: &[String]) -> Result<(
 /// One line per op (first node of each op type) that a gradient would have to pass through
 /// from `params` but that has no gradient rule.
 pub fn untrainable_ops(g: &crate::ir::Graph, params: &[String]) -> Result<Vec<String>> {
-    use crate::autodiff::rules::{is_non_differentiable, rule_for};
+    use crate::ops::{is_non_differentiable, rule_for};
     use crate::ir::NodeExt;
     let mut reached: std::collections::HashSet<&str> = params.iter().map(|s| s.as_str()).collect();
     let mut out = Vec::new();
@@ -82,6 +82,11 @@ pub fn imported(model: &Model, spec: &GradSpec, differentiable: bool) -> Result<
     let (import, lift) = spec.front();
     run_all(&mut m, &mut c, &[&import, &lift])?;
     if differentiable {
+        // ops whose gradient is a lowering are written out in ops with rules first
+        m.graph.pass = Some("lower".into());
+        let lowered = crate::ops::lower(&mut m);
+        m.graph.pass = None;
+        lowered?;
         check_differentiable(&m.graph, &c.params)?;
     }
     Ok((m, c))

@@ -8,7 +8,6 @@ use graph_passes::ir::{Model, NodeExt};
 use graph_passes::onnx::{self, tensor, TESTED_OPSETS};
 use graph_passes::shapes::{self, shape_string, value_type_of};
 use graph_passes::step::{self, GradSpec};
-use graph_passes::support;
 use serde::Serialize;
 
 use crate::backend::discover;
@@ -192,7 +191,7 @@ fn report(path: &std::path::Path) -> Result<Report> {
             }
             _ => {}
         }
-        if let Some(why) = support::tract_limitation(&n.op_type) {
+        if let Some(why) = graph_passes::ops::tract_limitation(&n.op_type) {
             limitations.push(format!("{}: {why}; use --backend ort", n.describe()));
         }
     }

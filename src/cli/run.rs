@@ -106,6 +106,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
     // misreads some of the dynamo exporter's chains)
     graph_passes::passes::train_mode::decompose_training_batch_norms(&mut model)
         .and_then(|_| graph_passes::import::fold::fold_known_integer_inputs(&mut model.graph))
+        .and_then(|_| graph_passes::ops::lower(&mut model))
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
     let arrays = read_npz(&a.input)?;
     let feeds = feeds_for(&model, arrays, &a.input.display().to_string())?;

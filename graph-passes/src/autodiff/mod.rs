@@ -3,7 +3,6 @@
 //! op's rule (rules/, one file per family) for the vector-Jacobian product in ONNX ops that both
 //! ONNX Runtime and tract execute (BACKEND-NOTES.md).
 pub mod builder;
-pub mod rules;
 
 use std::collections::{HashMap, HashSet};
 
@@ -17,9 +16,8 @@ pub use builder::Ctx;
 /// A rule's answer: one optional gradient per node input (None: no gradient flows there).
 pub type Grads = Vec<Option<String>>;
 
-/// A gradient rule: node, gradient of each output (None where no gradient reached it), which
-/// inputs need a gradient, and the builder.
-pub type Rule = fn(&NodeProto, &[Option<String>], &[bool], &mut Ctx) -> Result<Grads>;
+/// A gradient rule (ops/: one per op, beside its shape rule).
+pub type Rule = crate::ops::GradRule;
 
 /// Values that can carry a gradient: floating point.
 fn is_float_value(s: &Shapes, v: &str) -> bool {
@@ -53,13 +51,15 @@ pub fn gradients_with(
     shortcuts: &[Shortcut],
     stop: &[String],
 ) -> Result<HashMap<String, String>> {
+    // ops whose gradient is their lowering are written out first (a no-op after `ops::lower`)
+    crate::ops::lower_graph(g, opset)?;
     let shapes = shapes::infer(g)?;
     let order = g.topo_order()?;
     let nodes: Vec<NodeProto> = order.iter().map(|&i| g.nodes[i].clone()).collect();
     // forward: values that depend on some wrt value through float paths
     let mut depends: HashSet<String> = wrt.iter().cloned().collect();
     for n in &nodes {
-        if rules::is_non_differentiable(&n.op_type) {
+        if crate::ops::is_non_differentiable(&n.op_type) {
             continue;
         }
         if n.input.iter().enumerate().any(|(k, i)| carries_gradient(&n.op_type, k) && depends.contains(i)) {
@@ -133,7 +133,7 @@ fn sweep(
         if !need.iter().any(|&b| b) {
             continue;
         }
-        let rule = rules::rule_for(&n.op_type).ok_or_else(|| node_error(n, "has no gradient rule yet"))?;
+        let rule = crate::ops::rule_for(&n.op_type).ok_or_else(|| node_error(n, "has no gradient rule yet"))?;
         let dys: Vec<Option<String>> = n.output.iter().map(|o| take_sum(&mut ctx, &mut contributions, o)).collect();
         let grads = rule(n, &dys, &need, &mut ctx)?;
         for (k, gr) in grads.into_iter().enumerate() {
@@ -181,7 +181,7 @@ pub fn unsupported_ops(g: &Graph) -> Vec<String> {
     let mut seen = HashSet::new();
     g.nodes
         .iter()
-        .filter(|n| rules::rule_for(&n.op_type).is_none() && !rules::is_non_differentiable(&n.op_type))
+        .filter(|n| crate::ops::rule_for(&n.op_type).is_none() && !crate::ops::is_non_differentiable(&n.op_type))
         .filter(|n| seen.insert(n.op_type.clone()))
         .map(|n| format!("{} has no gradient rule yet", n.describe()))
         .collect()

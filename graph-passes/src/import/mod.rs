@@ -286,7 +286,7 @@ impl Pass for Import {
         for (i, (r, n)) in reads.iter().zip(&named).enumerate() {
             let Some(n) = n else { continue };
             let mut t = n.clone();
-            let passive = crate::autodiff::rules::is_non_differentiable(&g.nodes[r.node].op_type);
+            let passive = crate::ops::is_non_differentiable(&g.nodes[r.node].op_type);
             let key = match (self.sharing, n.kind) {
                 (Sharing::KeepTied, Kind::Param) => format!("{}\u{0}{:?}", r.root, n.perm),
                 (Sharing::UntieAll, Kind::Param) if !passive => {
@@ -346,7 +346,7 @@ impl Pass for Import {
                 let mut by_use: Vec<String> = Vec::new();
                 for (i, r) in reads.iter().enumerate() {
                     if key_of[i].as_ref() != Some(key)
-                        || crate::autodiff::rules::is_non_differentiable(&op_types[r.node])
+                        || crate::ops::is_non_differentiable(&op_types[r.node])
                     {
                         continue;
                     }
@@ -456,7 +456,7 @@ impl Pass for Import {
             if !names.contains(&t.name) {
                 names.push(t.name.clone());
             }
-            if t.kind == Kind::Param && !crate::autodiff::rules::is_non_differentiable(&op_types[r.node]) {
+            if t.kind == Kind::Param && !crate::ops::is_non_differentiable(&op_types[r.node]) {
                 let n = &node_names[r.node];
                 let list = readers.entry(t.name.clone()).or_default();
                 if !list.contains(n) {
@@ -716,7 +716,7 @@ fn name_dynamo(
 /// gradient would flow into: onnxsam cannot tell whether PyTorch trains them. Returns
 /// "'X' (read by node Y)" for each.
 fn unnamed_on_gradient_path(g: &Graph, unnamed: &[String]) -> Vec<String> {
-    use crate::autodiff::rules::{is_non_differentiable, rule_for};
+    use crate::ops::{is_non_differentiable, rule_for};
     let outputs: HashSet<&str> = g.outputs.iter().map(|o| o.name.as_str()).collect();
     let order = match g.topo_order() {
         Ok(o) => o,

@@ -2,7 +2,8 @@
 //! lifted parameter, as graph outputs `grad/<parameter>`.
 use super::{value_info_untyped_shape, Contract, Pass};
 use super::{BatchNormRegion, CrossEntropyRegion};
-use crate::autodiff::{gradients_with, rules::softmax_loss::one_hot, Shortcut};
+use crate::autodiff::{gradients_with, Shortcut};
+use crate::ops::softmax_loss::one_hot;
 use crate::ir::Model;
 use crate::onnx::data_type as dt;
 use crate::{bail, Result};

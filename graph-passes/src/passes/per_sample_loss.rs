@@ -167,7 +167,7 @@ fn rewrite_loss_op(n: &NodeProto, c: &mut Ctx, contract: &mut Contract) -> Resul
     if c.rank(&n.input[0])? != 2 {
         return Err(node_error(n, "only [batch, classes] scores are supported"));
     }
-    crate::autodiff::rules::softmax_loss::check_ignore_index(n, c)?;
+    crate::ops::softmax_loss::check_ignore_index(n, c)?;
     let reduction = n.attr_s("reduction").unwrap_or_else(|| "mean".into());
     let labels = n.input[1].clone();
     contract.labels = Some(labels.clone());

@@ -1,18 +1,45 @@
 //! Softmax, LogSoftmax and the loss ops (opset ≥ 13 semantics: one axis).
-use super::dy;
-use crate::autodiff::{Ctx, Grads, Rule};
-use crate::ir::{node_error, NodeExt};
+use super::{dy, op, Family, Gradient as G, OpDef};
+use crate::autodiff::{Ctx, Grads};
+use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::{data_type as dt, NodeProto};
+use crate::shapes::{input_type, same_as_input, set, Shapes};
 use crate::Result;
 
-pub fn rule(op: &str) -> Option<Rule> {
-    Some(match op {
-        "Softmax" => softmax,
-        "LogSoftmax" => log_softmax,
-        "SoftmaxCrossEntropyLoss" => softmax_cross_entropy,
-        "NegativeLogLikelihoodLoss" => nll_loss,
-        _ => return None,
-    })
+pub const FAMILY: Family = Family { name: "softmax_loss", ops };
+
+fn ops() -> Vec<OpDef> {
+    const LOSS: &str = "not implemented in tract (the per-sample-loss pass rewrites a loss at the output into ops it runs)";
+    vec![
+        op("Softmax", "13+", same_as_input, G::Rule(softmax)),
+        op("LogSoftmax", "13+", same_as_input, G::Rule(log_softmax)),
+        op("SoftmaxCrossEntropyLoss", "13+", loss_shape, G::Rule(softmax_cross_entropy))
+            .notes("[N, C] scores, no class weights, ignore_index outside the classes")
+            .no_tract(LOSS),
+        op("NegativeLogLikelihoodLoss", "13+", loss_shape, G::Rule(nll_loss))
+            .notes("[N, C] scores, no class weights, ignore_index outside the classes")
+            .no_tract(LOSS),
+    ]
+}
+
+fn loss_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
+    let out0 = n.output.first().cloned().unwrap_or_default();
+    let x = input_type(s, n, 0)?;
+    let red = n.attr_s("reduction").unwrap_or_else(|| "mean".into());
+    let shape = if red == "none" {
+        x.shape.as_ref().map(|xs| {
+            let mut o = vec![xs[0].clone()];
+            o.extend(xs[2..].iter().cloned());
+            o
+        })
+    } else {
+        Some(vec![])
+    };
+    set(s, &out0, x.dtype, shape);
+    if let Some(lp) = n.output.get(1) {
+        set(s, lp, x.dtype, x.shape.clone());
+    }
+    Ok(())
 }
 
 fn axis(n: &NodeProto, c: &Ctx) -> Result<i64> {

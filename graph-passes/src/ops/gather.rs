@@ -1,17 +1,95 @@
 //! Gather (embeddings) and GatherElements: gradients scatter-add back, so repeated indices
 //! accumulate.
-use super::dy;
-use crate::autodiff::{Ctx, Grads, Rule};
-use crate::ir::{node_error, NodeExt};
+use super::{dy, op, Family, Gradient as G, OpDef};
+use crate::autodiff::{Ctx, Grads};
+use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::NodeProto;
+use crate::shapes::{data_dependent, input_type, ints_of, norm_axis, same_as_input, set, Dim, Shapes};
 use crate::Result;
 
-pub fn rule(op: &str) -> Option<Rule> {
-    Some(match op {
-        "Gather" => gather,
-        "GatherElements" => gather_elements,
-        _ => return None,
-    })
+pub const FAMILY: Family = Family { name: "gather", ops };
+
+fn ops() -> Vec<OpDef> {
+    vec![
+        op("Gather", "13+", gather_shape, G::Rule(gather)).notes("any axis, negative indices"),
+        op("GatherElements", "13+", gather_elements_shape, G::Rule(gather_elements)),
+        op("GatherND", "13+", gather_nd_shape, G::Missing("no gradient rule yet")),
+        op("ScatterElements", "16+", same_as_input, G::Missing("no gradient rule yet")),
+        op("ScatterND", "16+", same_as_input, G::Missing("no gradient rule yet")),
+        op("OneHot", "11+", one_hot_shape, G::None),
+        op("NonZero", "13+", data_dependent, G::None),
+    ]
+}
+
+fn gather_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
+    let out0 = n.output.first().cloned().unwrap_or_default();
+    let x = input_type(s, n, 0)?;
+    let idx = input_type(s, n, 1)?;
+    let shape = match (&x.shape, &idx.shape) {
+        (Some(xs), Some(is)) => {
+            let axis = norm_axis(n.attr_i("axis", 0), xs.len());
+            let mut out = xs[..axis].to_vec();
+            out.extend(is.iter().cloned());
+            out.extend(xs[axis + 1..].iter().cloned());
+            Some(out)
+        }
+        _ => None,
+    };
+    if let (Some(v), Some(i)) = (s.values.get(&n.input[0]).cloned(), ints_of(g, s, &n.input[1])) {
+        let picked: Option<Vec<Dim>> = i
+            .iter()
+            .map(|&k| v.get(if k < 0 { (k + v.len() as i64) as usize } else { k as usize }).cloned())
+            .collect();
+        if let Some(p) = picked {
+            s.values.insert(out0.clone(), p);
+        }
+    }
+    set(s, &out0, x.dtype, shape);
+    Ok(())
+}
+
+fn gather_elements_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
+    let out0 = n.output.first().cloned().unwrap_or_default();
+    let x = input_type(s, n, 0)?;
+    let idx = input_type(s, n, 1)?;
+    set(s, &out0, x.dtype, idx.shape);
+    Ok(())
+}
+
+fn one_hot_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
+    let out0 = n.output.first().cloned().unwrap_or_default();
+    let idx = input_type(s, n, 0)?;
+    let vals = input_type(s, n, 2)?;
+    let depth = ints_of(g, s, &n.input[1]).map(|d| Dim::Known(d[0])).unwrap_or_else(|| s.fresh_dim("depth"));
+    let shape = idx.shape.map(|is| {
+        let axis = norm_axis(n.attr_i("axis", -1), is.len() + 1);
+        let mut out = is.clone();
+        out.insert(axis, depth);
+        out
+    });
+    set(s, &out0, vals.dtype, shape);
+    Ok(())
+}
+
+/// GatherND(data [d₀…], indices [i₀…, q], batch_dims b): indices[:-1] ++ data[b + q:] (the batch
+/// axes once).
+fn gather_nd_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
+    let x = input_type(s, n, 0)?;
+    let i = input_type(s, n, 1)?;
+    let b = n.attr_i("batch_dims", 0) as usize;
+    let shape = match (&x.shape, &i.shape) {
+        (Some(xs), Some(is)) if !is.is_empty() => match is.last().and_then(|d| d.known()) {
+            Some(q) if b + (q as usize) <= xs.len() => {
+                let mut out = is[..is.len() - 1].to_vec();
+                out.extend(xs[b + q as usize..].iter().cloned());
+                Some(out)
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    set(s, &n.output[0], x.dtype, shape);
+    Ok(())
 }
 
 /// y = gather(x, idx, axis a):  dx = zeros with dy scattered back (added) along a.

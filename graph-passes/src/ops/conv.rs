@@ -1,16 +1,110 @@
 //! Conv (2-D): the input gradient is a ConvTranspose, the weight gradient a Conv of the input
 //! with the output gradient (BACKEND-NOTES.md: both forms run correctly on ORT and tract).
-use super::dy;
-use crate::autodiff::{Ctx, Grads, Rule};
-use crate::ir::{node_error, NodeExt};
-use crate::onnx::NodeProto;
+use super::{dy, op, Family, Gradient as G, OpDef};
+use crate::autodiff::{Ctx, Grads};
+use crate::ir::{node_error, Graph, NodeExt};
+use crate::onnx::{data_type as dt, NodeProto};
+use crate::shapes::{conv_out, input_type, set, Dim, Shapes};
 use crate::Result;
 
-pub fn rule(op: &str) -> Option<Rule> {
-    Some(match op {
-        "Conv" => conv,
-        _ => return None,
-    })
+pub const FAMILY: Family = Family { name: "conv", ops };
+
+fn ops() -> Vec<OpDef> {
+    vec![
+        op("Conv", "11+", window_shape, G::Rule(conv)).notes("2-D; auto_pad resolved to pads"),
+        op("ConvTranspose", "11+", conv_transpose_shape, G::Missing("no gradient rule yet")),
+    ]
+}
+
+/// The output of a sliding window (Conv, MaxPool, AveragePool, LpPool) over the spatial axes:
+/// (H + pads − dilation·(k − 1) − 1)/stride + 1, rounded down (or up with ceil_mode); auto_pad
+/// SAME_* keeps ⌈H/stride⌉; MaxPool's Indices output has the same shape.
+pub(crate) fn window_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
+    let op = n.op_type.as_str();
+    let out0 = n.output.first().cloned().unwrap_or_default();
+    let x = input_type(s, n, 0)?;
+    let shape = match &x.shape {
+        Some(xs) if xs.len() >= 3 => {
+            let sp = xs.len() - 2;
+            let kernel = if op == "Conv" {
+                let w = input_type(s, n, 1)?;
+                match w.shape {
+                    Some(ws) => ws[2..].iter().map(|d| d.known().unwrap_or(1)).collect(),
+                    None => n.attr_ints("kernel_shape").unwrap_or(vec![1; sp]),
+                }
+            } else {
+                n.attr_ints("kernel_shape").ok_or_else(|| node_error(n, "kernel_shape missing"))?
+            };
+            let strides = n.attr_ints("strides").unwrap_or(vec![1; sp]);
+            let dil = n.attr_ints("dilations").unwrap_or(vec![1; sp]);
+            let mut pads = n.attr_ints("pads").unwrap_or(vec![0; 2 * sp]);
+            let auto_pad = n.attr_s("auto_pad").unwrap_or_default();
+            let ceil = n.attr_i("ceil_mode", 0) != 0;
+            let mut out = vec![xs[0].clone()];
+            out.push(if op == "Conv" {
+                input_type(s, n, 1)?.shape.map(|w| w[0].clone()).unwrap_or_else(|| s.fresh_dim("c"))
+            } else {
+                xs[1].clone()
+            });
+            for i in 0..sp {
+                let d = match (auto_pad.as_str(), &xs[2 + i]) {
+                    ("SAME_UPPER" | "SAME_LOWER", Dim::Known(h)) => {
+                        Dim::Known((h + strides[i] - 1) / strides[i])
+                    }
+                    ("VALID", _) => {
+                        pads = vec![0; 2 * sp];
+                        conv_out(&xs[2 + i], kernel[i], strides[i], 0, 0, dil[i], ceil)
+                    }
+                    _ => conv_out(&xs[2 + i], kernel[i], strides[i], pads[i], pads[i + sp], dil[i], ceil),
+                };
+                out.push(d);
+            }
+            Some(out)
+        }
+        _ => None,
+    };
+    if let Some(ind) = n.output.get(1) {
+        set(s, ind, dt::INT64, shape.clone());
+    }
+    set(s, &out0, x.dtype, shape);
+    Ok(())
+}
+
+fn conv_transpose_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
+    let out0 = n.output.first().cloned().unwrap_or_default();
+    let x = input_type(s, n, 0)?;
+    let w = input_type(s, n, 1)?;
+    let shape = match (&x.shape, &w.shape) {
+        (Some(xs), Some(ws)) if xs.len() >= 3 => {
+            let sp = xs.len() - 2;
+            let group = n.attr_i("group", 1);
+            let strides = n.attr_ints("strides").unwrap_or(vec![1; sp]);
+            let dil = n.attr_ints("dilations").unwrap_or(vec![1; sp]);
+            let pads = n.attr_ints("pads").unwrap_or(vec![0; 2 * sp]);
+            let opad = n.attr_ints("output_padding").unwrap_or(vec![0; sp]);
+            let mut out = vec![
+                xs[0].clone(),
+                ws[1].known().map(|c| Dim::Known(c * group)).unwrap_or_else(|| s.fresh_dim("c")),
+            ];
+            if let Some(os) = n.attr_ints("output_shape") {
+                out.extend(os.iter().map(|&v| Dim::Known(v)));
+            } else {
+                for i in 0..sp {
+                    let k = ws[2 + i].known().unwrap_or(1);
+                    out.push(match xs[2 + i] {
+                        Dim::Known(h) => Dim::Known(
+                            strides[i] * (h - 1) + opad[i] + (k - 1) * dil[i] + 1 - pads[i] - pads[i + sp],
+                        ),
+                        _ => s.fresh_dim("convT"),
+                    });
+                }
+            }
+            Some(out)
+        }
+        _ => None,
+    };
+    set(s, &out0, x.dtype, shape);
+    Ok(())
 }
 
 pub struct ConvGeom {

@@ -1,17 +1,33 @@
-//! MaxPool, AveragePool, GlobalAveragePool (2-D).
-use super::dy;
-use crate::autodiff::{Ctx, Grads, Rule};
-use crate::ir::{node_error, NodeExt};
+//! MaxPool, AveragePool, LpPool, GlobalAveragePool, GlobalMaxPool.
+use super::conv::window_shape;
+use super::{dy, op, Family, Gradient as G, OpDef};
+use crate::autodiff::{Ctx, Grads};
+use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::NodeProto;
+use crate::shapes::{input_type, set, Dim, Shapes};
 use crate::Result;
 
-pub fn rule(op: &str) -> Option<Rule> {
-    Some(match op {
-        "MaxPool" => max_pool,
-        "AveragePool" => average_pool,
-        "GlobalAveragePool" => global_average_pool,
-        _ => return None,
-    })
+pub const FAMILY: Family = Family { name: "pool", ops };
+
+fn ops() -> Vec<OpDef> {
+    vec![
+        op("MaxPool", "12+", window_shape, G::Rule(max_pool))
+            .notes("2-D; ties: the first maximum in scan order, as PyTorch; overlapping windows add up"),
+        op("AveragePool", "11+", window_shape, G::Rule(average_pool)).notes("2-D; count_include_pad both ways"),
+        op("LpPool", "11+", window_shape, G::Missing("no gradient rule yet")),
+        op("GlobalAveragePool", "1+", global_shape, G::Rule(global_average_pool)),
+        op("GlobalMaxPool", "1+", global_shape, G::Missing("no gradient rule yet")),
+    ]
+}
+
+fn global_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
+    let out0 = n.output.first().cloned().unwrap_or_default();
+    let x = input_type(s, n, 0)?;
+    let shape = x
+        .shape
+        .map(|xs| xs.iter().enumerate().map(|(i, d)| if i < 2 { d.clone() } else { Dim::Known(1) }).collect());
+    set(s, &out0, x.dtype, shape);
+    Ok(())
 }
 
 /// y = maxpool(x):  dx = scatter-add of dy at the argmax indices. The forward node gains its

@@ -1,17 +1,53 @@
-//! BatchNormalization (inference form; the train-mode pass decomposes the training form into
-//! elementary ops) and LayerNormalization.
-use super::dy;
-use crate::autodiff::{Ctx, Grads, Rule};
-use crate::ir::{node_error, NodeExt};
-use crate::onnx::NodeProto;
+//! Normalizations: BatchNormalization (inference form; the train-mode pass writes the training
+//! form out in elementary ops), LayerNormalization, and those written out in elementary ops
+//! before autodiff (InstanceNormalization, GroupNormalization, LpNormalization,
+//! MeanVarianceNormalization).
+use super::{dy, op, Family, Gradient as G, OpDef};
+use crate::autodiff::{Ctx, Grads};
+use crate::ir::{node_error, Graph, NodeExt};
+use crate::onnx::{data_type as dt, NodeProto};
+use crate::shapes::{input_type, norm_axis, same_as_input, set, Dim, Shape, Shapes};
 use crate::Result;
 
-pub fn rule(op: &str) -> Option<Rule> {
-    Some(match op {
-        "BatchNormalization" => batch_norm,
-        "LayerNormalization" => layer_norm,
-        _ => return None,
-    })
+pub const FAMILY: Family = Family { name: "norm", ops };
+
+fn ops() -> Vec<OpDef> {
+    vec![
+        op("BatchNormalization", "15+", batch_norm_shape, G::Rule(batch_norm)).notes(
+            "training: batch statistics, running statistics updated as PyTorch (unbiased variance) by the train-mode pass; statistics computed in the graph (track_running_stats=False) differentiated through",
+        ),
+        op("LayerNormalization", "17+", layer_norm_shape, G::Rule(layer_norm)),
+        op("InstanceNormalization", "6+", same_as_input, G::Missing("no gradient rule yet")),
+        op("GroupNormalization", "18+", same_as_input, G::Missing("no gradient rule yet")),
+        op("LpNormalization", "1+", same_as_input, G::Missing("no gradient rule yet")),
+        op("MeanVarianceNormalization", "13+", same_as_input, G::Missing("no gradient rule yet")),
+    ]
+}
+
+fn batch_norm_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
+    let out0 = n.output.first().cloned().unwrap_or_default();
+    let x = input_type(s, n, 0)?;
+    let c = x.shape.as_ref().map(|xs| vec![xs[1].clone()]);
+    for o in n.output.iter().skip(1) {
+        set(s, o, x.dtype, c.clone());
+    }
+    set(s, &out0, x.dtype, x.shape);
+    Ok(())
+}
+
+fn layer_norm_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
+    let out0 = n.output.first().cloned().unwrap_or_default();
+    let x = input_type(s, n, 0)?;
+    if let Some(xs) = &x.shape {
+        let axis = norm_axis(n.attr_i("axis", -1), xs.len());
+        let red: Shape =
+            xs.iter().enumerate().map(|(i, d)| if i < axis { d.clone() } else { Dim::Known(1) }).collect();
+        for o in n.output.iter().skip(1) {
+            set(s, o, dt::FLOAT, Some(red.clone()));
+        }
+    }
+    set(s, &out0, x.dtype, x.shape);
+    Ok(())
 }
 
 /// y = (x − μ)·γ/√(σ² + ε) + β with running μ, σ² (constants):
