@@ -112,6 +112,9 @@ fn run_case(c: &Case, engine: BackendKind) {
     let be =
         backend::select(&BackendRequest { kind: engine, ort_lib: None, device: Device::Cpu, threads: Some(1) }, false)
             .unwrap();
+    if std::env::var("DUMP_CASE").ok().as_deref() == Some(c.name.as_str()) {
+        std::fs::write("/tmp/case.onnx", prost::Message::encode_to_vec(&m.to_proto())).unwrap();
+    }
     let mut s = be.load(&m.to_proto()).unwrap_or_else(|e| panic!("{} on {engine:?}: {e:#}", c.name));
     let mut run = |feeds: &[(String, HostTensor)]| -> BTreeMap<String, HostTensor> {
         s.run(feeds).unwrap_or_else(|e| panic!("{} on {engine:?}: {e:#}", c.name)).into_iter().collect()
@@ -719,4 +722,711 @@ fn loss_op_rules_on_ort_and_clean_error_on_tract() {
         ),
     ];
     ort_only(cases);
+}
+
+/// The autodiff gradients of a case on one engine (no finite differences): for exact checks at
+/// kinks, where the convention decides the value.
+fn autodiff_grads(c: &Case, engine: BackendKind) -> BTreeMap<String, Vec<f64>> {
+    let m = build_model(c);
+    let be =
+        backend::select(&BackendRequest { kind: engine, ort_lib: None, device: Device::Cpu, threads: Some(1) }, false)
+            .unwrap();
+    let mut s = be.load(&m.to_proto()).unwrap_or_else(|e| panic!("{} on {engine:?}: {e:#}", c.name));
+    let out = s.run(&c.inputs).unwrap_or_else(|e| panic!("{} on {engine:?}: {e:#}", c.name));
+    out.into_iter().filter_map(|(k, v)| k.strip_prefix("grad/").map(|x| (x.to_string(), v.to_f64()))).collect()
+}
+
+/// The weight w of the loss Σ w·y for a case (as build_model draws it), flattened.
+fn loss_weights(c: &Case, n: usize) -> Vec<f64> {
+    uniform(11, &c.name, n).iter().map(|u| (u * 2.0 - 1.0) as f64).collect()
+}
+
+fn conv_nd(name: &str, op: &'static str, x: &[usize], w: &[usize], bias: usize, attrs: Vec<(&'static str, Vec<i64>)>) -> Case {
+    let mut inputs = vec![("x", rnd(&format!("{name}x"), x, -1.0, 1.0)), ("w", rnd(&format!("{name}w"), w, -1.0, 1.0))];
+    let mut wrt = vec!["x", "w"];
+    if bias > 0 {
+        inputs.push(("b", rnd(&format!("{name}b"), &[bias], -1.0, 1.0)));
+        wrt.push("b");
+    }
+    case(name, 17, inputs, &wrt, move |g| {
+        let ins: Vec<&str> = if bias > 0 { vec!["x", "w", "b"] } else { vec!["x", "w"] };
+        let mut b = g.add(op, &ins);
+        for (k, v) in &attrs {
+            b = if *k == "group" { b.int(k, v[0]) } else { b.ints(k, v) };
+        }
+        b.output()
+    })
+}
+
+/// Conv in 1-D and 3-D, ConvTranspose in 1-D, 2-D, 3-D (strides, pads, output_padding, groups,
+/// dilations).
+#[test]
+fn conv_1d_3d_and_conv_transpose_rules() {
+    check_all(vec![
+        conv_nd("Conv1d k3 s2 pad 1 dilation 2", "Conv", &[2, 2, 9], &[3, 2, 3], 3, vec![
+            ("strides", vec![2]),
+            ("pads", vec![1, 1]),
+            ("dilations", vec![2]),
+        ]),
+        conv_nd("Conv1d groups 2 stride 1", "Conv", &[2, 4, 6], &[4, 2, 3], 0, vec![
+            ("pads", vec![1, 0]),
+            ("group", vec![2]),
+        ]),
+        conv_nd("Conv3d k2 pad 1", "Conv", &[1, 2, 3, 3, 3], &[2, 2, 2, 2, 2], 2, vec![("pads", vec![1, 1, 1, 1, 1, 1])]),
+        conv_nd("Conv3d stride 2", "Conv", &[1, 1, 5, 4, 4], &[2, 1, 3, 2, 2], 0, vec![
+            ("strides", vec![2, 2, 2]),
+            ("pads", vec![1, 0, 0, 1, 0, 0]),
+        ]),
+        conv_nd("ConvTranspose2d s2 pad 1 output_padding 1", "ConvTranspose", &[2, 3, 3, 3], &[3, 2, 3, 3], 2, vec![
+            ("strides", vec![2, 2]),
+            ("pads", vec![1, 1, 1, 1]),
+            ("output_padding", vec![1, 1]),
+        ]),
+        conv_nd("ConvTranspose2d groups 2 dilation 2", "ConvTranspose", &[1, 4, 3, 3], &[4, 1, 2, 2], 0, vec![
+            ("group", vec![2]),
+            ("dilations", vec![2, 2]),
+        ]),
+        conv_nd("ConvTranspose1d s3", "ConvTranspose", &[2, 2, 4], &[2, 3, 3], 3, vec![("strides", vec![3])]),
+        conv_nd("ConvTranspose3d s2", "ConvTranspose", &[1, 2, 2, 2, 2], &[2, 1, 2, 2, 2], 1, vec![("strides", vec![2, 2, 2])]),
+    ]);
+}
+
+fn pool_nd(name: &str, op: &'static str, opset: i64, x: &[usize], attrs: Vec<(&'static str, Vec<i64>)>) -> Case {
+    case(name, opset, vec![("x", distinct(name, x))], &["x"], move |g| {
+        let mut b = g.add(op, &["x"]);
+        for (k, v) in &attrs {
+            b = if matches!(*k, "ceil_mode" | "count_include_pad" | "p") { b.int(k, v[0]) } else { b.ints(k, v) };
+        }
+        b.output()
+    })
+}
+
+/// Pools in 1-D, 2-D, 3-D with ceil_mode, count_include_pad, dilations, overlapping windows;
+/// GlobalMaxPool, LpPool.
+#[test]
+fn pooling_nd_rules() {
+    let k = |v: Vec<i64>| ("kernel_shape", v);
+    let s = |v: Vec<i64>| ("strides", v);
+    let p = |v: Vec<i64>| ("pads", v);
+    check_all(vec![
+        pool_nd("MaxPool1d k3 s2 pad 1", "MaxPool", 17, &[2, 2, 7], vec![k(vec![3]), s(vec![2]), p(vec![1, 1])]),
+        pool_nd("MaxPool1d tiled", "MaxPool", 17, &[2, 3, 8], vec![k(vec![2]), s(vec![2])]),
+        pool_nd("MaxPool2d k3 s2 ceil_mode", "MaxPool", 17, &[1, 2, 6, 6], vec![k(vec![3, 3]), s(vec![2, 2]), ("ceil_mode", vec![1])]),
+        pool_nd("MaxPool2d dilation 2", "MaxPool", 17, &[1, 2, 6, 6], vec![k(vec![2, 2]), ("dilations", vec![2, 2])]),
+        pool_nd("MaxPool2d tiled 2x3", "MaxPool", 17, &[2, 2, 4, 6], vec![k(vec![2, 3]), s(vec![2, 3])]),
+        pool_nd("MaxPool3d tiled", "MaxPool", 17, &[1, 2, 4, 4, 4], vec![k(vec![2, 2, 2]), s(vec![2, 2, 2])]),
+        pool_nd("MaxPool3d overlapping", "MaxPool", 17, &[1, 1, 4, 4, 3], vec![k(vec![2, 2, 2]), p(vec![1, 0, 0, 0, 1, 1])]),
+        pool_nd("AveragePool1d k3 s2 pad 1 exclude pad", "AveragePool", 17, &[2, 2, 7], vec![
+            k(vec![3]),
+            s(vec![2]),
+            p(vec![1, 1]),
+        ]),
+        pool_nd("AveragePool2d ceil_mode exclude pad", "AveragePool", 17, &[1, 2, 5, 5], vec![
+            k(vec![2, 2]),
+            s(vec![2, 2]),
+            ("ceil_mode", vec![1]),
+        ]),
+        pool_nd("AveragePool2d ceil_mode pad 1 include pad", "AveragePool", 17, &[1, 2, 6, 6], vec![
+            k(vec![3, 3]),
+            s(vec![2, 2]),
+            p(vec![1, 1, 1, 1]),
+            ("ceil_mode", vec![1]),
+            ("count_include_pad", vec![1]),
+        ]),
+        pool_nd("AveragePool2d floor leaves a row out", "AveragePool", 17, &[1, 1, 7, 7], vec![k(vec![2, 2]), s(vec![3, 3])]),
+        pool_nd("AveragePool3d", "AveragePool", 17, &[1, 2, 4, 4, 4], vec![k(vec![2, 2, 2]), s(vec![2, 2, 2])]),
+        pool_nd("AveragePool2d dilation 2 (opset 19)", "AveragePool", 19, &[1, 2, 6, 6], vec![
+            k(vec![2, 2]),
+            ("dilations", vec![2, 2]),
+        ]),
+        pool_nd("LpPool p=2", "LpPool", 18, &[1, 2, 5, 5], vec![k(vec![2, 2]), s(vec![1, 1]), ("p", vec![2])]),
+        pool_nd("LpPool1d p=1 pad 1", "LpPool", 18, &[1, 2, 6], vec![k(vec![3]), s(vec![2]), p(vec![1, 1]), ("p", vec![1])]),
+        case("GlobalMaxPool 2-D", 17, vec![("x", distinct("gmp", &[2, 3, 3, 3]))], &["x"], |g| {
+            g.add("GlobalMaxPool", &["x"]).output()
+        }),
+        case("GlobalMaxPool 1-D", 17, vec![("x", distinct("gmp1", &[2, 3, 5]))], &["x"], |g| {
+            g.add("GlobalMaxPool", &["x"]).output()
+        }),
+    ]);
+}
+
+/// Ties: the first maximum of each window in scan order gets the gradient (PyTorch's
+/// max_pool2d and adaptive_max_pool2d), overlapping windows adding up; the expected gradient is
+/// computed here by brute force over the windows.
+#[test]
+fn max_pool_ties_go_to_the_first_maximum() {
+    // integers 0..3 in a 6×6 map: many ties in every window
+    let n = 36;
+    let vals: Vec<f32> = uniform(12, "ties", n).iter().map(|u| (u * 3.0).floor()).collect();
+    let x = HostTensor::f32(&[1, 1, 6, 6], vals.clone());
+    let windows = |k: usize, s: usize, pad: usize| -> Vec<Vec<Option<usize>>> {
+        let o = (6 + 2 * pad - k) / s + 1;
+        let mut out = Vec::new();
+        for i in 0..o {
+            for j in 0..o {
+                let mut cells = Vec::new();
+                for a in 0..k {
+                    for b in 0..k {
+                        let (r, c) = ((i * s + a) as i64 - pad as i64, (j * s + b) as i64 - pad as i64);
+                        cells.push(((0..6).contains(&r) && (0..6).contains(&c)).then(|| (r * 6 + c) as usize));
+                    }
+                }
+                out.push(cells);
+            }
+        }
+        out
+    };
+    for (name, k, s, pad) in [("MaxPool ties tiled 2x2", 2, 2, 0), ("MaxPool ties 3x3 s1 pad 1", 3, 1, 1)] {
+        let c = case(name, 17, vec![("x", x.clone())], &["x"], move |g| {
+            let ki = k as i64;
+            g.add("MaxPool", &["x"])
+                .ints("kernel_shape", &[ki, ki])
+                .ints("strides", &[s as i64, s as i64])
+                .ints("pads", &[pad as i64; 4])
+                .output()
+        });
+        let ws = windows(k, s, pad);
+        let w = loss_weights(&c, ws.len());
+        let mut expected = vec![0.0f64; n];
+        for (wi, cells) in ws.iter().enumerate() {
+            let mut best: Option<usize> = None;
+            for &cell in cells.iter().flatten() {
+                if best.is_none_or(|b| vals[cell] > vals[b]) {
+                    best = Some(cell);
+                }
+            }
+            expected[best.unwrap()] += w[wi];
+        }
+        for engine in [BackendKind::Tract, BackendKind::Ort] {
+            let got = &autodiff_grads(&c, engine)["x"];
+            for i in 0..n {
+                assert!((got[i] - expected[i]).abs() < 1e-5, "{name} on {engine:?}: dx[{i}] = {} , expected {}", got[i], expected[i]);
+            }
+        }
+    }
+    // GlobalMaxPool: the first maximum of each channel
+    let c = case("GlobalMaxPool ties", 17, vec![("x", x.clone())], &["x"], |g| g.add("GlobalMaxPool", &["x"]).output());
+    let w = loss_weights(&c, 1)[0];
+    let m = vals.iter().cloned().fold(f32::MIN, f32::max);
+    let first = vals.iter().position(|&v| v == m).unwrap();
+    for engine in [BackendKind::Tract, BackendKind::Ort] {
+        let got = &autodiff_grads(&c, engine)["x"];
+        for i in 0..n {
+            let e = if i == first { w } else { 0.0 };
+            assert!((got[i] - e).abs() < 1e-5, "GlobalMaxPool ties on {engine:?}: dx[{i}] = {}, expected {e}", got[i]);
+        }
+    }
+}
+
+/// InstanceNormalization, GroupNormalization (opset 18: per-group scale; 21: per-channel),
+/// LpNormalization, MeanVarianceNormalization, RMSNormalization (opset 23).
+#[test]
+fn normalization_lowered_rules() {
+    let x = |k: &str| rnd(k, &[2, 4, 3, 2], -1.5, 1.5);
+    check_all(vec![
+        case(
+            "InstanceNormalization",
+            17,
+            vec![("x", x("in")), ("s", rnd("ins", &[4], 0.5, 1.5)), ("b", rnd("inb", &[4], -1.0, 1.0))],
+            &["x", "s", "b"],
+            |g| g.add("InstanceNormalization", &["x", "s", "b"]).float("epsilon", 1e-3).output(),
+        ),
+        case(
+            "InstanceNormalization 1-D",
+            17,
+            vec![("x", rnd("in1", &[2, 3, 5], -1.5, 1.5)), ("s", rnd("ins1", &[3], 0.5, 1.5)), ("b", rnd("inb1", &[3], -1.0, 1.0))],
+            &["x", "s", "b"],
+            |g| g.add("InstanceNormalization", &["x", "s", "b"]).output(),
+        ),
+        case(
+            "GroupNormalization-18 (scale per group)",
+            18,
+            vec![("x", x("gn18")), ("s", rnd("gs18", &[2], 0.5, 1.5)), ("b", rnd("gb18", &[2], -1.0, 1.0))],
+            &["x", "s", "b"],
+            |g| g.add("GroupNormalization", &["x", "s", "b"]).int("num_groups", 2).output(),
+        ),
+        case(
+            "GroupNormalization-21 (scale per channel)",
+            21,
+            vec![("x", x("gn21")), ("s", rnd("gs21", &[4], 0.5, 1.5)), ("b", rnd("gb21", &[4], -1.0, 1.0))],
+            &["x", "s", "b"],
+            |g| g.add("GroupNormalization", &["x", "s", "b"]).int("num_groups", 2).float("epsilon", 1e-3).output(),
+        ),
+        case("LpNormalization p=2 axis 1", 17, vec![("x", x("lp2"))], &["x"], |g| {
+            g.add("LpNormalization", &["x"]).int("axis", 1).int("p", 2).output()
+        }),
+        case("LpNormalization p=1 last axis", 17, vec![("x", away("lp1", &[3, 4]))], &["x"], |g| {
+            g.add("LpNormalization", &["x"]).int("p", 1).output()
+        }),
+        case("MeanVarianceNormalization default axes", 17, vec![("x", x("mvn"))], &["x"], |g| {
+            g.add("MeanVarianceNormalization", &["x"]).output()
+        }),
+        case("MeanVarianceNormalization axes 2,3", 17, vec![("x", x("mvn2"))], &["x"], |g| {
+            g.add("MeanVarianceNormalization", &["x"]).ints("axes", &[2, 3]).output()
+        }),
+    ]);
+}
+
+/// RMSNormalization is opset 23: both engines run its written-out form.
+#[test]
+fn rms_normalization_rule() {
+    check_all(vec![case(
+        "RMSNormalization last axis",
+        23,
+        vec![("x", rnd("rms", &[2, 3, 4], -1.5, 1.5)), ("s", rnd("rmss", &[4], 0.5, 1.5))],
+        &["x", "s"],
+        |g| g.add("RMSNormalization", &["x", "s"]).float("epsilon", 1e-3).output(),
+    )]);
+}
+
+fn reduce_case(name: &str, op: &'static str, opset: i64, x: HostTensor, axes: Vec<i64>, keep: i64) -> Case {
+    case(name, opset, vec![("x", x)], &["x"], move |g| {
+        if opset < 18 {
+            g.add(op, &["x"]).ints("axes", &axes).int("keepdims", keep).output()
+        } else {
+            let a = g.add_initializer("axes", tensor::from_i64("", &[axes.len() as i64], &axes));
+            g.add(op, &["x", &a]).int("keepdims", keep).output()
+        }
+    })
+}
+
+/// ReduceMax/Min, ReduceProd, ReduceL1/L2, ReduceSumSquare, ReduceLogSumExp (axes as attribute
+/// at opset 17, as input at 18), CumSum, TopK.
+#[test]
+fn reduce_family_rules() {
+    let signed = |k: &str| {
+        let a = away(k, &[2, 3, 4]);
+        a
+    };
+    check_all(vec![
+        reduce_case("ReduceMax axis 1", "ReduceMax", 17, distinct("rmax", &[2, 3, 4]), vec![1], 0),
+        reduce_case("ReduceMin axes 0,2 (input)", "ReduceMin", 18, distinct("rmin", &[2, 3, 4]), vec![0, 2], 1),
+        reduce_case("ReduceProd axis -1", "ReduceProd", 17, signed("rp"), vec![-1], 0),
+        reduce_case("ReduceProd axes 0,1 (input)", "ReduceProd", 18, signed("rp2"), vec![0, 1], 1),
+        reduce_case("ReduceL1 axis 2", "ReduceL1", 17, signed("rl1"), vec![2], 1),
+        reduce_case("ReduceL2 axis 1", "ReduceL2", 18, signed("rl2"), vec![1], 0),
+        reduce_case("ReduceSumSquare axes 1,2", "ReduceSumSquare", 17, signed("rss"), vec![1, 2], 0),
+        reduce_case("ReduceLogSumExp axis 0", "ReduceLogSumExp", 18, rnd("rlse", &[2, 3, 4], -2.0, 2.0), vec![0], 1),
+        case("CumSum axis 1", 17, vec![("x", rnd("cs", &[2, 4, 3], -1.0, 1.0))], &["x"], |g| {
+            let a = g.add_initializer("a", tensor::from_i64("", &[], &[1]));
+            g.add("CumSum", &["x", &a]).output()
+        }),
+        case("CumSum exclusive reverse", 17, vec![("x", rnd("cs2", &[3, 5], -1.0, 1.0))], &["x"], |g| {
+            let a = g.add_initializer("a", tensor::from_i64("", &[], &[-1]));
+            g.add("CumSum", &["x", &a]).int("exclusive", 1).int("reverse", 1).output()
+        }),
+        case("TopK values k=2 axis 1", 17, vec![("x", distinct("tk", &[2, 5, 3]))], &["x"], |g| {
+            let k = g.add_initializer("k", tensor::from_i64("", &[1], &[2]));
+            g.add("TopK", &["x", &k]).int("axis", 1).outputs(2).remove(0)
+        }),
+        case("TopK smallest k=3", 17, vec![("x", distinct("tk2", &[3, 6]))], &["x"], |g| {
+            let k = g.add_initializer("k", tensor::from_i64("", &[1], &[3]));
+            g.add("TopK", &["x", &k]).int("largest", 0).outputs(2).remove(0)
+        }),
+    ]);
+}
+
+/// Exact values where the convention decides: ReduceMax ties share equally; ReduceProd with one
+/// zero gives that entry the product of the others and with two zeros gives 0.
+#[test]
+fn reduce_conventions_at_ties_and_zeros() {
+    let x = HostTensor::f32(&[2, 3], vec![1.0, 3.0, 3.0, 2.0, 0.0, 0.0]);
+    let cmax = reduce_case("ReduceMax ties", "ReduceMax", 17, x.clone(), vec![1], 0);
+    let w = loss_weights(&cmax, 2);
+    let expected_max = [0.0, w[0] / 2.0, w[0] / 2.0, w[1], 0.0, 0.0];
+    let p = HostTensor::f32(&[3, 3], vec![2.0, 0.0, 3.0, 0.0, 0.0, 5.0, 1.5, 2.0, -1.0]);
+    let cprod = reduce_case("ReduceProd zeros", "ReduceProd", 17, p, vec![1], 0);
+    let wp = loss_weights(&cprod, 3);
+    let expected_prod = [0.0, 6.0 * wp[0], 0.0, 0.0, 0.0, 0.0, -2.0 * wp[2], -1.5 * wp[2], 3.0 * wp[2]];
+    for engine in [BackendKind::Tract, BackendKind::Ort] {
+        for (c, e) in [(&cmax, &expected_max[..]), (&cprod, &expected_prod[..])] {
+            let got = &autodiff_grads(c, engine)["x"];
+            for i in 0..e.len() {
+                assert!((got[i] - e[i]).abs() < 1e-5, "{} on {engine:?}: dx[{i}] = {}, expected {}", c.name, got[i], e[i]);
+            }
+        }
+    }
+}
+
+/// Slice with steps, Pad reflect/edge/wrap and with an axes input, Trilu, DepthToSpace (DCR,
+/// CRD), SpaceToDepth.
+#[test]
+fn shape_family_rules() {
+    check_all(vec![
+        case("Slice step 2", 17, vec![("x", rnd("ss2", &[3, 7], -1.0, 1.0))], &["x"], |g| {
+            let (s, e, a, st) = (ints(g, "s", &[1]), ints(g, "e", &[7]), ints(g, "a", &[1]), ints(g, "st", &[2]));
+            g.add("Slice", &["x", &s, &e, &a, &st]).output()
+        }),
+        case("Slice negative step on two axes", 17, vec![("x", rnd("ssn", &[4, 5, 2], -1.0, 1.0))], &["x"], |g| {
+            let (s, e, a, st) =
+                (ints(g, "s", &[-1, 3]), ints(g, "e", &[i64::MIN, 0]), ints(g, "a", &[0, 1]), ints(g, "st", &[-2, -1]));
+            g.add("Slice", &["x", &s, &e, &a, &st]).output()
+        }),
+        case("Pad reflect", 17, vec![("x", rnd("pr", &[2, 3, 4], -1.0, 1.0))], &["x"], |g| {
+            let p = ints(g, "p", &[0, 2, 1, 0, 1, 3]);
+            g.add("Pad", &["x", &p]).string("mode", "reflect").output()
+        }),
+        case("Pad edge", 17, vec![("x", rnd("pe", &[2, 3], -1.0, 1.0))], &["x"], |g| {
+            let p = ints(g, "p", &[1, 2, 2, 1]);
+            g.add("Pad", &["x", &p]).string("mode", "edge").output()
+        }),
+        case("Pad constant with axes (opset 18)", 18, vec![("x", rnd("pax", &[2, 3, 4], -1.0, 1.0))], &["x"], |g| {
+            let p = ints(g, "p", &[1, 0, 2, 1]);
+            let v = g.add_initializer("v", tensor::from_f32("", &[], &[0.5]));
+            let a = ints(g, "a", &[-1, 1]);
+            g.add("Pad", &["x", &p, &v, &a]).output()
+        }),
+        case("Trilu upper k=1", 17, vec![("x", rnd("tu", &[2, 3, 4], -1.0, 1.0))], &["x"], |g| {
+            let k = g.add_initializer("k", tensor::from_i64("", &[], &[1]));
+            g.add("Trilu", &["x", &k]).output()
+        }),
+        case("Trilu lower", 17, vec![("x", rnd("tl", &[4, 3], -1.0, 1.0))], &["x"], |g| {
+            g.add("Trilu", &["x"]).int("upper", 0).output()
+        }),
+        case("DepthToSpace DCR", 17, vec![("x", rnd("d2s", &[2, 8, 2, 3], -1.0, 1.0))], &["x"], |g| {
+            g.add("DepthToSpace", &["x"]).int("blocksize", 2).output()
+        }),
+        case("DepthToSpace CRD", 17, vec![("x", rnd("d2c", &[1, 8, 3, 2], -1.0, 1.0))], &["x"], |g| {
+            g.add("DepthToSpace", &["x"]).int("blocksize", 2).string("mode", "CRD").output()
+        }),
+        case("SpaceToDepth", 17, vec![("x", rnd("s2d", &[2, 2, 4, 6], -1.0, 1.0))], &["x"], |g| {
+            g.add("SpaceToDepth", &["x"]).int("blocksize", 2).output()
+        }),
+    ]);
+}
+
+/// GatherND (batch_dims 0 and 1, repeated and negative indices), ScatterElements and ScatterND
+/// (reduction none and add; gradients of data and updates).
+#[test]
+fn gather_nd_and_scatter_rules() {
+    check_all(vec![
+        case(
+            "GatherND pairs, repeated",
+            17,
+            vec![("x", rnd("gnd", &[3, 4, 2], -1.0, 1.0)), ("i", HostTensor::i64(&[3, 2], vec![0, 1, 2, 3, 0, 1]))],
+            &["x"],
+            |g| g.add("GatherND", &["x", "i"]).output(),
+        ),
+        case(
+            "GatherND batch_dims 1 (last-token pooling)",
+            17,
+            vec![("x", rnd("gnb", &[3, 5, 2], -1.0, 1.0)), ("i", HostTensor::i64(&[3, 1], vec![4, 0, 2]))],
+            &["x"],
+            |g| g.add("GatherND", &["x", "i"]).int("batch_dims", 1).output(),
+        ),
+        case(
+            "ScatterElements axis 1",
+            17,
+            vec![
+                ("x", rnd("se", &[3, 4], -1.0, 1.0)),
+                ("i", HostTensor::i64(&[3, 2], vec![0, 3, 1, 2, 3, 0])),
+                ("u", rnd("seu", &[3, 2], -1.0, 1.0)),
+            ],
+            &["x", "u"],
+            |g| g.add("ScatterElements", &["x", "i", "u"]).int("axis", 1).output(),
+        ),
+        case(
+            "ScatterElements add, repeated",
+            17,
+            vec![
+                ("x", rnd("sea", &[4, 2], -1.0, 1.0)),
+                ("i", HostTensor::i64(&[3, 2], vec![1, 1, 1, 0, 3, 1])),
+                ("u", rnd("seau", &[3, 2], -1.0, 1.0)),
+            ],
+            &["x", "u"],
+            |g| g.add("ScatterElements", &["x", "i", "u"]).string("reduction", "add").output(),
+        ),
+        case(
+            "ScatterND rows",
+            17,
+            vec![
+                ("x", rnd("snd", &[4, 3], -1.0, 1.0)),
+                ("i", HostTensor::i64(&[2, 1], vec![2, 0])),
+                ("u", rnd("sndu", &[2, 3], -1.0, 1.0)),
+            ],
+            &["x", "u"],
+            |g| g.add("ScatterND", &["x", "i", "u"]).output(),
+        ),
+        case(
+            "ScatterND add, cells",
+            17,
+            vec![
+                ("x", rnd("snda", &[3, 3], -1.0, 1.0)),
+                ("i", HostTensor::i64(&[3, 2], vec![0, 1, 2, 2, 0, 1])),
+                ("u", rnd("sndau", &[3], -1.0, 1.0)),
+            ],
+            &["x", "u"],
+            |g| g.add("ScatterND", &["x", "i", "u"]).string("reduction", "add").output(),
+        ),
+    ]);
+    // negative indices (valid ONNX): tract 0.23's GatherND panics on them (reported as an error)
+    ort_only(vec![case(
+        "GatherND negative indices",
+        17,
+        vec![("x", rnd("gndn", &[3, 4, 2], -1.0, 1.0)), ("i", HostTensor::i64(&[2, 2], vec![-1, 1, 2, -4]))],
+        &["x"],
+        |g| g.add("GatherND", &["x", "i"]).output(),
+    )]);
+}
+
+/// A forward-only model of a case (the op's output y as the graph output), the op as written.
+fn forward_model(c: &Case) -> Model {
+    let mut g = Graph::default();
+    declare(&mut g, &c.inputs);
+    let y = (c.build)(&mut g);
+    let s = infer(&g).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+    let dims: Vec<i64> = s.shape(&y).unwrap().iter().map(|d| d.known().unwrap()).collect();
+    let out = g.add("Identity", &[&y]).named_outputs(&["y"]).remove(0);
+    g.outputs.push(value_info(&out, dt::FLOAT, &dims));
+    let meta = ModelProto {
+        ir_version: 10,
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: c.opset }],
+        producer_name: "onnxsam-tests".into(),
+        ..Default::default()
+    };
+    Model { meta, graph: g }
+}
+
+fn run_y(m: &Model, c: &Case, engine: BackendKind) -> Vec<f64> {
+    let be =
+        backend::select(&BackendRequest { kind: engine, ort_lib: None, device: Device::Cpu, threads: Some(1) }, false)
+            .unwrap();
+    let mut s = be.load(&m.to_proto()).unwrap_or_else(|e| panic!("{} on {engine:?}: {e:#}", c.name));
+    let out: BTreeMap<String, HostTensor> =
+        s.run(&c.inputs).unwrap_or_else(|e| panic!("{} on {engine:?}: {e:#}", c.name)).into_iter().collect();
+    out["y"].to_f64()
+}
+
+/// An op onnxsam writes out before autodiff computes the same values as the op itself: the
+/// native op on ONNX Runtime against the written-out form on both engines. A case whose name
+/// says "layout 1" (which ONNX Runtime's kernels refuse) is compared with the layout-0 op between
+/// transposes: `reference` builds that.
+fn lowering_matches_native(cases: &[Case]) {
+    lowering_matches(cases, |c| forward_model(c));
+}
+
+fn lowering_matches(cases: &[Case], reference: impl Fn(&Case) -> Model) {
+    for c in cases {
+        let native = reference(c);
+        let want = run_y(&native, c, BackendKind::Ort);
+        let mut lowered = forward_model(c);
+        let k = onnxsam::graph_passes::ops::lower(&mut lowered).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+        assert!(k > 0, "{}: nothing was written out", c.name);
+        for engine in [BackendKind::Ort, BackendKind::Tract] {
+            let got = run_y(&lowered, c, engine);
+            assert_eq!(got.len(), want.len(), "{}", c.name);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() <= 1e-5 + 1e-5 * b.abs(), "{} written out on {engine:?}: y[{i}] = {a}, the op gives {b}", c.name);
+            }
+        }
+    }
+}
+
+/// LSTM, GRU, RNN: initial states, both directions, sequence_lens, layout 1, peepholes,
+/// input_forget, clip, activations, linear_before_reset 0 and 1.
+///
+/// `reference`: the layout-1 cases as the layout-0 op between transposes (ONNX Runtime's kernels
+/// refuse layout 1), the same values.
+fn recurrent_cases(reference: bool) -> Vec<Case> {
+    let (t, b, i, h) = (3usize, 2usize, 3usize, 4usize);
+    let w = |k: &str, d: usize, g: usize, cols: usize| rnd(k, &[d, g * h, cols], -0.7, 0.7);
+    let bias = |k: &str, d: usize, g: usize| rnd(k, &[d, 2 * g * h], -0.5, 0.5);
+    let x = |k: &str| rnd(k, &[t, b, i], -1.0, 1.0);
+    let lens = HostTensor { shape: vec![b], data: Data::I32(vec![3, 2]) };
+    vec![
+        case(
+            "LSTM forward with biases and initial states",
+            17,
+            vec![
+                ("x", x("l1x")),
+                ("w", w("l1w", 1, 4, i)),
+                ("r", w("l1r", 1, 4, h)),
+                ("b", bias("l1b", 1, 4)),
+                ("h0", rnd("l1h", &[1, b, h], -0.5, 0.5)),
+                ("c0", rnd("l1c", &[1, b, h], -0.5, 0.5)),
+            ],
+            &["x", "w", "r", "b", "h0", "c0"],
+            move |g| {
+                let outs = g.add("LSTM", &["x", "w", "r", "b", "", "h0", "c0"]).int("hidden_size", h as i64).outputs(3);
+                // Y and the final cell state both reach the loss
+                let yc = g.add("ReduceSum", &[&outs[2]]).int("keepdims", 0).output();
+                g.add("Add", &[&outs[0], &yc]).output()
+            },
+        ),
+        case(
+            "LSTM bidirectional, sequence_lens, peepholes, layout 1",
+            17,
+            vec![
+                ("x", rnd("l2x", &[b, t, i], -1.0, 1.0)),
+                ("w", w("l2w", 2, 4, i)),
+                ("r", w("l2r", 2, 4, h)),
+                ("b", bias("l2b", 2, 4)),
+                ("lens", lens.clone()),
+                ("p", rnd("l2p", &[2, 3 * h], -0.5, 0.5)),
+            ],
+            &["x", "w", "r", "b", "p"],
+            move |g| {
+                if reference {
+                    let xt = g.add("Transpose", &["x"]).ints("perm", &[1, 0, 2]).output();
+                    let y = g
+                        .add("LSTM", &[&xt, "w", "r", "b", "lens", "", "", "p"])
+                        .int("hidden_size", h as i64)
+                        .string("direction", "bidirectional")
+                        .outputs(2)
+                        .remove(0);
+                    return g.add("Transpose", &[&y]).ints("perm", &[2, 0, 1, 3]).output();
+                }
+                g.add("LSTM", &["x", "w", "r", "b", "lens", "", "", "p"])
+                    .int("hidden_size", h as i64)
+                    .string("direction", "bidirectional")
+                    .int("layout", 1)
+                    .outputs(2)
+                    .remove(0)
+            },
+        ),
+        case(
+            "LSTM reverse, input_forget, clip, Y_h only",
+            17,
+            vec![("x", x("l3x")), ("w", w("l3w", 1, 4, i)), ("r", w("l3r", 1, 4, h))],
+            &["x", "w", "r"],
+            move |g| {
+                g.add("LSTM", &["x", "w", "r"])
+                    .int("hidden_size", h as i64)
+                    .string("direction", "reverse")
+                    .int("input_forget", 1)
+                    .float("clip", 0.8)
+                    .outputs(2)
+                    .remove(1)
+            },
+        ),
+        case(
+            "GRU bidirectional, linear_before_reset=1 (PyTorch)",
+            17,
+            vec![("x", x("g1x")), ("w", w("g1w", 2, 3, i)), ("r", w("g1r", 2, 3, h)), ("b", bias("g1b", 2, 3))],
+            &["x", "w", "r", "b"],
+            move |g| {
+                g.add("GRU", &["x", "w", "r", "b"])
+                    .int("hidden_size", h as i64)
+                    .string("direction", "bidirectional")
+                    .int("linear_before_reset", 1)
+                    .outputs(2)
+                    .remove(0)
+            },
+        ),
+        case(
+            "GRU linear_before_reset=0, initial state, sequence_lens",
+            17,
+            vec![
+                ("x", x("g2x")),
+                ("w", w("g2w", 1, 3, i)),
+                ("r", w("g2r", 1, 3, h)),
+                ("b", bias("g2b", 1, 3)),
+                ("lens", HostTensor { shape: vec![b], data: Data::I32(vec![1, 3]) }),
+                ("h0", rnd("g2h", &[1, b, h], -0.5, 0.5)),
+            ],
+            &["x", "w", "r", "b", "h0"],
+            move |g| {
+                let outs = g.add("GRU", &["x", "w", "r", "b", "lens", "h0"]).int("hidden_size", h as i64).outputs(2);
+                let s = g.add("ReduceSum", &[&outs[1]]).int("keepdims", 0).output();
+                g.add("Add", &[&outs[0], &s]).output()
+            },
+        ),
+        case(
+            "RNN Relu, reverse, layout 1 initial state",
+            17,
+            vec![
+                ("x", rnd("r1x", &[b, t, i], -1.0, 1.0)),
+                ("w", w("r1w", 1, 1, i)),
+                ("r", w("r1r", 1, 1, h)),
+                ("b", bias("r1b", 1, 1)),
+                ("h0", rnd("r1h", &[b, 1, h], -0.5, 0.5)),
+            ],
+            &["x", "w", "r", "b", "h0"],
+            move |g| {
+                let mut a = onnxsam::graph_passes::ir::attr_int("unused", 0);
+                a.name = "activations".into();
+                a.r#type = 8; // STRINGS
+                a.i = None;
+                a.strings = vec![b"Relu".to_vec()];
+                if reference {
+                    let xt = g.add("Transpose", &["x"]).ints("perm", &[1, 0, 2]).output();
+                    let ht = g.add("Transpose", &["h0"]).ints("perm", &[1, 0, 2]).output();
+                    let y = g
+                        .add("RNN", &[&xt, "w", "r", "b", "", &ht])
+                        .int("hidden_size", h as i64)
+                        .string("direction", "reverse")
+                        .attr(a)
+                        .outputs(2)
+                        .remove(0);
+                    return g.add("Transpose", &[&y]).ints("perm", &[2, 0, 1, 3]).output();
+                }
+                g.add("RNN", &["x", "w", "r", "b", "", "h0"])
+                    .int("hidden_size", h as i64)
+                    .string("direction", "reverse")
+                    .int("layout", 1)
+                    .attr(a)
+                    .outputs(2)
+                    .remove(0)
+            },
+        ),
+        case(
+            "RNN bidirectional Tanh",
+            17,
+            vec![("x", x("r2x")), ("w", w("r2w", 2, 1, i)), ("r", w("r2r", 2, 1, h))],
+            &["x", "w", "r"],
+            move |g| {
+                g.add("RNN", &["x", "w", "r"]).int("hidden_size", h as i64).string("direction", "bidirectional").outputs(2).remove(1)
+            },
+        ),
+    ]
+}
+
+#[test]
+fn recurrent_written_out_equals_the_ops() {
+    let refs = recurrent_cases(true);
+    lowering_matches(&recurrent_cases(false), |c| {
+        forward_model(refs.iter().find(|r| r.name == c.name).expect("the same cases"))
+    });
+}
+
+#[test]
+fn recurrent_rules() {
+    check_all(recurrent_cases(false));
+}
+
+/// The other ops written out before autodiff compute what the ops compute.
+#[test]
+fn lowered_norms_and_pools_equal_the_ops() {
+    let x = |k: &str| rnd(k, &[2, 4, 3, 2], -1.5, 1.5);
+    lowering_matches_native(&[
+        case("Celu", 17, vec![("x", rnd("cel", &[3, 4], -2.0, 2.0))], &["x"], |g| g.add("Celu", &["x"]).float("alpha", 0.7).output()),
+        case(
+            "InstanceNormalization",
+            17,
+            vec![("x", x("in")), ("s", rnd("ins", &[4], 0.5, 1.5)), ("b", rnd("inb", &[4], -1.0, 1.0))],
+            &["x"],
+            |g| g.add("InstanceNormalization", &["x", "s", "b"]).output(),
+        ),
+        case(
+            "GroupNormalization-18",
+            18,
+            vec![("x", x("gn18")), ("s", rnd("gs18", &[2], 0.5, 1.5)), ("b", rnd("gb18", &[2], -1.0, 1.0))],
+            &["x"],
+            |g| g.add("GroupNormalization", &["x", "s", "b"]).int("num_groups", 2).output(),
+        ),
+        case(
+            "GroupNormalization-21",
+            21,
+            vec![("x", x("gn21")), ("s", rnd("gs21", &[4], 0.5, 1.5)), ("b", rnd("gb21", &[4], -1.0, 1.0))],
+            &["x"],
+            |g| g.add("GroupNormalization", &["x", "s", "b"]).int("num_groups", 2).output(),
+        ),
+        case("LpNormalization p=1", 17, vec![("x", x("lpn"))], &["x"], |g| {
+            g.add("LpNormalization", &["x"]).int("axis", 1).int("p", 1).output()
+        }),
+        case("MeanVarianceNormalization", 17, vec![("x", x("mvn"))], &["x"], |g| g.add("MeanVarianceNormalization", &["x"]).output()),
+        case("LpPool p=2 pad 1", 18, vec![("x", x("lpp"))], &["x"], |g| {
+            g.add("LpPool", &["x"]).ints("kernel_shape", &[2, 2]).ints("pads", &[1, 0, 0, 1]).int("p", 2).output()
+        }),
+    ]);
 }

@@ -398,3 +398,8 @@ pub(crate) fn fold_binary(op: &str, vals: &[Vec<Dim>]) -> Option<Vec<Dim>> {
         })
         .collect()
 }
+
+/// True for the integer element types (shape and index values).
+pub(crate) fn is_int(dtype: i32) -> bool {
+    matches!(dtype, dt::INT64 | dt::INT32 | dt::INT16 | dt::INT8 | dt::UINT8 | dt::UINT16 | dt::UINT32 | dt::UINT64)
+}

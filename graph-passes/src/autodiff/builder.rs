@@ -110,11 +110,19 @@ impl<'g> Ctx<'g> {
     }
     /// ReduceMean: axes as attribute before opset 18, as a constant input from 18.
     pub fn reduce_mean(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
+        self.reduce("ReduceMean", x, axes, keepdims)
+    }
+    /// Any Reduce* but ReduceSum (whose axes are an input from opset 13): axes as attribute
+    /// before opset 18, as a constant input from 18.
+    pub fn reduce(&mut self, op: &str, x: &str, axes: &[i64], keepdims: bool) -> String {
+        if op == "ReduceSum" {
+            return self.reduce_sum(x, axes, keepdims);
+        }
         if self.opset >= 18 {
             let a = self.const_i64(axes);
-            self.g.add("ReduceMean", &[x, &a]).int("keepdims", keepdims as i64).output()
+            self.g.add(op, &[x, &a]).int("keepdims", keepdims as i64).output()
         } else {
-            self.g.add("ReduceMean", &[x]).ints("axes", axes).int("keepdims", keepdims as i64).output()
+            self.g.add(op, &[x]).ints("axes", axes).int("keepdims", keepdims as i64).output()
         }
     }
     pub fn unsqueeze(&mut self, x: &str, axes: &[i64]) -> String {

@@ -1,5 +1,7 @@
-//! Conv (2-D): the input gradient is a ConvTranspose, the weight gradient a Conv of the input
-//! with the output gradient (BACKEND-NOTES.md: both forms run correctly on ORT and tract).
+//! Conv and ConvTranspose in 1-D, 2-D and 3-D: Conv's input gradient is a ConvTranspose (a Conv
+//! with the flipped kernel at stride 1), its weight gradient a correlation of the input with the
+//! output gradient; ConvTranspose is Conv's adjoint, so its gradients are the same two forms
+//! swapped (BACKEND-NOTES.md: all run correctly on ORT and tract).
 use super::{dy, op, Family, Gradient as G, OpDef};
 use crate::autodiff::{Ctx, Grads};
 use crate::ir::{node_error, Graph, NodeExt};
@@ -11,8 +13,11 @@ pub const FAMILY: Family = Family { name: "conv", ops };
 
 fn ops() -> Vec<OpDef> {
     vec![
-        op("Conv", "11+", window_shape, G::Rule(conv)).notes("2-D; auto_pad resolved to pads"),
-        op("ConvTranspose", "11+", conv_transpose_shape, G::Missing("no gradient rule yet")),
+        op("Conv", "11+", window_shape, G::Rule(conv))
+            .notes("1-D, 2-D, 3-D; groups, strides, dilations, pads; auto_pad resolved to pads"),
+        op("ConvTranspose", "11+", conv_transpose_shape, G::Rule(conv_transpose)).notes(
+            "1-D, 2-D, 3-D with explicit pads and output_padding (as PyTorch exports it); output_shape and auto_pad are not covered",
+        ),
     ]
 }
 
@@ -111,30 +116,35 @@ pub struct ConvGeom {
     pub kernel: Vec<i64>,
     pub strides: Vec<i64>,
     pub dilations: Vec<i64>,
-    /// [begin_h, begin_w, end_h, end_w]
+    /// [begin₀ … begin_{d−1}, end₀ … end_{d−1}]
     pub pads: Vec<i64>,
     pub group: i64,
 }
 
-/// Explicit geometry of a 2-D Conv (auto_pad resolved to pads).
+/// Explicit geometry of a sliding window over `input` (the spatial sizes) with `kernel`
+/// (auto_pad resolved to pads, ONNX Conv-11 §auto_pad).
 pub fn geometry(n: &NodeProto, input: &[i64], kernel: &[i64]) -> Result<ConvGeom> {
-    let strides = n.attr_ints("strides").unwrap_or(vec![1, 1]);
-    let dilations = n.attr_ints("dilations").unwrap_or(vec![1, 1]);
-    let mut pads = n.attr_ints("pads").unwrap_or(vec![0; 4]);
+    let sp = input.len();
+    let strides = n.attr_ints("strides").unwrap_or(vec![1; sp]);
+    let dilations = n.attr_ints("dilations").unwrap_or(vec![1; sp]);
+    let mut pads = n.attr_ints("pads").unwrap_or(vec![0; 2 * sp]);
+    if strides.len() != sp || dilations.len() != sp || pads.len() != 2 * sp || kernel.len() != sp {
+        return Err(node_error(n, format!("strides, dilations, pads or kernel do not match its {sp} spatial axes")));
+    }
     match n.attr_s("auto_pad").as_deref() {
         None | Some("NOTSET") | Some("") => {}
-        Some("VALID") => pads = vec![0; 4],
+        Some("VALID") => pads = vec![0; 2 * sp],
         Some(mode @ ("SAME_UPPER" | "SAME_LOWER")) => {
-            for i in 0..2 {
+            for i in 0..sp {
                 let out = (input[i] + strides[i] - 1) / strides[i];
                 let total = ((out - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1 - input[i]).max(0);
                 let (small, big) = (total / 2, total - total / 2);
                 if mode == "SAME_UPPER" {
                     pads[i] = small;
-                    pads[i + 2] = big;
+                    pads[i + sp] = big;
                 } else {
                     pads[i] = big;
-                    pads[i + 2] = small;
+                    pads[i + sp] = small;
                 }
             }
         }
@@ -143,178 +153,234 @@ pub fn geometry(n: &NodeProto, input: &[i64], kernel: &[i64]) -> Result<ConvGeom
     Ok(ConvGeom { kernel: kernel.to_vec(), strides, dilations, pads, group: n.attr_i("group", 1) })
 }
 
-/// y = conv(x, W) + b, x [N, C, H, W], W [M, C/g, kh, kw]:
-///   dx = ConvTranspose(dy, W) with the forward's strides/pads/dilations/group and the
-///        output_padding that restores H, W
-///   dW = Conv(x regrouped to [C/g, g·N, H, W], dyᵀ [M, N, Ho, Wo], strides = dilations,
-///        dilations = strides, group = g)ᵀ, cropped to kh × kw
-///   db = Σ_{n,h,w} dy
-fn conv(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
-    let d = dy(n, dys)?;
-    let (x, w, y) = (n.input[0].clone(), n.input[1].clone(), n.output[0].clone());
-    let xs = c.known_dims(&x).or_else(|_| {
-        // the batch may be symbolic: only C, H, W must be known
-        let s = c.shape(&x)?.clone();
-        Ok::<Vec<i64>, crate::Error>(
-            s.iter().enumerate().map(|(i, d)| d.known().unwrap_or(if i == 0 { -1 } else { 0 })).collect(),
-        )
-    })?;
-    if xs.len() != 4 || xs[1..].iter().any(|&v| v <= 0) {
+/// The dims of `v` with the batch (axis 0) allowed unknown (−1); every other axis must be known.
+pub(crate) fn dims_but_batch(n: &NodeProto, c: &Ctx, v: &str, what: &str) -> Result<Vec<i64>> {
+    let s = c.shape(v)?.clone();
+    let dims: Vec<i64> = s.iter().enumerate().map(|(i, d)| d.known().unwrap_or(if i == 0 { -1 } else { 0 })).collect();
+    if dims.len() < 3 || dims.len() > 5 || dims[1..].iter().any(|&v| v <= 0) {
         return Err(node_error(
             n,
             format!(
-                "the gradient covers 2-D convolutions with known channels and size; this one's input is {}",
-                crate::shapes::shape_string(&Some(c.shape(&x)?.clone()))
+                "the gradient covers 1-D, 2-D and 3-D {what} with known channels and sizes; this one's input is {}",
+                crate::shapes::shape_string(&Some(s))
             ),
         ));
     }
+    Ok(dims)
+}
+
+/// (0, 1, 2, …, r − 1) with the first two swapped: [1, 0, 2, …].
+fn swap01(r: usize) -> Vec<i64> {
+    let mut p: Vec<i64> = (0..r as i64).collect();
+    p.swap(0, 1);
+    p
+}
+
+/// y = conv(x, W) + b, x [N, C, d…], W [M, C/g, k…] (d = 1, 2, 3 spatial axes):
+///   dx = ConvTranspose(dy, W) with the forward's strides/pads/dilations/group and the
+///        output_padding that restores the input size (a Conv with the flipped kernel at stride 1)
+///   dW = correlation of x with dy (`weight_grad`)
+///   db = Σ_{n, d…} dy
+fn conv(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
+    let d = dy(n, dys)?;
+    let (x, w, y) = (n.input[0].clone(), n.input[1].clone(), n.output[0].clone());
+    let xs = dims_but_batch(n, c, &x, "convolutions")?;
+    let sp = xs.len() - 2;
     let ws = c.known_dims(&w).map_err(|e| node_error(n, e))?;
-    let ys = c.shape(&y)?.clone();
-    let (ho, wo) = (ys[2].known().unwrap_or(0), ys[3].known().unwrap_or(0));
+    let ys = dims_but_batch(n, c, &y, "convolutions")?;
     let geo = geometry(n, &xs[2..], &ws[2..])?;
-    let (s, dl, p, g) = (&geo.strides, &geo.dilations, &geo.pads, geo.group);
     let mut out = vec![None, None];
     if need[0] {
-        let stride_one = s.iter().all(|&v| v == 1);
-        let dx = if stride_one {
-            // stride 1: a plain Conv of dy with the flipped, channel-swapped kernel (ONNX Runtime's
-            // Conv is several times faster than its ConvTranspose)
-            let (m, cg, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
-            let (st, en, ax, stp) = (
-                c.const_i64(&[-1, -1]),
-                c.const_i64(&[i64::MIN, i64::MIN]),
-                c.const_i64(&[2, 3]),
-                c.const_i64(&[-1, -1]),
-            );
-            let flipped = c.op("Slice", &[&w, &st, &en, &ax, &stp]);
-            let wt = if g == 1 {
-                c.transpose(&flipped, &[1, 0, 2, 3])
-            } else {
-                // [M, C/g, k, k] → [g, M/g, C/g, k, k] → [g, C/g, M/g, k, k] → [C, M/g, k, k]
-                let s5 = c.const_i64(&[g, m / g, cg, kh, kw]);
-                let w5 = c.reshape(&flipped, &s5);
-                let t = c.g.add("Transpose", &[&w5]).ints("perm", &[0, 2, 1, 3, 4]).output();
-                let s4 = c.const_i64(&[g * cg, m / g, kh, kw]);
-                c.reshape(&t, &s4)
-            };
-            let pads: Vec<i64> = (0..4).map(|i| dl[i % 2] * (ws[2 + i % 2] - 1) - p[i]).collect();
-            if pads.iter().any(|&v| v < 0) {
-                None
-            } else {
-                Some(c.g.add("Conv", &[&d, &wt]).ints("pads", &pads).ints("dilations", dl).int("group", g).output())
-            }
-        } else {
-            None
-        };
-        let dx = match dx {
-            Some(dx) => dx,
-            None => {
-                let opad: Vec<i64> = (0..2)
-                    .map(|i| {
-                        let (hin, hout) = (xs[2 + i], if i == 0 { ho } else { wo });
-                        hin - ((hout - 1) * s[i] - p[i] - p[i + 2] + dl[i] * (ws[2 + i] - 1) + 1)
-                    })
-                    .collect();
-                if opad.iter().zip(s.iter().zip(dl.iter())).any(|(&o, (&st, &di))| o < 0 || o >= st.max(di)) {
-                    return Err(node_error(n, format!("cannot express the input gradient (output_padding {opad:?})")));
-                }
-                c.g.add("ConvTranspose", &[&d, &w])
-                    .ints("strides", s)
-                    .ints("pads", p)
-                    .ints("dilations", dl)
-                    .int("group", g)
-                    .ints("output_padding", &opad)
-                    .output()
-            }
-        };
-        out[0] = Some(dx);
+        out[0] = Some(conv_input_grad(n, c, &d, &w, &xs, &ws, &ys, &geo)?);
     }
-    if need[1] && g == 1 {
-        out[1] = Some(weight_grad_im2col(c, &x, &d, &xs, &ws, (ho, wo), &geo));
-    } else if need[1] {
-        let (cin, h, wd) = (xs[1], xs[2], xs[3]);
-        let cg = cin / g;
-        // x [N, C, H, W] → [Cg, g·N, H, W]: channel (G, n) of the new "batch" c' holds x[n, G·Cg + c']
-        let xr = if g == 1 {
-            c.transpose(&x, &[1, 0, 2, 3])
-        } else {
-            let s5 = c.const_i64(&[0, g, cg, h, wd]);
-            let x5 = c.reshape(&x, &s5);
-            let t = c.g.add("Transpose", &[&x5]).ints("perm", &[2, 1, 0, 3, 4]).output();
-            let s4 = c.const_i64(&[cg, -1, h, wd]);
-            c.reshape(&t, &s4)
-        };
-        let dyt = c.transpose(&d, &[1, 0, 2, 3]);
-        let gw =
-            c.g.add("Conv", &[&xr, &dyt])
-                .ints("strides", dl)
-                .ints("dilations", s)
-                .ints("pads", p)
-                .int("group", g)
-                .output();
-        let gw = c.transpose(&gw, &[1, 0, 2, 3]);
-        // the correlation may run past the kernel when (H + pads − 1) is not a multiple of the stride
-        let full: Vec<i64> = (0..2)
-            .map(|i| {
-                let hin = xs[2 + i] + p[i] + p[i + 2];
-                let hout = if i == 0 { ho } else { wo };
-                (hin - s[i] * (hout - 1) - 1) / dl[i] + 1
-            })
-            .collect();
-        let gw = if full[0] != ws[2] || full[1] != ws[3] || ho == 0 || wo == 0 {
-            let starts = c.const_i64(&[0, 0]);
-            let ends = c.const_i64(&[ws[2], ws[3]]);
-            let axes = c.const_i64(&[2, 3]);
-            c.op("Slice", &[&gw, &starts, &ends, &axes])
-        } else {
-            gw
-        };
-        out[1] = Some(gw);
+    if need[1] {
+        out[1] = Some(weight_grad(c, &x, &d, &xs, &ws, &ys[2..], &geo));
     }
     if n.input.len() > 2 && !n.input[2].is_empty() {
-        out.push(if need[2] { Some(c.reduce_sum(&d, &[0, 2, 3], false)) } else { None });
+        let axes: Vec<i64> = std::iter::once(0).chain(2..2 + sp as i64).collect();
+        out.push(if need[2] { Some(c.reduce_sum(&d, &axes, false)) } else { None });
     }
     Ok(out)
 }
 
-/// dW by im2col: a depthwise Conv of the input with k² one-hot kernels per channel lays out every
-/// window ([N, C·k², Ho, Wo], padding, strides and dilations included); then
-/// dW = Σ_n cols[n]·dy[n]ᵀ is one batched MatMul. ONNX Runtime runs this far faster than a
-/// Conv with an Ho×Wo kernel.
-fn weight_grad_im2col(
+/// The input gradient of a Conv: ConvTranspose(dy, W), or at stride 1 a Conv of dy with the
+/// flipped, channel-swapped kernel (ONNX Runtime's Conv is several times faster than its
+/// ConvTranspose).
+#[allow(clippy::too_many_arguments)]
+fn conv_input_grad(
+    n: &NodeProto,
     c: &mut Ctx,
-    x: &str,
     d: &str,
+    w: &str,
     xs: &[i64],
     ws: &[i64],
-    (ho, wo): (i64, i64),
+    ys: &[i64],
     geo: &ConvGeom,
-) -> String {
-    let (m, cin, kh, kw) = (ws[0], xs[1], ws[2], ws[3]);
-    let k2 = kh * kw;
-    // depthwise: channel c·k² + t of the output is window offset t of input channel c
-    let mut onehot = vec![0.0f32; (cin * k2 * k2) as usize];
-    for ch in 0..cin {
-        for t in 0..k2 {
-            onehot[((ch * k2 + t) * k2 + t) as usize] = 1.0;
+) -> Result<String> {
+    let sp = xs.len() - 2;
+    let (s, dl, p, g) = (&geo.strides, &geo.dilations, &geo.pads, geo.group);
+    let k = &ws[2..];
+    if s.iter().all(|&v| v == 1) {
+        let pads: Vec<i64> = (0..2 * sp).map(|i| dl[i % sp] * (k[i % sp] - 1) - p[i]).collect();
+        if pads.iter().all(|&v| v >= 0) {
+            let (m, cg) = (ws[0], ws[1]);
+            let (st, en, ax, stp) = (
+                c.const_i64(&vec![-1; sp]),
+                c.const_i64(&vec![i64::MIN; sp]),
+                c.const_i64(&(2..2 + sp as i64).collect::<Vec<_>>()),
+                c.const_i64(&vec![-1; sp]),
+            );
+            let flipped = c.op("Slice", &[w, &st, &en, &ax, &stp]);
+            let wt = if g == 1 {
+                c.transpose(&flipped, &swap01(sp + 2))
+            } else {
+                // [M, C/g, k…] → [g, M/g, C/g, k…] → [g, C/g, M/g, k…] → [C, M/g, k…]
+                let mut s5 = vec![g, m / g, cg];
+                s5.extend_from_slice(k);
+                let s5 = c.const_i64(&s5);
+                let w5 = c.reshape(&flipped, &s5);
+                let mut perm = vec![0i64, 2, 1];
+                perm.extend(3..3 + sp as i64);
+                let t = c.transpose(&w5, &perm);
+                let mut s4 = vec![g * cg, m / g];
+                s4.extend_from_slice(k);
+                let s4 = c.const_i64(&s4);
+                c.reshape(&t, &s4)
+            };
+            return Ok(c.g.add("Conv", &[d, &wt]).ints("pads", &pads).ints("dilations", dl).int("group", g).output());
         }
     }
-    let e = c.const_f32(&[cin * k2, 1, kh, kw], &onehot);
+    let opad: Vec<i64> =
+        (0..sp).map(|i| xs[2 + i] - ((ys[2 + i] - 1) * s[i] - p[i] - p[i + sp] + dl[i] * (k[i] - 1) + 1)).collect();
+    if opad.iter().zip(s.iter().zip(dl.iter())).any(|(&o, (&st, &di))| o < 0 || o >= st.max(di)) {
+        return Err(node_error(n, format!("cannot express the input gradient (output_padding {opad:?})")));
+    }
+    Ok(c.g
+        .add("ConvTranspose", &[d, w])
+        .ints("strides", s)
+        .ints("pads", p)
+        .ints("dilations", dl)
+        .int("group", g)
+        .ints("output_padding", &opad)
+        .output())
+}
+
+/// y = convT(x, W) + b, x [N, C, d…], W [C, M/g, k…]: ConvTranspose is the adjoint of the Conv
+/// with the same geometry and weight (ONNX ConvTranspose-11), so
+///   dx = Conv(dy, W) (strides, pads, dilations, group as the forward)
+///   dW = the Conv weight gradient with dy as the input and x as the output gradient
+///   db = Σ_{n, d…} dy
+fn conv_transpose(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
+    if n.attr("output_shape").is_some() || n.attr_s("auto_pad").is_some_and(|a| !a.is_empty() && a != "NOTSET") {
+        return Err(node_error(
+            n,
+            "the gradient covers explicit pads and output_padding; export without output_shape/auto_pad (PyTorch's ConvTranspose exports that way)",
+        ));
+    }
+    let d = dy(n, dys)?;
+    let (x, w, y) = (n.input[0].clone(), n.input[1].clone(), n.output[0].clone());
+    let xs = dims_but_batch(n, c, &x, "transposed convolutions")?;
+    let sp = xs.len() - 2;
+    let ws = c.known_dims(&w).map_err(|e| node_error(n, e))?;
+    let ys = dims_but_batch(n, c, &y, "transposed convolutions")?;
+    let geo = geometry(n, &ys[2..], &ws[2..])?;
+    let mut out = vec![None, None];
+    if need[0] {
+        out[0] = Some(
+            c.g.add("Conv", &[&d, &w])
+                .ints("strides", &geo.strides)
+                .ints("pads", &geo.pads)
+                .ints("dilations", &geo.dilations)
+                .int("group", geo.group)
+                .output(),
+        );
+    }
+    if need[1] {
+        out[1] = Some(weight_grad(c, &d, &x, &ys, &ws, &xs[2..], &geo));
+    }
+    if n.input.len() > 2 && !n.input[2].is_empty() {
+        let axes: Vec<i64> = std::iter::once(0).chain(2..2 + sp as i64).collect();
+        out.push(if need[2] { Some(c.reduce_sum(&d, &axes, false)) } else { None });
+    }
+    Ok(out)
+}
+
+/// dW of y = conv(x, W) given dy: x [N, C, d…] (`xs`, batch may be −1), W [M, C/g, k…] (`ws`),
+/// dy [N, M, o…] (`os` = o…). g = 1: im2col (`weight_grad_im2col`); groups: a Conv of x
+/// regrouped to [C/g, g·N, d…] with dyᵀ [M, N, o…], strides = dilations and dilations = strides,
+/// transposed back and cropped to k… where the correlation runs past the kernel.
+fn weight_grad(c: &mut Ctx, x: &str, d: &str, xs: &[i64], ws: &[i64], os: &[i64], geo: &ConvGeom) -> String {
+    let sp = xs.len() - 2;
+    let (s, dl, p, g) = (&geo.strides, &geo.dilations, &geo.pads, geo.group);
+    if g == 1 {
+        return weight_grad_im2col(c, x, d, xs, ws, os, geo);
+    }
+    let cg = xs[1] / g;
+    let spatial = &xs[2..];
+    // x [N, C, d…] → [C/g, g·N, d…]: channel (G, n) of the new "batch" c' holds x[n, G·C/g + c']
+    let mut s5 = vec![0, g, cg];
+    s5.extend_from_slice(spatial);
+    let s5 = c.const_i64(&s5);
+    let x5 = c.reshape(x, &s5);
+    let mut perm = vec![2i64, 1, 0];
+    perm.extend(3..3 + sp as i64);
+    let t = c.transpose(&x5, &perm);
+    let mut s4 = vec![cg, -1];
+    s4.extend_from_slice(spatial);
+    let s4 = c.const_i64(&s4);
+    let xr = c.reshape(&t, &s4);
+    let dyt = c.transpose(d, &swap01(sp + 2));
+    let gw = c.g.add("Conv", &[&xr, &dyt]).ints("strides", dl).ints("dilations", s).ints("pads", p).int("group", g).output();
+    let gw = c.transpose(&gw, &swap01(sp + 2));
+    // the correlation may run past the kernel when (d + pads − 1) is not a multiple of the stride
+    let full: Vec<i64> =
+        (0..sp).map(|i| (spatial[i] + p[i] + p[i + sp] - s[i] * (os[i] - 1) - 1) / dl[i] + 1).collect();
+    if full.iter().zip(&ws[2..]).any(|(a, b)| a != b) {
+        let starts = c.const_i64(&vec![0; sp]);
+        let ends = c.const_i64(&ws[2..]);
+        let axes = c.const_i64(&(2..2 + sp as i64).collect::<Vec<_>>());
+        c.op("Slice", &[&gw, &starts, &ends, &axes])
+    } else {
+        gw
+    }
+}
+
+/// dW by im2col: a depthwise Conv of the input with K = Πk one-hot kernels per channel lays out
+/// every window ([N, C·K, o…], padding, strides and dilations included); then
+/// dW = Σ_n cols[n]·dy[n]ᵀ is one batched MatMul. ONNX Runtime runs this far faster than a
+/// Conv with an o…-sized kernel.
+fn weight_grad_im2col(c: &mut Ctx, x: &str, d: &str, xs: &[i64], ws: &[i64], os: &[i64], geo: &ConvGeom) -> String {
+    let (m, cin) = (ws[0], xs[1]);
+    let k = &ws[2..];
+    let kk: i64 = k.iter().product();
+    let p: i64 = os.iter().product();
+    // depthwise: channel c·K + t of the output is window offset t of input channel c
+    let mut onehot = vec![0.0f32; (cin * kk * kk) as usize];
+    for ch in 0..cin {
+        for t in 0..kk {
+            onehot[((ch * kk + t) * kk + t) as usize] = 1.0;
+        }
+    }
+    let mut edims = vec![cin * kk, 1];
+    edims.extend_from_slice(k);
+    let e = c.const_f32(&edims, &onehot);
     let cols =
         c.g.add("Conv", &[x, &e])
             .ints("strides", &geo.strides)
             .ints("dilations", &geo.dilations)
             .ints("pads", &geo.pads)
             .int("group", cin)
-            .output(); // [N, C·k², Ho, Wo]
-    let s3 = c.const_i64(&[-1, cin * k2, ho * wo]);
-    let cols = c.reshape(&cols, &s3); // [N, C·k², P]
-    let d3s = c.const_i64(&[0, m, ho * wo]);
+            .output(); // [N, C·K, o…]
+    let s3 = c.const_i64(&[-1, cin * kk, p]);
+    let cols = c.reshape(&cols, &s3); // [N, C·K, P]
+    let d3s = c.const_i64(&[0, m, p]);
     let d3 = c.reshape(d, &d3s);
     let dt = c.transpose(&d3, &[0, 2, 1]); // [N, P, M]
-    let prod = c.op("MatMul", &[&cols, &dt]); // [N, C·k², M]
-    let sum = c.reduce_sum(&prod, &[0], false); // [C·k², M]
+    let prod = c.op("MatMul", &[&cols, &dt]); // [N, C·K, M]
+    let sum = c.reduce_sum(&prod, &[0], false); // [C·K, M]
     let t = c.transpose(&sum, &[1, 0]);
-    let s4 = c.const_i64(&[m, cin, kh, kw]);
+    let mut s4 = vec![m, cin];
+    s4.extend_from_slice(k);
+    let s4 = c.const_i64(&s4);
     c.reshape(&t, &s4)
 }

@@ -1,5 +1,5 @@
-//! Gather (embeddings) and GatherElements: gradients scatter-add back, so repeated indices
-//! accumulate.
+//! Gather (embeddings), GatherElements, GatherND: gradients scatter-add back, so repeated indices
+//! accumulate. ScatterElements, ScatterND: the written cells' gradient goes to the updates.
 use super::{dy, op, Family, Gradient as G, OpDef};
 use crate::autodiff::{Ctx, Grads};
 use crate::ir::{node_error, Graph, NodeExt};
@@ -13,9 +13,11 @@ fn ops() -> Vec<OpDef> {
     vec![
         op("Gather", "13+", gather_shape, G::Rule(gather)).notes("any axis, negative indices"),
         op("GatherElements", "13+", gather_elements_shape, G::Rule(gather_elements)),
-        op("GatherND", "13+", gather_nd_shape, G::Missing("no gradient rule yet")),
-        op("ScatterElements", "16+", same_as_input, G::Missing("no gradient rule yet")),
-        op("ScatterND", "16+", same_as_input, G::Missing("no gradient rule yet")),
+        op("GatherND", "13+", gather_nd_shape, G::Rule(gather_nd))
+            .notes("batch_dims 0 and 1; repeated indices add up; negative indices (tract 0.23's GatherND fails on them: ONNX Runtime)"),
+        op("ScatterElements", "16+", same_as_input, G::Rule(scatter_elements))
+            .notes("reduction none and add (mul/max/min not covered)"),
+        op("ScatterND", "16+", same_as_input, G::Rule(scatter_nd)).notes("reduction none and add (mul/max/min not covered)"),
         op("OneHot", "11+", one_hot_shape, G::None),
         op("NonZero", "13+", data_dependent, G::None),
     ]
@@ -185,4 +187,116 @@ fn gather_elements(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ct
             .string("reduction", "add")
             .output();
     Ok(vec![Some(dx), None])
+}
+
+/// GatherND's indices made batch_dims = 0 and non-negative: indices [b₀, i…, q] with
+/// batch_dims = 1 gain the batch coordinate in front ([b₀, i…, 1 + q]).
+fn nd_indices(n: &NodeProto, c: &mut Ctx) -> Result<String> {
+    let data = &n.input[0];
+    let idx = &n.input[1];
+    let ir = c.rank(idx)?;
+    let q = c.shape(idx)?[ir - 1].known().ok_or_else(|| node_error(n, "the last axis of indices must be known"))?;
+    let b = n.attr_i("batch_dims", 0);
+    let idx = if c.shapes.get(idx).map(|t| t.dtype) == Some(crate::onnx::data_type::INT32) {
+        c.cast(idx, crate::onnx::data_type::INT64)
+    } else {
+        idx.clone()
+    };
+    // negative indices count from the end of their data axis
+    let ds = c.shape(data)?.clone();
+    let dims: Option<Vec<i64>> = ds[b as usize..(b + q) as usize].iter().map(|d| d.known()).collect();
+    let dims = dims.ok_or_else(|| node_error(n, "the indexed axes of data must have known sizes"))?;
+    let size = c.g.add_initializer("nd_sizes", crate::onnx::tensor::from_i64("", &[q], &dims));
+    let zero = c.g.add_initializer("zero_i", crate::onnx::tensor::from_i64("", &[], &[0]));
+    let neg = c.op("Less", &[&idx, &zero]);
+    let wrapped = c.op("Add", &[&idx, &size]);
+    let idx = c.where_(&neg, &wrapped, &idx);
+    match b {
+        0 => Ok(idx),
+        1 => {
+            // the batch coordinate: Range(0, B) shaped [B, 1, …, 1], expanded to [B, i…, 1]
+            let shape = c.shape_of(&idx);
+            let (s0, e1, ax0) = (c.const_i64(&[0]), c.const_i64(&[1]), c.const_i64(&[0]));
+            let bsz = c.op("Slice", &[&shape, &s0, &e1, &ax0]);
+            let bsc = c.squeeze(&bsz, &[0]);
+            let (zero_s, one_s) = (
+                c.g.add_initializer("zero_s", crate::onnx::tensor::from_i64("", &[], &[0])),
+                c.g.add_initializer("one_s", crate::onnx::tensor::from_i64("", &[], &[1])),
+            );
+            let range = c.op("Range", &[&zero_s, &bsc, &one_s]);
+            let tail: Vec<i64> = (1..ir as i64).collect();
+            let col = c.unsqueeze(&range, &tail);
+            let r1 = ir as i64 - 1;
+            let (st, en, ax) = (c.const_i64(&[0]), c.const_i64(&[r1]), c.const_i64(&[0]));
+            let lead = c.op("Slice", &[&shape, &st, &en, &ax]);
+            let one = c.const_i64(&[1]);
+            let target = c.g.add("Concat", &[&lead, &one]).int("axis", 0).output();
+            let bcol = c.op("Expand", &[&col, &target]);
+            Ok(c.g.add("Concat", &[&bcol, &idx]).int("axis", -1).output())
+        }
+        _ => Err(node_error(n, format!("the gradient covers batch_dims 0 and 1, this node has {b}"))),
+    }
+}
+
+/// y = gather_nd(x, idx):  dx = ScatterND(zeros, idx, dy, reduction = add) (repeated indices
+/// add up); batch_dims = 1 by indexing the batch explicitly
+fn gather_nd(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
+    let d = dy(n, dys)?;
+    if c.opset < 16 {
+        return Err(node_error(n, format!("the GatherND gradient needs opset ≥ 16 (ScatterND reduction), the model has {}", c.opset)));
+    }
+    let idx = nd_indices(n, c)?;
+    let zeros = c.zeros_like(&n.input[0]);
+    let dx = c.g.add("ScatterND", &[&zeros, &idx, &d]).string("reduction", "add").output();
+    Ok(vec![Some(dx), None])
+}
+
+/// The reduction of a Scatter node: none or add (others refused).
+fn scatter_reduction(n: &NodeProto) -> Result<bool> {
+    match n.attr_s("reduction").as_deref() {
+        None | Some("none") | Some("") => Ok(false),
+        Some("add") => Ok(true),
+        Some(other) => Err(node_error(n, format!("reduction '{other}' has no gradient rule (none and add do)"))),
+    }
+}
+
+/// y = scatter_elements(x, idx, u, axis):  reduction none: dx = dy with the written cells
+/// zeroed, du = gather_elements(dy, idx); add: dx = dy, du = gather_elements(dy, idx)
+fn scatter_elements(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
+    let d = dy(n, dys)?;
+    let add = scatter_reduction(n)?;
+    let axis = n.attr_i("axis", 0);
+    let (idx, u) = (&n.input[1], &n.input[2]);
+    let dx = if !need[0] {
+        None
+    } else if add {
+        Some(d.clone())
+    } else {
+        let z = c.zeros_like(u);
+        Some(c.g.add("ScatterElements", &[&d, idx, &z]).int("axis", axis).output())
+    };
+    let du = if need.get(2).copied().unwrap_or(false) {
+        Some(c.g.add("GatherElements", &[&d, idx]).int("axis", axis).output())
+    } else {
+        None
+    };
+    Ok(vec![dx, None, du])
+}
+
+/// y = scatter_nd(x, idx, u):  reduction none: dx = dy with the written cells zeroed,
+/// du = gather_nd(dy, idx); add: dx = dy, du = gather_nd(dy, idx)
+fn scatter_nd(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
+    let d = dy(n, dys)?;
+    let add = scatter_reduction(n)?;
+    let (idx, u) = (&n.input[1], &n.input[2]);
+    let dx = if !need[0] {
+        None
+    } else if add {
+        Some(d.clone())
+    } else {
+        let z = c.zeros_like(u);
+        Some(c.op("ScatterND", &[&d, idx, &z]))
+    };
+    let du = if need.get(2).copied().unwrap_or(false) { Some(c.op("GatherND", &[&d, idx])) } else { None };
+    Ok(vec![dx, None, du])
 }

@@ -200,7 +200,7 @@ pub(crate) fn replace_output(ctx: &mut Ctx, n: &NodeProto, k: usize, value: &str
     let name = &n.output[k];
     ctx.g.nodes.retain(|m| !(m.output == n.output && m.op_type == n.op_type));
     for m in ctx.g.nodes.iter_mut() {
-        for o in m.output.iter_mut() {
+        for o in m.output.iter_mut().chain(m.input.iter_mut()) {
             if o == value {
                 *o = name.clone();
             }
@@ -223,4 +223,46 @@ impl OpDef {
         self.tract = Some(why);
         self
     }
+}
+
+/// A linear map along one axis: y = M·v over axis `axis` of `v` (rank `rank`), with M a constant
+/// [rows, cols] matrix (row-major `m`), cols = v's size on that axis; the other axes untouched.
+/// Resize, Pad (reflect/edge/wrap) and strided Slice are such maps per axis, so their
+/// gradients are Mᵀ applied the same way (`transpose_m` true).
+pub(crate) fn along_axis(
+    c: &mut Ctx,
+    v: &str,
+    axis: usize,
+    rank: usize,
+    (rows, cols): (i64, i64),
+    m: &[f32],
+    transpose_m: bool,
+) -> String {
+    // the matrix applied: A [out, in]
+    let (out, inn) = if transpose_m { (cols, rows) } else { (rows, cols) };
+    let a: Vec<f32> = if transpose_m {
+        (0..out).flat_map(|i| (0..inn).map(move |j| (i, j))).map(|(i, j)| m[(j * cols + i) as usize]).collect()
+    } else {
+        m.to_vec()
+    };
+    if axis + 2 == rank {
+        // [.., in, w] → A·v
+        let am = c.const_f32(&[out, inn], &a);
+        return c.op("MatMul", &[&am, v]);
+    }
+    // Aᵀ [in, out], multiplied from the right on the last axis
+    let at: Vec<f32> = (0..inn).flat_map(|j| (0..out).map(move |i| (i, j))).map(|(i, j)| a[(i * inn + j) as usize]).collect();
+    let atm = c.const_f32(&[inn, out], &at);
+    if axis + 1 == rank {
+        return c.op("MatMul", &[v, &atm]);
+    }
+    let mut perm: Vec<i64> = (0..rank as i64).filter(|&i| i != axis as i64).collect();
+    perm.push(axis as i64);
+    let mut inv = vec![0i64; rank];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p as usize] = i as i64;
+    }
+    let t = c.transpose(v, &perm);
+    let p = c.op("MatMul", &[&t, &atm]);
+    c.transpose(&p, &inv)
 }

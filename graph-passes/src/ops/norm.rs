@@ -17,10 +17,17 @@ fn ops() -> Vec<OpDef> {
             "training: batch statistics, running statistics updated as PyTorch (unbiased variance) by the train-mode pass; statistics computed in the graph (track_running_stats=False) differentiated through",
         ),
         op("LayerNormalization", "17+", layer_norm_shape, G::Rule(layer_norm)),
-        op("InstanceNormalization", "6+", same_as_input, G::Missing("no gradient rule yet")),
-        op("GroupNormalization", "18+", same_as_input, G::Missing("no gradient rule yet")),
-        op("LpNormalization", "1+", same_as_input, G::Missing("no gradient rule yet")),
-        op("MeanVarianceNormalization", "13+", same_as_input, G::Missing("no gradient rule yet")),
+        op("InstanceNormalization", "6+", same_as_input, G::Lowered(instance_norm_lower))
+            .notes("written out: mean and biased variance over the spatial axes, ·scale[C] + B[C]"),
+        op("GroupNormalization", "18+", same_as_input, G::Lowered(group_norm_lower)).notes(
+            "written out; opset 18-20: scale and bias per group ([num_groups]), opset 21+: per channel ([C], as torch.nn.GroupNorm)",
+        ),
+        op("LpNormalization", "1+", same_as_input, G::Lowered(lp_norm_lower))
+            .notes("written out as x / ‖x‖ₚ (p = 1, 2) along the axis; a zero vector stays 0"),
+        op("MeanVarianceNormalization", "13+", same_as_input, G::Lowered(mvn_lower))
+            .notes("written out as the ONNX function: (x − E x)/(√Var x + 1e-9) over axes (default 0, 2, 3)"),
+        op("RMSNormalization", "23+", same_as_input, G::Lowered(rms_norm_lower))
+            .notes("written out: x / √(mean(x²) + ε)·scale over the axes from `axis` on, so both engines run it"),
     ]
 }
 
@@ -149,4 +156,130 @@ fn layer_norm_stats(n: &NodeProto, c: &mut Ctx) -> (String, String) {
     node.output.push(m.clone());
     node.output.push(i.clone());
     (m, i)
+}
+
+/// (x − μ)/√(σ² + ε) over `axes` (biased variance, as PyTorch's normalizations).
+fn standardize(c: &mut Ctx, x: &str, axes: &[i64], eps: f32) -> String {
+    let mu = c.reduce_mean(x, axes, true);
+    let xc = c.sub(x, &mu);
+    let sq = c.mul(&xc, &xc);
+    let var = c.reduce_mean(&sq, axes, true);
+    let e = c.scalar(eps);
+    let ve = c.add(&var, &e);
+    let sd = c.sqrt(&ve);
+    c.div(&xc, &sd)
+}
+
+/// A per-channel vector [C] shaped to broadcast over x [N, C, d…]: [C, 1, …].
+fn per_channel(c: &mut Ctx, v: &str, rank: usize) -> String {
+    let tail: Vec<i64> = (1..rank as i64 - 1).collect();
+    if tail.is_empty() {
+        v.to_string()
+    } else {
+        c.unsqueeze(v, &tail)
+    }
+}
+
+/// InstanceNormalization (x [N, C, d…], scale [C], B [C], epsilon):
+/// y = (x − mean_d x)/√(var_d x + ε)·scale + B
+fn instance_norm_lower(n: &NodeProto, c: &mut Ctx) -> Result<()> {
+    let x = &n.input[0];
+    let r = c.rank(x)?;
+    if r < 3 {
+        return Err(node_error(n, "needs an input [N, C, d…]"));
+    }
+    let axes: Vec<i64> = (2..r as i64).collect();
+    let xh = standardize(c, x, &axes, n.attr_f("epsilon", 1e-5));
+    let s = per_channel(c, &n.input[1], r);
+    let b = per_channel(c, &n.input[2], r);
+    let t = c.mul(&xh, &s);
+    let y = c.add(&t, &b);
+    super::replace_output(c, n, 0, &y);
+    Ok(())
+}
+
+/// GroupNormalization (x [N, C, d…], scale, bias, num_groups G, epsilon): x seen as
+/// [N, G, C/G·d…], standardized over the last axis; opset 18–20 scale/bias are per group [G],
+/// opset 21+ per channel [C] (ONNX GroupNormalization-21 changed the meaning).
+fn group_norm_lower(n: &NodeProto, c: &mut Ctx) -> Result<()> {
+    let x = &n.input[0];
+    let r = c.rank(x)?;
+    let groups = n.attr_i("num_groups", 0);
+    if groups <= 0 {
+        return Err(node_error(n, "num_groups missing"));
+    }
+    let s3 = c.const_i64(&[0, groups, -1]);
+    let x3 = c.reshape(x, &s3);
+    let xh = standardize(c, &x3, &[2], n.attr_f("epsilon", 1e-5));
+    let y = if c.opset >= 21 {
+        let back = c.reshape_like(&xh, x);
+        let s = per_channel(c, &n.input[1], r);
+        let b = per_channel(c, &n.input[2], r);
+        let t = c.mul(&back, &s);
+        c.add(&t, &b)
+    } else {
+        let s = c.unsqueeze(&n.input[1], &[1]);
+        let b = c.unsqueeze(&n.input[2], &[1]);
+        let t = c.mul(&xh, &s);
+        let t = c.add(&t, &b);
+        c.reshape_like(&t, x)
+    };
+    super::replace_output(c, n, 0, &y);
+    Ok(())
+}
+
+/// LpNormalization (axis, p ∈ {1, 2}): y = x / ‖x‖ₚ along the axis; a zero vector stays 0.
+fn lp_norm_lower(n: &NodeProto, c: &mut Ctx) -> Result<()> {
+    let x = &n.input[0];
+    let r = c.rank(x)?;
+    let axis = norm_axis(n.attr_i("axis", -1), r) as i64;
+    let op = match n.attr_i("p", 2) {
+        1 => "ReduceL1",
+        2 => "ReduceL2",
+        p => return Err(node_error(n, format!("p = {p}: ONNX defines p = 1 and 2 only"))),
+    };
+    let norm = c.reduce(op, x, &[axis], true);
+    let (zero, one_) = (c.scalar(0.0), c.scalar(1.0));
+    let z = c.op("Equal", &[&norm, &zero]);
+    let safe = c.where_(&z, &one_, &norm);
+    let y = c.div(x, &safe);
+    super::replace_output(c, n, 0, &y);
+    Ok(())
+}
+
+/// MeanVarianceNormalization (axes, default [0, 2, 3]): y = (x − E x)/(√(E x² − (E x)²) + 1e-9),
+/// the ONNX function body (the variance taken as E (x − E x)², the same value).
+fn mvn_lower(n: &NodeProto, c: &mut Ctx) -> Result<()> {
+    let x = &n.input[0];
+    let r = c.rank(x)?;
+    let axes: Vec<i64> =
+        n.attr_ints("axes").unwrap_or(vec![0, 2, 3]).iter().map(|&a| norm_axis(a, r) as i64).collect();
+    let mu = c.reduce_mean(x, &axes, true);
+    let xc = c.sub(x, &mu);
+    let sq = c.mul(&xc, &xc);
+    let var = c.reduce_mean(&sq, &axes, true);
+    let sd = c.sqrt(&var);
+    let e = c.scalar(1e-9);
+    let den = c.add(&sd, &e);
+    let y = c.div(&xc, &den);
+    super::replace_output(c, n, 0, &y);
+    Ok(())
+}
+
+/// RMSNormalization-23 (X, scale; axis = −1, epsilon): y = x / √(mean over axes axis… of x² + ε)
+/// · scale.
+fn rms_norm_lower(n: &NodeProto, c: &mut Ctx) -> Result<()> {
+    let x = &n.input[0];
+    let r = c.rank(x)?;
+    let axis = norm_axis(n.attr_i("axis", -1), r) as i64;
+    let axes: Vec<i64> = (axis..r as i64).collect();
+    let sq = c.mul(x, x);
+    let ms = c.reduce_mean(&sq, &axes, true);
+    let e = c.scalar(n.attr_f("epsilon", 1e-5));
+    let t = c.add(&ms, &e);
+    let rms = c.sqrt(&t);
+    let xh = c.div(x, &rms);
+    let y = c.mul(&xh, &n.input[1]);
+    super::replace_output(c, n, 0, &y);
+    Ok(())
 }

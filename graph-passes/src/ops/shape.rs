@@ -21,13 +21,14 @@ fn ops() -> Vec<OpDef> {
         op("Transpose", "13+", transpose_shape, G::Rule(transpose)),
         op("Concat", "13+", concat_shape, G::Rule(concat)),
         op("Split", "13+", split_shape, G::Rule(split)),
-        op("Slice", "13+", slice_shape, G::Rule(slice)).notes("constant starts/ends/axes; steps of 1"),
+        op("Slice", "13+", slice_shape, G::Rule(slice)).notes("constant starts/ends/axes/steps; any step, negative too"),
         op("Expand", "13+", expand_shape, G::Rule(expand)),
         op("Tile", "13+", tile_shape, G::Rule(tile)).notes("constant repeats"),
-        op("Pad", "13+", pad_shape, G::Rule(pad)).notes("constant mode, constant non-negative pads, no axes input"),
-        op("Trilu", "14+", same_as_input, G::Missing("no gradient rule yet")),
-        op("DepthToSpace", "13+", same_as_input, G::Missing("no gradient rule yet")),
-        op("SpaceToDepth", "13+", same_as_input, G::Missing("no gradient rule yet")),
+        op("Pad", "13+", pad_shape, G::Rule(pad))
+            .notes("constant, reflect, edge, wrap (tract 0.23 has no wrap: ONNX Runtime); constant non-negative pads; axes input (opset 18) constant"),
+        op("Trilu", "14+", same_as_input, G::Rule(trilu)),
+        op("DepthToSpace", "13+", depth_to_space_shape, G::Rule(depth_to_space)).notes("DCR and CRD"),
+        op("SpaceToDepth", "13+", space_to_depth_shape, G::Rule(space_to_depth)),
     ]
 }
 
@@ -239,6 +240,12 @@ fn expand_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
         (Some(xs), Some(t)) => broadcast(&[xs, &t]),
         _ => None,
     };
+    // a shape vector expanded to its own shape keeps its values
+    if let (Some(v), Some(sh)) = (s.values.get(&n.input[0]).cloned(), &shape) {
+        if x.shape.as_ref() == Some(sh) {
+            s.values.insert(out0.clone(), v);
+        }
+    }
     set(s, &out0, x.dtype, shape);
     Ok(())
 }
@@ -263,12 +270,39 @@ fn tile_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     Ok(())
 }
 
+/// Pads for every axis [begins…, ends…] from a Pad node's pads and optional axes (opset 18).
+fn full_pads(given: &[i64], axes: Option<&[i64]>, r: usize) -> Option<Vec<i64>> {
+    match axes {
+        None => (given.len() == 2 * r).then(|| given.to_vec()),
+        Some(axes) => {
+            if given.len() != 2 * axes.len() {
+                return None;
+            }
+            let mut full = vec![0i64; 2 * r];
+            for (k, &ax) in axes.iter().enumerate() {
+                let ax = norm_axis(ax, r);
+                full[ax] = given[k];
+                full[ax + r] = given[k + axes.len()];
+            }
+            Some(full)
+        }
+    }
+}
+
 fn pad_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let out0 = n.output.first().cloned().unwrap_or_default();
     let x = input_type(s, n, 0)?;
-    let pads = n.attr_ints("pads").or_else(|| n.input.get(1).and_then(|p| ints_of(g, s, p)));
+    let given = n.attr_ints("pads").or_else(|| n.input.get(1).and_then(|p| ints_of(g, s, p)));
+    let axes = match n.input.get(3).filter(|a| !a.is_empty()) {
+        Some(a) => ints_of(g, s, a).map(Some),
+        None => Some(None),
+    };
+    let pads = match (&x.shape, given, axes) {
+        (Some(xs), Some(p), Some(a)) => full_pads(&p, a.as_deref(), xs.len()),
+        _ => None,
+    };
     let shape = match (&x.shape, pads) {
-        (Some(xs), Some(p)) if n.input.get(3).map(|a| a.is_empty()).unwrap_or(true) => {
+        (Some(xs), Some(p)) => {
             let r = xs.len();
             Some(
                 xs.iter()
@@ -287,7 +321,6 @@ fn pad_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     set(s, &out0, x.dtype, shape);
     Ok(())
 }
-
 
 fn first_only(g: String, n: &NodeProto) -> Grads {
     let mut out = vec![Some(g)];
@@ -377,7 +410,21 @@ fn split(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Resu
     Ok(first_only(dx, n))
 }
 
-/// y = x[starts:ends] (step 1):  dx = pad(dy) with zeros back to x's shape
+/// The indices along one axis that Slice(start, end, step) picks from `dim` (ONNX Slice-13's
+/// clamping; negative steps walk backwards).
+fn slice_indices(start: i64, end: i64, step: i64, dim: i64) -> Vec<i64> {
+    let (b, e, _) = slice_bounds(start, end, step, dim);
+    let mut out = Vec::new();
+    let mut i = b;
+    while (step > 0 && i < e) || (step < 0 && i > e) {
+        out.push(i);
+        i += step;
+    }
+    out
+}
+
+/// y = x[starts:ends:steps]:  dx = dy put back where it came from, zeros elsewhere — along
+/// axes of step 1 a Pad, along the others the transposed selection matrix (`along_axis`)
 fn slice(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
     let d = dy(n, dys)?;
     let x = &n.input[0];
@@ -391,27 +438,41 @@ fn slice(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Resu
         Some(None) => return Err(node_error(n, "axes must be constant")),
         None => (0..starts.len() as i64).collect(),
     };
-    if let Some(steps) = ints(4) {
-        if steps.ok_or_else(|| node_error(n, "steps must be constant"))?.iter().any(|&s| s != 1) {
-            return Err(node_error(n, "the gradient of a Slice with steps ≠ 1 is not supported yet"));
-        }
-    }
+    let steps = match ints(4) {
+        Some(Some(st)) => st,
+        Some(None) => return Err(node_error(n, "steps must be constant")),
+        None => vec![1; starts.len()],
+    };
     let mut pads = vec![0i64; 2 * r];
+    let mut g = d;
     for (k, &a) in axes.iter().enumerate() {
         let a = (if a < 0 { a + r as i64 } else { a }) as usize;
         let Some(dim) = xs[a].known() else {
             // the whole of a symbolic axis (the batch, `x[:, 0]` as the dynamo exporter writes it)
-            if starts[k] == 0 && ends[k] >= i32::MAX as i64 {
+            if starts[k] == 0 && ends[k] >= i32::MAX as i64 && steps[k] == 1 {
                 continue;
             }
             return Err(node_error(n, "sliced axis has a symbolic size"));
         };
-        let (b, e, _) = crate::shapes::slice_bounds(starts[k], ends[k], 1, dim);
-        pads[a] = b;
-        pads[a + r] = dim - e.max(b);
+        if steps[k] == 1 {
+            let (b, e, _) = slice_bounds(starts[k], ends[k], 1, dim);
+            pads[a] = b;
+            pads[a + r] = dim - e.max(b);
+        } else {
+            let picked = slice_indices(starts[k], ends[k], steps[k], dim);
+            let rows = picked.len() as i64;
+            let mut m = vec![0.0f32; (rows * dim) as usize];
+            for (row, &i) in picked.iter().enumerate() {
+                m[row * dim as usize + i as usize] = 1.0;
+            }
+            g = super::along_axis(c, &g, a, r, (rows, dim), &m, true);
+        }
+    }
+    if pads.iter().all(|&p| p == 0) {
+        return Ok(first_only(g, n));
     }
     let p = c.const_i64(&pads);
-    Ok(first_only(c.op("Pad", &[&d, &p]), n))
+    Ok(first_only(c.op("Pad", &[&g, &p]), n))
 }
 
 /// y = expand(x, shape):  dx = dy summed over the broadcast axes
@@ -433,40 +494,152 @@ fn tile(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Resul
     Ok(first_only(c.reduce_sum(&r, &axes, false), n))
 }
 
-/// y = pad(x, constant):  dx = the unpadded window of dy
+/// y = pad(x):  constant mode: dx = the unpadded window of dy. reflect / edge / wrap: each
+/// padded axis is a linear map (every output cell copies one input cell), so dx = Mᵀ·dy axis by
+/// axis (`along_axis`), which adds up the copies.
 fn pad(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
     let d = dy(n, dys)?;
-    if n.attr_s("mode").map(|m| m != "constant").unwrap_or(false) {
-        return Err(node_error(n, "only constant padding has a gradient rule"));
-    }
-    if n.input.get(3).map(|s| !s.is_empty()).unwrap_or(false) {
-        return Err(node_error(n, "Pad with an axes input is not supported"));
-    }
+    let mode = n.attr_s("mode").unwrap_or_else(|| "constant".into());
     let x = &n.input[0];
     let xs = c.shape(x)?.clone();
     let r = xs.len();
-    let pads = n
+    let given = n
         .attr_ints("pads")
         .or_else(|| n.input.get(1).and_then(|p| c.const_ints(p)))
         .ok_or_else(|| node_error(n, "pads must be constant"))?;
+    // the axes input (opset 18): pads for those axes only
+    let axes = match n.input.get(3).filter(|s| !s.is_empty()) {
+        Some(a) => Some(c.const_ints(a).ok_or_else(|| node_error(n, "axes must be constant"))?),
+        None => None,
+    };
+    let pads = full_pads(&given, axes.as_deref(), r).ok_or_else(|| node_error(n, "pads do not match the axes"))?;
     if pads.iter().any(|&p| p < 0) {
         return Err(node_error(n, "negative pads are not supported"));
     }
     let mut starts = Vec::new();
     let mut ends = Vec::new();
     let mut axes = Vec::new();
+    let mut g = d;
     for i in 0..r {
         if pads[i] == 0 && pads[i + r] == 0 {
             continue;
         }
         let dim = xs[i].known().ok_or_else(|| node_error(n, "padded axis has a symbolic size"))?;
-        starts.push(pads[i]);
-        ends.push(pads[i] + dim);
-        axes.push(i as i64);
+        if mode == "constant" {
+            starts.push(pads[i]);
+            ends.push(pads[i] + dim);
+            axes.push(i as i64);
+            continue;
+        }
+        let out = dim + pads[i] + pads[i + r];
+        let mut m = vec![0.0f32; (out * dim) as usize];
+        for j in 0..out {
+            let t = j - pads[i];
+            let src = match mode.as_str() {
+                "edge" => t.clamp(0, dim - 1),
+                "wrap" => t.rem_euclid(dim),
+                "reflect" => {
+                    if dim == 1 {
+                        0
+                    } else {
+                        let period = 2 * (dim - 1);
+                        let u = t.rem_euclid(period);
+                        if u < dim {
+                            u
+                        } else {
+                            period - u
+                        }
+                    }
+                }
+                other => return Err(node_error(n, format!("pad mode '{other}' has no gradient rule"))),
+            };
+            m[(j * dim + src) as usize] = 1.0;
+        }
+        g = super::along_axis(c, &g, i, r, (out, dim), &m, true);
     }
     if axes.is_empty() {
-        return Ok(first_only(d, n));
+        return Ok(first_only(g, n));
     }
     let (s, e, a) = (c.const_i64(&starts), c.const_i64(&ends), c.const_i64(&axes));
-    Ok(first_only(c.op("Slice", &[&d, &s, &e, &a]), n))
+    Ok(first_only(c.op("Slice", &[&g, &s, &e, &a]), n))
+}
+
+/// y = triu/tril(x, k):  dx = the same triangle of dy
+fn trilu(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
+    let d = dy(n, dys)?;
+    let mut inputs: Vec<&str> = vec![&d];
+    if let Some(k) = n.input.get(1).filter(|s| !s.is_empty()) {
+        inputs.push(k);
+    }
+    let dx = c.g.add("Trilu", &inputs).int("upper", n.attr_i("upper", 1)).output();
+    Ok(first_only(dx, n))
+}
+
+fn depth_to_space_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
+    let x = input_type(s, n, 0)?;
+    let b = n.attr_i("blocksize", 1);
+    let (c, h) = if n.op_type == "DepthToSpace" { ((1, b * b), (b, 1)) } else { ((b * b, 1), (1, b)) };
+    let shape = match x.shape.as_ref().filter(|xs| xs.len() == 4) {
+        Some(xs) => {
+            let mut out = vec![xs[0].clone()];
+            for (i, (mul, div)) in [(1, c), (2, h), (3, h)] {
+                out.push(match xs[i] {
+                    Dim::Known(v) => Dim::Known(v * mul / div),
+                    Dim::Sym(_) => s.fresh_dim("blocks"),
+                });
+            }
+            Some(out)
+        }
+        None => None,
+    };
+    set(s, &n.output[0], x.dtype, shape);
+    Ok(())
+}
+
+fn space_to_depth_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
+    depth_to_space_shape(g, n, s)
+}
+
+/// The 6-D reshape–transpose–reshape a block rearrangement is made of (ONNX DepthToSpace-13,
+/// SpaceToDepth-13), undone for dy [N, C', H', W'] back to x's [N, C, H, W]: dy is reshaped
+/// to the transposed 6-D shape `mid`, transposed by the inverse permutation, reshaped to x.
+fn undo_blocks(c: &mut Ctx, d: &str, x: &str, mid: &[i64], perm: &[i64]) -> String {
+    let mut inv = vec![0i64; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p as usize] = i as i64;
+    }
+    let m = c.const_i64(mid);
+    let r = c.reshape(d, &m);
+    let t = c.transpose(&r, &inv);
+    c.reshape_like(&t, x)
+}
+
+fn block_dims(n: &NodeProto, c: &Ctx) -> Result<(i64, i64, i64, i64)> {
+    let s = c.shape(&n.input[0])?.clone();
+    let known: Option<Vec<i64>> = s.get(1..4).and_then(|t| t.iter().map(|d| d.known()).collect());
+    match known {
+        Some(v) if s.len() == 4 => Ok((v[0], v[1], v[2], n.attr_i("blocksize", 1))),
+        _ => Err(node_error(n, "the gradient needs a 4-D input with known C, H, W")),
+    }
+}
+
+/// DepthToSpace(x [N, C, H, W], b): DCR = reshape [N, b, b, C/b², H, W], transpose
+/// [0, 3, 4, 1, 5, 2]; CRD = reshape [N, C/b², b, b, H, W], transpose [0, 1, 4, 2, 5, 3]; both
+/// then [N, C/b², H·b, W·b]. dx undoes it.
+fn depth_to_space(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
+    let d = dy(n, dys)?;
+    let (ch, h, w, b) = block_dims(n, c)?;
+    let mid = [0, ch / (b * b), h, b, w, b];
+    let perm: &[i64] =
+        if n.attr_s("mode").as_deref() == Some("CRD") { &[0, 1, 4, 2, 5, 3] } else { &[0, 3, 4, 1, 5, 2] };
+    Ok(first_only(undo_blocks(c, &d, &n.input[0], &mid, perm), n))
+}
+
+/// SpaceToDepth(x [N, C, H, W], b) = reshape [N, C, H/b, b, W/b, b], transpose
+/// [0, 3, 5, 1, 2, 4], reshape [N, C·b², H/b, W/b]. dx undoes it.
+fn space_to_depth(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
+    let d = dy(n, dys)?;
+    let (ch, h, w, b) = block_dims(n, c)?;
+    let mid = [0, b, b, ch, h / b, w / b];
+    Ok(first_only(undo_blocks(c, &d, &n.input[0], &mid, &[0, 3, 5, 1, 2, 4]), n))
 }

@@ -101,8 +101,13 @@ fn range_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let out0 = n.output.first().cloned().unwrap_or_default();
     let t = input_type(s, n, 0)?;
     let len = match (ints_of(g, s, &n.input[0]), ints_of(g, s, &n.input[1]), ints_of(g, s, &n.input[2])) {
-        (Some(a), Some(b), Some(c)) if c[0] != 0 => {
-            Dim::Known(((b[0] - a[0]) as f64 / c[0] as f64).ceil().max(0.0) as i64)
+        (Some(a), Some(b), Some(c)) if c[0] != 0 && !a.is_empty() && !b.is_empty() => {
+            let k = ((b[0] - a[0]) as f64 / c[0] as f64).ceil().max(0.0) as i64;
+            // a small integer range is a value later ops read (Unsqueeze axes, Gather indices)
+            if crate::shapes::is_int(t.dtype) && k <= 64 {
+                s.values.insert(out0.clone(), (0..k).map(|i| Dim::Known(a[0] + i * c[0])).collect());
+            }
+            Dim::Known(k)
         }
         _ => s.fresh_dim("range"),
     };
