@@ -1430,3 +1430,158 @@ fn lowered_norms_and_pools_equal_the_ops() {
         }),
     ]);
 }
+
+#[derive(Clone)]
+struct ResizeSpec {
+    opset: i64,
+    x: Vec<usize>,
+    mode: &'static str,
+    ctm: &'static str,
+    nearest: &'static str,
+    scales: Option<Vec<f32>>,
+    sizes: Option<Vec<i64>>,
+    axes: Option<Vec<i64>>,
+    ints: Vec<(&'static str, i64)>,
+    cubic_a: Option<f32>,
+}
+
+fn rs(mode: &'static str, ctm: &'static str, scales: &[f32]) -> ResizeSpec {
+    ResizeSpec {
+        opset: 17,
+        x: vec![1, 2, 4, 5],
+        mode,
+        ctm,
+        nearest: "round_prefer_floor",
+        scales: Some(scales.to_vec()),
+        sizes: None,
+        axes: None,
+        ints: vec![],
+        cubic_a: None,
+    }
+}
+
+fn resize_case(name: &str, r: ResizeSpec) -> Case {
+    let x = rnd(name, &r.x, -1.0, 1.0);
+    case(name, r.opset, vec![("x", x)], &["x"], move |g| {
+        let roi = "";
+        let scales = match &r.scales {
+            Some(s) => g.add_initializer("scales", tensor::from_f32("", &[s.len() as i64], s)),
+            None => String::new(),
+        };
+        let mut ins = vec!["x", roi, scales.as_str()];
+        let sizes;
+        if let Some(s) = &r.sizes {
+            sizes = ints(g, "sizes", s);
+            ins.push(&sizes);
+        }
+        let mut b = g
+            .add("Resize", &ins)
+            .string("mode", r.mode)
+            .string("coordinate_transformation_mode", r.ctm)
+            .string("nearest_mode", r.nearest);
+        for (k, v) in &r.ints {
+            b = b.int(k, *v);
+        }
+        if let Some(a) = &r.axes {
+            b = b.ints("axes", a);
+        }
+        if let Some(a) = r.cubic_a {
+            b = b.float("cubic_coeff_a", a);
+        }
+        b.output()
+    })
+}
+
+/// Resize: the gradient is the transposed interpolation matrix of each axis, so the finite
+/// differences also check that those matrices reproduce the engine's forward exactly: every
+/// nearest_mode, linear and cubic with each coordinate_transformation_mode, up and down, sizes,
+/// axes, antialias, exclude_outside, 1-D and 3-D.
+fn resize_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for nearest in ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"] {
+        for ctm in ["half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel"] {
+            let mut r = rs("nearest", ctm, &[1.0, 1.0, 2.0, 1.5]);
+            r.nearest = nearest;
+            cases.push(resize_case(&format!("Resize nearest {nearest} {ctm} ×2 ×1.5"), r));
+        }
+    }
+    for ctm in ["half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel"] {
+        cases.push(resize_case(&format!("Resize linear {ctm} ×2 ×1.6"), rs("linear", ctm, &[1.0, 1.0, 2.0, 1.6])));
+        cases.push(resize_case(&format!("Resize linear {ctm} ×0.5 ×0.6"), rs("linear", ctm, &[1.0, 1.0, 0.5, 0.6])));
+        cases.push(resize_case(&format!("Resize cubic {ctm} ×2 ×1.5"), rs("cubic", ctm, &[1.0, 1.0, 2.0, 1.5])));
+    }
+    let mut r = rs("nearest", "asymmetric", &[]);
+    r.scales = None;
+    r.sizes = Some(vec![1, 2, 8, 10]);
+    r.nearest = "floor";
+    cases.push(resize_case("Resize nearest by sizes (F.interpolate(scale_factor=2))", r));
+    let mut r = rs("linear", "half_pixel", &[]);
+    r.scales = None;
+    r.sizes = Some(vec![1, 2, 7, 3]);
+    cases.push(resize_case("Resize linear by sizes 7×3", r));
+    let mut r = rs("cubic", "half_pixel", &[1.0, 1.0, 1.5, 2.0]);
+    r.cubic_a = Some(-0.5);
+    r.ints = vec![("exclude_outside", 1)];
+    cases.push(resize_case("Resize cubic A=-0.5 exclude_outside", r));
+    let mut r = rs("linear", "half_pixel", &[2.0]);
+    r.opset = 18;
+    r.axes = Some(vec![2]);
+    cases.push(resize_case("Resize linear axes [2] (opset 18)", r));
+    let mut r = rs("linear", "half_pixel", &[1.0, 1.0, 0.5, 0.4]);
+    r.opset = 18;
+    r.x = vec![1, 1, 8, 10];
+    r.ints = vec![("antialias", 1)];
+    cases.push(resize_case("Resize linear antialias ×0.5 ×0.4 (opset 18)", r));
+    let mut r = rs("cubic", "half_pixel", &[1.0, 1.0, 0.5, 0.5]);
+    r.opset = 18;
+    r.x = vec![1, 1, 8, 8];
+    r.ints = vec![("antialias", 1)];
+    cases.push(resize_case("Resize cubic antialias ×0.5 (opset 18)", r));
+    let mut r = rs("linear", "half_pixel_symmetric", &[1.0, 1.0, 1.7, 0.7]);
+    r.opset = 19;
+    cases.push(resize_case("Resize linear half_pixel_symmetric (opset 19)", r));
+    let mut r = rs("linear", "align_corners", &[1.0, 1.0, 2.5]);
+    r.x = vec![2, 2, 4];
+    cases.push(resize_case("Resize 1-D linear align_corners", r));
+    let mut r = rs("nearest", "asymmetric", &[1.0, 1.0, 2.0, 2.0, 2.0]);
+    r.x = vec![1, 1, 2, 3, 2];
+    r.nearest = "floor";
+    cases.push(resize_case("Resize 3-D nearest ×2", r));
+    cases
+}
+
+#[test]
+fn resize_rules() {
+    let mut failures = Vec::new();
+    for c in resize_cases() {
+        for engine in [BackendKind::Ort, BackendKind::Tract] {
+            if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(&c, engine))) {
+                let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+                failures.push(format!("{}: {msg}", c.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// align_corners with scales where in·scale is fractional: ONNX Runtime (and PyTorch) map by
+/// the output length, tract by in·scale; onnxsam gives the node sizes so both compute the same.
+#[test]
+fn resize_align_corners_agrees_on_both_engines() {
+    let mut r = rs("linear", "align_corners", &[1.0, 1.0, 1.5, 1.5]);
+    r.x = vec![1, 1, 5, 5];
+    lowering_matches_native(&[resize_case("Resize linear align_corners ×1.5 on 5", r)]);
+}
+
+/// Upsample-9 (nearest; linear with asymmetric coordinates), on ONNX Runtime.
+#[test]
+fn upsample_rule() {
+    let up = |mode: &'static str| {
+        case(&format!("Upsample-9 {mode}"), 9, vec![("x", rnd(mode, &[1, 2, 3, 3], -1.0, 1.0))], &["x"], move |g| {
+            let s = g.add_initializer("scales", tensor::from_f32("", &[4], &[1.0, 1.0, 2.0, 1.5]));
+            g.add("Upsample", &["x", &s]).string("mode", mode).output()
+        })
+    };
+    // tract 0.23 has no Upsample (deprecated since opset 10): ONNX Runtime only
+    ort_only(vec![up("nearest"), up("linear")]);
+}

@@ -162,7 +162,8 @@ pub fn lower(m: &mut Model) -> Result<usize> {
     lower_graph(&mut m.graph, opset)
 }
 
-/// `lower` on a graph of the given default-domain opset.
+/// `lower` on a graph of the given default-domain opset. Also gives ops the one form on which
+/// the engines agree where they read an op differently (`resize::canonical_form`).
 pub fn lower_graph(g: &mut Graph, opset: i64) -> Result<usize> {
     let targets: Vec<NodeProto> = g
         .nodes
@@ -170,8 +171,15 @@ pub fn lower_graph(g: &mut Graph, opset: i64) -> Result<usize> {
         .filter(|n| matches!(lookup(&n.op_type).map(|d| d.gradient), Some(Gradient::Lowered(_))))
         .cloned()
         .collect();
+    let mut changed = 0;
+    if g.nodes.iter().any(|n| n.op_type == "Resize") {
+        let s = crate::shapes::infer(g)?;
+        for i in 0..g.nodes.len() {
+            changed += resize::canonical_form(g, &s, i) as usize;
+        }
+    }
     if targets.is_empty() {
-        return Ok(0);
+        return Ok(changed);
     }
     let s = crate::shapes::infer(g)?;
     let mut ctx = Ctx::new(g, s, opset);
@@ -181,7 +189,7 @@ pub fn lower_graph(g: &mut Graph, opset: i64) -> Result<usize> {
         }
     }
     g.topo_sort()?;
-    Ok(targets.len())
+    Ok(targets.len() + changed)
 }
 
 /// The gradient reaching a node's first output (an error naming the node if none did).
