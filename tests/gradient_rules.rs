@@ -325,6 +325,13 @@ fn pow_clip_where_rules() {
             g.add("Pow", &["x", &e]).output()
         }));
     }
+    cases.push(case(
+        "Pow with a tensor exponent, broadcast",
+        17,
+        vec![("x", rnd("pb", &[2, 3], 0.5, 1.5)), ("e", rnd("pe", &[3], -1.5, 2.0))],
+        &["x", "e"],
+        |g| g.add("Pow", &["x", "e"]).output(),
+    ));
     cases.push(case("Clip min/max inputs", 17, vec![("x", rnd("c", &[4, 4], -2.0, 2.0))], &["x"], |g| {
         let lo = g.add_initializer("lo", tensor::from_f32("", &[], &[-0.62]));
         let hi = g.add_initializer("hi", tensor::from_f32("", &[], &[0.65]));
@@ -1584,4 +1591,92 @@ fn upsample_rule() {
     };
     // tract 0.23 has no Upsample (deprecated since opset 10): ONNX Runtime only
     ort_only(vec![up("nearest"), up("linear")]);
+}
+
+/// Attention-23 and RotaryEmbedding-23: ONNX Runtime runs them natively, tract has no
+/// Attention; onnxsam writes both out, which must equal ONNX Runtime's op and differentiate.
+fn opset23_cases() -> Vec<Case> {
+    let bool_mask = HostTensor { shape: vec![3, 5], data: Data::Bool((0..15).map(|i| i % 4 != 1).collect()) };
+    vec![
+        case(
+            "Attention 4-D",
+            23,
+            vec![
+                ("q", rnd("aq", &[2, 2, 3, 4], -1.0, 1.0)),
+                ("k", rnd("ak", &[2, 2, 5, 4], -1.0, 1.0)),
+                ("v", rnd("av", &[2, 2, 5, 4], -1.0, 1.0)),
+            ],
+            &["q", "k", "v"],
+            |g| g.add("Attention", &["q", "k", "v"]).output(),
+        ),
+        case(
+            "Attention 3-D grouped-query, boolean mask, scale",
+            23,
+            vec![
+                ("q", rnd("gq", &[1, 3, 4 * 2], -1.0, 1.0)),
+                ("k", rnd("gk", &[1, 5, 2 * 2], -1.0, 1.0)),
+                ("v", rnd("gv", &[1, 5, 2 * 3], -1.0, 1.0)),
+                ("m", bool_mask),
+            ],
+            &["q", "k", "v"],
+            |g| {
+                g.add("Attention", &["q", "k", "v", "m"])
+                    .int("q_num_heads", 4)
+                    .int("kv_num_heads", 2)
+                    .float("scale", 0.3)
+                    .output()
+            },
+        ),
+        case(
+            "Attention causal, float mask, softcap",
+            23,
+            vec![
+                ("q", rnd("cq", &[1, 2, 4, 3], -1.0, 1.0)),
+                ("k", rnd("ck", &[1, 2, 4, 3], -1.0, 1.0)),
+                ("v", rnd("cv", &[1, 2, 4, 3], -1.0, 1.0)),
+                ("m", rnd("cm", &[4, 4], -0.5, 0.5)),
+            ],
+            &["q", "k", "v", "m"],
+            |g| g.add("Attention", &["q", "k", "v", "m"]).int("is_causal", 1).float("softcap", 2.0).output(),
+        ),
+        case(
+            "RotaryEmbedding 4-D with position_ids",
+            23,
+            vec![
+                ("x", rnd("rx", &[2, 2, 3, 4], -1.0, 1.0)),
+                ("cos", rnd("rc", &[6, 2], -1.0, 1.0)),
+                ("sin", rnd("rs", &[6, 2], -1.0, 1.0)),
+                ("pos", HostTensor::i64(&[2, 3], vec![0, 1, 2, 3, 4, 5])),
+            ],
+            &["x"],
+            |g| g.add("RotaryEmbedding", &["x", "cos", "sin", "pos"]).output(),
+        ),
+        case(
+            "RotaryEmbedding 3-D interleaved, partial rotary dim",
+            23,
+            vec![
+                ("x", rnd("ix", &[1, 3, 2 * 6], -1.0, 1.0)),
+                ("cos", rnd("ic", &[1, 3, 2], -1.0, 1.0)),
+                ("sin", rnd("is", &[1, 3, 2], -1.0, 1.0)),
+            ],
+            &["x", "cos", "sin"],
+            |g| {
+                g.add("RotaryEmbedding", &["x", "cos", "sin"])
+                    .int("interleaved", 1)
+                    .int("num_heads", 2)
+                    .int("rotary_embedding_dim", 4)
+                    .output()
+            },
+        ),
+    ]
+}
+
+#[test]
+fn attention_and_rotary_written_out_equal_the_ops() {
+    lowering_matches_native(&opset23_cases());
+}
+
+#[test]
+fn attention_and_rotary_rules() {
+    check_all(opset23_cases());
 }

@@ -3,6 +3,7 @@ mod bench;
 mod diff;
 pub mod grad;
 mod inspect;
+mod ops;
 pub mod run;
 pub mod step;
 mod train;
@@ -31,6 +32,9 @@ enum Command {
         after_help = "Examples:\n  onnxsam inspect models/cnn.onnx\n  onnxsam inspect models/mlp.onnx --json\n  onnxsam inspect --backends"
     )]
     Inspect(inspect::InspectArgs),
+    /// Which ops onnxsam can train: op, opsets, gradient, engines, forms not covered (docs/ops.md)
+    #[command(after_help = "Examples:\n  onnxsam ops\n  onnxsam ops LSTM Resize\n  onnxsam ops --markdown > docs/ops.md")]
+    Ops(ops::OpsArgs),
     /// Run inference: inputs by name from an .npz, outputs printed or written to an .npz
     #[command(
         after_help = "Example:\n  onnxsam run models/mlp.onnx --input tests/fixtures/mlp/input.npz --output out.npz"
@@ -156,6 +160,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a),
+        Command::Ops(a) => ops::run(a),
         Command::Run(a) => run::run(a),
         Command::Diff(a) => diff::run(a),
         Command::Grad(a) => grad::grad(a),

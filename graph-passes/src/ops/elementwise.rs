@@ -18,7 +18,7 @@ fn ops() -> Vec<OpDef> {
         op("Sub", "7+", broadcast_shape, G::Rule(sub)),
         op("Mul", "7+", broadcast_shape, G::Rule(mul)),
         op("Div", "7+", broadcast_shape, G::Rule(div)),
-        op("Pow", "7+", broadcast_shape, G::Rule(pow)).notes("constant scalar exponent only"),
+        op("Pow", "7+", broadcast_shape, G::Rule(pow)).notes("a tensor exponent too: d/db = aᵇ·ln a, 0 where a = 0 and b ≥ 0 (as PyTorch)"),
         op("Mod", "10+", broadcast_shape, G::Rule(modulo))
             .notes("floats: d/da = 1, d/db = −floor(a/b) (fmod=0) or −trunc(a/b) (fmod=1), as torch.remainder/fmod; integers carry no gradient"),
         op("Neg", "6+", same_as_input, G::Rule(neg)),
@@ -214,26 +214,46 @@ fn neg(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result
 
 /// y = x^p (p constant):  dx = dy · p · x^(p−1)
 fn pow(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
-    if need.get(1).copied().unwrap_or(false) {
-        return Err(node_error(n, "gradient with respect to a non-constant exponent is not supported"));
-    }
     let d = dy(n, dys)?;
-    let p = constant_value(c.g, &n.input[1])
-        .and_then(|t| tensor::to_f64(t).ok())
-        .filter(|v| v.len() == 1)
-        .ok_or_else(|| node_error(n, "exponent must be a constant scalar"))?[0] as f32;
-    let x = &n.input[0];
-    let local = if p == 2.0 {
-        let two = c.scalar(2.0);
-        c.mul(x, &two)
-    } else {
-        let pm1 = c.scalar(p - 1.0);
-        let xp = c.op("Pow", &[x, &pm1]);
-        let ps = c.scalar(p);
-        c.mul(&xp, &ps)
-    };
-    let dx = c.mul(&d, &local);
-    Ok(vec![Some(c.unbroadcast(&dx, x, &n.output[0])?), None])
+    let (x, e, y) = (&n.input[0], &n.input[1], &n.output[0]);
+    let constant = constant_value(c.g, e).and_then(|t| tensor::to_f64(t).ok()).filter(|v| v.len() == 1).map(|v| v[0] as f32);
+    let mut out = vec![None, None];
+    if need[0] {
+        let local = match constant {
+            Some(p) if p == 2.0 => {
+                let two = c.scalar(2.0);
+                c.mul(x, &two)
+            }
+            Some(p) => {
+                let pm1 = c.scalar(p - 1.0);
+                let xp = c.op("Pow", &[x, &pm1]);
+                let ps = c.scalar(p);
+                c.mul(&xp, &ps)
+            }
+            None => {
+                // b·a^(b−1) with the exponent a tensor
+                let one_ = c.scalar(1.0);
+                let em1 = c.sub(e, &one_);
+                let xp = c.op("Pow", &[x, &em1]);
+                c.mul(&xp, e)
+            }
+        };
+        let dx = c.mul(&d, &local);
+        out[0] = Some(c.unbroadcast(&dx, x, y)?);
+    }
+    if need.get(1).copied().unwrap_or(false) {
+        // d/db = aᵇ·ln a, and 0 where a = 0 and b ≥ 0 (PyTorch's pow_backward_exponent)
+        let zero = c.scalar(0.0);
+        let ln = c.op("Log", &[x]);
+        let t = c.mul(y, &ln);
+        let a0 = c.op("Equal", &[x, &zero]);
+        let b0 = c.op("GreaterOrEqual", &[e, &zero]);
+        let both = c.op("And", &[&a0, &b0]);
+        let local = c.where_(&both, &zero, &t);
+        let de = c.mul(&d, &local);
+        out[1] = Some(c.unbroadcast(&de, e, y)?);
+    }
+    Ok(out)
 }
 
 /// y = √x:  dx = dy · 0.5 / y

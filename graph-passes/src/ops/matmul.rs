@@ -272,6 +272,16 @@ fn matmul(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> 
     let (ra2, rb2) = (ra.max(2), rb.max(2));
     let ry = ra2.max(rb2);
     let mut out = vec![None, None];
+    if ra == 2 && rb == 2 {
+        // matrices: dA = dY·Bᵀ, dB = Aᵀ·dY as Gemms with transposed operands (no Transpose nodes)
+        if need[0] {
+            out[0] = Some(gemm_node(c, &d, &b, false, true, 1.0));
+        }
+        if need[1] {
+            out[1] = Some(gemm_node(c, &a, &d, true, false, 1.0));
+        }
+        return Ok(out);
+    }
     if need[0] {
         let bt = c.transpose(&b2, &swap_last_two(rb2));
         let g = c.op("MatMul", &[&d2, &bt]);

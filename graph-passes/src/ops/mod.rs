@@ -7,8 +7,10 @@
 //! trigonometric…), matmul (Gemm, MatMul, Einsum), conv (Conv, ConvTranspose), pool, norm
 //! (BatchNorm, LayerNorm, GroupNorm, InstanceNorm…), reduce (Reduce*, CumSum, TopK, ArgMax),
 //! shape (Reshape, Transpose, Slice, Concat, Pad, DepthToSpace…), gather (Gather*, Scatter*),
-//! softmax_loss, source (Constant, Shape, Range…), recurrent (LSTM, GRU, RNN), resize.
+//! softmax_loss, source (Constant, Shape, Range…), recurrent (LSTM, GRU, RNN), resize, attention
+//! (Attention, RotaryEmbedding).
 pub mod activation;
+pub mod attention;
 pub mod conv;
 pub mod elementwise;
 pub mod gather;
@@ -77,6 +79,18 @@ pub struct Family {
     pub ops: fn() -> Vec<OpDef>,
 }
 
+/// The standard-domain ops ONNX Runtime training registers a gradient for (onnxruntime 1.19.2,
+/// its last training release: orttraining/core/graph/gradient_builder_registry.cc, ops of the
+/// default ONNX domain). onnxsam's coverage is a superset (a test checks it; `onnxsam ops` says so).
+pub const ORT_TRAINING_GRADIENTS: &[&str] = &[
+    "Abs", "Add", "AveragePool", "Cast", "Clip", "Concat", "Conv", "ConvTranspose", "Cos", "Div", "Dropout", "Erf",
+    "Exp", "Expand", "Flatten", "Gather", "GatherElements", "GatherND", "Gelu", "Gemm", "GlobalAveragePool",
+    "Identity", "LayerNormalization", "LeakyRelu", "Log", "LogSoftmax", "MatMul", "Max", "MaxPool", "Min", "Mul",
+    "Neg", "Pad", "Pow", "Reciprocal", "ReduceL2", "ReduceLogSumExp", "ReduceMean", "ReduceSum", "Relu", "Reshape",
+    "Resize", "ScatterElements", "ScatterND", "Sigmoid", "Sin", "Slice", "Softmax", "SoftmaxCrossEntropyLoss",
+    "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "TopK", "Transpose", "Trilu", "Unsqueeze", "Where",
+];
+
 /// Every family, in the order `onnxsam ops` lists them.
 pub const FAMILIES: &[Family] = &[
     elementwise::FAMILY,
@@ -92,6 +106,7 @@ pub const FAMILIES: &[Family] = &[
     source::FAMILY,
     recurrent::FAMILY,
     resize::FAMILY,
+    attention::FAMILY,
 ];
 
 fn registry() -> &'static HashMap<&'static str, (&'static str, OpDef)> {

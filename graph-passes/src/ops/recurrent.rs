@@ -199,6 +199,13 @@ fn pick(c: &mut Ctx, v: &str, d: usize) -> String {
     c.g.add("Gather", &[v, &i]).int("axis", 0).output()
 }
 
+/// The last axis cut into consecutive parts of the given sizes (one Split: its gradient is one
+/// Concat, where separate Slices would each need a Pad and a sum).
+fn split_last(c: &mut Ctx, v: &str, sizes: &[i64]) -> Vec<String> {
+    let s = c.const_i64(sizes);
+    c.g.add("Split", &[v, &s]).int("axis", -1).outputs(sizes.len())
+}
+
 /// Columns [from, to) of the last axis.
 fn cols(c: &mut Ctx, v: &str, from: i64, to: i64) -> String {
     let (s, e, a) = (c.const_i64(&[from]), c.const_i64(&[to]), c.const_i64(&[-1]));
@@ -348,43 +355,59 @@ fn lstm_lower(n: &NodeProto, c: &mut Ctx) -> Result<()> {
         let mut cp = initial(c, &su, input(n, 6), d);
         let mut out = vec![String::new(); su.t as usize];
         let acts = &su.acts[d];
+        // PyTorch's LSTM (no peepholes, no coupling): one activation over the i, o, f gates
+        let fused = peep.is_none() && !couple;
         for s in 0..su.t {
             let t = if su.reverse[d] { su.t - 1 - s } else { s };
             let hr = c.op("MatMul", &[&hp, &rt]);
             let gates = c.add(&xs[t as usize], &hr);
-            let (gi, go, gf, gc) =
-                (cols(c, &gates, 0, h), cols(c, &gates, h, 2 * h), cols(c, &gates, 2 * h, 3 * h), cols(c, &gates, 3 * h, 4 * h));
-            let (gi, gf) = match &peep {
-                Some((pi, _, pf)) => {
-                    let a = c.mul(pi, &cp);
-                    let b = c.mul(pf, &cp);
-                    (c.add(&gi, &a), c.add(&gf, &b))
-                }
-                None => (gi, gf),
-            };
-            let gi = clipped(c, &su, gi);
-            let i = activate(c, &acts[0], &gi);
-            let f = if couple {
-                let one = c.scalar(1.0);
-                c.sub(&one, &i)
+            let (o, cn);
+            if fused {
+                let gates = clipped(c, &su, gates);
+                let parts = split_last(c, &gates, &[3 * h, h]);
+                let iof = activate(c, &acts[0], &parts[0]);
+                let cand = activate(c, &acts[1], &parts[1]);
+                let g3 = split_last(c, &iof, &[h, h, h]);
+                let (i, f) = (g3[0].clone(), g3[2].clone());
+                o = g3[1].clone();
+                let fc = c.mul(&f, &cp);
+                let ic = c.mul(&i, &cand);
+                cn = c.add(&fc, &ic);
             } else {
-                let gf = clipped(c, &su, gf);
-                activate(c, &acts[0], &gf)
-            };
-            let gc = clipped(c, &su, gc);
-            let cand = activate(c, &acts[1], &gc);
-            let fc = c.mul(&f, &cp);
-            let ic = c.mul(&i, &cand);
-            let cn = c.add(&fc, &ic);
-            let go = match &peep {
-                Some((_, po, _)) => {
-                    let a = c.mul(po, &cn);
-                    c.add(&go, &a)
-                }
-                None => go,
-            };
-            let go = clipped(c, &su, go);
-            let o = activate(c, &acts[0], &go);
+                let g4 = split_last(c, &gates, &[h, h, h, h]);
+                let (gi, go, gf, gc) = (g4[0].clone(), g4[1].clone(), g4[2].clone(), g4[3].clone());
+                let (gi, gf) = match &peep {
+                    Some((pi, _, pf)) => {
+                        let a = c.mul(pi, &cp);
+                        let b = c.mul(pf, &cp);
+                        (c.add(&gi, &a), c.add(&gf, &b))
+                    }
+                    None => (gi, gf),
+                };
+                let gi = clipped(c, &su, gi);
+                let i = activate(c, &acts[0], &gi);
+                let f = if couple {
+                    let one = c.scalar(1.0);
+                    c.sub(&one, &i)
+                } else {
+                    let gf = clipped(c, &su, gf);
+                    activate(c, &acts[0], &gf)
+                };
+                let gc = clipped(c, &su, gc);
+                let cand = activate(c, &acts[1], &gc);
+                let fc = c.mul(&f, &cp);
+                let ic = c.mul(&i, &cand);
+                cn = c.add(&fc, &ic);
+                let go = match &peep {
+                    Some((_, po, _)) => {
+                        let a = c.mul(po, &cn);
+                        c.add(&go, &a)
+                    }
+                    None => go,
+                };
+                let go = clipped(c, &su, go);
+                o = activate(c, &acts[0], &go);
+            }
             let hc = activate(c, &acts[2], &cn);
             let hn = c.mul(&o, &hc);
             let m = step_mask(c, &su, t);
@@ -443,17 +466,15 @@ fn gru_lower(n: &NodeProto, c: &mut Ctx) -> Result<()> {
         let acts = &su.acts[d];
         for s in 0..su.t {
             let t = if su.reverse[d] { su.t - 1 - s } else { s };
-            let x = &xs[t as usize];
+            let xparts = split_last(c, &xs[t as usize], &[2 * h, h]);
+            let (xzr, xh) = (&xparts[0], &xparts[1]);
             let hzr = c.op("MatMul", &[&hp, &rzr_t]);
-            let xzr = cols(c, x, 0, 2 * h);
-            let gzr = c.add(&xzr, &hzr);
-            let gz = cols(c, &gzr, 0, h);
-            let gr = cols(c, &gzr, h, 2 * h);
-            let gz = clipped(c, &su, gz);
-            let gr = clipped(c, &su, gr);
-            let z = activate(c, &acts[0], &gz);
-            let rr = activate(c, &acts[0], &gr);
-            let xh = cols(c, x, 2 * h, 3 * h);
+            let gzr = c.add(xzr, &hzr);
+            let gzr = clipped(c, &su, gzr);
+            // one activation over the z and r gates
+            let zr = activate(c, &acts[0], &gzr);
+            let zr = split_last(c, &zr, &[h, h]);
+            let (z, rr) = (zr[0].clone(), zr[1].clone());
             let rec = if lbr {
                 let hr = c.op("MatMul", &[&hp, &rh_t]);
                 let hr = match &rbh {
@@ -469,7 +490,7 @@ fn gru_lower(n: &NodeProto, c: &mut Ctx) -> Result<()> {
                     None => p,
                 }
             };
-            let gh = c.add(&xh, &rec);
+            let gh = c.add(xh, &rec);
             let gh = clipped(c, &su, gh);
             let cand = activate(c, &acts[1], &gh);
             let one = c.scalar(1.0);

@@ -16,8 +16,8 @@ fn ops() -> Vec<OpDef> {
     vec![
         op("Reshape", "14+", reshape_shape_rule, G::Rule(reshape_back)),
         op("Flatten", "13+", flatten_shape, G::Rule(reshape_back)),
-        op("Squeeze", "13+", squeeze_shape, G::Rule(reshape_back)),
-        op("Unsqueeze", "13+", squeeze_shape, G::Rule(reshape_back)),
+        op("Squeeze", "13+", squeeze_shape, G::Rule(squeeze_back)),
+        op("Unsqueeze", "13+", squeeze_shape, G::Rule(squeeze_back)),
         op("Transpose", "13+", transpose_shape, G::Rule(transpose)),
         op("Concat", "13+", concat_shape, G::Rule(concat)),
         op("Split", "13+", split_shape, G::Rule(split)),
@@ -332,6 +332,42 @@ fn first_only(g: String, n: &NodeProto) -> Grads {
 fn reshape_back(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
     let d = dy(n, dys)?;
     Ok(first_only(c.reshape_like(&d, &n.input[0]), n))
+}
+
+/// y = squeeze(x, axes):  dx = unsqueeze(dy, axes), and the other way round (one node; a
+/// reshape to x's shape needs its Shape too). Squeeze without axes: the axes of size 1 when
+/// x's shape says which, else a reshape.
+fn squeeze_back(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
+    let d = dy(n, dys)?;
+    let given = n.attr_ints("axes").or_else(|| n.input.get(1).filter(|a| !a.is_empty()).and_then(|a| c.const_ints(a)));
+    let xs = c.shape(&n.input[0])?.clone();
+    let axes: Option<Vec<i64>> = match (n.op_type.as_str(), given) {
+        ("Squeeze", Some(a)) => Some(a.iter().map(|&v| norm_axis(v, xs.len()) as i64).collect()),
+        ("Squeeze", None) => {
+            let ones: Option<Vec<i64>> = xs
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.known() != Some(1))
+                .map(|(_, d)| d.known().map(|_| 0))
+                .collect::<Option<Vec<i64>>>()
+                .map(|_| xs.iter().enumerate().filter(|(_, d)| d.known() == Some(1)).map(|(i, _)| i as i64).collect());
+            ones
+        }
+        (_, Some(a)) => Some(a.iter().map(|&v| norm_axis(v, xs.len() + a.len()) as i64).collect()),
+        _ => None,
+    };
+    let dx = match axes {
+        Some(mut a) if !a.is_empty() => {
+            a.sort_unstable();
+            if n.op_type == "Squeeze" {
+                c.unsqueeze(&d, &a)
+            } else {
+                c.squeeze(&d, &a)
+            }
+        }
+        _ => c.reshape_like(&d, &n.input[0]),
+    };
+    Ok(first_only(dx, n))
 }
 
 /// y = transpose(x, p):  dx = transpose(dy, p⁻¹)
