@@ -26,8 +26,6 @@ fn expected(arch: &str, setting: &str) -> Option<&'static str> {
     const FOLDED: &str = "folded";
     // eval-mode exports with the defaults fold BatchNorm into the convolution before it
     let folds_bn = matches!(setting, "legacy" | "dynamo");
-    // ... and every default (and training-mode legacy) export folds other constants
-    let folds_constants = setting != "legacy_nofold" && setting != "dynamo_noopt";
     match arch {
         "resnet18" | "preact_wrn" | "mobilenet_v2" | "efficientnet_b0" | "densenet" | "regnet" | "shufflenet_v2"
             if folds_bn =>
@@ -42,11 +40,11 @@ fn expected(arch: &str, setting: &str) -> Option<&'static str> {
         "tied_embedding" => None,
         "mobilenet_v3_small" if folds_bn => Some(FOLDED),
         "mobilenet_v3_small" => None,
-        "conv1d" if folds_bn => Some(FOLDED),
+        "conv1d" | "unet" if folds_bn => Some(FOLDED),
+        "unet" => None,
         "conv1d" => None,
-        // constant folding rewrote the normalization's or recurrent layer's weights into tensors
-        // the file no longer names; without folding, the op itself has no rule yet (issue 11)
-        "norm_cnn" | "lstm" | "gru" if folds_constants => Some("computed at export"),
+        // constant folding stores the recurrent weights in ONNX's gate order and GroupNorm's
+        // affine reshaped: import recognizes them by the op that reads them (import/views.rs)
         "norm_cnn" | "lstm" | "gru" => None,
         other => panic!("no expectation for {other}"),
     }
@@ -231,6 +229,7 @@ zoo!(
     lstm,
     gru,
     conv1d,
+    unet,
 );
 
 /// Training a file the exporter stored in its own way (dynamo's optimizer: Linear weights
@@ -453,14 +452,75 @@ fn inspect_gives_a_verdict_and_what_import_did() {
     assert_eq!(verdict(&text), "verdict: trains as PyTorch", "{text}");
     assert!(text.contains("is stored transposed (perm [1, 0]) as 'val_"), "{text}");
     assert!(text.contains("zero biases the exporter's optimizer removed"), "{text}");
+    // constant folding stored the LSTM's weights in ONNX's gate order: import names them
     let text = inspect("lstm", "legacy");
-    assert!(
-        verdict(&text).contains("computed at export") && verdict(&text).contains("do_constant_folding=False"),
-        "{text}"
-    );
+    assert_eq!(verdict(&text), "verdict: trains as PyTorch", "{text}");
+    assert!(text.contains("in ONNX's gate order") && text.contains("rnn.weight_ih_l0"), "{text}");
+    assert!(!text.contains("tied weights") && !text.contains("warning"), "{text}");
     // --json carries the same
     let o = onnxsam(&["inspect", fixture("zoo/transformer_encoder/legacy.onnx").to_str().unwrap(), "--json"]);
     let j: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(j["verdict"], "trains as PyTorch");
     assert!(j["import"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("in_proj_weight")), "{j}");
+}
+
+/// Folded recurrent weights (ONNX's gate order, both directions, the two biases concatenated)
+/// and GroupNorm's reshaped affine come back as PyTorch's tensors: after import each equals the
+/// PyTorch parameter (reference.npz param/), and the view computes the file's tensor back from
+/// trained values (fold_views: every element moved by what its parameter moved, dims as stored).
+#[test]
+fn folded_recurrent_and_group_norm_tensors_are_pytorchs_parameters() {
+    use onnxsam::graph_passes::import::{fold_views, Import};
+    use onnxsam::graph_passes::ir::Model;
+    use onnxsam::graph_passes::onnx::tensor;
+    use onnxsam::graph_passes::passes::{Contract, Pass};
+    for (arch, setting, expect) in [
+        ("lstm", "legacy", &["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "rnn.bias_hh_l0"][..]),
+        ("gru", "dynamo", &["rnn.weight_ih_l0", "rnn.weight_ih_l0_reverse", "rnn.bias_hh_l0_reverse"][..]),
+        ("gru", "legacy_train", &["rnn.weight_hh_l0", "rnn.weight_hh_l0_reverse", "rnn.bias_ih_l0"][..]),
+        ("norm_cnn", "dynamo", &["gn1.weight", "gn1.bias", "gn3.weight"][..]),
+        ("norm_cnn", "legacy", &["gn1.weight", "gn3.bias"][..]),
+    ] {
+        let dir = fixture(&format!("zoo/{arch}"));
+        let file = dir.join(format!("{setting}.onnx"));
+        let original = Model::load(&file).unwrap();
+        let refs = read_npz(&dir.join("reference.npz")).unwrap();
+        let mut m = original.clone();
+        let mut c = Contract::default();
+        Import { sharing: Default::default(), allow_folded_bn: false, freeze: vec![] }
+            .run(&mut m, &mut c)
+            .unwrap_or_else(|e| panic!("{arch}/{setting}: {e}"));
+        for p in expect {
+            let t = m.graph.initializer(p).unwrap_or_else(|| panic!("{arch}/{setting}: no '{p}' after import"));
+            let want = refs[&format!("param/{p}")].to_f64();
+            let got = tensor::to_f32(t).unwrap();
+            assert_eq!(got.len(), want.len(), "{arch}/{setting} {p}");
+            let err = got.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+            assert!(err < 1e-6, "{arch}/{setting}: '{p}' differs from PyTorch's by {err}");
+            assert!(c.import.params.contains(&p.to_string()), "{arch}/{setting}: '{p}' is not a parameter");
+        }
+        // "train": every parameter moves by +0.5; the file's tensors move by +0.5 in the file's layout
+        for t in m.graph.initializers.iter_mut() {
+            if c.import.params.contains(&t.name) {
+                let v: Vec<f32> = tensor::to_f32(t).unwrap().iter().map(|x| x + 0.5).collect();
+                *t = tensor::from_f32(&t.name, &t.dims, &v);
+            }
+        }
+        fold_views(&mut m.graph).unwrap();
+        let mut folded = 0;
+        for t in &original.graph.initializers {
+            if !(t.name.starts_with("onnx::") || t.name.starts_with("val_")) || t.data_type != 1 || t.dims.len() < 2 {
+                continue;
+            }
+            let Some(e) = m.graph.initializer(&t.name) else { continue };
+            assert_eq!(e.dims, t.dims, "{arch}/{setting}: '{}'", t.name);
+            let (a, b) = (tensor::to_f32(t).unwrap(), tensor::to_f32(e).unwrap());
+            assert!(a.iter().zip(&b).all(|(x, y)| (y - x - 0.5).abs() < 1e-6), "{arch}/{setting}: '{}' not the view of the trained values", t.name);
+            folded += 1;
+        }
+        assert!(folded >= 2, "{arch}/{setting}: expected folded tensors written back, found {folded}");
+        for p in expect {
+            assert!(m.graph.initializer(p).is_none(), "{arch}/{setting}: '{p}' should be stored the file's way only");
+        }
+    }
 }

@@ -602,8 +602,7 @@ pub fn constant_value<'a>(g: &'a Graph, name: &str) -> Option<&'a TensorProto> {
 
 /// Integer constant values of `name` (shapes, axes), if known statically.
 pub fn constant_ints(g: &Graph, name: &str) -> Option<Vec<i64>> {
-    let t = constant_value(g, name)?;
-    if let Some(v) = g.nodes.iter().find(|n| n.op_type == "Constant" && n.output[0] == name) {
+    if let Some(v) = g.nodes.iter().find(|n| n.op_type == "Constant" && n.output.first().is_some_and(|o| o == name)) {
         if let Some(a) = v.attr("value_ints") {
             return Some(a.ints.clone());
         }
@@ -611,7 +610,37 @@ pub fn constant_ints(g: &Graph, name: &str) -> Option<Vec<i64>> {
             return a.i.map(|i| vec![i]);
         }
     }
-    tensor::to_i64(t).ok()
+    tensor::to_i64(constant_value(g, name)?).ok()
+}
+
+/// Float values of `name` known before running: an initializer, a Constant node (value,
+/// value_float(s), value_int(s)), or a Concat / Cast / Identity of such (the exporters write
+/// Resize scales all these ways).
+pub fn constant_floats(g: &Graph, name: &str) -> Option<Vec<f64>> {
+    if let Some(t) = constant_value(g, name) {
+        return tensor::to_f64(t).ok().or_else(|| tensor::to_i64(t).ok().map(|v| v.iter().map(|&x| x as f64).collect()));
+    }
+    let n = g.nodes.iter().find(|n| n.output.first().is_some_and(|o| o == name))?;
+    match n.op_type.as_str() {
+        "Constant" => {
+            if let Some(a) = n.attr("value_floats") {
+                return Some(a.floats.iter().map(|&f| f as f64).collect());
+            }
+            if let Some(f) = n.attr("value_float").and_then(|a| a.f) {
+                return Some(vec![f as f64]);
+            }
+            constant_ints(g, name).map(|v| v.iter().map(|&x| x as f64).collect())
+        }
+        "Concat" => {
+            let mut out = Vec::new();
+            for i in &n.input {
+                out.extend(constant_floats(g, i)?);
+            }
+            Some(out)
+        }
+        "Cast" | "Identity" => constant_floats(g, &n.input[0]),
+        _ => None,
+    }
 }
 
 /// Error for a node, as every pass reports one.

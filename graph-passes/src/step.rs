@@ -56,8 +56,8 @@ pub fn check_differentiable(g: &crate::ir::Graph, params: &[String]) -> Result<(
 /// One line per op (first node of each op type) that a gradient would have to pass through
 /// from `params` but that has no gradient rule.
 pub fn untrainable_ops(g: &crate::ir::Graph, params: &[String]) -> Result<Vec<String>> {
-    use crate::ops::{is_non_differentiable, rule_for};
     use crate::ir::NodeExt;
+    use crate::ops::{is_non_differentiable, why_no_gradient};
     let mut reached: std::collections::HashSet<&str> = params.iter().map(|s| s.as_str()).collect();
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -66,8 +66,10 @@ pub fn untrainable_ops(g: &crate::ir::Graph, params: &[String]) -> Result<Vec<St
         if is_non_differentiable(&n.op_type) || !crate::autodiff::reads_through_gradient(n, &reached) {
             continue;
         }
-        if rule_for(&n.op_type).is_none() && seen.insert(n.op_type.clone()) {
-            out.push(format!("{} has no gradient rule yet", n.describe()));
+        if let Some(why) = why_no_gradient(&n.op_type) {
+            if seen.insert(n.op_type.clone()) {
+                out.push(format!("{} {why}", n.describe()));
+            }
         }
         reached.extend(n.output.iter().map(|s| s.as_str()));
     }

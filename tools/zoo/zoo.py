@@ -26,7 +26,9 @@ Architectures (folder names): resnet18 preact_wrn mobilenet_v2 mobilenet_v3_smal
 shufflenet_v2 squeezenet densenet convnext regnet vit transformer_encoder mlp_mixer norm_cnn lstm gru
 conv1d bn_batchstats (BatchNorm with track_running_stats=False: batch statistics in train and eval, no
 running-statistics buffers) tied_embedding (token ids in [0, 10), Embedding(10, d), mean, Linear-GELU-LayerNorm,
-Linear(d, 10) whose weight IS the embedding's: one Parameter used twice, named embed.weight). torchvision constructors where they exist, num_classes=10, dropout / stochastic depth off, fresh
+Linear(d, 10) whose weight IS the embedding's: one Parameter used twice, named embed.weight)
+unet (small U-Net classifier: MaxPool2d down x2; up by F.interpolate bilinear align_corners=False, nn.Upsample
+nearest, bilinear align_corners=True, all exported as Resize; skip concatenation). torchvision constructors where they exist, num_classes=10, dropout / stochastic depth off, fresh
 seeded init (except ViT's head, which torchvision zero-initialises so that no gradient would reach the
 encoder: drawn N(0, 0.02^2) here). Each has a FULL variant (standard widths, small input) and a NARROW
 one (same modules and op kinds, tiny widths: 1-8 k parameters, mostly 16x16 inputs) for the committed
@@ -410,6 +412,42 @@ class BNBatchStats(nn.Module):
         return self.fc2(x)
 
 
+def _conv_bn_relu(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class UNet(nn.Module):
+    """A small U-Net classifier. Encoder: conv3x3-BatchNorm2d-ReLU blocks at c1 (HxW), after MaxPool2d(2) at c2
+    (H/2), after MaxPool2d(2) at c3 (H/4, the bottleneck). Decoder: F.interpolate(scale_factor=2, bilinear,
+    align_corners=False) of the bottleneck, cat with the c2 skip, conv-BN-ReLU to c2; nn.Upsample(scale_factor=2,
+    nearest) of that, cat with the c1 skip, conv-BN-ReLU to c1. Side branch: F.interpolate(scale_factor=2,
+    bilinear, align_corners=True) of the H/2 decoder output. Head: cat(c1 decoder output, side branch),
+    global avg-pool, Linear(c1 + c2, classes). Every upsampling exports as ONNX Resize."""
+
+    def __init__(self, widths=(16, 32, 64), num_classes=NUM_CLASSES):
+        super().__init__()
+        c1, c2, c3 = widths
+        self.enc1 = _conv_bn_relu(3, c1)
+        self.enc2 = _conv_bn_relu(c1, c2)
+        self.bottleneck = _conv_bn_relu(c2, c3)
+        self.pool = nn.MaxPool2d(2)
+        self.dec2 = _conv_bn_relu(c3 + c2, c2)
+        self.up1 = nn.Upsample(scale_factor=2, mode="nearest")
+        self.dec1 = _conv_bn_relu(c2 + c1, c1)
+        self.fc = nn.Linear(c1 + c2, num_classes)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        b = self.bottleneck(self.pool(e2))
+        u2 = F.interpolate(b, scale_factor=2, mode="bilinear", align_corners=False)
+        d2 = self.dec2(torch.cat([u2, e2], dim=1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
+        side = F.interpolate(d2, scale_factor=2, mode="bilinear", align_corners=True)
+        x = F.adaptive_avg_pool2d(torch.cat([d1, side], dim=1), 1).flatten(1)
+        return self.fc(x)
+
+
 class TiedEmbedding(nn.Module):
     """Token ids [N, T] in [0, vocab) -> nn.Embedding(vocab, d) -> mean over tokens -> Linear(d, d) -> GELU
     -> LayerNorm(d) -> Linear(d, vocab) whose weight IS the embedding's (tied as in language models: one
@@ -619,6 +657,14 @@ def build_tied_embedding(narrow):
         f"token ids in [0, {NUM_CLASSES})"
 
 
+def build_unet(narrow):
+    kw = dict(widths=(4, 8, 8)) if narrow else dict(widths=(16, 32, 64))
+    shape = (3, 16, 16) if narrow else (3, 32, 32)
+    return UNet(**kw), shape, torch.float32, \
+        f"U-Net classifier {kw}: conv-BN-ReLU, MaxPool2d x2, up by bilinear (align_corners=False) and nearest " \
+        "with skip concatenation + conv-BN-ReLU, side branch bilinear (align_corners=True), avg-pool, Linear"
+
+
 ARCHS = {
     "resnet18": build_resnet18,
     "preact_wrn": build_preact_wrn,
@@ -639,6 +685,7 @@ ARCHS = {
     "conv1d": build_conv1d,
     "bn_batchstats": build_bn_batchstats,
     "tied_embedding": build_tied_embedding,
+    "unet": build_unet,
 }
 
 

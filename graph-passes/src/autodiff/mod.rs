@@ -181,8 +181,8 @@ pub fn unsupported_ops(g: &Graph) -> Vec<String> {
     let mut seen = HashSet::new();
     g.nodes
         .iter()
-        .filter(|n| crate::ops::rule_for(&n.op_type).is_none() && !crate::ops::is_non_differentiable(&n.op_type))
-        .filter(|n| seen.insert(n.op_type.clone()))
-        .map(|n| format!("{} has no gradient rule yet", n.describe()))
+        .filter_map(|n| crate::ops::why_no_gradient(&n.op_type).map(|why| (n, why)))
+        .filter(|(n, _)| seen.insert(n.op_type.clone()))
+        .map(|(n, why)| format!("{} {why}", n.describe()))
         .collect()
 }

@@ -24,6 +24,7 @@
 pub mod fold;
 pub mod metadata;
 pub mod sequences;
+pub mod views;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -150,6 +151,9 @@ impl Pass for Import {
         let canonical = sequences::split_sequences_to_split(g).and_then(|_| fold::fold_known_integer_inputs(g));
         g.pass = None;
         canonical?;
+        if dynamo || legacy {
+            report.notes.extend(views::unfold(g, dynamo)?);
+        }
         let graph_inputs: HashSet<String> = g.inputs.iter().map(|v| v.name.clone()).collect();
         let graph_outputs: HashSet<String> = g.outputs.iter().map(|v| v.name.clone()).collect();
         let stored: HashMap<String, TensorProto> = g
@@ -198,6 +202,12 @@ impl Pass for Import {
                 reads.push(Read { node: i, slot: k, root, seen: v.clone() });
             }
         }
+        // InstanceNormalization's ones and zeros (GroupNorm, InstanceNorm without affine)
+        let by_design: HashSet<(usize, usize)> = reads
+            .iter()
+            .filter(|r| views::constant_by_design(&g.nodes[r.node], r.slot, &stored[&r.root]))
+            .map(|r| (r.node, r.slot))
+            .collect();
         // names the file knows: initializers and aliases, and (dynamo) every placeholder
         let known: Vec<String> = stored.keys().chain(alias_root.keys()).cloned().collect();
         let known_refs: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
@@ -286,7 +296,8 @@ impl Pass for Import {
         for (i, (r, n)) in reads.iter().zip(&named).enumerate() {
             let Some(n) = n else { continue };
             let mut t = n.clone();
-            let passive = crate::ops::is_non_differentiable(&g.nodes[r.node].op_type);
+            let passive = crate::ops::is_non_differentiable(&g.nodes[r.node].op_type)
+                || moves_data_only(&g.nodes[r.node].op_type);
             let key = match (self.sharing, n.kind) {
                 (Sharing::KeepTied, Kind::Param) => format!("{}\u{0}{:?}", r.root, n.perm),
                 (Sharing::UntieAll, Kind::Param) if !passive => {
@@ -456,7 +467,10 @@ impl Pass for Import {
             if !names.contains(&t.name) {
                 names.push(t.name.clone());
             }
-            if t.kind == Kind::Param && !crate::ops::is_non_differentiable(&op_types[r.node]) {
+            if t.kind == Kind::Param
+                && !crate::ops::is_non_differentiable(&op_types[r.node])
+                && !moves_data_only(&op_types[r.node])
+            {
                 let n = &node_names[r.node];
                 let list = readers.entry(t.name.clone()).or_default();
                 if !list.contains(n) {
@@ -479,6 +493,9 @@ impl Pass for Import {
         }
         report.tied = readers.into_iter().filter(|(_, who)| who.len() > 1).collect();
         for (r, n) in reads.iter().zip(&named) {
+            if by_design.contains(&(r.node, r.slot)) {
+                continue;
+            }
             // a tensor holding ±inf or NaN (an attention mask) is no parameter of anybody's
             let finite = tensor::to_f32(&stored[&r.root]).map(|v| v.iter().all(|x| x.is_finite())).unwrap_or(false);
             if n.is_none() && finite && tensor::numel(&stored[&r.root]) > 1 && !report.unnamed.contains(&r.root) {
@@ -497,7 +514,9 @@ impl Pass for Import {
                 .filter(|p| {
                     let last = p.rsplit('.').next().unwrap_or(p);
                     let frozen = self.freeze.iter().any(|f| crate::passes::lift_params::glob_match(f, p));
-                    !(last.ends_with("weight") || last.ends_with("bias") || frozen)
+                    // weight, bias, and the recurrent layers' weight_ih_l0, bias_hh_l0_reverse…
+                    let named = ["weight", "bias"].iter().any(|w| last.ends_with(w) || last.starts_with(w));
+                    !(named || frozen)
                 })
                 .cloned()
                 .collect();
@@ -596,27 +615,49 @@ fn unlayout(t: &TensorProto, perm: &[i64], name: &str) -> Result<TensorProto> {
     Ok(tensor::from_f32(name, &[c as i64, r as i64], &w))
 }
 
-/// Stores parameters back the way the file had them: every Transpose or Identity the import pass
-/// added that reads an initializer becomes an initializer under the view's (the file's) name,
-/// and a parameter initializer nothing else reads goes. What `export` does to a trained graph.
+/// Stores parameters back the way the file had them: every view the import pass added (Identity,
+/// Transpose, and the Slice/Concat/Unsqueeze/Reshape of `views`) whose inputs are initializers
+/// becomes an initializer under the view's (the file's) name, and a parameter initializer nothing
+/// else reads goes. What `export` does to a trained graph.
 pub fn fold_views(g: &mut Graph) -> Result<()> {
     use crate::ir::PASS_KEY;
     loop {
         let found = g.nodes.iter().position(|n| {
-            (n.op_type == "Transpose" || n.op_type == "Identity")
-                && n.metadata_props.iter().any(|p| p.key == PASS_KEY && p.value == "import")
-                && g.initializer(&n.input[0]).is_some()
+            n.metadata_props.iter().any(|p| p.key == PASS_KEY && p.value == "import")
+                && !n.input.is_empty()
+                && n.input.iter().all(|i| i.is_empty() || g.initializer(i).is_some())
+                && matches!(n.op_type.as_str(), "Transpose" | "Identity" | "Slice" | "Concat" | "Unsqueeze" | "Reshape")
         });
         let Some(i) = found else { break };
         let n = g.nodes.remove(i);
-        let t = g.initializer(&n.input[0]).expect("checked").clone();
-        let perm = n.attr_ints("perm").unwrap_or_default();
-        g.initializers.push(unlayout(&t, &perm, &n.output[0])?);
-        if !g.nodes.iter().any(|m| m.input.contains(&t.name)) && !g.outputs.iter().any(|o| o.name == t.name) {
-            g.initializers.retain(|x| x.name != t.name);
+        let value = if n.op_type == "Transpose" {
+            let t = g.initializer(&n.input[0]).expect("checked").clone();
+            Some(unlayout(&t, &n.attr_ints("perm").unwrap_or_default(), &n.output[0])?)
+        } else {
+            let inputs: Vec<&TensorProto> =
+                n.input.iter().filter(|i| !i.is_empty()).map(|i| g.initializer(i).expect("checked")).collect();
+            views::evaluate(&n, &inputs, &n.output[0])?
+        };
+        let Some(value) = value else {
+            bail!("cannot compute the file's tensor '{}' back from the trained values ({})", n.output[0], n.describe());
+        };
+        g.initializers.push(value);
+        for input in n.input.iter().filter(|i| !i.is_empty()) {
+            if !g.nodes.iter().any(|m| m.input.contains(input)) && !g.outputs.iter().any(|o| &o.name == input) {
+                g.initializers.retain(|x| &x.name != input);
+            }
         }
     }
     Ok(())
+}
+
+/// Ops that only move a tensor's elements (the exporters' own views of a parameter: the gate
+/// slices of a recurrent weight): several of them reading one parameter is no tie.
+fn moves_data_only(op: &str) -> bool {
+    matches!(
+        op,
+        "Slice" | "Split" | "Concat" | "Reshape" | "Unsqueeze" | "Squeeze" | "Flatten" | "Transpose" | "Identity"
+    )
 }
 
 /// All elements equal (a fresh bias, a ones vector): no evidence of identity by value.

@@ -151,6 +151,17 @@ pub fn is_differentiable(op: &str) -> bool {
     matches!(lookup(op).map(|d| d.gradient), Some(Gradient::Rule(_) | Gradient::Lowered(_)))
 }
 
+/// Why no gradient can pass the op, for an op on a gradient path: its Missing reason ("has no
+/// gradient rule yet", "control flow is not differentiated"), or that onnxsam does not know it.
+/// None where a gradient passes (a rule or a lowering) or none is meant to (integers, zero).
+pub fn why_no_gradient(op: &str) -> Option<String> {
+    match lookup(op).map(|d| d.gradient) {
+        Some(Gradient::Rule(_) | Gradient::Lowered(_) | Gradient::Zero | Gradient::None) => None,
+        Some(Gradient::Missing("no gradient rule yet")) | None => Some("has no gradient rule yet".into()),
+        Some(Gradient::Missing(why)) => Some(format!("cannot be differentiated: {why}")),
+    }
+}
+
 /// Why tract cannot run the op, if it cannot.
 pub fn tract_limitation(op: &str) -> Option<&'static str> {
     lookup(op).and_then(|d| d.tract)

@@ -13,7 +13,7 @@
 //! than stretch, non-constant scales/sizes.
 use super::{dy, op, Family, Gradient as G, OpDef};
 use crate::autodiff::{Ctx, Grads};
-use crate::ir::{constant_value, node_error, Graph, NodeExt};
+use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::{tensor, NodeProto};
 use crate::shapes::{input_type, ints_of, norm_axis, set, Dim, Shapes};
 use crate::Result;
@@ -37,9 +37,8 @@ struct Plan {
 }
 
 /// The float values of a constant input (scales).
-fn floats(g: &Graph, s: &Shapes, name: &str) -> Option<Vec<f64>> {
-    let _ = s;
-    constant_value(g, name).and_then(|t| tensor::to_f64(t).ok())
+fn floats(g: &Graph, _: &Shapes, name: &str) -> Option<Vec<f64>> {
+    crate::ir::constant_floats(g, name)
 }
 
 /// Input sizes, output sizes and scales per axis, from constant scales or sizes (with the
@@ -292,13 +291,40 @@ fn resize(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Res
         return Err(node_error(n, format!("mode '{}' is not ONNX's", ip.mode)));
     }
     let r = xs.len();
-    let mut g = d;
+    let mut mats = Vec::new();
     for &(a, input, output, scale) in &p.axes {
         if input == output && scale == 1.0 {
             continue;
         }
-        let m = matrix(&ip, input, output, scale).map_err(|e| node_error(n, e))?;
-        g = super::along_axis(c, &g, a, r, (output, input), &m, true);
+        mats.push((a, input, output, matrix(&ip, input, output, scale).map_err(|e| node_error(n, e))?));
+    }
+    // nearest upsampling by whole factors that copies each cell into a block (PyTorch's
+    // nn.Upsample(mode="nearest")): dx = the sum over each block of dy, a strided AveragePool
+    // times the block size — far cheaper than the matrices
+    let blocks: Option<Vec<(usize, i64)>> = mats
+        .iter()
+        .map(|(a, input, output, m)| {
+            let f = output / input;
+            let block = *a >= 2
+                && *output == input * f
+                && (0..*output).all(|x| (0..*input).all(|i| m[(x * input + i) as usize] == if i == x / f { 1.0 } else { 0.0 }));
+            block.then_some((*a, f))
+        })
+        .collect();
+    if let Some(blocks) = blocks.filter(|b| !b.is_empty() && r >= 3) {
+        let mut k = vec![1i64; r - 2];
+        for &(a, f) in &blocks {
+            k[a - 2] = f;
+        }
+        let pooled = c.g.add("AveragePool", &[&d]).ints("kernel_shape", &k).ints("strides", &k).output();
+        let area = c.scalar(k.iter().product::<i64>() as f32);
+        let mut out = vec![Some(c.mul(&pooled, &area))];
+        out.resize(n.input.len(), None);
+        return Ok(out);
+    }
+    let mut g = d;
+    for (a, input, output, m) in &mats {
+        g = super::along_axis(c, &g, *a, r, (*output, *input), m, true);
     }
     let mut out = vec![Some(g)];
     out.resize(n.input.len(), None);
