@@ -1001,10 +1001,7 @@ fn reduce_case(name: &str, op: &'static str, opset: i64, x: HostTensor, axes: Ve
 /// at opset 17, as input at 18), CumSum, TopK.
 #[test]
 fn reduce_family_rules() {
-    let signed = |k: &str| {
-        let a = away(k, &[2, 3, 4]);
-        a
-    };
+    let signed = |k: &str| away(k, &[2, 3, 4]);
     check_all(vec![
         reduce_case("ReduceMax axis 1", "ReduceMax", 17, distinct("rmax", &[2, 3, 4]), vec![1], 0),
         reduce_case("ReduceMin axes 0,2 (input)", "ReduceMin", 18, distinct("rmin", &[2, 3, 4]), vec![0, 2], 1),
@@ -1209,7 +1206,7 @@ fn run_y(m: &Model, c: &Case, engine: BackendKind) -> Vec<f64> {
 /// says "layout 1" (which ONNX Runtime's kernels refuse) is compared with the layout-0 op between
 /// transposes: `reference` builds that.
 fn lowering_matches_native(cases: &[Case]) {
-    lowering_matches(cases, |c| forward_model(c));
+    lowering_matches(cases, forward_model);
 }
 
 fn lowering_matches(cases: &[Case], reference: impl Fn(&Case) -> Model) {
@@ -1679,4 +1676,36 @@ fn attention_and_rotary_written_out_equal_the_ops() {
 #[test]
 fn attention_and_rotary_rules() {
     check_all(opset23_cases());
+}
+
+/// Integer and boolean ops on index paths carry no gradient and stop nothing: ArgMax, Mod and
+/// BitShift on integers, IsNaN/IsInf, Xor, Hardmax pick what the float path reads.
+#[test]
+fn integer_and_boolean_ops_on_index_paths() {
+    check_all(vec![case(
+        "ArgMax/Mod/BitShift/IsNaN/IsInf/Xor/Hardmax on the index path",
+        17,
+        vec![("x", distinct("ip", &[3, 4])), ("t", rnd("ipt", &[5, 4], -1.0, 1.0))],
+        &["x", "t"],
+        |g| {
+            let am = g.add("ArgMax", &["x"]).int("axis", 1).int("keepdims", 0).output(); // [3] int64
+            let three = g.add_initializer("three", tensor::from_i64("", &[], &[3]));
+            let m = g.add("Mod", &[&am, &three]).output();
+            // BitShift is defined on unsigned integers
+            let mu = g.add("Cast", &[&m]).int("to", dt::UINT64 as i64).output();
+            let one = g.add("Cast", &[&three]).int("to", dt::UINT64 as i64).output();
+            let one = g.add("Div", &[&one, &one]).output();
+            let sh = g.add("BitShift", &[&mu, &one]).string("direction", "LEFT").output(); // 0, 2, 4
+            let idx = g.add("Cast", &[&sh]).int("to", dt::INT64 as i64).output();
+            let gathered = g.add("Gather", &["t", &idx]).int("axis", 0).output(); // [3, 4]
+            let nan = g.add("IsNaN", &["x"]).output();
+            let inf = g.add("IsInf", &["x"]).output();
+            let either = g.add("Xor", &[&nan, &inf]).output(); // all false here
+            let zero = g.add_initializer("zero", tensor::from_f32("", &[], &[0.0]));
+            let safe = g.add("Where", &[&either, &zero, "x"]).output();
+            let hard = g.add("Hardmax", &["x"]).output(); // one-hot of the row maximum
+            let picked = g.add("Mul", &[&safe, &hard]).output();
+            g.add("Add", &[&picked, &gathered]).output()
+        },
+    )]);
 }

@@ -220,7 +220,7 @@ fn pow(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Res
     let mut out = vec![None, None];
     if need[0] {
         let local = match constant {
-            Some(p) if p == 2.0 => {
+            Some(2.0) => {
                 let two = c.scalar(2.0);
                 c.mul(x, &two)
             }
