@@ -13,7 +13,7 @@ and compares with reference.npz (PyTorch, float64). The verdict of a file is one
                      after the forward agree, and one SGD and one SAM step move every parameter as
                      PyTorch's do (same tolerance, on the update θ' − θ);
   refused            onnxsam exited 2 with one line saying why (folded BatchNorm, an op without a
-                     gradient rule yet: issue 11);
+                     gradient rule, tensors constant folding computed that the file no longer names);
   float32 kink       one engine is outside the tolerance while the other trains as PyTorch, and
                      their forwards differ only in a few ReLU decisions at pre-activations within
                      float32 rounding of 0 (listed): where the gradient jumps, float32 may land on
@@ -310,7 +310,7 @@ def write_docs(results, zoo):
         "tensor whose true gradient is ~0 judged against 1e-3 of the largest), the running statistics, and one "
         "SGD and one SAM step (the update θ' − θ, same rule) as PyTorch's — on both engines;",
         "- **refused**: exit 2 and one line with the reason and the fix (folded BatchNorm; an op without a "
-        "gradient rule yet, issue 11; tensors constant folding computed that the file no longer names);",
+        "gradient rule; tensors constant folding computed that the file no longer names);",
         "- **float32 kink**: one engine outside the tolerance while the other trains as PyTorch, their forwards "
         "differing only in a few ReLU decisions at pre-activations within float32 rounding of 0 (listed). The "
         "gradient jumps there and float32 can land on either side; PyTorch's own float32 does too (its "
