@@ -5,8 +5,11 @@ use anyhow::{anyhow, bail, Result};
 use graph_passes::ir::Model;
 use graph_passes::onnx::{data_type as dt, tensor, TensorProto};
 use graph_passes::passes::Contract;
-use graph_passes::shapes::{self, Dim};
+use graph_passes::onnx::tensor::dtype_name;
+use graph_passes::onnx::ValueInfoProto;
+use graph_passes::shapes::{self, shape_string, value_type_of, Dim};
 
+pub use crate::random::{random_words, uniform};
 use crate::tensor::{Data, HostTensor};
 
 /// A TensorProto's value as a host tensor (float32, int64 and a few others).
@@ -27,28 +30,6 @@ pub fn proto_from_host(name: &str, t: &HostTensor) -> Result<TensorProto> {
         Data::I64(v) => tensor::from_i64(name, &dims, v),
         _ => bail!("'{name}': only float32 and int64 values are stored"),
     })
-}
-
-/// Counter-based random 64-bit words (splitmix64 of a hash of (seed, key) plus the index), so a
-/// run is reproducible from (seed, key) and any part of it can be drawn without the rest.
-pub fn random_words(seed: u64, key: &str, n: usize) -> Vec<u64> {
-    let mut h: u64 = seed ^ 0x9E37_79B9_7F4A_7C15;
-    for b in key.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100_0000_01B3);
-    }
-    (0..n as u64)
-        .map(|i| {
-            let mut z = h.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        })
-        .collect()
-}
-
-/// Counter-based uniform [0, 1) noise, reproducible from (seed, key).
-pub fn uniform(seed: u64, key: &str, n: usize) -> Vec<f32> {
-    random_words(seed, key, n).into_iter().map(|z| (z >> 40) as f32 / (1u64 << 24) as f32).collect()
 }
 
 /// The batch's arrays: model inputs by name (a lone data input may be called `x`) and labels `y`.
@@ -87,7 +68,7 @@ pub fn batch_from_npz(
     // dtypes and shapes of data inputs
     let inputs: Vec<&graph_passes::onnx::ValueInfoProto> =
         model.graph.inputs.iter().filter(|v| c.data.contains(&v.name)).collect();
-    let checked = crate::cli::run::check_feeds(&inputs, data.iter().cloned().collect(), source)?;
+    let checked = check_feeds(&inputs, data.iter().cloned().collect(), source)?;
     let batch = checked.first().map(|(_, t)| t.shape.first().copied().unwrap_or(0)).unwrap_or(0);
     if batch == 0 {
         bail!("{source}: the batch has no samples");
@@ -196,7 +177,7 @@ pub fn feeds_with(
     }
     for d in &c.directions {
         let p = values.get(&d.param).ok_or_else(|| anyhow!("no value for '{}'", d.param))?;
-        let signs = crate::step::rademacher_signs(o.seed, o.step.unwrap_or(0), d.q, &d.param, p.len());
+        let signs = crate::random::rademacher_signs(o.seed, o.step.unwrap_or(0), d.q, &d.param, p.len());
         f.push((d.input.clone(), HostTensor { shape: p.shape.clone(), data: Data::Bool(signs) }));
     }
     let batch_size = batch.map(|b| b.labels.shape[0]).unwrap_or(0);
@@ -244,4 +225,57 @@ pub fn warn_import(c: &Contract) {
 /// Initial values of parameters and state from the contract.
 pub fn initial_values(c: &Contract) -> Result<BTreeMap<String, HostTensor>> {
     c.init.iter().map(|(k, t)| Ok((k.clone(), host_from_proto(t)?))).collect()
+}
+
+/// Matches arrays to `inputs` by name (a lone array may be named anything); checks dtype and shape.
+pub fn check_feeds(
+    inputs: &[&ValueInfoProto],
+    arrays: BTreeMap<String, HostTensor>,
+    source: &str,
+) -> Result<Vec<(String, HostTensor)>> {
+    let mut feeds = Vec::new();
+    let lone = arrays.len() == 1 && inputs.len() == 1;
+    let mut arrays = arrays;
+    for v in inputs.iter() {
+        let t = match arrays.remove(&v.name) {
+            Some(t) => t,
+            None if lone => arrays.pop_first().map(|(_, t)| t).expect("one array"),
+            None => bail!(
+                "{source}: no array named '{}' (the model's inputs: {}; the file has: {})",
+                v.name,
+                inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "),
+                arrays.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        };
+        if let Some(vt) = value_type_of(&v.r#type) {
+            if vt.dtype != t.onnx_dtype() {
+                bail!(
+                    "{source}: array '{}' is {} but the model's input '{}' is {}; convert it (e.g. x.astype(np.{}))",
+                    v.name,
+                    t.dtype_name(),
+                    v.name,
+                    dtype_name(vt.dtype),
+                    dtype_name(vt.dtype)
+                );
+            }
+            if let Some(shape) = &vt.shape {
+                let ok = shape.len() == t.shape.len()
+                    && shape.iter().zip(&t.shape).all(|(d, &s)| match d {
+                        Dim::Known(k) => *k == s as i64 || *k <= 0,
+                        Dim::Sym(_) => true,
+                    });
+                if !ok {
+                    bail!(
+                        "{source}: array '{}' has shape {:?} but the model's input '{}' is {}",
+                        v.name,
+                        t.shape,
+                        v.name,
+                        shape_string(&vt.shape)
+                    );
+                }
+            }
+        }
+        feeds.push((v.name.clone(), t));
+    }
+    Ok(feeds)
 }

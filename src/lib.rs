@@ -2,9 +2,12 @@
 pub mod backend;
 pub mod cli;
 pub mod data;
+pub mod error;
 pub mod grad;
+pub mod random;
 pub mod report;
 pub mod step;
+pub mod step_file;
 pub mod tensor;
 pub mod train;
 

@@ -6,25 +6,14 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Context, Result};
 use graph_passes::ir::Model;
-use graph_passes::passes::sam_update::state_param;
+use graph_passes::passes::sam_update::{state_param, STEP_COUNT};
 use graph_passes::passes::Contract;
 use graph_passes::step::{self, GradSpec, StepGraph, StepSpec};
 
 use crate::backend::{Backend, Session};
 use crate::grad::{self as g, feeds_with, Batch, FeedOptions};
+pub use crate::random::{rademacher, rademacher_signs};
 use crate::tensor::{Data, HostTensor};
-
-/// ±1 with equal probability, from (seed, step, q, parameter).
-pub fn rademacher(seed: u64, step: u64, q: usize, param: &str, n: usize) -> Vec<f32> {
-    rademacher_signs(seed, step, q, param, n).into_iter().map(|s| if s { 1.0 } else { -1.0 }).collect()
-}
-
-/// The same directions as the step graph's bool inputs take them (true = +1): one splitmix64
-/// output gives 64 signs.
-pub fn rademacher_signs(seed: u64, step: u64, q: usize, param: &str, n: usize) -> Vec<bool> {
-    let words = g::random_words(seed, &format!("fd_z/{step}/{q}/{param}"), n.div_ceil(64));
-    (0..n).map(|i| (words[i / 64] >> (i % 64)) & 1 == 1).collect()
-}
 
 /// Rows [start, start + n) of a tensor's first axis.
 pub fn take_rows(t: &HostTensor, start: usize, n: usize) -> HostTensor {
@@ -161,7 +150,9 @@ impl StepRunner {
         let ac = graphs.apply.as_ref().map(|a| &a.contract);
         for cc in std::iter::once(c).chain(ac) {
             for k in cc.opt_state_next.keys() {
-                if let Some(t) = values.get(state_param(k)) {
+                if k == STEP_COUNT {
+                    values.entry(k.clone()).or_insert(HostTensor::f32(&[], vec![0.0]));
+                } else if let Some(t) = values.get(state_param(k)) {
                     let z = zeros_like(t);
                     values.entry(k.clone()).or_insert(z);
                 }

@@ -108,9 +108,37 @@ fn rademacher(k: usize, n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Adam's state before the step, as tools/reference_steps.py's adam_state0: exp_avg = buf0(k),
+/// exp_avg_sq = buf0(k + 17)², max_exp_avg_sq = buf0(k + 31)² + buf0(k + 17)²/2; step 3.
+fn adam_state0(k: usize, n: usize) -> [Vec<f32>; 3] {
+    let v: Vec<f64> = buf0(k + 17, n).iter().map(|&x| (x as f64).powi(2)).collect();
+    let vmax = buf0(k + 31, n).iter().zip(&v).map(|(&a, &b)| ((a as f64).powi(2) + b / 2.0) as f32).collect();
+    [buf0(k, n), v.iter().map(|&x| x as f32).collect(), vmax]
+}
+
+const ADAM_STEP0: f32 = 3.0;
+
+/// The optimizers of tools/reference_steps.py's CONFIGS.
+const REFERENCE_OPTIMIZERS: [&str; 12] = [
+    "sgd",
+    "sam",
+    "usam",
+    "asam",
+    "rwsam",
+    "msam",
+    "adam",
+    "adamw_sam",
+    "adam_usam_amsgrad",
+    "adamw_asam_clip",
+    "adamw_rwsam",
+    "adamw_msam_amsgrad_clip",
+];
+
 fn reference_spec(opt: &str) -> StepSpec {
-    use graph_passes::passes::sam_update::WeightDecayMode as W;
+    use graph_passes::passes::sam_update::{BaseOptimizer as B, WeightDecayMode as W};
     let base = StepSpec { lr: 0.1, momentum: 0.9, weight_decay: 5e-4, rho: 0.05, ..StepSpec::default() };
+    let adam = StepSpec { base: B::Adam, lr: 1e-3, ..base.clone() };
+    let adamw = StepSpec { base: B::AdamW, lr: 1e-3, weight_decay: 1e-2, weight_decay_mode: W::Decoupled, ..base.clone() };
     match opt {
         "sgd" => StepSpec { nesterov: true, ..base },
         "sam" => StepSpec { optimizer: Optimizer::Sam, ..base },
@@ -118,6 +146,27 @@ fn reference_spec(opt: &str) -> StepSpec {
         "asam" => StepSpec { optimizer: Optimizer::Asam, rho: 0.5, eta: 0.01, weight_decay_mode: W::Decoupled, ..base },
         "rwsam" => StepSpec { optimizer: Optimizer::Sam, reweight: reweight(1.0), fd_delta: 3e-3, ..base },
         "msam" => StepSpec { optimizer: Optimizer::Sam, micro_batch: Some(2), ..base },
+        "adam" => adam,
+        "adamw_sam" => StepSpec { optimizer: Optimizer::Sam, ..adamw },
+        "adam_usam_amsgrad" => StepSpec { optimizer: Optimizer::Usam, amsgrad: true, ..adam },
+        "adamw_asam_clip" => {
+            StepSpec { optimizer: Optimizer::Asam, rho: 0.5, eta: 0.01, max_grad_norm: Some(0.05), ..adamw }
+        }
+        "adamw_rwsam" => StepSpec {
+            optimizer: Optimizer::Sam,
+            reweight: reweight(1.0),
+            fd_delta: 3e-3,
+            betas: (0.8, 0.99),
+            eps: 1e-6,
+            ..adamw
+        },
+        "adamw_msam_amsgrad_clip" => StepSpec {
+            optimizer: Optimizer::Sam,
+            micro_batch: Some(2),
+            amsgrad: true,
+            max_grad_norm: Some(0.05),
+            ..adamw
+        },
         _ => unreachable!(),
     }
 }
@@ -143,7 +192,17 @@ fn check_reference_step(name: &str, opt: &str, engine_kind: &str) -> Vec<String>
     for (k, p) in params.iter().enumerate() {
         let n = r.values[p].len();
         let shape = r.values[p].shape.clone();
-        r.values.insert(format!("momentum_buffer/{p}"), HostTensor::f32(&shape, buf0(k, n)));
+        if spec.base.is_adam() {
+            let [m0, v0, vmax0] = adam_state0(k, n);
+            r.values.insert(format!("exp_avg/{p}"), HostTensor::f32(&shape, m0));
+            r.values.insert(format!("exp_avg_sq/{p}"), HostTensor::f32(&shape, v0));
+            if spec.amsgrad {
+                r.values.insert(format!("max_exp_avg_sq/{p}"), HostTensor::f32(&shape, vmax0));
+            }
+            r.values.insert("step".into(), HostTensor::f32(&[], vec![ADAM_STEP0]));
+        } else {
+            r.values.insert(format!("momentum_buffer/{p}"), HostTensor::f32(&shape, buf0(k, n)));
+        }
         let signs: Vec<bool> = rademacher(k, n).into_iter().map(|z| z > 0.0).collect();
         r.fixed.insert(
             format!("fd_z/0/{p}"),
@@ -205,7 +264,7 @@ fn check_reference_step(name: &str, opt: &str, engine_kind: &str) -> Vec<String>
 fn reference_steps(engine_kind: &str) {
     let mut errors = Vec::new();
     for name in ["mlp", "cnn", "resnet8"] {
-        for opt in ["sgd", "sam", "usam", "asam", "rwsam", "msam"] {
+        for opt in REFERENCE_OPTIMIZERS {
             errors.extend(check_reference_step(name, opt, engine_kind));
         }
     }
@@ -305,9 +364,23 @@ fn bad_optimizer_options_exit_2_with_one_line() {
     assert_bad_input(&o, "--micro-batch", "at least 1");
     let (o, _t) = rewrite(&["--optimizer", "sam", "--reweight", "1", "--micro-batch", "4"]);
     assert_bad_input(&o, "--micro-batch", "choose one");
-    let (o, _t) = rewrite(&["--optimizer", "adam"]);
+    let (o, _t) = rewrite(&["--optimizer", "lamb"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("invalid value 'adam'"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("invalid value 'lamb'"), "{}", stderr(&o));
+    let (o, _t) = rewrite(&["--optimizer", "adamw", "--momentum", "0.9"]);
+    assert_bad_input(&o, "--momentum", "--betas");
+    let (o, _t) = rewrite(&["--optimizer", "sam", "--base-optimizer", "adamw", "--weight-decay-mode", "coupled"]);
+    assert_bad_input(&o, "AdamW's weight decay is decoupled", "--base-optimizer adam");
+    let (o, _t) = rewrite(&["--optimizer", "adam", "--betas", "0.9"]);
+    assert_bad_input(&o, "--betas 0.9", "B1,B2");
+    let (o, _t) = rewrite(&["--optimizer", "adam", "--betas", "0.9,1.5"]);
+    assert_bad_input(&o, "--betas", "[0, 1)");
+    let (o, _t) = rewrite(&["--optimizer", "sgd", "--amsgrad"]);
+    assert_bad_input(&o, "--amsgrad", "Adam");
+    let (o, _t) = rewrite(&["--optimizer", "sam", "--clip-grad-norm", "0"]);
+    assert_bad_input(&o, "--clip-grad-norm", "> 0");
+    let (o, _t) = rewrite(&["--optimizer", "adamw", "--base-optimizer", "sgd"]);
+    assert_bad_input(&o, "--base-optimizer", "its own base optimizer");
     // m-SAM's micro-batch must divide the batch
     let o = onnxsam(&[
         "bench",

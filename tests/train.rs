@@ -148,10 +148,26 @@ fn ort_and_tract_runs_of_one_seed_agree_over_the_first_steps() {
 fn resumed_run_continues_the_identical_trajectory() {
     let tmp = tempdir();
     let data = mnist_subset(tmp.path(), 1024);
-    // RW-SAM on tract; m-SAM on ONNX Runtime, whose two sessions keep values on the device
-    let configs: [&[&str]; 2] = [
+    // RW-SAM on tract; m-SAM on ONNX Runtime, whose two sessions keep values on the device; the
+    // base optimizers SGD, AdamW and Adam with amsgrad and clipping (their state is in the checkpoints)
+    let configs: [&[&str]; 3] = [
         &["--optimizer", "sam", "--reweight", "1", "--backend", "tract"],
-        &["--optimizer", "sam", "--micro-batch", "25", "--backend", "ort"],
+        &["--optimizer", "sam", "--base-optimizer", "adamw", "--lr", "1e-3", "--reweight", "1", "--backend", "tract"],
+        &[
+            "--optimizer",
+            "sam",
+            "--base-optimizer",
+            "adam",
+            "--amsgrad",
+            "--clip-grad-norm",
+            "1",
+            "--lr",
+            "1e-3",
+            "--micro-batch",
+            "25",
+            "--backend",
+            "ort",
+        ],
     ];
     for (k, opt) in configs.iter().enumerate() {
         let base = |run: &Path, epochs: &str| -> Vec<String> {

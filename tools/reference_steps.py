@@ -5,10 +5,12 @@ onnxsam's step graphs are tested against (tests/step_graphs.rs).
 Not run in CI (needs torch). Setup as for tools/export_models.py, then:
     .venv/bin/python tools/reference_steps.py
 
-For models mlp, cnn, resnet8 and optimizers sgd, sam, usam, asam, rwsam, msam it writes
+For models mlp, cnn, resnet8 and the optimizers of CONFIGS (SGD and Adam/AdamW under SAM, USAM, ASAM,
+RW-SAM, m-SAM, with amsgrad and gradient clipping) it writes
 tests/fixtures/<model>/step_<optimizer>.npz with
   loss, grad_norm, sharpness (SAM family), scores (rwsam),
-  and for every parameter p: next/<p>, next/momentum_buffer/<p>; every running statistic
+  and for every parameter p: next/<p>, next/momentum_buffer/<p> (SGD) or next/exp_avg/<p>,
+  next/exp_avg_sq/<p>, [next/max_exp_avg_sq/<p>] and next/step (Adam); every running statistic
   next/<buffer>. Tensors over 4096 elements are stored at 1024 sampled coordinates
   (idx/<name> holds the flat indices) to keep fixtures small; their full norm is in norm/<name>.
 The reference computes in float64 (from the float32 model, batch and inputs): one ASAM step on cnn
@@ -43,7 +45,26 @@ CONFIGS = {
     "rwsam": dict(opt="sam", lr=0.1, momentum=0.9, nesterov=False, wd=5e-4, wd_mode="coupled", rho=0.05,
                   lam=1.0, delta=3e-3),
     "msam": dict(opt="sam", lr=0.1, momentum=0.9, nesterov=False, wd=5e-4, wd_mode="coupled", rho=0.05, micro=2),
+    # Adam and AdamW (torch.optim itself takes the base step) under every SAM variant; their state
+    # starts mid-run (see adam_state0) so that bias correction and amsgrad's maximum matter
+    "adam": dict(opt="sgd", base="adam", lr=1e-3, wd=5e-4, wd_mode="coupled"),
+    "adamw_sam": dict(opt="sam", base="adamw", lr=1e-3, wd=1e-2, wd_mode="decoupled", rho=0.05),
+    "adam_usam_amsgrad": dict(opt="usam", base="adam", lr=1e-3, wd=5e-4, wd_mode="coupled", rho=0.05, amsgrad=True),
+    "adamw_asam_clip": dict(opt="asam", base="adamw", lr=1e-3, wd=1e-2, wd_mode="decoupled", rho=0.5, eta=0.01,
+                            clip=0.05),
+    "adamw_rwsam": dict(opt="sam", base="adamw", lr=1e-3, wd=1e-2, wd_mode="decoupled", rho=0.05, lam=1.0,
+                        delta=3e-3, betas=(0.8, 0.99), eps=1e-6),
+    "adamw_msam_amsgrad_clip": dict(opt="sam", base="adamw", lr=1e-3, wd=1e-2, wd_mode="decoupled", rho=0.05,
+                                    micro=2, amsgrad=True, clip=0.05),
 }
+ADAM_STEP0 = 3
+
+
+def adam_state0(k, n):
+    """Adam's state before the step: exp_avg = buf0(k), exp_avg_sq = buf0(k + 17)², max_exp_avg_sq =
+    buf0(k + 31)² + buf0(k + 17)²/2, step = ADAM_STEP0 (tests/step_graphs.rs uses the same)."""
+    v = buf0(k + 17, n).astype(np.float64) ** 2
+    return buf0(k, n), v.astype(np.float32), (buf0(k + 31, n).astype(np.float64) ** 2 + v / 2).astype(np.float32)
 
 
 def buf0(k, n):
@@ -154,6 +175,13 @@ def step(model, x, y, cfg, bufs, z=None):
         diag = {"loss": np.float32(np.mean(losses))}
     else:
         g, diag = ascent_and_descent(model, names, params, x, y, cfg, z)
+    if "clip" in cfg:
+        for p, gi in zip(params, g):
+            p.grad = gi.detach().clone()
+        torch.nn.utils.clip_grad_norm_(params, cfg["clip"], foreach=False)
+        g = [p.grad for p in params]
+    if "base" in cfg:
+        return adam_step(params, g, cfg, bufs), diag
     lr, mu, wd = cfg["lr"], cfg["momentum"], cfg["wd"]
     new_bufs = []
     with torch.no_grad():
@@ -167,6 +195,30 @@ def step(model, x, y, cfg, bufs, z=None):
             p.sub_(lr * d)
             new_bufs.append(nb)
     return new_bufs, diag
+
+
+def adam_step(params, g, cfg, state0):
+    """torch.optim.Adam/AdamW's own step from the state `state0` (per parameter: exp_avg,
+    exp_avg_sq, max_exp_avg_sq); returns the new state per parameter as a dict."""
+    cls = torch.optim.AdamW if cfg["base"] == "adamw" else torch.optim.Adam
+    amsgrad = cfg.get("amsgrad", False)
+    opt = cls(params, lr=cfg["lr"], betas=cfg.get("betas", (0.9, 0.999)), eps=cfg.get("eps", 1e-8),
+              weight_decay=cfg["wd"], amsgrad=amsgrad, foreach=False)
+    for p, gi, (m0, v0, vmax0) in zip(params, g, state0):
+        p.grad = gi.detach().clone()
+        st = {"step": torch.tensor(float(ADAM_STEP0)), "exp_avg": m0.clone(), "exp_avg_sq": v0.clone()}
+        if amsgrad:
+            st["max_exp_avg_sq"] = vmax0.clone()
+        opt.state[p] = st
+    opt.step()
+    out = []
+    for p in params:
+        st = opt.state[p]
+        d = {"exp_avg": st["exp_avg"], "exp_avg_sq": st["exp_avg_sq"], "step": st["step"]}
+        if amsgrad:
+            d["max_exp_avg_sq"] = st["max_exp_avg_sq"]
+        out.append(d)
+    return out
 
 
 def sample(name, a, out):
@@ -196,13 +248,24 @@ def main():
             named = list(model.named_parameters())
             order = sorted(range(len(named)), key=lambda i: named[i][0])
             kidx = {named[i][0]: k for k, i in enumerate(order)}
-            bufs = [torch.from_numpy(buf0(kidx[n], p.numel())).reshape(p.shape).double() for n, p in named]
+            if "base" in cfg:
+                bufs = [tuple(torch.from_numpy(a).reshape(p.shape).double() for a in adam_state0(kidx[n], p.numel()))
+                        for n, p in named]
+            else:
+                bufs = [torch.from_numpy(buf0(kidx[n], p.numel())).reshape(p.shape).double() for n, p in named]
             z = [torch.from_numpy(rademacher(kidx[n], p.numel())).reshape(p.shape).double() for n, p in named]
             new_bufs, diag = step(model, x, y, cfg, bufs, z)
             out = {k: np.asarray(v).astype(np.float32) for k, v in diag.items()}
             for (n, p), nb in zip(named, new_bufs):
                 sample(f"next/{n}", p.detach().cpu().numpy(), out)
-                sample(f"next/momentum_buffer/{n}", nb.cpu().numpy(), out)
+                if isinstance(nb, dict):
+                    for k, v in nb.items():
+                        if k == "step":
+                            out["next/step"] = np.float32(v)
+                        else:
+                            sample(f"next/{k}/{n}", v.cpu().numpy(), out)
+                else:
+                    sample(f"next/momentum_buffer/{n}", nb.cpu().numpy(), out)
             for n, b in model.named_buffers():
                 if "running" in n:
                     sample(f"next/{n}", b.cpu().numpy(), out)

@@ -127,7 +127,7 @@ use crate::passes::cleanup::Cleanup;
 use crate::passes::eval_graph::EvalGraph;
 use crate::passes::fd_branch::{FdBranch, FdScheme};
 use crate::passes::reweight::{Reweight, ScoreNorm};
-use crate::passes::sam_update::{Optimizer, SamUpdate, Stage, WeightDecayMode};
+use crate::passes::sam_update::{BaseOptimizer, Optimizer, SamUpdate, Stage, WeightDecayMode};
 use serde::Serialize;
 
 /// Where RW-SAM's per-sample scores come from.
@@ -167,6 +167,14 @@ pub struct StepSpec {
     pub rho: f32,
     pub eta: f32,
     pub fd_delta: f32,
+    /// The optimizer that takes the step from the (SAM) gradient: SGD, Adam or AdamW.
+    pub base: BaseOptimizer,
+    /// Adam's (β₁, β₂) and eps.
+    pub betas: (f32, f32),
+    pub eps: f32,
+    pub amsgrad: bool,
+    /// --clip-grad-norm: the global L2 norm the descent gradient is clipped to.
+    pub max_grad_norm: Option<f32>,
 }
 
 impl Default for StepSpec {
@@ -186,6 +194,11 @@ impl Default for StepSpec {
             rho: 0.05,
             eta: 0.01,
             fd_delta: 3e-3,
+            base: BaseOptimizer::Sgd,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            amsgrad: false,
+            max_grad_norm: None,
         }
     }
 }
@@ -204,6 +217,28 @@ impl StepSpec {
         }
         if !(self.weight_decay >= 0.0) {
             bail!("--weight-decay must be ≥ 0, got {}", self.weight_decay);
+        }
+        if self.base.is_adam() {
+            let (b1, b2) = self.betas;
+            if !(0.0..1.0).contains(&b1) || !(0.0..1.0).contains(&b2) {
+                bail!("--betas must be two numbers in [0, 1), got {b1},{b2}");
+            }
+            if !(self.eps >= 0.0) {
+                bail!("--eps must be ≥ 0, got {}", self.eps);
+            }
+            if self.base == BaseOptimizer::AdamW && self.weight_decay_mode != WeightDecayMode::Decoupled {
+                bail!("AdamW's weight decay is decoupled (θ ← θ·(1 − lr·wd)); for weight decay added to the gradient use Adam (--base-optimizer adam)");
+            }
+            if self.base == BaseOptimizer::Adam && self.weight_decay_mode == WeightDecayMode::Decoupled {
+                bail!("Adam with decoupled weight decay is AdamW: use --base-optimizer adamw (or --optimizer adamw)");
+            }
+        } else if self.amsgrad {
+            bail!("--amsgrad is an option of Adam and AdamW (--base-optimizer adam|adamw)");
+        }
+        if let Some(n) = self.max_grad_norm {
+            if !(n > 0.0) {
+                bail!("--clip-grad-norm must be > 0, got {n}");
+            }
         }
         if !(self.fd_delta > 0.0) {
             bail!("--fd-delta must be > 0, got {}", self.fd_delta);
@@ -245,6 +280,11 @@ impl StepSpec {
             momentum: self.momentum,
             weight_decay: self.weight_decay,
             rho: self.rho,
+            base: self.base,
+            betas: self.betas,
+            eps: self.eps,
+            amsgrad: self.amsgrad,
+            max_grad_norm: self.max_grad_norm,
         }
     }
 }

@@ -9,7 +9,7 @@ use graph_passes::onnx::data_type as dt;
 use graph_passes::shapes::{self, Dim};
 use graph_passes::step;
 
-use super::grad::GradGraphArgs;
+use super::GradGraphArgs;
 use super::BackendArgs;
 use crate::backend;
 use crate::grad::{self as g, Batch};
@@ -30,7 +30,7 @@ pub struct BenchArgs {
     graph: GradGraphArgs,
     /// With --optimizer: time training steps of that optimizer beside SGD's (interleaved rounds)
     #[command(flatten)]
-    step: super::step::StepArgs,
+    step: super::StepArgs,
     /// Time the standard set side by side: SGD, SAM, RW-SAM (λ = 1, Q = 1), m-SAM with M = 16 and 4
     #[arg(long, conflicts_with = "optimizer")]
     suite: bool,

@@ -2,88 +2,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, ValueEnum};
-use graph_passes::import::Sharing;
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
 use graph_passes::ir::Model;
 use graph_passes::onnx::SaveOptions;
-use graph_passes::passes::per_sample_loss::Loss;
 use graph_passes::passes::Contract;
 use graph_passes::step::{self, GradSpec};
 
-use super::{check_failed, BackendArgs};
+use super::{check_failed, BackendArgs, GradGraphArgs};
 use crate::backend::{self, Session};
 use crate::grad::{self as g, Batch};
 use crate::tensor::{read_npz, write_npz, HostTensor};
-
-#[derive(Clone, Copy, ValueEnum, Debug)]
-pub enum LossKind {
-    CrossEntropy,
-    Mse,
-}
-
-/// How the gradient graph is built.
-#[derive(Args, Clone, Debug)]
-pub struct GradGraphArgs {
-    #[arg(long, value_enum, default_value = "cross-entropy")]
-    loss: LossKind,
-    /// Label smoothing ε for cross-entropy (PyTorch's formula)
-    #[arg(long, default_value_t = 0.0)]
-    label_smoothing: f32,
-    /// BatchNorm with batch statistics and Dropout active (the default)
-    #[arg(long, conflicts_with = "eval_mode")]
-    train_mode: bool,
-    /// BatchNorm with running statistics, Dropout off
-    #[arg(long)]
-    eval_mode: bool,
-    /// Keep parameters matching this glob constant (repeatable), e.g. --freeze 'conv1.*'
-    #[arg(long, value_name = "PATTERN")]
-    freeze: Vec<String>,
-    /// Give every use of a shared tensor its own parameter, even where PyTorch uses one tensor
-    /// several times (default: tensors the exporter merged are untied where the file shows they
-    /// were distinct PyTorch tensors; a tensor PyTorch itself reuses stays one parameter)
-    #[arg(long, conflicts_with = "keep_tied")]
-    untie_shared: bool,
-    /// Keep tensors the exporter merged as one parameter each (BatchNorm running statistics
-    /// are still kept apart from parameters)
-    #[arg(long)]
-    keep_tied: bool,
-    /// Train a graph whose BatchNorm layers the exporter folded into convolutions (not the
-    /// network PyTorch trains; a warning says so)
-    #[arg(long)]
-    allow_folded_bn: bool,
-}
-
-impl GradGraphArgs {
-    pub fn spec(&self) -> Result<GradSpec> {
-        if !(0.0..1.0).contains(&self.label_smoothing) {
-            bail!("--label-smoothing must be in [0, 1), got {}", self.label_smoothing);
-        }
-        let loss = match self.loss {
-            LossKind::CrossEntropy => Loss::CrossEntropy { label_smoothing: self.label_smoothing },
-            LossKind::Mse => {
-                if self.label_smoothing != 0.0 {
-                    bail!("--label-smoothing applies to cross-entropy only");
-                }
-                Loss::Mse
-            }
-        };
-        Ok(GradSpec {
-            loss,
-            train_mode: !self.eval_mode,
-            freeze: self.freeze.clone(),
-            sharing: if self.untie_shared {
-                Sharing::UntieAll
-            } else if self.keep_tied {
-                Sharing::KeepTied
-            } else {
-                Sharing::Auto
-            },
-            allow_folded_bn: self.allow_folded_bn,
-            weighted: false,
-        })
-    }
-}
 
 /// What `grad` and `gradcheck` share: a model, a batch, how to build and run the graph.
 #[derive(Args)]
@@ -200,8 +129,9 @@ pub struct StepOnceArgs {
     #[command(flatten)]
     input: GradInput,
     #[command(flatten)]
-    step: super::step::StepArgs,
-    /// Where to write the next value of every parameter (by PyTorch name), momentum_buffer/<p>,
+    step: super::StepArgs,
+    /// Where to write the next value of every parameter (by PyTorch name), its optimizer state
+    /// (momentum_buffer/<p>, or exp_avg/<p>, exp_avg_sq/<p> and step for Adam),
     /// bn_after/<statistic> and the step's diagnostics (loss, grad_norm, …)
     #[arg(long, value_name = "NPZ")]
     out: PathBuf,
@@ -234,7 +164,7 @@ pub fn step_once(a: StepOnceArgs) -> Result<i32> {
         arrays.push((p.clone(), runner.values[p].clone()));
     }
     for (k, v) in &runner.values {
-        if k.starts_with(graph_passes::passes::sam_update::MOMENTUM_BUFFER) {
+        if c.opt_state_next.contains_key(k) && !k.starts_with(graph_passes::passes::sam_update::GRAD_ACC) {
             arrays.push((k.clone(), v.clone()));
         }
     }
@@ -403,7 +333,7 @@ pub struct RewriteArgs {
     #[command(flatten)]
     graph: GradGraphArgs,
     #[command(flatten)]
-    step: super::step::StepArgs,
+    step: super::StepArgs,
     /// Output file (step.json is written beside it; m-SAM also writes OUTPUT.apply.onnx)
     #[arg(short = 'o', long = "output", value_name = "ONNX")]
     output: PathBuf,
@@ -418,13 +348,13 @@ pub fn rewrite(a: RewriteArgs) -> Result<i32> {
     if a.eval {
         let spec = a.graph.spec()?;
         let g = step::eval_graph(&model, &spec).map_err(|e| anyhow!("{shown}: {e}"))?;
-        eprintln!("{}", super::step::write_eval(&g, &a.output, a.external_data)?);
+        eprintln!("{}", crate::step_file::write_eval(&g, &a.output, a.external_data)?);
         return Ok(0);
     }
     if !a.grad_only {
         let spec = a.step.spec(&a.graph)?;
         let graphs = step::step_graphs(&model, &spec).map_err(|e| anyhow!("{shown}: {e}"))?;
-        eprintln!("{}", super::step::write_step(&graphs, &spec, &a.output, a.external_data)?);
+        eprintln!("{}", crate::step_file::write_step(&graphs, &spec, &a.output, a.external_data)?);
         return Ok(0);
     }
     let spec = a.graph.spec()?;

@@ -68,15 +68,15 @@ struct Report {
 
 #[derive(Serialize)]
 struct CompiledGraph {
-    contract: super::step::GraphJson,
+    contract: crate::step_file::GraphJson,
     #[serde(skip_serializing_if = "Option::is_none")]
     spec: Option<serde_json::Value>,
 }
 
 fn compiled_graph(model: &Model) -> Option<CompiledGraph> {
     let get = |k: &str| model.meta.metadata_props.iter().find(|p| p.key == k).map(|p| p.value.clone());
-    let contract: super::step::GraphJson = serde_json::from_str(&get(super::step::CONTRACT_KEY)?).ok()?;
-    let spec = get(super::step::SPEC_KEY).and_then(|s| serde_json::from_str(&s).ok());
+    let contract: crate::step_file::GraphJson = serde_json::from_str(&get(crate::step_file::CONTRACT_KEY)?).ok()?;
+    let spec = get(crate::step_file::SPEC_KEY).and_then(|s| serde_json::from_str(&s).ok());
     Some(CompiledGraph { contract, spec })
 }
 

@@ -1,18 +1,17 @@
 //! The `onnxsam` command line. Exit codes: 0 success, 1 a check failed, 2 bad input.
+mod args;
 mod bench;
 mod diff;
 pub mod grad;
 mod inspect;
 mod ops;
 pub mod run;
-pub mod step;
 mod train;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::backend::{BackendKind, BackendRequest, Device};
 
 #[derive(Parser)]
 #[command(
@@ -67,7 +66,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  onnxsam train models/mlp.onnx --data data/mnist --optimizer sam --reweight 1 --epochs 1 --lr 0.05 --out runs/mlp\n  onnxsam train --resume runs/mlp --epochs 3\n  onnxsam train models/cnn.onnx --data data/mnist --label-noise 0.4 --optimizer sam --rho 0.05 --epochs 3 --out runs/cnn-noisy"
     )]
-    Train(crate::train::TrainArgs),
+    Train(train::TrainArgs),
     /// Loss, accuracy and per-class accuracy of a model on a dataset
     #[command(after_help = "Example:\n  onnxsam eval runs/mlp/model.onnx --data data/mnist")]
     Eval(train::EvalArgs),
@@ -91,53 +90,8 @@ struct PlotArgs {
     output: Option<PathBuf>,
 }
 
-/// Options every command that executes a graph shares.
-#[derive(Args, Clone, Debug)]
-pub struct BackendArgs {
-    /// Engine: ort (ONNX Runtime) when its library is found, else tract (embedded)
-    #[arg(long, value_enum, default_value = "auto")]
-    pub backend: BackendKind,
-    /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, else a pip-installed onnxruntime)
-    #[arg(long, value_name = "PATH")]
-    pub ort_lib: Option<PathBuf>,
-    /// cpu, cuda or cuda:N (CUDA needs onnxruntime-gpu)
-    #[arg(long, default_value = "cpu")]
-    pub device: Device,
-    /// Intra-op threads (default: all cores)
-    #[arg(long)]
-    pub threads: Option<usize>,
-}
-
-impl BackendArgs {
-    pub fn request(&self) -> BackendRequest {
-        BackendRequest {
-            kind: self.backend,
-            ort_lib: self.ort_lib.clone(),
-            device: self.device.clone(),
-            threads: self.threads,
-        }
-    }
-}
-
-/// An error that carries its exit code.
-#[derive(Debug)]
-pub struct Failure {
-    pub code: i32,
-    pub message: String,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Failure {}
-
-/// A failed check (exit 1), as opposed to bad input (exit 2).
-pub fn check_failed(message: impl Into<String>) -> anyhow::Error {
-    Failure { code: 1, message: message.into() }.into()
-}
+pub use args::{BackendArgs, GradGraphArgs, StepArgs};
+pub use crate::error::{check_failed, Failure};
 
 pub fn main() -> i32 {
     // A panic is a bug in onnxsam (or a dependency): one line, no backtrace.
@@ -168,7 +122,7 @@ pub fn main() -> i32 {
         Command::Step(a) => grad::step_once(a),
         Command::Rewrite(a) => grad::rewrite(a),
         Command::Bench(a) => bench::bench(a),
-        Command::Train(a) => crate::train::train(a, std::env::args().skip(2).collect()),
+        Command::Train(a) => train::train(a, std::env::args().skip(2).collect()),
         Command::Eval(a) => train::eval(a),
         Command::Export(a) => train::export(a),
         Command::Plot(a) => crate::report::plot::plot(&a.run, a.output.as_deref()).map(|p| {

@@ -2,12 +2,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use graph_passes::ir::Model;
-use graph_passes::onnx::tensor::dtype_name;
-use graph_passes::onnx::ValueInfoProto;
-use graph_passes::shapes::{shape_string, value_type_of, Dim};
 
 use super::BackendArgs;
 use crate::backend;
@@ -38,60 +35,7 @@ pub fn feeds_for(
     arrays: BTreeMap<String, HostTensor>,
     source: &str,
 ) -> Result<Vec<(String, HostTensor)>> {
-    check_feeds(&model.graph.data_inputs(), arrays, source)
-}
-
-/// Matches arrays to `inputs` by name (a lone array may be named anything); checks dtype and shape.
-pub fn check_feeds(
-    inputs: &[&ValueInfoProto],
-    arrays: BTreeMap<String, HostTensor>,
-    source: &str,
-) -> Result<Vec<(String, HostTensor)>> {
-    let mut feeds = Vec::new();
-    let lone = arrays.len() == 1 && inputs.len() == 1;
-    let mut arrays = arrays;
-    for v in inputs.iter() {
-        let t = match arrays.remove(&v.name) {
-            Some(t) => t,
-            None if lone => arrays.pop_first().map(|(_, t)| t).expect("one array"),
-            None => bail!(
-                "{source}: no array named '{}' (the model's inputs: {}; the file has: {})",
-                v.name,
-                inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "),
-                arrays.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        };
-        if let Some(vt) = value_type_of(&v.r#type) {
-            if vt.dtype != t.onnx_dtype() {
-                bail!(
-                    "{source}: array '{}' is {} but the model's input '{}' is {}; convert it (e.g. x.astype(np.{}))",
-                    v.name,
-                    t.dtype_name(),
-                    v.name,
-                    dtype_name(vt.dtype),
-                    dtype_name(vt.dtype)
-                );
-            }
-            if let Some(shape) = &vt.shape {
-                let ok = shape.len() == t.shape.len()
-                    && shape.iter().zip(&t.shape).all(|(d, &s)| match d {
-                        Dim::Known(k) => *k == s as i64 || *k <= 0,
-                        Dim::Sym(_) => true,
-                    });
-                if !ok {
-                    bail!(
-                        "{source}: array '{}' has shape {:?} but the model's input '{}' is {}",
-                        v.name,
-                        t.shape,
-                        v.name,
-                        shape_string(&vt.shape)
-                    );
-                }
-            }
-        }
-        feeds.push((v.name.clone(), t));
-    }
-    Ok(feeds)
+    crate::grad::check_feeds(&model.graph.data_inputs(), arrays, source)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -1,12 +1,16 @@
-//! `eval` and `export` (and the entry of `train`, which lives in crate::train).
-use std::path::PathBuf;
+//! `train`, `eval` and `export`: their options, and the training configuration built from them
+//! (the training itself is crate::train).
+use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
-use clap::Args;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser};
 use graph_passes::ir::Model;
+use serde_json::Value;
 
-use super::grad::GradGraphArgs;
-use super::BackendArgs;
+use super::{BackendArgs, GradGraphArgs, StepArgs};
+use crate::data::Normalize;
+use crate::train::schedule::Schedule;
+use crate::train::TrainConfig;
 use crate::backend;
 use crate::data::{self, Format};
 use crate::step::Evaluator;
@@ -56,7 +60,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         Some(other) => bail!("--split {other}: expected test or train"),
         None => loaded.test.unwrap_or(loaded.train),
     };
-    if let Some((m, s)) = crate::train::normalization(a.normalize.as_deref(), loaded.kind)? {
+    if let Some((m, s)) = parse_normalize(a.normalize.as_deref())?.resolve(loaded.kind) {
         d.normalize_channels(&m, &s)?;
     }
     let spec = a.graph.spec()?;
@@ -123,10 +127,200 @@ pub struct ExportArgs {
 }
 
 pub fn export(a: ExportArgs) -> Result<i32> {
-    let (model, spec) = crate::train::run_source(&a.run)?;
+    let (model, spec) = run_source(&a.run)?;
     let (pos, values) = crate::train::checkpoint::load(&a.run, a.step)?;
     let m = crate::train::export::export(&model, &spec, &values)?;
     m.save(&a.output, &Default::default())?;
     eprintln!("wrote {} (checkpoint at step {})", a.output.display(), pos.step);
     Ok(0)
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct TrainArgs {
+    /// The ONNX model (its single output: logits, or a loss)
+    pub model: Option<PathBuf>,
+    /// Training data: an MNIST-style folder (IDX, raw or .gz), CIFAR binary batches, .npz (x, y)
+    #[arg(long, value_name = "DATASET")]
+    pub data: Option<PathBuf>,
+    /// Test data (default: the test split beside the training data, when there is one)
+    #[arg(long, value_name = "DATASET")]
+    pub test: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub data_format: Option<crate::data::Format>,
+    /// Per-channel normalization MEAN,STD (or M1,M2,M3,S1,S2,S3), or `none`; default per dataset
+    #[arg(long)]
+    pub normalize: Option<String>,
+    #[command(flatten)]
+    pub graph: GradGraphArgs,
+    #[command(flatten)]
+    pub step: StepArgs,
+    #[arg(long, conflicts_with = "max_steps")]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// constant, cosine, step:0.3,0.6,0.8[@factor], warmup:STEPS[,SCHEDULE]
+    #[arg(long, default_value = "constant")]
+    pub lr_schedule: String,
+    /// constant, or `lr` (ρ follows the learning rate's schedule)
+    #[arg(long, default_value = "constant")]
+    pub rho_schedule: String,
+    /// Symmetric label noise on the training labels: this fraction gets another class
+    #[arg(long, value_name = "FRACTION")]
+    pub label_noise: Option<f64>,
+    /// Seed of the label noise (default: --seed)
+    #[arg(long)]
+    pub label_noise_seed: Option<u64>,
+    /// Augmentation: crop-flip (random crop with 4-pixel padding, horizontal flip)
+    #[arg(long, value_name = "KIND")]
+    pub augment: Option<String>,
+    /// Hold out this fraction of the training data for validation
+    #[arg(long, value_name = "F")]
+    pub val_split: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Drop the last partial batch of each epoch
+    #[arg(long)]
+    pub drop_last: bool,
+    /// Checkpoints to keep
+    #[arg(long, default_value_t = 3)]
+    pub keep_checkpoints: usize,
+    /// Batch size of evaluation (256 keeps resnet8's peak memory under 1 GiB)
+    #[arg(long, default_value_t = 256)]
+    pub eval_batch_size: usize,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Run folder: config, metrics.jsonl/csv, checkpoints/, model.onnx
+    #[arg(long, value_name = "RUN_DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in RUN_DIR from its last checkpoint (its own configuration; --epochs or
+    /// --max-steps may extend it)
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+}
+
+/// `onnxsam train`: the configuration from the command line (or, with --resume, from the run's
+/// config.json, with --epochs/--max-steps and the engine options of this command), then
+/// crate::train::train.
+pub fn train(a: TrainArgs, raw: Vec<String>) -> Result<i32> {
+    let cfg = config(a, raw)?;
+    crate::train::train(&cfg)
+}
+
+fn config(mut a: TrainArgs, raw: Vec<String>) -> Result<TrainConfig> {
+    let run: PathBuf;
+    let command_line: Vec<String>;
+    let resume = a.resume.is_some();
+    if let Some(r) = a.resume.clone() {
+        let (raw_args, stored) = stored_run(&r, "no run to resume here")?;
+        command_line = raw_args;
+        let (epochs, max_steps, backend) = (a.epochs, a.max_steps, a.backend.clone());
+        a = stored;
+        if epochs.is_some() || max_steps.is_some() {
+            a.epochs = epochs;
+            a.max_steps = max_steps;
+        }
+        if raw.iter().any(|x| {
+            x.starts_with("--backend")
+                || x.starts_with("--device")
+                || x.starts_with("--threads")
+                || x.starts_with("--ort-lib")
+        }) {
+            a.backend = backend;
+        }
+        run = r;
+    } else {
+        run = a.out.clone().ok_or_else(|| anyhow!("train needs --out RUN_DIR (or --resume RUN_DIR)"))?;
+        command_line = raw;
+    }
+    let model = a.model.clone().ok_or_else(|| anyhow!("train needs a MODEL"))?;
+    let data = a.data.clone().ok_or_else(|| anyhow!("train needs --data DATASET"))?;
+    let spec = a.step.spec(&a.graph)?;
+    let lr_schedule: Schedule = a.lr_schedule.parse()?;
+    let rho_follows_lr = match a.rho_schedule.as_str() {
+        "constant" => false,
+        "lr" => true,
+        other => bail!("--rho-schedule {other}: expected constant or lr"),
+    };
+    let crop_flip = match a.augment.as_deref() {
+        None => false,
+        Some("crop-flip") => true,
+        Some(other) => bail!("--augment {other}: the augmentation onnxsam has is crop-flip"),
+    };
+    Ok(TrainConfig {
+        model,
+        data,
+        test: a.test,
+        data_format: a.data_format,
+        normalize: parse_normalize(a.normalize.as_deref())?,
+        spec,
+        epochs: a.epochs,
+        max_steps: a.max_steps,
+        batch_size: a.batch_size,
+        lr_schedule,
+        rho_follows_lr,
+        label_noise: a.label_noise,
+        label_noise_seed: a.label_noise_seed.unwrap_or(a.seed),
+        crop_flip,
+        val_split: a.val_split,
+        seed: a.seed,
+        drop_last: a.drop_last,
+        keep_checkpoints: a.keep_checkpoints,
+        eval_batch_size: a.eval_batch_size,
+        backend: a.backend.request(),
+        run,
+        resume,
+        command_line,
+    })
+}
+
+#[derive(Parser)]
+struct Stored {
+    #[command(flatten)]
+    a: TrainArgs,
+}
+
+/// `--normalize`: MEAN,STD or M1,…,Mc,S1,…,Sc, `none`, or (absent) the dataset's default.
+fn parse_normalize(arg: Option<&str>) -> Result<Normalize> {
+    let Some(s) = arg else { return Ok(Normalize::DatasetDefault) };
+    if s == "none" {
+        return Ok(Normalize::Off);
+    }
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f32>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| anyhow!("--normalize {s}: expected MEAN,STD numbers (or none)"))?;
+    if v.len() < 2 || v.len() % 2 != 0 {
+        bail!("--normalize {s}: expected MEAN,STD or M1,…,Mc,S1,…,Sc");
+    }
+    let h = v.len() / 2;
+    if v[h..].iter().any(|&x| x <= 0.0) {
+        bail!("--normalize {s}: standard deviations must be > 0");
+    }
+    Ok(Normalize::Channels { mean: v[..h].to_vec(), std: v[h..].to_vec() })
+}
+
+/// The run folder's source model and its training spec (for export).
+pub fn run_source(run: &Path) -> Result<(Model, graph_passes::step::GradSpec)> {
+    let (_, stored) = stored_run(run, "not a run folder")?;
+    let model = Model::load(&run.join("source.onnx"))?;
+    Ok((model, stored.graph.spec()?))
+}
+
+/// The command-line arguments a run was started with (RUN_DIR/config.json), and as parsed.
+fn stored_run(run: &Path, missing: &str) -> Result<(Vec<String>, TrainArgs)> {
+    let cfg = run.join("config.json");
+    let text =
+        std::fs::read_to_string(&cfg).with_context(|| format!("{}: {missing} (config.json missing)", run.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not an onnxsam run config", cfg.display()))?;
+    let args: Vec<String> = v["args"]
+        .as_array()
+        .map(|x| x.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let stored = Stored::try_parse_from(std::iter::once("train".to_string()).chain(args.iter().cloned()))
+        .map_err(|e| anyhow!("{}: {}", cfg.display(), e.to_string().lines().next().unwrap_or("")))?;
+    Ok((args, stored.a))
 }

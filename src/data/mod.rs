@@ -56,6 +56,27 @@ impl Kind {
     }
 }
 
+/// Per-channel input normalization (x − mean_c)/std_c.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Normalize {
+    /// The dataset's usual statistics (MNIST, Fashion-MNIST, CIFAR); none for other data.
+    DatasetDefault,
+    Off,
+    /// One mean and std, or one per channel.
+    Channels { mean: Vec<f32>, std: Vec<f32> },
+}
+
+impl Normalize {
+    /// Per-channel (means, stds) for a dataset of `kind`, or None.
+    pub fn resolve(&self, kind: Kind) -> Option<(Vec<f32>, Vec<f32>)> {
+        match self {
+            Normalize::DatasetDefault => kind.normalization(),
+            Normalize::Off => None,
+            Normalize::Channels { mean, std } => Some((mean.clone(), std.clone())),
+        }
+    }
+}
+
 /// A training set and, when the source has one, its test set.
 pub struct Loaded {
     pub train: Dataset,

@@ -1,132 +1,35 @@
-//! `onnxsam train`: data → step graph runs → checkpoints, metrics, the trained model.
+//! `onnxsam train` as a library: data → one step-graph run per step → evaluation, checkpoints,
+//! metrics, the trained model. [`train`] reads as its parts: [`Trainer::set_up`] (data, graphs,
+//! run folder, resume), [`Trainer::train_epoch`] (batches → [`Trainer::train_step`]),
+//! [`Trainer::end_epoch`] (evaluation, checkpoint) and [`Trainer::finish`] (the trained model).
 pub mod checkpoint;
+pub mod config;
 pub mod export;
 pub mod metrics;
 pub mod schedule;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, Parser};
 use graph_passes::ir::Model;
 use graph_passes::shapes::{self, Dim};
 use serde_json::{json, Map, Value};
 
 use crate::backend;
-use crate::cli::grad::GradGraphArgs;
-use crate::cli::step::StepArgs;
-use crate::cli::BackendArgs;
-use crate::data::{self, loader, Dataset, Format};
+use crate::data::{self, loader, Dataset};
+use crate::grad::Batch;
 use crate::step::{Evaluator, StepRunner};
 use crate::tensor::HostTensor;
 use checkpoint::Position;
-use schedule::Schedule;
-
-#[derive(Args, Clone, Debug)]
-pub struct TrainArgs {
-    /// The ONNX model (its single output: logits, or a loss)
-    pub model: Option<PathBuf>,
-    /// Training data: an MNIST-style folder (IDX, raw or .gz), CIFAR binary batches, .npz (x, y)
-    #[arg(long, value_name = "DATASET")]
-    pub data: Option<PathBuf>,
-    /// Test data (default: the test split beside the training data, when there is one)
-    #[arg(long, value_name = "DATASET")]
-    pub test: Option<PathBuf>,
-    #[arg(long, value_enum)]
-    pub data_format: Option<Format>,
-    /// Per-channel normalization MEAN,STD (or M1,M2,M3,S1,S2,S3), or `none`; default per dataset
-    #[arg(long)]
-    pub normalize: Option<String>,
-    #[command(flatten)]
-    pub graph: GradGraphArgs,
-    #[command(flatten)]
-    pub step: StepArgs,
-    #[arg(long, conflicts_with = "max_steps")]
-    pub epochs: Option<usize>,
-    #[arg(long)]
-    pub max_steps: Option<usize>,
-    #[arg(long, default_value_t = 128)]
-    pub batch_size: usize,
-    /// constant, cosine, step:0.3,0.6,0.8[@factor], warmup:STEPS[,SCHEDULE]
-    #[arg(long, default_value = "constant")]
-    pub lr_schedule: String,
-    /// constant, or `lr` (ρ follows the learning rate's schedule)
-    #[arg(long, default_value = "constant")]
-    pub rho_schedule: String,
-    /// Symmetric label noise on the training labels: this fraction gets another class
-    #[arg(long, value_name = "FRACTION")]
-    pub label_noise: Option<f64>,
-    /// Seed of the label noise (default: --seed)
-    #[arg(long)]
-    pub label_noise_seed: Option<u64>,
-    /// Augmentation: crop-flip (random crop with 4-pixel padding, horizontal flip)
-    #[arg(long, value_name = "KIND")]
-    pub augment: Option<String>,
-    /// Hold out this fraction of the training data for validation
-    #[arg(long, value_name = "F")]
-    pub val_split: Option<f64>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Drop the last partial batch of each epoch
-    #[arg(long)]
-    pub drop_last: bool,
-    /// Checkpoints to keep
-    #[arg(long, default_value_t = 3)]
-    pub keep_checkpoints: usize,
-    /// Batch size of evaluation (256 keeps resnet8's peak memory under 1 GiB)
-    #[arg(long, default_value_t = 256)]
-    pub eval_batch_size: usize,
-    #[command(flatten)]
-    pub backend: BackendArgs,
-    /// Run folder: config, metrics.jsonl/csv, checkpoints/, model.onnx
-    #[arg(long, value_name = "RUN_DIR")]
-    pub out: Option<PathBuf>,
-    /// Continue the run in RUN_DIR from its last checkpoint (its own configuration; --epochs or
-    /// --max-steps may extend it)
-    #[arg(long, value_name = "RUN_DIR")]
-    pub resume: Option<PathBuf>,
-}
-
-#[derive(Parser)]
-struct Stored {
-    #[command(flatten)]
-    a: TrainArgs,
-}
+pub use config::TrainConfig;
 
 /// Stopped by Ctrl-C: checkpoint and exit.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Per-channel (means, stds) from `--normalize` or, without it, the dataset's defaults.
-pub(crate) fn normalization(arg: Option<&str>, kind: data::Kind) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
-    match arg {
-        Some(s) => parse_normalize(s),
-        None => Ok(kind.normalization()),
-    }
-}
-
-fn parse_normalize(s: &str) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
-    if s == "none" {
-        return Ok(None);
-    }
-    let v: Vec<f32> = s
-        .split(',')
-        .map(|x| x.trim().parse::<f32>())
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|_| anyhow!("--normalize {s}: expected MEAN,STD numbers (or none)"))?;
-    if v.len() < 2 || v.len() % 2 != 0 {
-        bail!("--normalize {s}: expected MEAN,STD or M1,…,Mc,S1,…,Sc");
-    }
-    let h = v.len() / 2;
-    if v[h..].iter().any(|&x| x <= 0.0) {
-        bail!("--normalize {s}: standard deviations must be > 0");
-    }
-    Ok(Some((v[..h].to_vec(), v[h..].to_vec())))
-}
 
 /// The model input's sample shape (known dims after the batch) and the logits' class count.
 pub(crate) fn model_io(model: &Model, source: &str) -> Result<(String, Vec<Option<i64>>, Option<usize>)> {
@@ -198,92 +101,437 @@ fn scalar(out: &BTreeMap<String, HostTensor>, k: &str) -> Value {
     out.get(k).and_then(|t| t.to_f64().first().copied()).map(|v| json!(v)).unwrap_or(Value::Null)
 }
 
-pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
-    // --resume: the stored configuration, with --epochs/--max-steps from this command if given
-    let run: PathBuf;
-    let resuming = a.resume.is_some();
-    let stored_raw: Vec<String>;
-    if let Some(r) = a.resume.clone() {
-        let (raw_args, stored) = stored_run(&r, "no run to resume here")?;
-        stored_raw = raw_args;
-        let (epochs, max_steps, backend) = (a.epochs, a.max_steps, a.backend.clone());
-        a = stored;
-        if epochs.is_some() || max_steps.is_some() {
-            a.epochs = epochs;
-            a.max_steps = max_steps;
+
+/// Trains as `cfg` says. Returns the exit code: 0 done, 130 interrupted (checkpoint written).
+pub fn train(cfg: &TrainConfig) -> Result<i32> {
+    let mut t = Trainer::set_up(cfg)?;
+    while t.pos.epoch < t.epochs && (t.pos.step as usize) < t.total {
+        let Some(tally) = t.train_epoch()? else { return Ok(130) };
+        if t.end_epoch(tally)? {
+            break;
         }
-        if raw.iter().any(|x| {
-            x.starts_with("--backend")
-                || x.starts_with("--device")
-                || x.starts_with("--threads")
-                || x.starts_with("--ort-lib")
-        }) {
-            a.backend = backend;
-        }
-        run = r;
-    } else {
-        run = a.out.clone().ok_or_else(|| anyhow!("train needs --out RUN_DIR (or --resume RUN_DIR)"))?;
-        if run.join("config.json").exists() {
+    }
+    t.finish()
+}
+
+/// The data a run trains and evaluates on, checked against the model.
+struct RunData {
+    input: String,
+    train: Dataset,
+    val: Option<Dataset>,
+    test: Option<Dataset>,
+    /// Per channel: the normalized value of a zero pixel (crop-flip's padding).
+    fill: Vec<f32>,
+}
+
+/// One epoch's running sums.
+struct Tally {
+    loss: f64,
+    correct: f64,
+    n: usize,
+    steps: usize,
+    data_wait: f64,
+    start: Instant,
+    last_weights: Option<HostTensor>,
+}
+
+/// A run in progress.
+pub struct Trainer<'a> {
+    cfg: &'a TrainConfig,
+    shown: String,
+    model: Model,
+    runner: StepRunner,
+    eval: Evaluator,
+    input: String,
+    train: Arc<Dataset>,
+    val: Option<Dataset>,
+    test: Option<Dataset>,
+    fill: Vec<f32>,
+    per_epoch: usize,
+    total: usize,
+    epochs: usize,
+    pos: Position,
+    metrics: metrics::Metrics,
+    started: Instant,
+    base_seconds: f64,
+    lr0: f64,
+    rho0: f64,
+    tty: bool,
+}
+
+impl<'a> Trainer<'a> {
+    /// Everything before the first step: the model and its graphs, the data, the run folder
+    /// (config.json, source.onnx; or the checkpoint to resume from), the engine. A model or
+    /// dataset onnxsam cannot train gets its one error line before anything is written.
+    pub fn set_up(cfg: &'a TrainConfig) -> Result<Trainer<'a>> {
+        let run = &cfg.run;
+        if !cfg.resume && run.join("config.json").exists() {
             bail!(
                 "{}: this folder already holds a run; pass --resume {} to continue it, or choose another --out",
                 run.display(),
                 run.display()
             );
         }
-        stored_raw = raw.clone();
-    }
-    let model_path = a.model.clone().ok_or_else(|| anyhow!("train needs a MODEL"))?;
-    let data_path = a.data.clone().ok_or_else(|| anyhow!("train needs --data DATASET"))?;
-    let shown = model_path.display().to_string();
-    let model = Model::load(&model_path)?;
-    let spec = a.step.spec(&a.graph)?;
-    if a.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    if let Some(m) = spec.micro_batch {
-        if a.batch_size % m != 0 {
-            bail!("--micro-batch {m} does not divide --batch-size {}", a.batch_size);
+        let shown = cfg.model.display().to_string();
+        let model = Model::load(&cfg.model)?;
+        let spec = &cfg.spec;
+        if cfg.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
         }
-        if !a.drop_last {
-            a.drop_last = true; // m-SAM needs whole batches
+        let mut drop_last = cfg.drop_last;
+        if let Some(m) = spec.micro_batch {
+            if cfg.batch_size % m != 0 {
+                bail!("--micro-batch {m} does not divide --batch-size {}", cfg.batch_size);
+            }
+            drop_last = true; // m-SAM needs whole batches
         }
-    }
-    let lr_sched: Schedule = a.lr_schedule.parse()?;
-    let rho_follows_lr = match a.rho_schedule.as_str() {
-        "constant" => false,
-        "lr" => true,
-        other => bail!("--rho-schedule {other}: expected constant or lr"),
-    };
-    if let Some(aug) = &a.augment {
-        if aug != "crop-flip" {
-            bail!("--augment {aug}: the augmentation onnxsam has is crop-flip");
+        let (d, clean, flipped) = load_data(cfg, &model, &shown, drop_last)?;
+        let graphs = graph_passes::step::step_graphs(&model, spec).map_err(|e| anyhow!("{shown}: {e}"))?;
+        if let Some(bn) = &graphs.step.contract.batch_norm_over_batch_only {
+            if !drop_last && d.train.len() % cfg.batch_size == 1 {
+                bail!(
+                    "{}: {} samples in batches of {} leave a last batch of one sample, and {bn} cannot normalize one value per channel (PyTorch refuses it too); pass --drop-last or another --batch-size",
+                    d.train.source,
+                    d.train.len(),
+                    cfg.batch_size
+                );
+            }
         }
+        start_run_folder(cfg, &model, &d.train, &clean, &flipped)?;
+        let be = backend::select(&cfg.backend, true)?;
+        let mut runner =
+            StepRunner::from_graphs(graphs, &model, spec, be.as_ref(), cfg.seed).with_context(|| shown.clone())?;
+        let eval = Evaluator::new(&model, &spec.grad, be.as_ref()).with_context(|| shown.clone())?;
+        let per_epoch = loader::batches_per_epoch(d.train.len(), cfg.batch_size, drop_last);
+        let total = match (cfg.max_steps, cfg.epochs) {
+            (Some(s), _) => s,
+            (None, Some(e)) => e * per_epoch,
+            (None, None) => bail!("give --epochs N or --max-steps N"),
+        };
+        let epochs = total.div_ceil(per_epoch.max(1));
+        let mut pos = Position {
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            metrics_lines: 0,
+            seconds: 0.0,
+            epoch_sums: (0.0, 0.0, 0),
+        };
+        if cfg.resume {
+            let (p, values) = checkpoint::load(run, None)?;
+            for (k, v) in values {
+                runner.values.insert(k, v);
+            }
+            runner.step = p.step;
+            println!("resuming {} at step {} (epoch {}, batch {})", run.display(), p.step, p.epoch + 1, p.batch_in_epoch);
+            pos = p;
+        }
+        runner.keep_on_device = true;
+        let metrics = metrics::Metrics::open(run, pos.metrics_lines)?;
+        let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+        // f32 → f64 through the decimal the user wrote (0.05, not 0.05000000074505806)
+        let lr0: f64 = spec.lr.to_string().parse().unwrap_or(spec.lr as f64);
+        let rho0: f64 = spec.rho.to_string().parse().unwrap_or(spec.rho as f64);
+        let base = format!("{:?}", spec.base).to_lowercase();
+        let method = match (spec.optimizer, spec.micro_batch) {
+            (graph_passes::passes::sam_update::Optimizer::Sgd, _) => base,
+            (o, Some(m)) => format!("m-{} (m = {m}) with {base}", format!("{o:?}").to_lowercase()),
+            (o, None) => format!("{} with {base}", format!("{o:?}").to_lowercase()),
+        };
+        println!(
+            "training {} on {} ({} samples, {} steps/epoch, {} steps) with {}{}; {}",
+            shown,
+            cfg.data.display(),
+            d.train.len(),
+            per_epoch,
+            total,
+            method,
+            spec.reweight.map(|r| format!(" + reweight λ = {}", r.lambda)).unwrap_or_default(),
+            be.describe()
+        );
+        let base_seconds = pos.seconds;
+        Ok(Trainer {
+            cfg,
+            shown,
+            model,
+            runner,
+            eval,
+            input: d.input,
+            train: Arc::new(d.train),
+            val: d.val,
+            test: d.test,
+            fill: d.fill,
+            per_epoch,
+            total,
+            epochs,
+            pos,
+            metrics,
+            started: Instant::now(),
+            base_seconds,
+            lr0,
+            rho0,
+            tty: std::io::stdout().is_terminal(),
+        })
     }
-    // data
-    let (input, want_shape, classes) = model_io(&model, &shown)?;
-    let loaded = data::load(&data_path, a.data_format)?;
+
+    fn drop_last(&self) -> bool {
+        self.cfg.drop_last || self.cfg.spec.micro_batch.is_some()
+    }
+
+    fn seconds(&self) -> f64 {
+        self.base_seconds + self.started.elapsed().as_secs_f64()
+    }
+
+    /// The batches of the epoch in progress, prepared on a background thread.
+    fn epoch_batches(&self) -> loader::Prefetch {
+        let cfg = self.cfg;
+        let order = loader::permutation(self.train.len(), cfg.seed, &format!("epoch/{}", self.pos.epoch));
+        loader::Prefetch::start(
+            self.train.clone(),
+            loader::EpochSpec {
+                input: self.input.clone(),
+                order,
+                batch_size: cfg.batch_size,
+                drop_last: self.drop_last(),
+                skip: self.pos.batch_in_epoch,
+                augment: cfg.crop_flip.then(|| loader::CropFlip { pad: 4, fill: self.fill.clone() }),
+                seed: cfg.seed,
+                epoch: self.pos.epoch,
+            },
+        )
+    }
+
+    fn progress_bar(&self) -> Option<indicatif::ProgressBar> {
+        self.tty.then(|| {
+            let b = indicatif::ProgressBar::new(self.per_epoch as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "epoch {prefix} {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.set_prefix(format!("{}/{}", self.pos.epoch + 1, self.epochs));
+            b.set_position(self.pos.batch_in_epoch as u64);
+            b
+        })
+    }
+
+    /// The steps of one epoch (or what is left of it). None: interrupted by Ctrl-C, with a
+    /// checkpoint written.
+    fn train_epoch(&mut self) -> Result<Option<Tally>> {
+        let bar = self.progress_bar();
+        // a run resumed mid-epoch goes on with the epoch's sums so far
+        let (loss, correct, n) = if self.pos.batch_in_epoch > 0 { self.pos.epoch_sums } else { (0.0, 0.0, 0) };
+        let mut tally =
+            Tally { loss, correct, n, steps: 0, data_wait: 0.0, start: Instant::now(), last_weights: None };
+        let mut batches = self.epoch_batches();
+        loop {
+            let waited = Instant::now();
+            let Some(batch) = batches.next() else { break };
+            tally.data_wait += waited.elapsed().as_secs_f64();
+            if self.pos.step as usize >= self.total {
+                break;
+            }
+            if let Err(e) = self.train_step(&batch, &mut tally, bar.as_ref()) {
+                if let Some(b) = &bar {
+                    b.abandon();
+                }
+                return Err(e);
+            }
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                self.pos.epoch_sums = (tally.loss, tally.correct, tally.n);
+                self.checkpoint()?;
+                if let Some(b) = &bar {
+                    b.abandon();
+                }
+                println!(
+                    "interrupted at step {}: checkpoint written; continue with --resume {}",
+                    self.pos.step,
+                    self.cfg.run.display()
+                );
+                return Ok(None);
+            }
+        }
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        Ok(Some(tally))
+    }
+
+    /// One optimizer step: the scheduled lr (and ρ), the step graph's run, a metrics row.
+    fn train_step(&mut self, batch: &Batch, tally: &mut Tally, bar: Option<&indicatif::ProgressBar>) -> Result<()> {
+        let t = self.pos.step as usize;
+        let lr = self.lr0 * self.cfg.lr_schedule.factor(t, self.total);
+        let rho = if self.cfg.rho_follows_lr && self.lr0 > 0.0 { self.rho0 * lr / self.lr0 } else { self.rho0 };
+        let runner = &mut self.runner;
+        runner.hyper.insert("lr".into(), lr as f32);
+        if runner.hyper.contains_key("rho") {
+            runner.hyper.insert("rho".into(), rho as f32);
+        }
+        let n = batch.labels.shape[0];
+        let out = match runner.step(batch) {
+            Ok(o) => o,
+            Err(e) => {
+                let run = &self.cfg.run;
+                let last =
+                    checkpoint::list(run)?.last().map(|(s, _)| format!("step {s}")).unwrap_or("none yet".into());
+                return Err(crate::error::check_failed(format!(
+                    "training stopped: {e:#}; the last good checkpoint ({last}) is in {}",
+                    checkpoint::dir(run).display()
+                )));
+            }
+        };
+        self.pos.step += 1;
+        self.pos.batch_in_epoch += 1;
+        tally.steps += 1;
+        let loss = out["loss"].to_f64()[0];
+        let correct = out.get("correct").map(|c| c.to_f64()[0]).unwrap_or(f64::NAN);
+        tally.loss += loss * n as f64;
+        tally.correct += correct;
+        tally.n += n;
+        let mut row = Map::new();
+        row.insert("kind".into(), json!("step"));
+        row.insert("step".into(), json!(self.pos.step));
+        row.insert("epoch".into(), json!(self.pos.epoch + 1));
+        row.insert("lr".into(), json!(lr));
+        if self.runner.hyper.contains_key("rho") {
+            row.insert("rho".into(), json!(rho));
+        }
+        row.insert("loss".into(), json!(loss));
+        row.insert("acc".into(), json!(correct / n as f64));
+        for k in ["grad_norm", "sharpness", "weight_entropy", "ess", "max_weight", "trace_v"] {
+            if out.contains_key(k) {
+                row.insert(k.into(), scalar(&out, k));
+            }
+        }
+        row.insert("seconds".into(), json!(self.seconds()));
+        self.metrics.write(&row)?;
+        if let Some(w) = out.get("sample_weights") {
+            tally.last_weights = Some(w.clone());
+        }
+        let rate = tally.steps as f64 / tally.start.elapsed().as_secs_f64().max(1e-9);
+        let acc = correct / n as f64;
+        match bar {
+            Some(b) => {
+                b.set_position(self.pos.batch_in_epoch as u64);
+                b.set_message(format!("loss {loss:.4} acc {acc:.3} {rate:.1} steps/s"));
+            }
+            None => {
+                let every = (self.per_epoch / 5).max(1);
+                if self.pos.batch_in_epoch % every == 0 {
+                    println!(
+                        "epoch {}/{} step {}/{}: loss {loss:.4}, acc {acc:.3}, {rate:.1} steps/s",
+                        self.pos.epoch + 1,
+                        self.epochs,
+                        self.pos.batch_in_epoch,
+                        self.per_epoch
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of an epoch (or of --max-steps): evaluation on val/test, an epoch row, the last
+    /// RW-SAM weights, a checkpoint. Returns true when the run stops here (mid-epoch).
+    fn end_epoch(&mut self, tally: Tally) -> Result<bool> {
+        let epoch_s = tally.start.elapsed().as_secs_f64();
+        let mut row = Map::new();
+        row.insert("kind".into(), json!("epoch"));
+        row.insert("step".into(), json!(self.pos.step));
+        row.insert("epoch".into(), json!(self.pos.epoch + 1));
+        if tally.n > 0 {
+            row.insert("train_loss".into(), json!(tally.loss / tally.n as f64));
+            row.insert("train_acc".into(), json!(tally.correct / tally.n as f64));
+        }
+        if tally.steps > 0 {
+            row.insert("data_wait".into(), json!(tally.data_wait / epoch_s.max(1e-9)));
+        }
+        let mut line = format!("epoch {}/{}: step {}", self.pos.epoch + 1, self.epochs, self.pos.step);
+        if tally.n > 0 {
+            line += &format!(", train loss {:.4} acc {:.4}", tally.loss / tally.n as f64, tally.correct / tally.n as f64);
+        }
+        self.runner.sync()?;
+        for (name, d) in [("val", &self.val), ("test", &self.test)] {
+            if let Some(d) = d {
+                let (l, acc) = evaluate(&mut self.eval, &self.runner.values, d, &self.input, self.cfg.eval_batch_size)?;
+                row.insert(format!("{name}_loss"), json!(l));
+                row.insert(format!("{name}_acc"), json!(acc));
+                line += &format!(", {name} loss {l:.4} acc {acc:.4}");
+            }
+        }
+        let seconds = self.seconds();
+        row.insert("seconds".into(), json!(seconds));
+        self.metrics.write(&row)?;
+        println!(
+            "{line} ({seconds:.1} s; waiting for data {:.1}% of the epoch)",
+            100.0 * tally.data_wait / epoch_s.max(1e-9)
+        );
+        if let Some(w) = tally.last_weights {
+            crate::tensor::write_npz(&self.cfg.run.join("sample_weights.npz"), &[("sample_weights".into(), w)])?;
+        }
+        if self.pos.batch_in_epoch >= self.per_epoch || (self.pos.step as usize) < self.total {
+            self.pos.epoch += 1;
+            self.pos.batch_in_epoch = 0;
+        }
+        self.pos.epoch_sums = (tally.loss, tally.correct, tally.n);
+        self.checkpoint()?;
+        Ok(self.pos.batch_in_epoch != 0)
+    }
+
+    /// Writes a checkpoint of where the run stands (parameters, optimizer state, statistics).
+    fn checkpoint(&mut self) -> Result<()> {
+        self.pos.metrics_lines = self.metrics.lines;
+        self.pos.seconds = self.seconds();
+        self.runner.sync()?;
+        checkpoint::save(&self.cfg.run, &self.pos, &self.runner.values, self.cfg.keep_checkpoints)?;
+        Ok(())
+    }
+
+    /// The trained model: the original graph with the trained values, RUN_DIR/model.onnx.
+    fn finish(mut self) -> Result<i32> {
+        self.runner.sync()?;
+        let trained = export::export(&self.model, &self.cfg.spec.grad, &self.runner.values)
+            .with_context(|| self.shown.clone())?;
+        let path = self.cfg.run.join("model.onnx");
+        trained.save(&path, &Default::default())?;
+        println!("wrote {} (the trained model)", path.display());
+        Ok(0)
+    }
+}
+
+/// The training, validation and test sets, normalized, checked against the model, with label
+/// noise applied; also the clean labels and the indices flipped.
+fn load_data(
+    cfg: &TrainConfig,
+    model: &Model,
+    shown: &str,
+    drop_last: bool,
+) -> Result<(RunData, Vec<i64>, Vec<usize>)> {
+    let (input, want_shape, classes) = model_io(model, shown)?;
+    let loaded = data::load(&cfg.data, cfg.data_format)?;
     let mut train = loaded.train;
-    let mut test = match &a.test {
-        Some(t) => Some(data::load(t, a.data_format)?.train),
+    let mut test = match &cfg.test {
+        Some(t) => Some(data::load(t, cfg.data_format)?.train),
         None => loaded.test,
     };
-    let norm = normalization(a.normalize.as_deref(), loaded.kind)?;
+    let norm = cfg.normalize.resolve(loaded.kind);
     if let Some((m, s)) = &norm {
         train.normalize_channels(m, s)?;
         if let Some(t) = test.as_mut() {
             t.normalize_channels(m, s)?;
         }
     }
-    check_data(&train, &want_shape, &input, classes, &shown)?;
+    check_data(&train, &want_shape, &input, classes, shown)?;
     if let Some(t) = &test {
-        check_data(t, &want_shape, &input, classes, &shown)?;
+        check_data(t, &want_shape, &input, classes, shown)?;
     }
     let mut val = None;
-    if let Some(f) = a.val_split {
+    if let Some(f) = cfg.val_split {
         if !(0.0..1.0).contains(&f) {
             bail!("--val-split must be a fraction in [0, 1), got {f}");
         }
-        let order = loader::permutation(train.len(), a.seed, "val-split");
+        let order = loader::permutation(train.len(), cfg.seed, "val-split");
         let k = (f * train.len() as f64).round() as usize;
         val = Some(train.subset(&order[..k]));
         train = train.subset(&order[k..]);
@@ -292,51 +540,46 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
         train.classes = train.classes.max(c);
     }
     let clean = train.y.clone();
-    let flipped = match a.label_noise {
-        Some(f) => train.add_label_noise(f, a.label_noise_seed.unwrap_or(a.seed))?,
+    let flipped = match cfg.label_noise {
+        Some(f) => train.add_label_noise(f, cfg.label_noise_seed)?,
         None => vec![],
     };
-    if train.len() < a.batch_size && a.drop_last {
-        bail!("{}: {} samples are fewer than one batch of {}", train.source, train.len(), a.batch_size);
+    if train.len() < cfg.batch_size && drop_last {
+        bail!("{}: {} samples are fewer than one batch of {}", train.source, train.len(), cfg.batch_size);
     }
-    // the graphs: a model onnxsam cannot train gets its one error line before anything is written
-    let graphs = graph_passes::step::step_graphs(&model, &spec).map_err(|e| anyhow!("{shown}: {e}"))?;
-    if let Some(bn) = &graphs.step.contract.batch_norm_over_batch_only {
-        if !a.drop_last && train.len() % a.batch_size == 1 {
-            bail!(
-                "{}: {} samples in batches of {} leave a last batch of one sample, and {bn} cannot normalize one value per channel (PyTorch refuses it too); pass --drop-last or another --batch-size",
-                train.source,
-                train.len(),
-                a.batch_size
-            );
-        }
-    }
-    // the run folder
-    std::fs::create_dir_all(&run).map_err(|e| {
+    let fill = norm.as_ref().map(|(m, s)| m.iter().zip(s).map(|(m, s)| -m / s).collect()).unwrap_or_default();
+    Ok((RunData { input, train, val, test, fill }, clean, flipped))
+}
+
+/// A new run's folder: config.json (how to resume), source.onnx, labels.npz under label noise.
+fn start_run_folder(cfg: &TrainConfig, model: &Model, train: &Dataset, clean: &[i64], flipped: &[usize]) -> Result<()> {
+    let run = &cfg.run;
+    std::fs::create_dir_all(run).map_err(|e| {
         anyhow!("{}: cannot create the run folder: {}", run.display(), graph_passes::onnx::io_reason(&e))
     })?;
-    if !resuming {
-        let cfg = json!({
-            "args": stored_raw,
-            "model": std::fs::canonicalize(&model_path).unwrap_or(model_path.clone()),
+    if !cfg.resume {
+        let model_path: PathBuf = std::fs::canonicalize(&cfg.model).unwrap_or(cfg.model.clone());
+        let json = json!({
+            "args": cfg.command_line,
+            "model": model_path,
             "onnxsam": env!("CARGO_PKG_VERSION"),
-            "spec": serde_json::to_value(&spec)?,
+            "spec": serde_json::to_value(&cfg.spec)?,
         });
         model.save(&run.join("source.onnx"), &Default::default())?;
-        if a.label_noise.is_some() {
+        if cfg.label_noise.is_some() {
             let n = clean.len();
             crate::tensor::write_npz(
                 &run.join("labels.npz"),
                 &[
-                    ("clean".into(), HostTensor::i64(&[n], clean.clone())),
+                    ("clean".into(), HostTensor::i64(&[n], clean.to_vec())),
                     ("noisy".into(), HostTensor::i64(&[n], train.y.clone())),
                     ("flipped".into(), HostTensor::i64(&[flipped.len()], flipped.iter().map(|&i| i as i64).collect())),
                 ],
             )?;
         }
-        graph_passes::onnx::write_atomic(&run.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+        graph_passes::onnx::write_atomic(&run.join("config.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
     }
-    if a.label_noise.is_some() {
+    if cfg.label_noise.is_some() {
         println!(
             "label noise: {} of {} training labels flipped ({:.2}%); clean and noisy labels in {}",
             flipped.len(),
@@ -345,256 +588,5 @@ pub fn train(mut a: TrainArgs, raw: Vec<String>) -> Result<i32> {
             run.join("labels.npz").display()
         );
     }
-    let be = backend::select(&a.backend.request(), true)?;
-    let mut runner =
-        StepRunner::from_graphs(graphs, &model, &spec, be.as_ref(), a.seed).with_context(|| shown.clone())?;
-    let mut eval = Evaluator::new(&model, &spec.grad, be.as_ref()).with_context(|| shown.clone())?;
-    let per_epoch = loader::batches_per_epoch(train.len(), a.batch_size, a.drop_last);
-    let total = match (a.max_steps, a.epochs) {
-        (Some(s), _) => s,
-        (None, Some(e)) => e * per_epoch,
-        (None, None) => bail!("give --epochs N or --max-steps N"),
-    };
-    let epochs = total.div_ceil(per_epoch.max(1));
-    let mut pos =
-        Position { step: 0, epoch: 0, batch_in_epoch: 0, metrics_lines: 0, seconds: 0.0, epoch_sums: (0.0, 0.0, 0) };
-    if resuming {
-        let (p, values) = checkpoint::load(&run, None)?;
-        for (k, v) in values {
-            runner.values.insert(k, v);
-        }
-        runner.step = p.step;
-        println!("resuming {} at step {} (epoch {}, batch {})", run.display(), p.step, p.epoch + 1, p.batch_in_epoch);
-        pos = p;
-    }
-    runner.keep_on_device = true;
-    let mut metrics = metrics::Metrics::open(&run, pos.metrics_lines)?;
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
-    let train = Arc::new(train);
-    let tty = std::io::stdout().is_terminal();
-    let started = Instant::now();
-    let base_seconds = pos.seconds;
-    // f32 → f64 through the decimal the user wrote (0.05, not 0.05000000074505806)
-    let lr0: f64 = spec.lr.to_string().parse().unwrap_or(spec.lr as f64);
-    let rho0: f64 = spec.rho.to_string().parse().unwrap_or(spec.rho as f64);
-    let bs = a.batch_size;
-    println!(
-        "training {} on {} ({} samples, {} steps/epoch, {} steps) with {}{}; {}",
-        shown,
-        data_path.display(),
-        train.len(),
-        per_epoch,
-        total,
-        format!("{:?}", spec.optimizer).to_lowercase(),
-        spec.reweight.map(|r| format!(" + reweight λ = {}", r.lambda)).unwrap_or_default(),
-        be.describe()
-    );
-    while pos.epoch < epochs && (pos.step as usize) < total {
-        let order = loader::permutation(train.len(), a.seed, &format!("epoch/{}", pos.epoch));
-        let fill = norm.as_ref().map(|(m, s)| m.iter().zip(s).map(|(m, s)| -m / s).collect()).unwrap_or_default();
-        let batches = loader::Prefetch::start(
-            train.clone(),
-            loader::EpochSpec {
-                input: input.clone(),
-                order,
-                batch_size: bs,
-                drop_last: a.drop_last,
-                skip: pos.batch_in_epoch,
-                augment: a.augment.as_ref().map(|_| loader::CropFlip { pad: 4, fill }),
-                seed: a.seed,
-                epoch: pos.epoch,
-            },
-        );
-        let bar = tty.then(|| {
-            let b = indicatif::ProgressBar::new(per_epoch as u64);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "epoch {prefix} {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b.set_prefix(format!("{}/{epochs}", pos.epoch + 1));
-            b.set_position(pos.batch_in_epoch as u64);
-            b
-        });
-        // a run resumed mid-epoch goes on with the epoch's sums so far
-        let (mut ep_loss, mut ep_correct, mut ep_n) =
-            if pos.batch_in_epoch > 0 { pos.epoch_sums } else { (0.0, 0.0, 0) };
-        let mut last_weights: Option<HostTensor> = None;
-        let epoch_start = Instant::now();
-        let mut steps_this_epoch = 0usize;
-        let mut batches = batches;
-        let mut data_wait = 0.0f64;
-        loop {
-            let waited = Instant::now();
-            let Some(batch) = batches.next() else { break };
-            data_wait += waited.elapsed().as_secs_f64();
-            if pos.step as usize >= total {
-                break;
-            }
-            let t = pos.step as usize;
-            let lr = lr0 * lr_sched.factor(t, total);
-            let rho = if rho_follows_lr && lr0 > 0.0 { rho0 * lr / lr0 } else { rho0 };
-            runner.hyper.insert("lr".into(), lr as f32);
-            if runner.hyper.contains_key("rho") {
-                runner.hyper.insert("rho".into(), rho as f32);
-            }
-            let n = batch.labels.shape[0];
-            let out = match runner.step(&batch) {
-                Ok(o) => o,
-                Err(e) => {
-                    if let Some(b) = &bar {
-                        b.abandon();
-                    }
-                    let last =
-                        checkpoint::list(&run)?.last().map(|(s, _)| format!("step {s}")).unwrap_or("none yet".into());
-                    return Err(crate::cli::check_failed(format!(
-                        "training stopped: {e:#}; the last good checkpoint ({last}) is in {}",
-                        checkpoint::dir(&run).display()
-                    )));
-                }
-            };
-            pos.step += 1;
-            pos.batch_in_epoch += 1;
-            steps_this_epoch += 1;
-            let loss = out["loss"].to_f64()[0];
-            let correct = out.get("correct").map(|c| c.to_f64()[0]).unwrap_or(f64::NAN);
-            ep_loss += loss * n as f64;
-            ep_correct += correct;
-            ep_n += n;
-            let seconds = base_seconds + started.elapsed().as_secs_f64();
-            let mut row = Map::new();
-            row.insert("kind".into(), json!("step"));
-            row.insert("step".into(), json!(pos.step));
-            row.insert("epoch".into(), json!(pos.epoch + 1));
-            row.insert("lr".into(), json!(lr));
-            if runner.hyper.contains_key("rho") {
-                row.insert("rho".into(), json!(rho));
-            }
-            row.insert("loss".into(), json!(loss));
-            row.insert("acc".into(), json!(correct / n as f64));
-            for k in ["grad_norm", "sharpness", "weight_entropy", "ess", "max_weight", "trace_v"] {
-                if out.contains_key(k) {
-                    row.insert(k.into(), scalar(&out, k));
-                }
-            }
-            row.insert("seconds".into(), json!(seconds));
-            metrics.write(&row)?;
-            if let Some(w) = out.get("sample_weights") {
-                last_weights = Some(w.clone());
-            }
-            let rate = steps_this_epoch as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
-            match &bar {
-                Some(b) => {
-                    b.set_position(pos.batch_in_epoch as u64);
-                    b.set_message(format!("loss {loss:.4} acc {:.3} {rate:.1} steps/s", correct / n as f64));
-                }
-                None => {
-                    let every = (per_epoch / 5).max(1);
-                    if pos.batch_in_epoch % every == 0 {
-                        println!(
-                            "epoch {}/{epochs} step {}/{per_epoch}: loss {loss:.4}, acc {:.3}, {rate:.1} steps/s",
-                            pos.epoch + 1,
-                            pos.batch_in_epoch,
-                            correct / n as f64
-                        );
-                    }
-                }
-            }
-            if INTERRUPTED.load(Ordering::SeqCst) {
-                pos.metrics_lines = metrics.lines;
-                pos.seconds = seconds;
-                pos.epoch_sums = (ep_loss, ep_correct, ep_n);
-                runner.sync()?;
-                checkpoint::save(&run, &pos, &runner.values, a.keep_checkpoints)?;
-                if let Some(b) = &bar {
-                    b.abandon();
-                }
-                println!(
-                    "interrupted at step {}: checkpoint written; continue with --resume {}",
-                    pos.step,
-                    run.display()
-                );
-                return Ok(130);
-            }
-        }
-        if let Some(b) = &bar {
-            b.finish_and_clear();
-        }
-        let epoch_s = epoch_start.elapsed().as_secs_f64();
-        // end of the epoch (or of --max-steps): evaluate, checkpoint
-        let mut row = Map::new();
-        row.insert("kind".into(), json!("epoch"));
-        row.insert("step".into(), json!(pos.step));
-        row.insert("epoch".into(), json!(pos.epoch + 1));
-        if ep_n > 0 {
-            row.insert("train_loss".into(), json!(ep_loss / ep_n as f64));
-            row.insert("train_acc".into(), json!(ep_correct / ep_n as f64));
-        }
-        if steps_this_epoch > 0 {
-            row.insert("data_wait".into(), json!(data_wait / epoch_s.max(1e-9)));
-        }
-        let mut line = format!("epoch {}/{epochs}: step {}", pos.epoch + 1, pos.step);
-        if ep_n > 0 {
-            line += &format!(", train loss {:.4} acc {:.4}", ep_loss / ep_n as f64, ep_correct / ep_n as f64);
-        }
-        runner.sync()?;
-        for (name, d) in [("val", &val), ("test", &test)] {
-            if let Some(d) = d {
-                let (l, acc) = evaluate(&mut eval, &runner.values, d, &input, a.eval_batch_size)?;
-                row.insert(format!("{name}_loss"), json!(l));
-                row.insert(format!("{name}_acc"), json!(acc));
-                line += &format!(", {name} loss {l:.4} acc {acc:.4}");
-            }
-        }
-        let seconds = base_seconds + started.elapsed().as_secs_f64();
-        row.insert("seconds".into(), json!(seconds));
-        metrics.write(&row)?;
-        println!(
-            "{line} ({seconds:.1} s; waiting for data {:.1}% of the epoch)",
-            100.0 * data_wait / epoch_s.max(1e-9)
-        );
-        if let Some(w) = last_weights.take() {
-            crate::tensor::write_npz(&run.join("sample_weights.npz"), &[("sample_weights".into(), w)])?;
-        }
-        if pos.batch_in_epoch >= per_epoch || (pos.step as usize) < total {
-            pos.epoch += 1;
-            pos.batch_in_epoch = 0;
-        }
-        pos.metrics_lines = metrics.lines;
-        pos.seconds = seconds;
-        pos.epoch_sums = (ep_loss, ep_correct, ep_n);
-        checkpoint::save(&run, &pos, &runner.values, a.keep_checkpoints)?;
-        if pos.batch_in_epoch != 0 {
-            break;
-        }
-    }
-    runner.sync()?;
-    let trained = export::export(&model, &spec.grad, &runner.values)?;
-    trained.save(&run.join("model.onnx"), &Default::default())?;
-    println!("wrote {} (the trained model)", run.join("model.onnx").display());
-    Ok(0)
-}
-
-/// The run folder's source model and its training spec (for export).
-pub fn run_source(run: &Path) -> Result<(Model, graph_passes::step::GradSpec)> {
-    let (_, stored) = stored_run(run, "not a run folder")?;
-    let model = Model::load(&run.join("source.onnx"))?;
-    Ok((model, stored.graph.spec()?))
-}
-
-/// The command-line arguments a run was started with (RUN_DIR/config.json), and as parsed.
-fn stored_run(run: &Path, missing: &str) -> Result<(Vec<String>, TrainArgs)> {
-    let cfg = run.join("config.json");
-    let text =
-        std::fs::read_to_string(&cfg).with_context(|| format!("{}: {missing} (config.json missing)", run.display()))?;
-    let v: Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not an onnxsam run config", cfg.display()))?;
-    let args: Vec<String> = v["args"]
-        .as_array()
-        .map(|x| x.iter().filter_map(|s| s.as_str().map(String::from)).collect())
-        .unwrap_or_default();
-    let stored = Stored::try_parse_from(std::iter::once("train".to_string()).chain(args.iter().cloned()))
-        .map_err(|e| anyhow!("{}: {}", cfg.display(), e.to_string().lines().next().unwrap_or("")))?;
-    Ok((args, stored.a))
+    Ok(())
 }

@@ -11,7 +11,7 @@ mode as PyTorch exports F.interpolate / nn.Upsample: nearest (asymmetric, floor)
 (half_pixel), bilinear align_corners, bicubic (half_pixel, A = -0.75).
 
 Usage (after `cargo build --release`, tools/zoo/zoo.py, and with onnx in the venv):
-    .venv/bin/python tools/bench/op_gradients.py [--rounds 5] [--batch-size 64] [--threads N]
+    .venv/bin/python tools/bench/op_gradients.py [--rounds 5] [--batch-size 64] [--threads N] [--only LSTM]
 """
 import argparse
 import os
@@ -53,6 +53,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--only", help="run only the models whose name contains this text (e.g. LSTM)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "onnxsam"))
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,6 +67,8 @@ def main():
             p = os.path.join(tmp, f"resize_{mode}_{ctm}.onnx")
             resize_model(p, mode, ctm)
             models[f"Resize x2 {name} (16 ch, 32x32)"] = p
+        if a.only:
+            models = {k: v for k, v in models.items() if a.only.lower() in k.lower()}
         ratios = {k: [] for k in models}
         times = {k: [] for k in models}
         for _ in range(a.rounds):

@@ -164,14 +164,20 @@ pub fn reads_through_gradient(n: &NodeProto, values: &HashSet<&str>) -> bool {
     n.input.iter().enumerate().any(|(k, v)| carries_gradient(&n.op_type, k) && values.contains(v.as_str()))
 }
 
-/// The summed gradient of `v` (Add chain over its contributions).
+/// The summed gradient of `v`: the one contribution, an Add of two, or one Sum node over three or
+/// more (a recurrent weight read at every time step gets one contribution per step; one Sum kernel
+/// is cheaper than a chain of Adds).
 fn take_sum(ctx: &mut Ctx, contributions: &mut HashMap<String, Vec<String>>, v: &str) -> Option<String> {
     let parts = contributions.remove(v)?;
-    let mut it = parts.into_iter();
-    let mut acc = it.next()?;
-    for p in it {
-        acc = ctx.add(&acc, &p);
-    }
+    let acc = match parts.len() {
+        0 => return None,
+        1 => parts[0].clone(),
+        2 => ctx.add(&parts[0], &parts[1]),
+        _ => {
+            let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+            ctx.op("Sum", &refs)
+        }
+    };
     contributions.insert(v.to_string(), vec![acc.clone()]);
     Some(acc)
 }

@@ -4,8 +4,12 @@
 //!   SAM  ε = ρ·g_a/(‖g_a‖ + 1e-12);  USAM ε = ρ·g_a;
 //!   ASAM ε = ρ·T²·g_a/(‖T·g_a‖ + 1e-12), T = |θ| + η on weights, 1 elsewhere
 //!   g = ∇L(θ + ε) with the uniform loss (SGD: g = ∇L(θ))       [+ wd·(θ + ε) in mode `loss`]
-//!   coupled: g ← g + wd·θ;  buf ← μ·buf + g;  d = g + μ·buf (nesterov) or buf;
-//!   decoupled: θ ← θ − lr·wd·θ;  θ ← θ − lr·d
+//!   clip (--clip-grad-norm, torch.nn.utils.clip_grad_norm_): g ← g·min(1, max_norm/(‖g‖ + 1e-6))
+//!   coupled: g ← g + wd·θ;  decoupled: θ ← θ − lr·wd·θ
+//!   SGD (torch.optim.SGD): buf ← μ·buf + g;  d = g + μ·buf (nesterov) or buf;  θ ← θ − lr·d
+//!   Adam/AdamW (torch.optim.Adam/AdamW, its single-tensor path): t ← t + 1;
+//!     m ← m + (1−β₁)(g − m);  v ← β₂·v + (1−β₂)·g²;  [amsgrad: v_max ← max(v_max, v), used for v]
+//!     θ ← θ − (lr/(1−β₁ᵗ))·m / (√v/√(1−β₂ᵗ) + eps)        (AdamW: decoupled decay first)
 //! m-SAM splits this in two graphs: `Micro` (one micro-batch: accumulates g into `grad_acc/<p>`)
 //! and `Apply` (the base step with g = Σ acc / k).
 use std::collections::HashMap;
@@ -35,6 +39,25 @@ pub enum WeightDecayMode {
     Decoupled,
 }
 
+/// The base optimizer that takes the step from the (SAM) gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseOptimizer {
+    /// torch.optim.SGD: momentum, dampening 0, nesterov.
+    Sgd,
+    /// torch.optim.Adam: weight decay coupled into the gradient (L2).
+    Adam,
+    /// torch.optim.AdamW: decoupled weight decay θ ← θ·(1 − lr·wd).
+    #[serde(rename = "adamw")]
+    AdamW,
+}
+
+impl BaseOptimizer {
+    pub fn is_adam(self) -> bool {
+        self != BaseOptimizer::Sgd
+    }
+}
+
 /// Which part of the step this graph computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
@@ -60,16 +83,41 @@ pub struct SamUpdate {
     pub momentum: f32,
     pub weight_decay: f32,
     pub rho: f32,
+    pub base: BaseOptimizer,
+    /// Adam's (β₁, β₂) and eps (torch.optim.Adam's `betas`, `eps`).
+    pub betas: (f32, f32),
+    pub eps: f32,
+    pub amsgrad: bool,
+    /// Clip the descent gradient to this global L2 norm (torch.nn.utils.clip_grad_norm_'s max_norm).
+    pub max_grad_norm: Option<f32>,
 }
 
 pub const GRAD_ACC: &str = "grad_acc/";
 pub const MOMENTUM_BUFFER: &str = "momentum_buffer/";
+/// Adam's state, named as torch.optim.Adam's state dict: exp_avg, exp_avg_sq, max_exp_avg_sq, step.
+pub const EXP_AVG: &str = "exp_avg/";
+pub const EXP_AVG_SQ: &str = "exp_avg_sq/";
+pub const MAX_EXP_AVG_SQ: &str = "max_exp_avg_sq/";
+/// Adam's step count t (a float32 scalar; one for all parameters, as they all step together).
+pub const STEP_COUNT: &str = "step";
 pub const NEXT: &str = "next/";
 pub const MICRO_BATCHES: &str = "micro_batches";
 
-/// The parameter an optimizer-state input belongs to (`momentum_buffer/<p>`, `grad_acc/<p>`).
+/// The parameter an optimizer-state input belongs to (`momentum_buffer/<p>`, `grad_acc/<p>`,
+/// `exp_avg/<p>`, …); the step count belongs to none and is returned as it is.
 pub fn state_param(state: &str) -> &str {
-    state.strip_prefix(MOMENTUM_BUFFER).or_else(|| state.strip_prefix(GRAD_ACC)).unwrap_or(state)
+    [MOMENTUM_BUFFER, GRAD_ACC, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ]
+        .iter()
+        .find_map(|p| state.strip_prefix(p))
+        .unwrap_or(state)
+}
+
+/// The shape of an optimizer-state input: its parameter's, or [] for the step count.
+pub fn state_dims(c: &Contract, state: &str) -> Option<Vec<i64>> {
+    if state == STEP_COUNT {
+        return Some(vec![]);
+    }
+    c.init.get(state_param(state)).map(|t| t.dims.clone())
 }
 
 /// A weight tensor for ASAM (SamsungLabs/ASAM: names containing "weight"; for names without
@@ -246,19 +294,44 @@ impl SamUpdate {
             .collect()
     }
 
-    /// SGD with momentum / nesterov / weight decay, PyTorch semantics: outputs next/<p> and
-    /// next/momentum_buffer/<p>.
+    /// The base step, PyTorch semantics: clipping, weight decay, then SGD (momentum, nesterov) or
+    /// Adam/AdamW; outputs next/<p> and next/<state> for every optimizer state.
     fn base_step(&self, m: &mut Model, c: &mut Contract, wd: Option<&str>, g: &[String]) -> Result<()> {
         let params = c.params.clone();
         let lr = hyper(m, c, "lr", self.lr)?;
-        let mu = hyper(m, c, "momentum", self.momentum)?;
+        let g = match self.max_grad_norm {
+            Some(max_norm) => {
+                let mn = hyper(m, c, "max_norm", max_norm)?;
+                let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), 0);
+                clip_grad_norm(&mut ctx, g, &mn)
+            }
+            None => g.to_vec(),
+        };
         let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), 0);
         let g = if self.weight_decay_mode == WeightDecayMode::Coupled {
-            self.add_decay(&mut ctx, c, &params, &params, g, wd)
+            self.add_decay(&mut ctx, c, &params, &params, &g, wd)
         } else {
-            g.to_vec()
+            g
         };
-        for (p, gp) in params.iter().zip(&g) {
+        // θ after decoupled weight decay
+        let mut theta = Vec::new();
+        for p in &params {
+            let mut t = p.clone();
+            if let Some(wd) = wd.filter(|_| self.weight_decay_mode == WeightDecayMode::Decoupled && self.decayed(c, p))
+            {
+                let lw = ctx.mul(&lr, wd);
+                let d = ctx.mul(p, &lw);
+                t = ctx.sub(p, &d);
+            }
+            theta.push(t);
+        }
+        drop(ctx);
+        if self.base.is_adam() {
+            return self.adam_step(m, c, &lr, &theta, &g);
+        }
+        let mu = hyper(m, c, "momentum", self.momentum)?;
+        let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), 0);
+        for ((p, gp), theta) in params.iter().zip(&g).zip(&theta) {
             let d = dims(c, p);
             let buf = format!("{MOMENTUM_BUFFER}{p}");
             ctx.g.inputs.push(value_info(&buf, dt::FLOAT, &d));
@@ -270,15 +343,8 @@ impl SamUpdate {
             } else {
                 nb.clone()
             };
-            let mut theta = p.clone();
-            if let Some(wd) = wd.filter(|_| self.weight_decay_mode == WeightDecayMode::Decoupled && self.decayed(c, p))
-            {
-                let lw = ctx.mul(&lr, wd);
-                let t = ctx.mul(p, &lw);
-                theta = ctx.sub(p, &t);
-            }
             let u = ctx.mul(&step, &lr);
-            let np = ctx.sub(&theta, &u);
+            let np = ctx.sub(theta, &u);
             let np = expose(&mut ctx, &np, &format!("{NEXT}{p}"), Some(&d));
             let nb = expose(&mut ctx, &nb, &format!("{NEXT}{buf}"), Some(&d));
             c.params_next.insert(p.clone(), np);
@@ -286,4 +352,80 @@ impl SamUpdate {
         }
         Ok(())
     }
+
+    /// torch.optim.Adam/AdamW's single-tensor step (torch/optim/adam.py, `_single_tensor_adam`)
+    /// from θ (already decayed for AdamW) and g (already with L2 for Adam).
+    fn adam_step(&self, m: &mut Model, c: &mut Contract, lr: &str, theta: &[String], g: &[String]) -> Result<()> {
+        let params = c.params.clone();
+        let b1 = hyper(m, c, "beta1", self.betas.0)?;
+        let b2 = hyper(m, c, "beta2", self.betas.1)?;
+        let eps = hyper(m, c, "eps", self.eps)?;
+        if m.graph.inputs.iter().any(|v| v.name == STEP_COUNT) || c.init.contains_key(STEP_COUNT) {
+            bail!("the model already has a value named '{STEP_COUNT}', the name of Adam's step count; rename it");
+        }
+        let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), 0);
+        ctx.g.inputs.push(value_info(STEP_COUNT, dt::FLOAT, &[]));
+        let one = ctx.scalar(1.0);
+        let t = ctx.add(STEP_COUNT, &one);
+        let next_t = expose(&mut ctx, &t, &format!("{NEXT}{STEP_COUNT}"), Some(&[]));
+        c.opt_state_next.insert(STEP_COUNT.into(), next_t);
+        let p1 = ctx.op("Pow", &[&b1, &t]);
+        let bc1 = ctx.sub(&one, &p1);
+        let p2 = ctx.op("Pow", &[&b2, &t]);
+        let bc2 = ctx.sub(&one, &p2);
+        let step_size = ctx.div(lr, &bc1);
+        let bc2_sqrt = ctx.sqrt(&bc2);
+        let one_minus_b1 = ctx.sub(&one, &b1);
+        let one_minus_b2 = ctx.sub(&one, &b2);
+        for ((p, gp), theta) in params.iter().zip(g).zip(theta) {
+            let d = dims(c, p);
+            let (ma, va) = (format!("{EXP_AVG}{p}"), format!("{EXP_AVG_SQ}{p}"));
+            ctx.g.inputs.push(value_info(&ma, dt::FLOAT, &d));
+            ctx.g.inputs.push(value_info(&va, dt::FLOAT, &d));
+            // exp_avg.lerp_(grad, 1 − β₁); exp_avg_sq.mul_(β₂).addcmul_(grad, grad, value=1 − β₂)
+            let diff = ctx.sub(gp, &ma);
+            let step_m = ctx.mul(&diff, &one_minus_b1);
+            let nm = ctx.add(&ma, &step_m);
+            let vb = ctx.mul(&va, &b2);
+            let g2 = ctx.mul(gp, gp);
+            let g2 = ctx.mul(&g2, &one_minus_b2);
+            let nv = ctx.add(&vb, &g2);
+            let mut second = nv.clone();
+            if self.amsgrad {
+                let mx = format!("{MAX_EXP_AVG_SQ}{p}");
+                ctx.g.inputs.push(value_info(&mx, dt::FLOAT, &d));
+                let nmx = ctx.op("Max", &[&mx, &nv]);
+                second = nmx.clone();
+                let out = expose(&mut ctx, &nmx, &format!("{NEXT}{mx}"), Some(&d));
+                c.opt_state_next.insert(mx, out);
+            }
+            // denom = (√v / √(1 − β₂ᵗ)) + eps;  θ ← θ − step_size·m/denom
+            let r = ctx.sqrt(&second);
+            let r = ctx.div(&r, &bc2_sqrt);
+            let denom = ctx.add(&r, &eps);
+            let q = ctx.div(&nm, &denom);
+            let u = ctx.mul(&q, &step_size);
+            let np = ctx.sub(theta, &u);
+            let np = expose(&mut ctx, &np, &format!("{NEXT}{p}"), Some(&d));
+            let nm = expose(&mut ctx, &nm, &format!("{NEXT}{ma}"), Some(&d));
+            let nv = expose(&mut ctx, &nv, &format!("{NEXT}{va}"), Some(&d));
+            c.params_next.insert(p.clone(), np);
+            c.opt_state_next.insert(ma, nm);
+            c.opt_state_next.insert(va, nv);
+        }
+        Ok(())
+    }
 }
+
+/// torch.nn.utils.clip_grad_norm_ over all of `g` (L2): g·min(1, max_norm/(‖g‖ + 1e-6)).
+fn clip_grad_norm(ctx: &mut Ctx, g: &[String], max_norm: &str) -> Vec<String> {
+    let n2 = sum_of_squares(ctx, g);
+    let n = ctx.sqrt(&n2);
+    let tiny = ctx.scalar(1e-6);
+    let d = ctx.add(&n, &tiny);
+    let coef = ctx.div(max_norm, &d);
+    let one = ctx.scalar(1.0);
+    let coef = ctx.op("Min", &[&coef, &one]);
+    g.iter().map(|x| ctx.mul(x, &coef)).collect()
+}
+

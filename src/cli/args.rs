@@ -1,0 +1,343 @@
+//! Options shared by several commands, and how they become the library's plain specs: how the
+//! gradient graph is built (GradGraphArgs → GradSpec), the optimizer (StepArgs → StepSpec), the
+//! engine (BackendArgs → BackendRequest).
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Args, ValueEnum};
+use graph_passes::import::Sharing;
+use graph_passes::passes::fd_branch::FdScheme;
+use graph_passes::passes::per_sample_loss::Loss;
+use graph_passes::passes::reweight::ScoreNorm;
+use graph_passes::passes::sam_update::{BaseOptimizer, Optimizer, WeightDecayMode};
+use graph_passes::step::{GradSpec, ReweightSpec, Score, StepSpec};
+
+use crate::backend::{BackendKind, BackendRequest, Device};
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+pub enum LossKind {
+    CrossEntropy,
+    Mse,
+}
+
+/// How the gradient graph is built.
+#[derive(Args, Clone, Debug)]
+pub struct GradGraphArgs {
+    #[arg(long, value_enum, default_value = "cross-entropy")]
+    loss: LossKind,
+    /// Label smoothing ε for cross-entropy (PyTorch's formula)
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f32,
+    /// BatchNorm with batch statistics and Dropout active (the default)
+    #[arg(long, conflicts_with = "eval_mode")]
+    train_mode: bool,
+    /// BatchNorm with running statistics, Dropout off
+    #[arg(long)]
+    eval_mode: bool,
+    /// Keep parameters matching this glob constant (repeatable), e.g. --freeze 'conv1.*'
+    #[arg(long, value_name = "PATTERN")]
+    freeze: Vec<String>,
+    /// Give every use of a shared tensor its own parameter, even where PyTorch uses one tensor
+    /// several times (default: tensors the exporter merged are untied where the file shows they
+    /// were distinct PyTorch tensors; a tensor PyTorch itself reuses stays one parameter)
+    #[arg(long, conflicts_with = "keep_tied")]
+    untie_shared: bool,
+    /// Keep tensors the exporter merged as one parameter each (BatchNorm running statistics
+    /// are still kept apart from parameters)
+    #[arg(long)]
+    keep_tied: bool,
+    /// Train a graph whose BatchNorm layers the exporter folded into convolutions (not the
+    /// network PyTorch trains; a warning says so)
+    #[arg(long)]
+    allow_folded_bn: bool,
+}
+
+impl GradGraphArgs {
+    pub fn spec(&self) -> Result<GradSpec> {
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            bail!("--label-smoothing must be in [0, 1), got {}", self.label_smoothing);
+        }
+        let loss = match self.loss {
+            LossKind::CrossEntropy => Loss::CrossEntropy { label_smoothing: self.label_smoothing },
+            LossKind::Mse => {
+                if self.label_smoothing != 0.0 {
+                    bail!("--label-smoothing applies to cross-entropy only");
+                }
+                Loss::Mse
+            }
+        };
+        Ok(GradSpec {
+            loss,
+            train_mode: !self.eval_mode,
+            freeze: self.freeze.clone(),
+            sharing: if self.untie_shared {
+                Sharing::UntieAll
+            } else if self.keep_tied {
+                Sharing::KeepTied
+            } else {
+                Sharing::Auto
+            },
+            allow_folded_bn: self.allow_folded_bn,
+            weighted: false,
+        })
+    }
+}
+
+/// Options every command that executes a graph shares.
+#[derive(Args, Clone, Debug)]
+pub struct BackendArgs {
+    /// Engine: ort (ONNX Runtime) when its library is found, else tract (embedded)
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendKind,
+    /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, else a pip-installed onnxruntime)
+    #[arg(long, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+    /// cpu, cuda or cuda:N (CUDA needs onnxruntime-gpu)
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// Intra-op threads (default: all cores)
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl BackendArgs {
+    pub fn request(&self) -> BackendRequest {
+        BackendRequest {
+            kind: self.backend,
+            ort_lib: self.ort_lib.clone(),
+            device: self.device.clone(),
+            threads: self.threads,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
+pub enum OptimizerArg {
+    /// torch.optim.SGD (momentum, nesterov)
+    Sgd,
+    /// SAM (Foret et al.): the gradient at θ + ρ·g/‖g‖, stepped by the base optimizer
+    Sam,
+    /// Unnormalized SAM: ε = ρ·g
+    Usam,
+    /// Adaptive SAM (Kwon et al.): ε scaled by |θ| + η
+    Asam,
+    /// torch.optim.Adam (no perturbation)
+    Adam,
+    /// torch.optim.AdamW (no perturbation)
+    Adamw,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
+pub enum BaseArg {
+    Sgd,
+    Adam,
+    Adamw,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
+pub enum ScoreArg {
+    /// Finite differences along random directions (one extra forward per direction)
+    Fd,
+    /// Exact per-sample gradient norms (one backward per sample; for measuring the estimator)
+    Exact,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
+pub enum ScoreNormArg {
+    Mean,
+    None,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
+pub enum FdSchemeArg {
+    Forward,
+    Central,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
+pub enum WdModeArg {
+    /// PyTorch SGD: g ← g + wd·θ on the descent gradient
+    Coupled,
+    /// wd/2·‖θ‖² is part of the loss (also in the ascent gradient), as google-research/sam
+    Loss,
+    /// θ ← θ − lr·wd·θ separately
+    Decoupled,
+}
+
+/// The optimizer and its hyperparameters (defaults of the step graph's scalar inputs).
+#[derive(Args, Clone, Debug)]
+pub struct StepArgs {
+    /// sgd (default), sam, usam or asam
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerArg>,
+    /// RW-SAM: reweight samples by pᵢ ∝ exp(λ·sᵢ/c) in the ascent step (λ = LAMBDA)
+    #[arg(long, value_name = "LAMBDA", allow_hyphen_values = true)]
+    pub reweight: Option<f32>,
+    /// m-SAM: perturb per micro-batch of M samples (M must divide the batch size)
+    #[arg(long, value_name = "M")]
+    pub micro_batch: Option<usize>,
+    /// Perturbation radius ρ (ASAM: typically 0.5–1.0)
+    #[arg(long, default_value_t = 0.05, allow_hyphen_values = true)]
+    pub rho: f32,
+    /// ASAM's η
+    #[arg(long, default_value_t = 0.01)]
+    pub eta: f32,
+    /// The base optimizer of sam/usam/asam (SAM's `base_optimizer`): sgd (default), adam, adamw
+    #[arg(long, value_enum, value_name = "OPTIMIZER")]
+    pub base_optimizer: Option<BaseArg>,
+    /// Learning rate (default: 0.1 with SGD, 1e-3 with Adam/AdamW as torch.optim)
+    #[arg(long, allow_hyphen_values = true)]
+    pub lr: Option<f32>,
+    /// SGD momentum (default 0.9)
+    #[arg(long, allow_hyphen_values = true)]
+    pub momentum: Option<f32>,
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Adam's β₁,β₂ (default 0.9,0.999)
+    #[arg(long, value_name = "B1,B2")]
+    pub betas: Option<String>,
+    /// Adam's eps, added to √v̂ (default 1e-8)
+    #[arg(long, allow_hyphen_values = true)]
+    pub eps: Option<f32>,
+    /// Adam/AdamW: the maximum of past squared-gradient averages (torch.optim's amsgrad)
+    #[arg(long)]
+    pub amsgrad: bool,
+    /// Clip the descent gradient to this global L2 norm (torch.nn.utils.clip_grad_norm_)
+    #[arg(long, value_name = "MAX_NORM", allow_hyphen_values = true)]
+    pub clip_grad_norm: Option<f32>,
+    /// Weight decay (default 0; AdamW: 1e-2 as torch.optim.AdamW)
+    #[arg(long, allow_hyphen_values = true)]
+    pub weight_decay: Option<f32>,
+    /// coupled (default; SGD and Adam), loss, or decoupled (AdamW's, and its default)
+    #[arg(long, value_enum)]
+    pub weight_decay_mode: Option<WdModeArg>,
+    /// No weight decay on biases and normalization parameters (tensors of rank ≤ 1)
+    #[arg(long)]
+    pub no_decay_bias_norm: bool,
+    /// Where RW-SAM's per-sample scores come from
+    #[arg(long, value_enum, default_value = "fd")]
+    pub score: ScoreArg,
+    /// c in λ·sᵢ/c: mean score (scale-free λ) or 1 (the paper's formula)
+    #[arg(long, value_enum, default_value = "mean")]
+    pub score_norm: ScoreNormArg,
+    /// Finite-difference step δ (good window 1e-3 … 1e-2 for the models here)
+    #[arg(long, default_value_t = 3e-3)]
+    pub fd_delta: f32,
+    /// Number of random directions Q
+    #[arg(long, default_value_t = 1)]
+    pub fd_q: usize,
+    #[arg(long, value_enum, default_value = "forward")]
+    pub fd_scheme: FdSchemeArg,
+}
+
+impl StepArgs {
+    pub fn spec(&self, graph: &GradGraphArgs) -> Result<StepSpec> {
+        let grad: GradSpec = graph.spec()?;
+        if !grad.train_mode {
+            bail!(
+                "--eval-mode: step graphs train with batch statistics; use `rewrite --eval` for the evaluation graph"
+            );
+        }
+        let chosen = self.optimizer.unwrap_or(OptimizerArg::Sgd);
+        let optimizer = match chosen {
+            OptimizerArg::Sgd | OptimizerArg::Adam | OptimizerArg::Adamw => Optimizer::Sgd,
+            OptimizerArg::Sam => Optimizer::Sam,
+            OptimizerArg::Usam => Optimizer::Usam,
+            OptimizerArg::Asam => Optimizer::Asam,
+        };
+        let named_base = match chosen {
+            OptimizerArg::Adam => Some(BaseArg::Adam),
+            OptimizerArg::Adamw => Some(BaseArg::Adamw),
+            OptimizerArg::Sgd => Some(BaseArg::Sgd),
+            _ => None,
+        };
+        let base = match (named_base, self.base_optimizer) {
+            (Some(n), Some(b)) if n != b => bail!(
+                "--base-optimizer applies to sam, usam and asam; --optimizer {} is its own base optimizer",
+                format!("{chosen:?}").to_lowercase()
+            ),
+            (Some(n), _) => n,
+            (None, b) => b.unwrap_or(BaseArg::Sgd),
+        };
+        let base = match base {
+            BaseArg::Sgd => BaseOptimizer::Sgd,
+            BaseArg::Adam => BaseOptimizer::Adam,
+            BaseArg::Adamw => BaseOptimizer::AdamW,
+        };
+        let adam = base.is_adam();
+        if adam && (self.momentum.is_some() || self.nesterov) {
+            bail!("--momentum and --nesterov are SGD's; Adam's moments are set by --betas B1,B2");
+        }
+        if !adam && (self.betas.is_some() || self.eps.is_some()) {
+            bail!("--betas and --eps are Adam's; choose --optimizer adam|adamw or --base-optimizer adam|adamw");
+        }
+        let betas = match &self.betas {
+            None => (0.9, 0.999),
+            Some(b) => {
+                let v: Vec<f32> = b
+                    .split(',')
+                    .map(|x| x.trim().parse::<f32>())
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|_| anyhow!("--betas {b}: expected two numbers B1,B2 (e.g. 0.9,0.999)"))?;
+                let [b1, b2] = v[..] else { bail!("--betas {b}: expected two numbers B1,B2 (e.g. 0.9,0.999)") };
+                (b1, b2)
+            }
+        };
+        let weight_decay_mode = match self.weight_decay_mode {
+            Some(WdModeArg::Coupled) => WeightDecayMode::Coupled,
+            Some(WdModeArg::Loss) => WeightDecayMode::Loss,
+            Some(WdModeArg::Decoupled) => WeightDecayMode::Decoupled,
+            None if base == BaseOptimizer::AdamW => WeightDecayMode::Decoupled,
+            None => WeightDecayMode::Coupled,
+        };
+        let reweight = self.reweight.map(|lambda| ReweightSpec {
+            lambda,
+            score: match self.score {
+                ScoreArg::Fd => Score::Fd {
+                    q: self.fd_q,
+                    scheme: match self.fd_scheme {
+                        FdSchemeArg::Forward => FdScheme::Forward,
+                        FdSchemeArg::Central => FdScheme::Central,
+                    },
+                },
+                ScoreArg::Exact => Score::Exact,
+            },
+            score_norm: match self.score_norm {
+                ScoreNormArg::Mean => ScoreNorm::Mean,
+                ScoreNormArg::None => ScoreNorm::None,
+            },
+        });
+        let spec = StepSpec {
+            loss: match grad.loss {
+                graph_passes::passes::per_sample_loss::Loss::CrossEntropy { label_smoothing }
+                    if label_smoothing > 0.0 =>
+                {
+                    format!("cross-entropy (label smoothing {label_smoothing})")
+                }
+                graph_passes::passes::per_sample_loss::Loss::CrossEntropy { .. } => "cross-entropy".into(),
+                graph_passes::passes::per_sample_loss::Loss::Mse => "mse".into(),
+            },
+            grad,
+            optimizer,
+            reweight,
+            micro_batch: self.micro_batch,
+            lr: self.lr.unwrap_or(if adam { 1e-3 } else { 0.1 }),
+            momentum: self.momentum.unwrap_or(0.9),
+            nesterov: self.nesterov,
+            weight_decay: self.weight_decay.unwrap_or(if base == BaseOptimizer::AdamW { 1e-2 } else { 0.0 }),
+            weight_decay_mode,
+            base,
+            betas,
+            eps: self.eps.unwrap_or(1e-8),
+            amsgrad: self.amsgrad,
+            max_grad_norm: self.clip_grad_norm,
+            no_decay_bias_norm: self.no_decay_bias_norm,
+            rho: self.rho,
+            eta: self.eta,
+            fd_delta: self.fd_delta,
+        };
+        spec.check().map_err(|e| anyhow!("{e}"))?;
+        Ok(spec)
+    }
+}
+
