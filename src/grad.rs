@@ -3,10 +3,10 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Result};
 use graph_passes::ir::Model;
-use graph_passes::onnx::{data_type as dt, tensor, TensorProto};
-use graph_passes::passes::Contract;
 use graph_passes::onnx::tensor::dtype_name;
 use graph_passes::onnx::ValueInfoProto;
+use graph_passes::onnx::{data_type as dt, tensor, TensorProto};
+use graph_passes::passes::Contract;
 use graph_passes::shapes::{self, shape_string, value_type_of, Dim};
 
 pub use crate::random::{random_words, uniform};
@@ -35,7 +35,18 @@ pub fn proto_from_host(name: &str, t: &HostTensor) -> Result<TensorProto> {
 /// The batch's arrays: model inputs by name (a lone data input may be called `x`) and labels `y`.
 pub struct Batch {
     pub data: Vec<(String, HostTensor)>,
-    pub labels: HostTensor,
+    /// Labels or targets; None for a model that computes its own loss.
+    pub labels: Option<HostTensor>,
+}
+
+impl Batch {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.data.first().map(|(_, t)| t.shape[0]).or(self.labels.as_ref().map(|l| l.shape[0])).unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Matches a batch .npz to the graph's contract and checks labels against the logits.
@@ -45,7 +56,16 @@ pub fn batch_from_npz(
     c: &Contract,
     mut arrays: BTreeMap<String, HostTensor>,
 ) -> Result<Batch> {
-    let label_name = c.labels.clone().ok_or_else(|| anyhow!("the graph takes no labels"))?;
+    let Some(label_name) = c.labels.clone() else {
+        // the model computes its own loss: every array is a model input
+        let inputs: Vec<&graph_passes::onnx::ValueInfoProto> =
+            model.graph.inputs.iter().filter(|v| c.data.contains(&v.name)).collect();
+        let checked = check_feeds(&inputs, arrays, source)?;
+        if checked.first().map(|(_, t)| t.shape.first().copied().unwrap_or(0)).unwrap_or(0) == 0 {
+            bail!("{source}: the batch has no samples");
+        }
+        return Ok(Batch { data: checked, labels: None });
+    };
     let labels = ["y", "labels", "targets", label_name.as_str()]
         .iter()
         .find_map(|k| arrays.remove(*k))
@@ -98,11 +118,32 @@ pub fn batch_from_npz(
     let logits = c.logits.as_deref().and_then(|l| s.shape(l)).cloned();
     match labels.data {
         Data::I64(ref v) => {
-            if labels.shape.len() != 1 {
-                bail!("{source}: labels 'y' must be a vector [batch], got shape {:?}", labels.shape);
+            let rank = logits.as_ref().map(|l| l.len().saturating_sub(1)).unwrap_or(1).max(1);
+            if labels.shape.len() != rank {
+                bail!(
+                    "{source}: labels 'y' must be [batch] for logits [batch, classes], or [batch, d1, …] per position for [batch, classes, d1, …]; got shape {:?}",
+                    labels.shape
+                );
+            }
+            if let Some(l) = &logits {
+                let want: Vec<&Dim> = l.iter().enumerate().filter(|(k, _)| *k != 1).map(|(_, d)| d).collect();
+                let ok = want
+                    .iter()
+                    .zip(&labels.shape)
+                    .skip(1)
+                    .all(|(d, &n)| d.known().map(|k| k as usize == n).unwrap_or(true));
+                if !ok {
+                    bail!(
+                        "{source}: labels 'y' have shape {:?} but the model's output is {}",
+                        labels.shape,
+                        shapes::shape_string(&Some(l.clone()))
+                    );
+                }
             }
             if let Some(Some(classes)) = logits.as_ref().map(|l| l.get(1).and_then(Dim::known)) {
-                if let Some((i, &bad)) = v.iter().enumerate().find(|(_, &l)| l < 0 || l >= classes) {
+                if let Some((i, &bad)) =
+                    v.iter().enumerate().find(|(_, &l)| Some(l) != c.ignore_index && (l < 0 || l >= classes))
+                {
                     bail!(
                         "{source}: label {bad} (sample {i}) is out of range: the model has {classes} classes (0..{})",
                         classes - 1
@@ -128,7 +169,7 @@ pub fn batch_from_npz(
         }
         _ => bail!("{source}: labels 'y' must be int64 (classes) or float32 (targets), got {}", labels.dtype_name()),
     }
-    Ok(Batch { data: checked, labels })
+    Ok(Batch { data: checked, labels: Some(labels) })
 }
 
 /// How `feeds_with` fills the inputs besides data, labels, parameters and state.
@@ -159,8 +200,8 @@ pub fn feeds_with(
     let mut f: Vec<(String, HostTensor)> = Vec::new();
     if let Some(batch) = batch {
         f.extend(batch.data.iter().filter(|(k, _)| c.data.contains(k)).cloned());
-        if let Some(l) = &c.labels {
-            f.push((l.clone(), batch.labels.clone()));
+        if let (Some(l), Some(t)) = (&c.labels, &batch.labels) {
+            f.push((l.clone(), t.clone()));
         }
     }
     let state = c.state_next.keys().chain(c.opt_state_next.keys()).chain(&c.state);
@@ -180,8 +221,8 @@ pub fn feeds_with(
         let signs = crate::random::rademacher_signs(o.seed, o.step.unwrap_or(0), d.q, &d.param, p.len());
         f.push((d.input.clone(), HostTensor { shape: p.shape.clone(), data: Data::Bool(signs) }));
     }
-    let batch_size = batch.map(|b| b.labels.shape[0]).unwrap_or(0);
-    if let (Some(bn), Some(1)) = (&c.batch_norm_over_batch_only, batch.map(|b| b.labels.shape[0])) {
+    let batch_size = batch.map(|b| b.len()).unwrap_or(0);
+    if let (Some(bn), Some(1)) = (&c.batch_norm_over_batch_only, batch.map(|b| b.len())) {
         bail!(
             "a batch of one sample: {bn} would normalize one value per channel (PyTorch: 'Expected more than 1 value per channel when training'); use batches of at least 2 samples (train: --drop-last drops a last batch of 1)"
         );

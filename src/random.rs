@@ -35,4 +35,3 @@ pub fn rademacher_signs(seed: u64, step: u64, q: usize, param: &str, n: usize) -
     let words = random_words(seed, &format!("fd_z/{step}/{q}/{param}"), n.div_ceil(64));
     (0..n).map(|i| (words[i / 64] >> (i % 64)) & 1 == 1).collect()
 }
-

@@ -35,7 +35,7 @@ pub fn take_rows(t: &HostTensor, start: usize, n: usize) -> HostTensor {
 fn batch_rows(b: &Batch, start: usize, n: usize) -> Batch {
     Batch {
         data: b.data.iter().map(|(k, t)| (k.clone(), take_rows(t, start, n))).collect(),
-        labels: take_rows(&b.labels, start, n),
+        labels: b.labels.as_ref().map(|l| take_rows(l, start, n)),
     }
 }
 
@@ -63,7 +63,7 @@ impl PerSampleGrads {
         seed: u64,
         step: u64,
     ) -> Result<Vec<BTreeMap<String, HostTensor>>> {
-        let b = batch.labels.shape[0];
+        let b = batch.len();
         let w = self.contract.sample_weights.clone().ok_or_else(|| anyhow!("no sample_weights input"))?;
         let o = FeedOptions { seed, step: Some(step), ..Default::default() };
         let base = feeds_with(&self.contract, Some(batch), values, &o)?;
@@ -234,7 +234,7 @@ impl StepRunner {
     /// One optimizer step on `batch`; returns the step graph's outputs (m-SAM: diagnostics
     /// averaged over micro-batches, `correct` summed, per-sample outputs concatenated).
     pub fn step(&mut self, batch: &Batch) -> Result<BTreeMap<String, HostTensor>> {
-        let b = batch.labels.shape[0];
+        let b = batch.len();
         let out = match self.spec.micro_batch {
             None => {
                 let mut extra = Vec::new();
@@ -270,7 +270,7 @@ impl StepRunner {
     }
 
     fn micro_step(&mut self, batch: &Batch, m: usize) -> Result<BTreeMap<String, HostTensor>> {
-        let b = batch.labels.shape[0];
+        let b = batch.len();
         if m == 0 || b % m != 0 {
             bail!("--micro-batch {m} does not divide the batch size {b}");
         }

@@ -15,18 +15,18 @@ fn reference() -> serde_json::Value {
 #[test]
 fn cifar10_batch_reads_as_the_pngs_show() {
     let dir = fixture("cifar10");
-    let l = data::load(&dir, None).unwrap();
+    let l = data::load(&dir, None, &Default::default()).unwrap();
     assert_eq!(l.format, Format::Cifar);
     assert_eq!(l.kind, Kind::Cifar10);
     let d = &l.train; // a folder with only test_batch.bin trains on it
     let r = reference();
     let imgs = r["images"].as_array().unwrap();
     assert_eq!(d.len(), 20);
-    assert_eq!(d.sample_shape, vec![3, 32, 32]);
+    assert_eq!(d.float_samples().unwrap().1, &[3, 32, 32]);
     assert_eq!(d.classes, 10);
     for (i, img) in imgs.iter().enumerate() {
-        assert_eq!(d.y[i], img["label"].as_i64().unwrap(), "label of {}", img["file"]);
-        let x = &d.x[i * 3072..(i + 1) * 3072];
+        assert_eq!(d.labels().unwrap()[i], img["label"].as_i64().unwrap(), "label of {}", img["file"]);
+        let x = &d.float_samples().unwrap().0[i * 3072..(i + 1) * 3072];
         for (c, m) in img["channel_means"].as_array().unwrap().iter().enumerate() {
             let mean = x[c * 1024..(c + 1) * 1024].iter().map(|&v| v as f64).sum::<f64>() / 1024.0 * 255.0;
             assert!((mean - m.as_f64().unwrap()).abs() < 1e-3, "{} channel {c}: {mean} vs {m}", img["file"]);
@@ -93,6 +93,6 @@ fn a_truncated_cifar_batch_is_one_line_naming_the_file() {
     let bytes = std::fs::read(fixture("cifar10/test_batch.bin")).unwrap();
     let f = t.path().join("test_batch.bin");
     std::fs::write(&f, &bytes[..bytes.len() - 100]).unwrap();
-    let e = format!("{:#}", data::load(Path::new(t.path()), None).err().unwrap());
+    let e = format!("{:#}", data::load(Path::new(t.path()), None, &Default::default()).err().unwrap());
     assert!(e.contains("test_batch.bin") && e.contains("truncated"), "{e}");
 }

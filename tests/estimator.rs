@@ -93,7 +93,8 @@ fn measure(
     input: &str,
 ) -> Measured {
     let idx: Vec<usize> = (50_000..50_128).collect();
-    let batch = data.batch(input, &idx);
+    let mut batch = data.batch(&idx);
+    batch.data[0].0 = input.to_string();
     let mut fd = BTreeMap::new();
     let mut params = Vec::new();
     for q in [1, 4, 16] {
@@ -144,7 +145,9 @@ fn estimator_quality(name: &str) {
     let mut last = 0.0;
     for s in 0..200 {
         let idx: Vec<usize> = (0..128).map(|i| (s * 128 + i) % 50_000).collect();
-        last = r.step(&data.batch(&input, &idx)).unwrap()["loss"].to_f64()[0];
+        let mut batch = data.batch(&idx);
+        batch.data[0].0 = input.clone();
+        last = r.step(&batch).unwrap()["loss"].to_f64()[0];
     }
     let trained = measure(&m, be.as_ref(), &r.values, &data, &input);
     let mut errors = Vec::new();

@@ -202,7 +202,9 @@ fn elementwise_unary_rules() {
 #[test]
 fn activation_and_trigonometric_rules() {
     let attr = |op: &'static str, name: &'static str, v: f32, x: HostTensor| {
-        case(&format!("{op} {name}={v}"), 18, vec![("x", x)], &["x"], move |g| g.add(op, &["x"]).float(name, v).output())
+        case(&format!("{op} {name}={v}"), 18, vec![("x", x)], &["x"], move |g| {
+            g.add(op, &["x"]).float(name, v).output()
+        })
     };
     let wide = |key: &str| rnd(key, &[3, 4], -5.0, 5.0);
     // HardSwish/HardSigmoid: the three pieces, away from ±3
@@ -247,7 +249,11 @@ fn sum_mean_mod_rules() {
         case(
             &format!("{op} of three, broadcast"),
             17,
-            vec![("a", rnd("sa", &[2, 3], -1.0, 1.0)), ("b", rnd("sb", &[3], -1.0, 1.0)), ("c", rnd("sc", &[2, 1], -1.0, 1.0))],
+            vec![
+                ("a", rnd("sa", &[2, 3], -1.0, 1.0)),
+                ("b", rnd("sb", &[3], -1.0, 1.0)),
+                ("c", rnd("sc", &[2, 1], -1.0, 1.0)),
+            ],
             &["a", "b", "c"],
             move |g| g.add(op, &["a", "b", "c"]).output(),
         )
@@ -748,7 +754,14 @@ fn loss_weights(c: &Case, n: usize) -> Vec<f64> {
     uniform(11, &c.name, n).iter().map(|u| (u * 2.0 - 1.0) as f64).collect()
 }
 
-fn conv_nd(name: &str, op: &'static str, x: &[usize], w: &[usize], bias: usize, attrs: Vec<(&'static str, Vec<i64>)>) -> Case {
+fn conv_nd(
+    name: &str,
+    op: &'static str,
+    x: &[usize],
+    w: &[usize],
+    bias: usize,
+    attrs: Vec<(&'static str, Vec<i64>)>,
+) -> Case {
     let mut inputs = vec![("x", rnd(&format!("{name}x"), x, -1.0, 1.0)), ("w", rnd(&format!("{name}w"), w, -1.0, 1.0))];
     let mut wrt = vec!["x", "w"];
     if bias > 0 {
@@ -770,31 +783,63 @@ fn conv_nd(name: &str, op: &'static str, x: &[usize], w: &[usize], bias: usize, 
 #[test]
 fn conv_1d_3d_and_conv_transpose_rules() {
     check_all(vec![
-        conv_nd("Conv1d k3 s2 pad 1 dilation 2", "Conv", &[2, 2, 9], &[3, 2, 3], 3, vec![
-            ("strides", vec![2]),
-            ("pads", vec![1, 1]),
-            ("dilations", vec![2]),
-        ]),
-        conv_nd("Conv1d groups 2 stride 1", "Conv", &[2, 4, 6], &[4, 2, 3], 0, vec![
-            ("pads", vec![1, 0]),
-            ("group", vec![2]),
-        ]),
-        conv_nd("Conv3d k2 pad 1", "Conv", &[1, 2, 3, 3, 3], &[2, 2, 2, 2, 2], 2, vec![("pads", vec![1, 1, 1, 1, 1, 1])]),
-        conv_nd("Conv3d stride 2", "Conv", &[1, 1, 5, 4, 4], &[2, 1, 3, 2, 2], 0, vec![
-            ("strides", vec![2, 2, 2]),
-            ("pads", vec![1, 0, 0, 1, 0, 0]),
-        ]),
-        conv_nd("ConvTranspose2d s2 pad 1 output_padding 1", "ConvTranspose", &[2, 3, 3, 3], &[3, 2, 3, 3], 2, vec![
-            ("strides", vec![2, 2]),
-            ("pads", vec![1, 1, 1, 1]),
-            ("output_padding", vec![1, 1]),
-        ]),
-        conv_nd("ConvTranspose2d groups 2 dilation 2", "ConvTranspose", &[1, 4, 3, 3], &[4, 1, 2, 2], 0, vec![
-            ("group", vec![2]),
-            ("dilations", vec![2, 2]),
-        ]),
+        conv_nd(
+            "Conv1d k3 s2 pad 1 dilation 2",
+            "Conv",
+            &[2, 2, 9],
+            &[3, 2, 3],
+            3,
+            vec![("strides", vec![2]), ("pads", vec![1, 1]), ("dilations", vec![2])],
+        ),
+        conv_nd(
+            "Conv1d groups 2 stride 1",
+            "Conv",
+            &[2, 4, 6],
+            &[4, 2, 3],
+            0,
+            vec![("pads", vec![1, 0]), ("group", vec![2])],
+        ),
+        conv_nd(
+            "Conv3d k2 pad 1",
+            "Conv",
+            &[1, 2, 3, 3, 3],
+            &[2, 2, 2, 2, 2],
+            2,
+            vec![("pads", vec![1, 1, 1, 1, 1, 1])],
+        ),
+        conv_nd(
+            "Conv3d stride 2",
+            "Conv",
+            &[1, 1, 5, 4, 4],
+            &[2, 1, 3, 2, 2],
+            0,
+            vec![("strides", vec![2, 2, 2]), ("pads", vec![1, 0, 0, 1, 0, 0])],
+        ),
+        conv_nd(
+            "ConvTranspose2d s2 pad 1 output_padding 1",
+            "ConvTranspose",
+            &[2, 3, 3, 3],
+            &[3, 2, 3, 3],
+            2,
+            vec![("strides", vec![2, 2]), ("pads", vec![1, 1, 1, 1]), ("output_padding", vec![1, 1])],
+        ),
+        conv_nd(
+            "ConvTranspose2d groups 2 dilation 2",
+            "ConvTranspose",
+            &[1, 4, 3, 3],
+            &[4, 1, 2, 2],
+            0,
+            vec![("group", vec![2]), ("dilations", vec![2, 2])],
+        ),
         conv_nd("ConvTranspose1d s3", "ConvTranspose", &[2, 2, 4], &[2, 3, 3], 3, vec![("strides", vec![3])]),
-        conv_nd("ConvTranspose3d s2", "ConvTranspose", &[1, 2, 2, 2, 2], &[2, 1, 2, 2, 2], 1, vec![("strides", vec![2, 2, 2])]),
+        conv_nd(
+            "ConvTranspose3d s2",
+            "ConvTranspose",
+            &[1, 2, 2, 2, 2],
+            &[2, 1, 2, 2, 2],
+            1,
+            vec![("strides", vec![2, 2, 2])],
+        ),
     ]);
 }
 
@@ -818,36 +863,73 @@ fn pooling_nd_rules() {
     check_all(vec![
         pool_nd("MaxPool1d k3 s2 pad 1", "MaxPool", 17, &[2, 2, 7], vec![k(vec![3]), s(vec![2]), p(vec![1, 1])]),
         pool_nd("MaxPool1d tiled", "MaxPool", 17, &[2, 3, 8], vec![k(vec![2]), s(vec![2])]),
-        pool_nd("MaxPool2d k3 s2 ceil_mode", "MaxPool", 17, &[1, 2, 6, 6], vec![k(vec![3, 3]), s(vec![2, 2]), ("ceil_mode", vec![1])]),
+        pool_nd(
+            "MaxPool2d k3 s2 ceil_mode",
+            "MaxPool",
+            17,
+            &[1, 2, 6, 6],
+            vec![k(vec![3, 3]), s(vec![2, 2]), ("ceil_mode", vec![1])],
+        ),
         pool_nd("MaxPool2d dilation 2", "MaxPool", 17, &[1, 2, 6, 6], vec![k(vec![2, 2]), ("dilations", vec![2, 2])]),
         pool_nd("MaxPool2d tiled 2x3", "MaxPool", 17, &[2, 2, 4, 6], vec![k(vec![2, 3]), s(vec![2, 3])]),
         pool_nd("MaxPool3d tiled", "MaxPool", 17, &[1, 2, 4, 4, 4], vec![k(vec![2, 2, 2]), s(vec![2, 2, 2])]),
-        pool_nd("MaxPool3d overlapping", "MaxPool", 17, &[1, 1, 4, 4, 3], vec![k(vec![2, 2, 2]), p(vec![1, 0, 0, 0, 1, 1])]),
-        pool_nd("AveragePool1d k3 s2 pad 1 exclude pad", "AveragePool", 17, &[2, 2, 7], vec![
-            k(vec![3]),
-            s(vec![2]),
-            p(vec![1, 1]),
-        ]),
-        pool_nd("AveragePool2d ceil_mode exclude pad", "AveragePool", 17, &[1, 2, 5, 5], vec![
-            k(vec![2, 2]),
-            s(vec![2, 2]),
-            ("ceil_mode", vec![1]),
-        ]),
-        pool_nd("AveragePool2d ceil_mode pad 1 include pad", "AveragePool", 17, &[1, 2, 6, 6], vec![
-            k(vec![3, 3]),
-            s(vec![2, 2]),
-            p(vec![1, 1, 1, 1]),
-            ("ceil_mode", vec![1]),
-            ("count_include_pad", vec![1]),
-        ]),
-        pool_nd("AveragePool2d floor leaves a row out", "AveragePool", 17, &[1, 1, 7, 7], vec![k(vec![2, 2]), s(vec![3, 3])]),
+        pool_nd(
+            "MaxPool3d overlapping",
+            "MaxPool",
+            17,
+            &[1, 1, 4, 4, 3],
+            vec![k(vec![2, 2, 2]), p(vec![1, 0, 0, 0, 1, 1])],
+        ),
+        pool_nd(
+            "AveragePool1d k3 s2 pad 1 exclude pad",
+            "AveragePool",
+            17,
+            &[2, 2, 7],
+            vec![k(vec![3]), s(vec![2]), p(vec![1, 1])],
+        ),
+        pool_nd(
+            "AveragePool2d ceil_mode exclude pad",
+            "AveragePool",
+            17,
+            &[1, 2, 5, 5],
+            vec![k(vec![2, 2]), s(vec![2, 2]), ("ceil_mode", vec![1])],
+        ),
+        pool_nd(
+            "AveragePool2d ceil_mode pad 1 include pad",
+            "AveragePool",
+            17,
+            &[1, 2, 6, 6],
+            vec![
+                k(vec![3, 3]),
+                s(vec![2, 2]),
+                p(vec![1, 1, 1, 1]),
+                ("ceil_mode", vec![1]),
+                ("count_include_pad", vec![1]),
+            ],
+        ),
+        pool_nd(
+            "AveragePool2d floor leaves a row out",
+            "AveragePool",
+            17,
+            &[1, 1, 7, 7],
+            vec![k(vec![2, 2]), s(vec![3, 3])],
+        ),
         pool_nd("AveragePool3d", "AveragePool", 17, &[1, 2, 4, 4, 4], vec![k(vec![2, 2, 2]), s(vec![2, 2, 2])]),
-        pool_nd("AveragePool2d dilation 2 (opset 19)", "AveragePool", 19, &[1, 2, 6, 6], vec![
-            k(vec![2, 2]),
-            ("dilations", vec![2, 2]),
-        ]),
+        pool_nd(
+            "AveragePool2d dilation 2 (opset 19)",
+            "AveragePool",
+            19,
+            &[1, 2, 6, 6],
+            vec![k(vec![2, 2]), ("dilations", vec![2, 2])],
+        ),
         pool_nd("LpPool p=2", "LpPool", 18, &[1, 2, 5, 5], vec![k(vec![2, 2]), s(vec![1, 1]), ("p", vec![2])]),
-        pool_nd("LpPool1d p=1 pad 1", "LpPool", 18, &[1, 2, 6], vec![k(vec![3]), s(vec![2]), p(vec![1, 1]), ("p", vec![1])]),
+        pool_nd(
+            "LpPool1d p=1 pad 1",
+            "LpPool",
+            18,
+            &[1, 2, 6],
+            vec![k(vec![3]), s(vec![2]), p(vec![1, 1]), ("p", vec![1])],
+        ),
         case("GlobalMaxPool 2-D", 17, vec![("x", distinct("gmp", &[2, 3, 3, 3]))], &["x"], |g| {
             g.add("GlobalMaxPool", &["x"]).output()
         }),
@@ -907,7 +989,12 @@ fn max_pool_ties_go_to_the_first_maximum() {
         for engine in [BackendKind::Tract, BackendKind::Ort] {
             let got = &autodiff_grads(&c, engine)["x"];
             for i in 0..n {
-                assert!((got[i] - expected[i]).abs() < 1e-5, "{name} on {engine:?}: dx[{i}] = {} , expected {}", got[i], expected[i]);
+                assert!(
+                    (got[i] - expected[i]).abs() < 1e-5,
+                    "{name} on {engine:?}: dx[{i}] = {} , expected {}",
+                    got[i],
+                    expected[i]
+                );
             }
         }
     }
@@ -941,7 +1028,11 @@ fn normalization_lowered_rules() {
         case(
             "InstanceNormalization 1-D",
             17,
-            vec![("x", rnd("in1", &[2, 3, 5], -1.5, 1.5)), ("s", rnd("ins1", &[3], 0.5, 1.5)), ("b", rnd("inb1", &[3], -1.0, 1.0))],
+            vec![
+                ("x", rnd("in1", &[2, 3, 5], -1.5, 1.5)),
+                ("s", rnd("ins1", &[3], 0.5, 1.5)),
+                ("b", rnd("inb1", &[3], -1.0, 1.0)),
+            ],
             &["x", "s", "b"],
             |g| g.add("InstanceNormalization", &["x", "s", "b"]).output(),
         ),
@@ -1046,7 +1137,13 @@ fn reduce_conventions_at_ties_and_zeros() {
         for (c, e) in [(&cmax, &expected_max[..]), (&cprod, &expected_prod[..])] {
             let got = &autodiff_grads(c, engine)["x"];
             for i in 0..e.len() {
-                assert!((got[i] - e[i]).abs() < 1e-5, "{} on {engine:?}: dx[{i}] = {}, expected {}", c.name, got[i], e[i]);
+                assert!(
+                    (got[i] - e[i]).abs() < 1e-5,
+                    "{} on {engine:?}: dx[{i}] = {}, expected {}",
+                    c.name,
+                    got[i],
+                    e[i]
+                );
             }
         }
     }
@@ -1220,7 +1317,11 @@ fn lowering_matches(cases: &[Case], reference: impl Fn(&Case) -> Model) {
             let got = run_y(&lowered, c, engine);
             assert_eq!(got.len(), want.len(), "{}", c.name);
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert!((a - b).abs() <= 1e-5 + 1e-5 * b.abs(), "{} written out on {engine:?}: y[{i}] = {a}, the op gives {b}", c.name);
+                assert!(
+                    (a - b).abs() <= 1e-5 + 1e-5 * b.abs(),
+                    "{} written out on {engine:?}: y[{i}] = {a}, the op gives {b}",
+                    c.name
+                );
             }
         }
     }
@@ -1379,7 +1480,11 @@ fn recurrent_cases(reference: bool) -> Vec<Case> {
             vec![("x", x("r2x")), ("w", w("r2w", 2, 1, i)), ("r", w("r2r", 2, 1, h))],
             &["x", "w", "r"],
             move |g| {
-                g.add("RNN", &["x", "w", "r"]).int("hidden_size", h as i64).string("direction", "bidirectional").outputs(2).remove(1)
+                g.add("RNN", &["x", "w", "r"])
+                    .int("hidden_size", h as i64)
+                    .string("direction", "bidirectional")
+                    .outputs(2)
+                    .remove(1)
             },
         ),
     ]
@@ -1403,7 +1508,9 @@ fn recurrent_rules() {
 fn lowered_norms_and_pools_equal_the_ops() {
     let x = |k: &str| rnd(k, &[2, 4, 3, 2], -1.5, 1.5);
     lowering_matches_native(&[
-        case("Celu", 17, vec![("x", rnd("cel", &[3, 4], -2.0, 2.0))], &["x"], |g| g.add("Celu", &["x"]).float("alpha", 0.7).output()),
+        case("Celu", 17, vec![("x", rnd("cel", &[3, 4], -2.0, 2.0))], &["x"], |g| {
+            g.add("Celu", &["x"]).float("alpha", 0.7).output()
+        }),
         case(
             "InstanceNormalization",
             17,
@@ -1428,7 +1535,9 @@ fn lowered_norms_and_pools_equal_the_ops() {
         case("LpNormalization p=1", 17, vec![("x", x("lpn"))], &["x"], |g| {
             g.add("LpNormalization", &["x"]).int("axis", 1).int("p", 1).output()
         }),
-        case("MeanVarianceNormalization", 17, vec![("x", x("mvn"))], &["x"], |g| g.add("MeanVarianceNormalization", &["x"]).output()),
+        case("MeanVarianceNormalization", 17, vec![("x", x("mvn"))], &["x"], |g| {
+            g.add("MeanVarianceNormalization", &["x"]).output()
+        }),
         case("LpPool p=2 pad 1", 18, vec![("x", x("lpp"))], &["x"], |g| {
             g.add("LpPool", &["x"]).ints("kernel_shape", &[2, 2]).ints("pads", &[1, 0, 0, 1]).int("p", 2).output()
         }),

@@ -9,10 +9,7 @@ fn docs_ops_md_is_the_registrys_table() {
     let o = onnxsam(&["ops", "--markdown"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let doc = std::fs::read_to_string(root().join("docs/ops.md")).expect("docs/ops.md");
-    assert!(
-        doc == stdout(&o),
-        "docs/ops.md is out of date: run `cargo run --release -- ops --markdown > docs/ops.md`"
-    );
+    assert!(doc == stdout(&o), "docs/ops.md is out of date: run `cargo run --release -- ops --markdown > docs/ops.md`");
 }
 
 /// Every standard op ONNX Runtime training differentiates, onnxsam differentiates.

@@ -138,7 +138,8 @@ fn reference_spec(opt: &str) -> StepSpec {
     use graph_passes::passes::sam_update::{BaseOptimizer as B, WeightDecayMode as W};
     let base = StepSpec { lr: 0.1, momentum: 0.9, weight_decay: 5e-4, rho: 0.05, ..StepSpec::default() };
     let adam = StepSpec { base: B::Adam, lr: 1e-3, ..base.clone() };
-    let adamw = StepSpec { base: B::AdamW, lr: 1e-3, weight_decay: 1e-2, weight_decay_mode: W::Decoupled, ..base.clone() };
+    let adamw =
+        StepSpec { base: B::AdamW, lr: 1e-3, weight_decay: 1e-2, weight_decay_mode: W::Decoupled, ..base.clone() };
     match opt {
         "sgd" => StepSpec { nesterov: true, ..base },
         "sam" => StepSpec { optimizer: Optimizer::Sam, ..base },
@@ -310,7 +311,7 @@ fn m_usam_with_m_one_is_the_gradient_of_loss_plus_gradient_norm_plus_variance() 
         let theta0: Vec<f64> = r.values["W"].to_f64().into_iter().chain(r.values["b"].to_f64()).collect();
         let batch = Batch {
             data: vec![("x".into(), HostTensor::f32(&[n, 5], x.clone()))],
-            labels: HostTensor::f32(&[n, 1], t.clone()),
+            labels: Some(HostTensor::f32(&[n, 1], t.clone())),
         };
         r.step(&batch).unwrap();
         let theta1: Vec<f64> = r.values["W"].to_f64().into_iter().chain(r.values["b"].to_f64()).collect();
@@ -506,7 +507,7 @@ fn eval_graph_gives_eval_mode_logits_loss_and_correct_count() {
         let x = input.values().next().unwrap().clone();
         let n = x.shape[0];
         let labels: Vec<i64> = (0..n as i64).map(|i| i % 10).collect();
-        let batch = Batch { data: vec![("input".into(), x)], labels: HostTensor::i64(&[n], labels.clone()) };
+        let batch = Batch { data: vec![("input".into(), x)], labels: Some(HostTensor::i64(&[n], labels.clone())) };
         let values = onnxsam::grad::initial_values(&ev.graph.contract).unwrap();
         let out = ev.run(&values, &batch).unwrap();
         let logits = out["logits"].to_f64();

@@ -19,10 +19,10 @@ fn mnist_subset(dir: &Path, n: usize) -> PathBuf {
     write_npz(
         &p,
         &[
-            ("x".into(), HostTensor::f32(&[n, 1, 28, 28], train.x.clone())),
-            ("y".into(), HostTensor::i64(&[n], train.y.clone())),
-            ("x_test".into(), HostTensor::f32(&[500, 1, 28, 28], test.x.clone())),
-            ("y_test".into(), HostTensor::i64(&[500], test.y.clone())),
+            ("x".into(), train.columns[0].1.clone()),
+            ("y".into(), train.y.clone().unwrap()),
+            ("x_test".into(), test.columns[0].1.clone()),
+            ("y_test".into(), test.y.clone().unwrap()),
         ],
     )
     .unwrap();
@@ -237,7 +237,7 @@ fn label_noise_flips_the_stated_fraction_with_its_seed() {
     for f in [0.2, 0.4, 0.8] {
         let mut a = mnist.clone();
         let flipped = a.add_label_noise(f, 5).unwrap();
-        let changed = a.y.iter().zip(&mnist.y).filter(|(x, y)| x != y).count();
+        let changed = a.labels().unwrap().iter().zip(mnist.labels().unwrap()).filter(|(x, y)| x != y).count();
         assert_eq!(changed, (f * 10_000.0_f64).round() as usize, "fraction {f}");
         assert_eq!(flipped.len(), changed);
         let mut b = mnist.clone();
@@ -249,7 +249,7 @@ fn label_noise_flips_the_stated_fraction_with_its_seed() {
         // symmetric: flipped labels spread over the other classes
         let mut counts = [0usize; 10];
         for &i in &flipped {
-            counts[a.y[i] as usize] += 1;
+            counts[a.labels().unwrap()[i] as usize] += 1;
         }
         assert!(counts.iter().all(|&c| c > 0), "{counts:?}");
     }

@@ -515,7 +515,11 @@ fn folded_recurrent_and_group_norm_tensors_are_pytorchs_parameters() {
             let Some(e) = m.graph.initializer(&t.name) else { continue };
             assert_eq!(e.dims, t.dims, "{arch}/{setting}: '{}'", t.name);
             let (a, b) = (tensor::to_f32(t).unwrap(), tensor::to_f32(e).unwrap());
-            assert!(a.iter().zip(&b).all(|(x, y)| (y - x - 0.5).abs() < 1e-6), "{arch}/{setting}: '{}' not the view of the trained values", t.name);
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| (y - x - 0.5).abs() < 1e-6),
+                "{arch}/{setting}: '{}' not the view of the trained values",
+                t.name
+            );
             folded += 1;
         }
         assert!(folded >= 2, "{arch}/{setting}: expected folded tensors written back, found {folded}");

@@ -618,7 +618,9 @@ pub fn constant_ints(g: &Graph, name: &str) -> Option<Vec<i64>> {
 /// Resize scales all these ways).
 pub fn constant_floats(g: &Graph, name: &str) -> Option<Vec<f64>> {
     if let Some(t) = constant_value(g, name) {
-        return tensor::to_f64(t).ok().or_else(|| tensor::to_i64(t).ok().map(|v| v.iter().map(|&x| x as f64).collect()));
+        return tensor::to_f64(t)
+            .ok()
+            .or_else(|| tensor::to_i64(t).ok().map(|v| v.iter().map(|&x| x as f64).collect()));
     }
     let n = g.nodes.iter().find(|n| n.output.first().is_some_and(|o| o == name))?;
     match n.op_type.as_str() {

@@ -155,7 +155,15 @@ pub fn broadcast(shapes: &[&Shape]) -> Option<Shape> {
     Some(out)
 }
 
-pub(crate) fn conv_out(size: &Dim, k: i64, stride: i64, pad_begin: i64, pad_end: i64, dilation: i64, ceil: bool) -> Dim {
+pub(crate) fn conv_out(
+    size: &Dim,
+    k: i64,
+    stride: i64,
+    pad_begin: i64,
+    pad_end: i64,
+    dilation: i64,
+    ceil: bool,
+) -> Dim {
     match size {
         Dim::Known(h) => {
             let eff = dilation * (k - 1) + 1;
@@ -224,7 +232,6 @@ pub(crate) fn data_dependent(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result
     }
     Ok(())
 }
-
 
 pub(crate) fn unknown_rank_out(s: &mut Shapes, out: &str, dtype: i32, rank: Option<usize>) -> Result<()> {
     let shape = rank.map(|r| (0..r).map(|_| s.fresh_dim("d")).collect());

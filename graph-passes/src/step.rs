@@ -34,7 +34,7 @@ impl GradSpec {
 impl Default for GradSpec {
     fn default() -> Self {
         GradSpec {
-            loss: Loss::CrossEntropy { label_smoothing: 0.0 },
+            loss: Loss::CrossEntropy { label_smoothing: 0.0, ignore_index: None },
             train_mode: true,
             freeze: vec![],
             sharing: Sharing::Auto,

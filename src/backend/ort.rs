@@ -287,8 +287,7 @@ impl Session for OrtRunner {
         let k = self.session_for(feeds)?;
         let inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
             feeds.iter().map(|(n, t)| Ok((Cow::from(n.as_str()), to_value(t)?))).collect::<Result<_>>()?;
-        let out =
-            self.sessions[k].1.run(inputs).map_err(|e| anyhow!("ONNX Runtime: {}", one_line(&e.to_string())))?;
+        let out = self.sessions[k].1.run(inputs).map_err(|e| anyhow!("ONNX Runtime: {}", one_line(&e.to_string())))?;
         self.outputs.iter().map(|n| Ok((n.clone(), to_host(n, &out[n.as_str()])?))).collect()
     }
 

@@ -14,10 +14,22 @@ use graph_passes::step::{GradSpec, ReweightSpec, Score, StepSpec};
 
 use crate::backend::{BackendKind, BackendRequest, Device};
 
-#[derive(Clone, Copy, ValueEnum, Debug)]
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
 pub enum LossKind {
+    /// Class labels: [N] for logits [N, C], [N, d1, …] per token/pixel for [N, C, d1, …]
     CrossEntropy,
+    /// Float targets shaped as the output: (y − t)²
     Mse,
+    /// |y − t|
+    L1,
+    /// torch.nn.HuberLoss(delta = --huber-delta)
+    Huber,
+    /// torch.nn.SmoothL1Loss(beta = --huber-delta)
+    SmoothL1,
+    /// Multi-label: torch.nn.BCEWithLogitsLoss with float 0/1 targets shaped as the logits
+    BceWithLogits,
+    /// The model's output is already the per-sample loss [N] (no labels)
+    Output,
 }
 
 /// How the gradient graph is built.
@@ -28,6 +40,13 @@ pub struct GradGraphArgs {
     /// Label smoothing ε for cross-entropy (PyTorch's formula)
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f32,
+    /// Cross-entropy: positions with this label count in no loss or accuracy (F.cross_entropy's
+    /// ignore_index, e.g. -100 for padding tokens); averaged within each sample
+    #[arg(long, allow_hyphen_values = true)]
+    ignore_index: Option<i64>,
+    /// huber's delta, smooth-l1's beta
+    #[arg(long, default_value_t = 1.0)]
+    huber_delta: f32,
     /// BatchNorm with batch statistics and Dropout active (the default)
     #[arg(long, conflicts_with = "eval_mode")]
     train_mode: bool,
@@ -57,14 +76,26 @@ impl GradGraphArgs {
         if !(0.0..1.0).contains(&self.label_smoothing) {
             bail!("--label-smoothing must be in [0, 1), got {}", self.label_smoothing);
         }
+        let ce = self.loss == LossKind::CrossEntropy;
+        if !ce && self.label_smoothing != 0.0 {
+            bail!("--label-smoothing applies to cross-entropy only");
+        }
+        if !ce && self.ignore_index.is_some() {
+            bail!("--ignore-index applies to cross-entropy only");
+        }
+        if self.huber_delta.is_nan() || self.huber_delta <= 0.0 {
+            bail!("--huber-delta must be > 0, got {}", self.huber_delta);
+        }
         let loss = match self.loss {
-            LossKind::CrossEntropy => Loss::CrossEntropy { label_smoothing: self.label_smoothing },
-            LossKind::Mse => {
-                if self.label_smoothing != 0.0 {
-                    bail!("--label-smoothing applies to cross-entropy only");
-                }
-                Loss::Mse
+            LossKind::CrossEntropy => {
+                Loss::CrossEntropy { label_smoothing: self.label_smoothing, ignore_index: self.ignore_index }
             }
+            LossKind::Mse => Loss::Mse,
+            LossKind::L1 => Loss::L1,
+            LossKind::Huber => Loss::Huber { delta: self.huber_delta },
+            LossKind::SmoothL1 => Loss::SmoothL1 { beta: self.huber_delta },
+            LossKind::BceWithLogits => Loss::BceWithLogits,
+            LossKind::Output => Loss::Output,
         };
         Ok(GradSpec {
             loss,
@@ -308,15 +339,7 @@ impl StepArgs {
             },
         });
         let spec = StepSpec {
-            loss: match grad.loss {
-                graph_passes::passes::per_sample_loss::Loss::CrossEntropy { label_smoothing }
-                    if label_smoothing > 0.0 =>
-                {
-                    format!("cross-entropy (label smoothing {label_smoothing})")
-                }
-                graph_passes::passes::per_sample_loss::Loss::CrossEntropy { .. } => "cross-entropy".into(),
-                graph_passes::passes::per_sample_loss::Loss::Mse => "mse".into(),
-            },
+            loss: loss_name(grad.loss),
             grad,
             optimizer,
             reweight,
@@ -341,3 +364,24 @@ impl StepArgs {
     }
 }
 
+/// The loss as the command line names it, with its settings.
+fn loss_name(l: Loss) -> String {
+    match l {
+        Loss::CrossEntropy { label_smoothing, ignore_index } => {
+            let mut s = "cross-entropy".to_string();
+            if label_smoothing > 0.0 {
+                s += &format!(" (label smoothing {label_smoothing})");
+            }
+            if let Some(i) = ignore_index {
+                s += &format!(" (ignore index {i})");
+            }
+            s
+        }
+        Loss::Mse => "mse".into(),
+        Loss::L1 => "l1".into(),
+        Loss::Huber { delta } => format!("huber (delta {delta})"),
+        Loss::SmoothL1 { beta } => format!("smooth-l1 (beta {beta})"),
+        Loss::BceWithLogits => "bce-with-logits".into(),
+        Loss::Output => "the model's output".into(),
+    }
+}

@@ -9,8 +9,8 @@ use graph_passes::onnx::data_type as dt;
 use graph_passes::shapes::{self, Dim};
 use graph_passes::step;
 
-use super::GradGraphArgs;
 use super::BackendArgs;
+use super::GradGraphArgs;
 use crate::backend;
 use crate::grad::{self as g, Batch};
 use crate::tensor::HostTensor;
@@ -139,13 +139,13 @@ pub fn bench(a: BenchArgs) -> Result<i32> {
     let (lm, lc) = step::loss_graph(&model, &spec).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
     let mut lsess = be.load(&lm.to_proto())?;
     let lvalues = g::initial_values(&lc)?;
-    let lbatch = Batch { data: data.clone(), labels: labels.clone() };
+    let lbatch = Batch { data: data.clone(), labels: Some(labels.clone()) };
     let lfeeds = g::feeds(&lc, &lbatch, &lvalues, 0)?;
     let train_forward_ms = time_runs(lsess.as_mut(), &lfeeds, a.warmup, a.steps)?;
     let t0 = Instant::now();
     let mut grad = be.load(&gm.to_proto())?;
     let values = g::initial_values(&c)?;
-    let batch = Batch { data: data.clone(), labels };
+    let batch = Batch { data: data.clone(), labels: Some(labels) };
     let feeds = g::feeds(&c, &batch, &values, 0)?;
     grad.run(&feeds)?;
     let grad_load_s = t0.elapsed().as_secs_f64();
@@ -262,7 +262,7 @@ fn bench_steps(a: &BenchArgs) -> Result<i32> {
     }
     let classes = classes_of(&runners[0].1.graphs.step.model, runners[0].1.contract())?;
     let (data, labels) = synthetic_batch(&model, a.batch_size, classes)?;
-    let batch = Batch { data, labels };
+    let batch = Batch { data, labels: Some(labels) };
     // interleaved: round by round, every optimizer once; consecutive: one optimizer's steps after
     // another's
     let n = a.warmup + a.steps;

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-
 #[derive(Parser)]
 #[command(
     name = "onnxsam",
@@ -32,7 +31,9 @@ enum Command {
     )]
     Inspect(inspect::InspectArgs),
     /// Which ops onnxsam can train: op, opsets, gradient, engines, forms not covered (docs/ops.md)
-    #[command(after_help = "Examples:\n  onnxsam ops\n  onnxsam ops LSTM Resize\n  onnxsam ops --markdown > docs/ops.md")]
+    #[command(
+        after_help = "Examples:\n  onnxsam ops\n  onnxsam ops LSTM Resize\n  onnxsam ops --markdown > docs/ops.md"
+    )]
     Ops(ops::OpsArgs),
     /// Run inference: inputs by name from an .npz, outputs printed or written to an .npz
     #[command(
@@ -66,7 +67,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  onnxsam train models/mlp.onnx --data data/mnist --optimizer sam --reweight 1 --epochs 1 --lr 0.05 --out runs/mlp\n  onnxsam train --resume runs/mlp --epochs 3\n  onnxsam train models/cnn.onnx --data data/mnist --label-noise 0.4 --optimizer sam --rho 0.05 --epochs 3 --out runs/cnn-noisy"
     )]
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Loss, accuracy and per-class accuracy of a model on a dataset
     #[command(after_help = "Example:\n  onnxsam eval runs/mlp/model.onnx --data data/mnist")]
     Eval(train::EvalArgs),
@@ -90,8 +91,8 @@ struct PlotArgs {
     output: Option<PathBuf>,
 }
 
-pub use args::{BackendArgs, GradGraphArgs, StepArgs};
 pub use crate::error::{check_failed, Failure};
+pub use args::{BackendArgs, GradGraphArgs, StepArgs};
 
 pub fn main() -> i32 {
     // A panic is a bug in onnxsam (or a dependency): one line, no backtrace.
@@ -122,7 +123,7 @@ pub fn main() -> i32 {
         Command::Step(a) => grad::step_once(a),
         Command::Rewrite(a) => grad::rewrite(a),
         Command::Bench(a) => bench::bench(a),
-        Command::Train(a) => train::train(a, std::env::args().skip(2).collect()),
+        Command::Train(a) => train::train(*a, std::env::args().skip(2).collect()),
         Command::Eval(a) => train::eval(a),
         Command::Export(a) => train::export(a),
         Command::Plot(a) => crate::report::plot::plot(&a.run, a.output.as_deref()).map(|p| {

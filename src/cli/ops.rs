@@ -123,13 +123,22 @@ fn markdown(rows: &[Row]) -> String {
     for r in rows {
         if r.family != family {
             family = r.family;
-            s.push_str(&format!("\n## {family}\n\n| op | opsets | gradient | engines | notes |\n|---|---|---|---|---|\n"));
+            s.push_str(&format!(
+                "\n## {family}\n\n| op | opsets | gradient | engines | notes |\n|---|---|---|---|---|\n"
+            ));
         }
         let grad = match r.missing {
             Some(why) => format!("missing: {why}"),
             None => r.gradient.to_string(),
         };
-        s.push_str(&format!("| {} | {} | {} | {} | {} |\n", r.op, r.opsets, grad, r.engines, r.notes.replace('|', "\\|")));
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r.op,
+            r.opsets,
+            grad,
+            r.engines,
+            r.notes.replace('|', "\\|")
+        ));
     }
     s
 }

@@ -8,12 +8,12 @@ use graph_passes::ir::Model;
 use serde_json::Value;
 
 use super::{BackendArgs, GradGraphArgs, StepArgs};
-use crate::data::Normalize;
-use crate::train::schedule::Schedule;
-use crate::train::TrainConfig;
 use crate::backend;
+use crate::data::Normalize;
 use crate::data::{self, Format};
 use crate::step::Evaluator;
+use crate::train::schedule::Schedule;
+use crate::train::TrainConfig;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -24,6 +24,9 @@ pub struct EvalArgs {
     data: PathBuf,
     #[arg(long, value_enum)]
     data_format: Option<Format>,
+    /// A table's label/target column
+    #[arg(long, value_name = "COLUMN")]
+    target: Option<String>,
     /// test (default when the dataset has one) or train
     #[arg(long)]
     split: Option<String>,
@@ -46,71 +49,118 @@ struct EvalReport {
     data: String,
     samples: usize,
     loss: f64,
-    accuracy: f64,
+    /// Classification: accuracy (per position for per-token/pixel labels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accuracy: Option<f64>,
+    /// Regression: mean absolute error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mae: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     per_class_accuracy: Vec<Option<f64>>,
 }
 
 pub fn eval(a: EvalArgs) -> Result<i32> {
     let model = Model::load(&a.model)?;
     let shown = a.model.display().to_string();
-    let loaded = data::load(&a.data, a.data_format)?;
-    let mut d = match a.split.as_deref() {
+    let spec = a.graph.spec()?;
+    let be = backend::select(&a.backend.request(), true)?;
+    let mut ev = Evaluator::new(&model, &spec, be.as_ref()).map_err(|e| anyhow!("{shown}: {e:#}"))?;
+    let classes = crate::train::output_classes(&model, &shown)?;
+    let (inputs, target) = crate::train::binding(&ev.graph.model, &ev.graph.contract, classes);
+    let image_shape = inputs
+        .first()
+        .filter(|i| i.dims.len() == 3 && i.dims.iter().all(|d| d.is_some()))
+        .map(|i| i.dims.iter().map(|d| d.unwrap_or(0) as usize).collect());
+    let opts = crate::data::LoadOptions { sample_shape: image_shape, target: a.target.clone() };
+    let loaded = data::load(&a.data, a.data_format, &opts)?;
+    let d = match a.split.as_deref() {
         Some("train") => loaded.train,
         Some("test") => loaded.test.ok_or_else(|| anyhow!("{}: no test split here", a.data.display()))?,
         Some(other) => bail!("--split {other}: expected test or train"),
         None => loaded.test.unwrap_or(loaded.train),
     };
-    if let Some((m, s)) = parse_normalize(a.normalize.as_deref())?.resolve(loaded.kind) {
+    let mut d = d.bind(&inputs, &target, &shown)?;
+    // a run's model.onnx: the standardization its training used, from normalization.json beside it
+    let beside = a.model.parent().map(|p| p.join("normalization.json")).filter(|p| p.exists());
+    let norm = match (a.normalize.as_deref(), beside) {
+        (None, Some(p)) => {
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&p)?)
+                .with_context(|| format!("{}: not a normalization file", p.display()))?;
+            let f = |k: &str| -> Vec<f32> {
+                v[k].as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect())
+                    .unwrap_or_default()
+            };
+            eprintln!("normalizing as in training ({})", p.display());
+            Some((f("mean"), f("std")))
+        }
+        (arg, _) => parse_normalize(arg)?.resolve(loaded.kind),
+    };
+    if let Some((m, s)) = norm {
         d.normalize_channels(&m, &s)?;
     }
-    let spec = a.graph.spec()?;
-    let be = backend::select(&a.backend.request(), true)?;
-    let mut ev = Evaluator::new(&model, &spec, be.as_ref()).map_err(|e| anyhow!("{shown}: {e:#}"))?;
-    let (input, want, _) = crate::train::model_io(&model, &shown)?;
-    crate::train::check_data(&d, &want, &input, None, &shown)?;
     let values = crate::grad::initial_values(&ev.graph.contract)?;
-    let classes = d.classes.max(1);
-    let (mut hit, mut count) = (vec![0usize; classes], vec![0usize; classes]);
-    let mut loss = 0.0;
-    let mut i = 0;
-    while i < d.len() {
-        let idx: Vec<usize> = (i..(i + a.batch_size).min(d.len())).collect();
-        let b = d.batch(&input, &idx);
-        let out = ev.run(&values, &b)?;
-        loss += out["loss"].to_f64()[0] * idx.len() as f64;
-        let logits = out.values().find(|t| t.shape.len() == 2 && t.shape[0] == idx.len()).map(|t| t.to_f64());
-        if let Some(l) = logits {
-            let c = l.len() / idx.len();
-            for (k, &s) in idx.iter().enumerate() {
-                let row = &l[k * c..(k + 1) * c];
-                let arg = (0..c)
-                    .max_by(|&p, &q| row[p].partial_cmp(&row[q]).unwrap_or(std::cmp::Ordering::Equal))
-                    .unwrap_or(0);
-                let y = d.y[s] as usize;
-                if y < classes {
-                    count[y] += 1;
-                    hit[y] += (arg == y) as usize;
+    let metric = crate::train::metric_of(&ev.graph.contract);
+    let (loss, m) = crate::train::evaluate(&mut ev, &values, &d, a.batch_size)?;
+    // per-class accuracy of a classifier with one label per sample
+    let mut per_class = vec![];
+    if let (Some(labels), Some(("correct", _))) =
+        (d.labels().filter(|_| d.y.as_ref().map(|y| y.shape.len()) == Some(1)), metric)
+    {
+        let classes = classes.unwrap_or(d.classes).max(1);
+        let (mut hit, mut count) = (vec![0usize; classes], vec![0usize; classes]);
+        let mut i = 0;
+        while i < d.len() {
+            let idx: Vec<usize> = (i..(i + a.batch_size).min(d.len())).collect();
+            let out = ev.run(&values, &d.batch(&idx))?;
+            let logits = out.values().find(|t| t.shape.len() == 2 && t.shape[0] == idx.len()).map(|t| t.to_f64());
+            if let Some(l) = logits {
+                let c = l.len() / idx.len();
+                for (k, &s) in idx.iter().enumerate() {
+                    let row = &l[k * c..(k + 1) * c];
+                    let arg = (0..c)
+                        .max_by(|&p, &q| row[p].partial_cmp(&row[q]).unwrap_or(std::cmp::Ordering::Equal))
+                        .unwrap_or(0);
+                    let y = labels[s] as usize;
+                    if y < classes {
+                        count[y] += 1;
+                        hit[y] += (arg == y) as usize;
+                    }
                 }
             }
+            i += a.batch_size;
         }
-        i += a.batch_size;
+        per_class = hit.iter().zip(&count).map(|(&h, &c)| (c > 0).then(|| h as f64 / c as f64)).collect();
     }
-    let n = d.len();
     let r = EvalReport {
         model: shown,
         data: a.data.display().to_string(),
-        samples: n,
-        loss: loss / n as f64,
-        accuracy: hit.iter().sum::<usize>() as f64 / n as f64,
-        per_class_accuracy: hit.iter().zip(&count).map(|(&h, &c)| (c > 0).then(|| h as f64 / c as f64)).collect(),
+        samples: d.len(),
+        loss,
+        accuracy: (metric.map(|m| m.1) == Some("acc")).then_some(m),
+        mae: (metric.map(|m| m.1) == Some("mae")).then_some(m),
+        per_class_accuracy: per_class,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!("{}: {} samples of {}: loss {:.4}, accuracy {:.4}", r.model, r.samples, r.data, r.loss, r.accuracy);
-        let per: Vec<String> =
-            r.per_class_accuracy.iter().enumerate().filter_map(|(c, a)| a.map(|a| format!("{c}: {a:.3}"))).collect();
-        println!("per class: {}", per.join(", "));
+        let mut line = format!("{}: {} samples of {}: loss {:.4}", r.model, r.samples, r.data, r.loss);
+        if let Some(acc) = r.accuracy {
+            line += &format!(", accuracy {acc:.4}");
+        }
+        if let Some(mae) = r.mae {
+            line += &format!(", mean absolute error {mae:.4}");
+        }
+        println!("{line}");
+        if !r.per_class_accuracy.is_empty() {
+            let per: Vec<String> = r
+                .per_class_accuracy
+                .iter()
+                .enumerate()
+                .filter_map(|(c, a)| a.map(|a| format!("{c}: {a:.3}")))
+                .collect();
+            println!("per class: {}", per.join(", "));
+        }
     }
     Ok(0)
 }
@@ -139,7 +189,8 @@ pub fn export(a: ExportArgs) -> Result<i32> {
 pub struct TrainArgs {
     /// The ONNX model (its single output: logits, or a loss)
     pub model: Option<PathBuf>,
-    /// Training data: an MNIST-style folder (IDX, raw or .gz), CIFAR binary batches, .npz (x, y)
+    /// Training data: an MNIST-style folder (IDX, raw or .gz), CIFAR binary batches, an ImageFolder
+    /// (class folders of PNG/JPEG), a CSV/TSV table (--target), .npz (x or one array per input, y)
     #[arg(long, value_name = "DATASET")]
     pub data: Option<PathBuf>,
     /// Test data (default: the test split beside the training data, when there is one)
@@ -147,7 +198,11 @@ pub struct TrainArgs {
     pub test: Option<PathBuf>,
     #[arg(long, value_enum)]
     pub data_format: Option<crate::data::Format>,
-    /// Per-channel normalization MEAN,STD (or M1,M2,M3,S1,S2,S3), or `none`; default per dataset
+    /// CSV/TSV data: the label or target column (the other columns are the features, in order)
+    #[arg(long, value_name = "COLUMN")]
+    pub target: Option<String>,
+    /// Per-channel normalization MEAN,STD (or M1,M2,M3,S1,S2,S3), `standard` (tables: per feature from
+    /// the training split, saved as RUN_DIR/normalization.json), or `none`; default per dataset
     #[arg(long)]
     pub normalize: Option<String>,
     #[command(flatten)]
@@ -253,6 +308,7 @@ fn config(mut a: TrainArgs, raw: Vec<String>) -> Result<TrainConfig> {
         data,
         test: a.test,
         data_format: a.data_format,
+        target: a.target,
         normalize: parse_normalize(a.normalize.as_deref())?,
         spec,
         epochs: a.epochs,
@@ -281,11 +337,15 @@ struct Stored {
     a: TrainArgs,
 }
 
-/// `--normalize`: MEAN,STD or M1,…,Mc,S1,…,Sc, `none`, or (absent) the dataset's default.
+/// `--normalize`: MEAN,STD or M1,…,Mc,S1,…,Sc, `standard` (per feature, from the training split),
+/// `none`, or (absent) the dataset's default.
 fn parse_normalize(arg: Option<&str>) -> Result<Normalize> {
     let Some(s) = arg else { return Ok(Normalize::DatasetDefault) };
     if s == "none" {
         return Ok(Normalize::Off);
+    }
+    if s == "standard" {
+        return Ok(Normalize::Standard);
     }
     let v: Vec<f32> = s
         .split(',')

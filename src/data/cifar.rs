@@ -31,7 +31,7 @@ pub fn read_batches(files: &[std::path::PathBuf], hundred: bool) -> Result<Datas
     if let Some(bad) = y.iter().find(|&&l| l as usize >= classes) {
         bail!("{}: label {bad} in a CIFAR-{classes} file (is it CIFAR-100?)", files[0].display());
     }
-    Ok(Dataset { x, sample_shape: vec![3, 32, 32], y, classes, source: files[0].display().to_string() })
+    Ok(Dataset::images(x, &[3, 32, 32], y, classes, files[0].display().to_string()))
 }
 
 pub fn load(path: &Path) -> Result<(Dataset, Option<Dataset>)> {
@@ -75,15 +75,15 @@ mod tests {
         std::fs::write(&f, &bytes).unwrap();
         let (d, test) = load(dir.path()).unwrap();
         assert!(test.is_none());
-        assert_eq!(d.y, vec![3, 9]);
-        assert_eq!(d.sample_shape, vec![3, 32, 32]);
-        assert_eq!(d.x[1024], (1024 % 251) as f32 / 255.0, "green plane starts at 1024");
-        assert_eq!(d.x[3072], 7.0 / 255.0, "second record");
+        assert_eq!(d.labels().unwrap(), &[3, 9]);
+        assert_eq!(d.float_samples().unwrap().1, &[3, 32, 32]);
+        assert_eq!(d.float_samples().unwrap().0[1024], (1024 % 251) as f32 / 255.0, "green plane starts at 1024");
+        assert_eq!(d.float_samples().unwrap().0[3072], 7.0 / 255.0, "second record");
         // CIFAR-100: coarse and fine label bytes; the fine one is the label
         let g = dir.path().join("train.bin");
         std::fs::write(&g, record(57, 0, true)).unwrap();
         let (d, _) = load(dir.path()).unwrap();
-        assert_eq!(d.y, vec![57]);
+        assert_eq!(d.labels().unwrap(), &[57]);
         assert_eq!(d.classes, 100);
         // a truncated file: one line naming it
         std::fs::write(&f, &bytes[..5000]).unwrap();

@@ -61,13 +61,13 @@ pub fn read_pair(images: &Path, labels: &Path) -> Result<Dataset> {
         bail!("{}: {ldims:?} labels for {} images in {}", labels.display(), dims[0], images.display());
     }
     let classes = lb.iter().copied().max().map(|m| m as usize + 1).unwrap_or(0).max(10);
-    Ok(Dataset {
-        x: px.iter().map(|&p| p as f32 / 255.0).collect(),
-        sample_shape: vec![1, dims[1], dims[2]],
-        y: lb.iter().map(|&l| l as i64).collect(),
+    Ok(Dataset::images(
+        px.iter().map(|&p| p as f32 / 255.0).collect(),
+        &[1, dims[1], dims[2]],
+        lb.iter().map(|&l| l as i64).collect(),
         classes,
-        source: images.display().to_string(),
-    })
+        images.display().to_string(),
+    ))
 }
 
 fn find(dir: &Path, name: &str) -> Option<PathBuf> {
@@ -121,9 +121,9 @@ mod tests {
         std::fs::write(dir.path().join("train-labels-idx1-ubyte.gz"), gz(&lab)).unwrap();
         let (d, test) = load(dir.path()).unwrap();
         assert!(test.is_none());
-        assert_eq!(d.y, vec![7, 1]);
-        assert_eq!(d.sample_shape, vec![1, 2, 2]);
-        assert_eq!(d.x[1], 1.0);
+        assert_eq!(d.labels().unwrap(), &[7, 1]);
+        assert_eq!(d.float_samples().unwrap().1, &[1, 2, 2]);
+        assert_eq!(d.float_samples().unwrap().0[1], 1.0);
         // truncated gzip: an error naming the file
         let broken = gz(&img);
         std::fs::write(dir.path().join("train-images-idx3-ubyte.gz"), &broken[..broken.len() / 2]).unwrap();

@@ -68,7 +68,6 @@ pub struct Prefetch {
 }
 
 pub struct EpochSpec {
-    pub input: String,
     pub order: Vec<usize>,
     pub batch_size: usize,
     pub drop_last: bool,
@@ -86,18 +85,23 @@ impl Prefetch {
             let n = batches_per_epoch(spec.order.len(), spec.batch_size, spec.drop_last);
             for b in spec.skip..n {
                 let idx = &spec.order[b * spec.batch_size..((b + 1) * spec.batch_size).min(spec.order.len())];
-                let batch = match &spec.augment {
-                    None => data.batch(&spec.input, idx),
-                    Some(aug) => {
+                let mut batch = data.batch(idx);
+                if let Some(aug) = &spec.augment {
+                    // crop-flip the image array [N, C, H, W] (the first float input)
+                    if let Some((_, t)) =
+                        batch.data.iter_mut().find(|(_, t)| t.shape.len() == 4 && t.as_f32().is_some())
+                    {
                         let r = random_words(spec.seed, &format!("augment/{}/{b}", spec.epoch), idx.len());
-                        let s = data.sample_len();
-                        let mut x = Vec::with_capacity(idx.len() * s);
-                        for (k, &i) in idx.iter().enumerate() {
-                            aug.apply(&data.x[i * s..(i + 1) * s], &data.sample_shape, r[k], &mut x);
+                        let sample = t.shape[1..].to_vec();
+                        let s: usize = sample.iter().product();
+                        let src = t.as_f32().unwrap_or(&[]).to_vec();
+                        let mut x = Vec::with_capacity(src.len());
+                        for k in 0..idx.len() {
+                            aug.apply(&src[k * s..(k + 1) * s], &sample, r[k], &mut x);
                         }
-                        data.batch_of(&spec.input, idx, x)
+                        *t = crate::tensor::HostTensor::f32(&t.shape.clone(), x);
                     }
-                };
+                }
                 if tx.send(batch).is_err() {
                     return;
                 }

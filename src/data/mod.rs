@@ -1,8 +1,11 @@
-//! Datasets: MNIST/Fashion-MNIST IDX (raw or .gz), CIFAR-10/100 binary batches, .npz/.npy — as
-//! float32 samples with int64 labels; normalization, symmetric label noise, batches.
+//! Datasets: MNIST/Fashion-MNIST IDX (raw or .gz), CIFAR-10/100 binary batches, ImageFolder
+//! (PNG/JPEG), CSV/TSV tables, .npz/.npy — as sample arrays of any dtype (one per model input)
+//! with labels or targets; binding to a model's inputs, normalization, label noise, batches.
 pub mod cifar;
 pub mod idx;
+pub mod image_folder;
 pub mod loader;
+pub mod table;
 
 use std::path::{Path, PathBuf};
 
@@ -11,14 +14,17 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::grad::Batch;
 use crate::tensor::{Data, HostTensor};
 
-/// A labelled dataset in memory: `x` [N, …] float32, `y` [N] int64.
+/// A dataset in memory: sample arrays [N, …] of any dtype, each named for the model input it
+/// feeds (`x` where a lone array feeds a lone input), and labels or targets `y` [N, …] (int64
+/// class labels, float32 targets; none when the model computes its own loss).
 #[derive(Clone, Debug)]
 pub struct Dataset {
-    pub x: Vec<f32>,
-    /// Shape of one sample.
-    pub sample_shape: Vec<usize>,
-    pub y: Vec<i64>,
+    pub columns: Vec<(String, HostTensor)>,
+    pub y: Option<HostTensor>,
+    /// Number of classes seen in integer labels (max + 1).
     pub classes: usize,
+    /// Class names by index, where the source names them (ImageFolder folders, CSV categories).
+    pub class_names: Vec<String>,
     /// Where it came from (for messages).
     pub source: String,
 }
@@ -29,8 +35,21 @@ pub enum Format {
     Idx,
     /// CIFAR-10/100 binary batches (a folder with data_batch_*.bin/test_batch.bin or train.bin/test.bin)
     Cifar,
-    /// .npz with x, y (and optionally x_test, y_test), or a folder with x.npy and y.npy
+    /// .npz with x (or one array per model input, by name), y (and optionally *_test), or a folder with x.npy and y.npy
     Npz,
+    /// torchvision ImageFolder: ROOT/<class>/<image>.png|jpg (or ROOT/train/<class>/…, ROOT/test/…)
+    ImageFolder,
+    /// A CSV/TSV table with a header row; --target names the label/target column
+    Csv,
+}
+
+/// What loading needs to know besides the path.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// The model's sample shape [C, H, W] (ImageFolder decodes and resizes to it).
+    pub sample_shape: Option<Vec<usize>>,
+    /// The target column of a table.
+    pub target: Option<String>,
 }
 
 /// Which known dataset a path holds (for default normalization).
@@ -63,7 +82,12 @@ pub enum Normalize {
     DatasetDefault,
     Off,
     /// One mean and std, or one per channel.
-    Channels { mean: Vec<f32>, std: Vec<f32> },
+    Channels {
+        mean: Vec<f32>,
+        std: Vec<f32>,
+    },
+    /// Per feature: the training split's mean and (population) std, as sklearn's StandardScaler.
+    Standard,
 }
 
 impl Normalize {
@@ -73,6 +97,7 @@ impl Normalize {
             Normalize::DatasetDefault => kind.normalization(),
             Normalize::Off => None,
             Normalize::Channels { mean, std } => Some((mean.clone(), std.clone())),
+            Normalize::Standard => None,
         }
     }
 }
@@ -102,8 +127,11 @@ pub fn detect(path: &Path) -> Result<Format> {
         if path.join("x.npy").exists() {
             return Ok(Format::Npz);
         }
+        if path.join("train").is_dir() || image_folder::scan(path).is_ok() {
+            return Ok(Format::ImageFolder);
+        }
         bail!(
-            "{}: no dataset recognised in this folder (MNIST IDX files, CIFAR .bin batches, or x.npy + y.npy); pass --data-format to force one",
+            "{}: no dataset recognised in this folder (MNIST IDX files, CIFAR .bin batches, x.npy + y.npy, or ImageFolder class folders of PNG/JPEG files); pass --data-format to force one",
             path.display()
         );
     }
@@ -119,7 +147,13 @@ pub fn detect(path: &Path) -> Result<Format> {
     if name.ends_with(".bin") {
         return Ok(Format::Cifar);
     }
-    bail!("{}: cannot tell the data format from the name; pass --data-format idx|cifar|npz", path.display())
+    if [".csv", ".tsv", ".tab"].iter().any(|e| name.ends_with(e)) {
+        return Ok(Format::Csv);
+    }
+    bail!(
+        "{}: cannot tell the data format from the name; pass --data-format idx|cifar|npz|image-folder|csv",
+        path.display()
+    )
 }
 
 fn kind_of(path: &Path, format: Format, classes: usize) -> Kind {
@@ -129,59 +163,156 @@ fn kind_of(path: &Path, format: Format, classes: usize) -> Kind {
         Format::Idx => Kind::Mnist,
         Format::Cifar if classes > 10 => Kind::Cifar100,
         Format::Cifar => Kind::Cifar10,
-        Format::Npz => Kind::Other,
+        Format::Npz | Format::ImageFolder | Format::Csv => Kind::Other,
     }
 }
 
 /// Loads a dataset (format detected unless given).
-pub fn load(path: &Path, format: Option<Format>) -> Result<Loaded> {
+pub fn load(path: &Path, format: Option<Format>, opts: &LoadOptions) -> Result<Loaded> {
     let format = match format {
         Some(f) => f,
         None => detect(path)?,
     };
+    if format != Format::Csv && opts.target.is_some() {
+        bail!("--target names the label column of a CSV/TSV table; {} is not one", path.display());
+    }
     let (train, test) = match format {
         Format::Idx => idx::load(path)?,
         Format::Cifar => cifar::load(path)?,
         Format::Npz => load_npz(path)?,
+        Format::ImageFolder => load_image_folder(path, opts)?,
+        Format::Csv => {
+            let target = opts.target.as_deref().ok_or_else(|| {
+                anyhow!("{}: a table needs --target COLUMN (the label or target column)", path.display())
+            })?;
+            (load_table(path, target, None)?, None)
+        }
     };
     let kind = kind_of(path, format, train.classes);
     Ok(Loaded { train, test, kind, format })
 }
 
-fn to_dataset(x: HostTensor, y: HostTensor, source: &str) -> Result<Dataset> {
-    if x.shape.is_empty() {
+/// A table's feature columns as one float32 array `x` [N, F] and its target as `y`: class
+/// indices (a non-numeric column; `names` fixes the mapping, e.g. the training split's) or
+/// float32 values.
+pub fn load_table(path: &Path, target: &str, names: Option<&[String]>) -> Result<Dataset> {
+    let t = table::load(path, target)?;
+    let shown = path.display().to_string();
+    let n = t.rows();
+    let f = t.feature_names.len();
+    let x = HostTensor::f32(&[n, f], t.x);
+    let (y, class_names) = match t.target {
+        table::Target::Values(v) => (HostTensor::f32(&[n], v), vec![]),
+        table::Target::Classes { y, names: own } => match names {
+            None => (HostTensor::i64(&[n], y), own),
+            Some(train_names) => {
+                let mut mapped = Vec::with_capacity(n);
+                for &i in &y {
+                    let name = &own[i as usize];
+                    let Some(k) = train_names.iter().position(|t| t == name) else {
+                        bail!(
+                            "{shown}: class '{name}' of column '{target}' is not among the training data's classes ({}); the test table must use the training table's categories",
+                            train_names.join(", ")
+                        );
+                    };
+                    mapped.push(k as i64);
+                }
+                (HostTensor::i64(&[n], mapped), train_names.to_vec())
+            }
+        },
+    };
+    let classes = class_names.len();
+    Ok(Dataset { columns: vec![("x".into(), x)], y: Some(y), classes, class_names, source: shown })
+}
+
+/// An ImageFolder (or ROOT/train and ROOT/test or ROOT/val ImageFolders), decoded and resized to
+/// the model's [C, H, W] on every core.
+fn load_image_folder(path: &Path, opts: &LoadOptions) -> Result<(Dataset, Option<Dataset>)> {
+    let Some(shape) = opts.sample_shape.as_ref().filter(|s| s.len() == 3) else {
+        bail!(
+            "{}: an ImageFolder is decoded to the model's input [N, C, H, W]; this model's input has no such fixed shape",
+            path.display()
+        );
+    };
+    let (c, h, w) = (shape[0], shape[1], shape[2]);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let one = |root: &Path, names: Option<&[String]>| -> Result<Dataset> {
+        let (x, scan) = image_folder::load(root, c, h, w, threads)?;
+        let n = scan.files.len();
+        let (y, class_names) = match names {
+            None => (scan.y, scan.classes),
+            Some(train) => {
+                let mut y = Vec::with_capacity(n);
+                for &i in &scan.y {
+                    let name = &scan.classes[i as usize];
+                    let Some(k) = train.iter().position(|t| t == name) else {
+                        bail!(
+                            "{}: class folder '{name}' is not among the training classes ({})",
+                            root.display(),
+                            train.join(", ")
+                        );
+                    };
+                    y.push(k as i64);
+                }
+                (y, train.to_vec())
+            }
+        };
+        Ok(Dataset {
+            columns: vec![("x".into(), HostTensor::f32(&[n, c, h, w], x))],
+            y: Some(HostTensor::i64(&[n], y)),
+            classes: class_names.len(),
+            class_names,
+            source: root.display().to_string(),
+        })
+    };
+    let train_dir = path.join("train");
+    if !train_dir.is_dir() {
+        return Ok((one(path, None)?, None));
+    }
+    let train = one(&train_dir, None)?;
+    let test_dir = ["test", "val"].iter().map(|d| path.join(d)).find(|p| p.is_dir());
+    let test = match test_dir {
+        Some(t) => Some(one(&t, Some(&train.class_names))?),
+        None => None,
+    };
+    Ok((train, test))
+}
+
+fn to_dataset(columns: Vec<(String, HostTensor)>, y: Option<HostTensor>, source: &str) -> Result<Dataset> {
+    let Some((_, first)) = columns.first() else { bail!("{source}: no sample arrays") };
+    if first.shape.is_empty() {
         bail!("{source}: x must have a batch axis, got a scalar");
     }
-    let n = x.shape[0];
-    let dtype = x.dtype_name();
-    let xs: Vec<f32> = match x.data {
-        Data::F32(v) => v,
-        Data::F64(v) => v.into_iter().map(|a| a as f32).collect(),
-        Data::U8(v) => v.into_iter().map(|a| a as f32 / 255.0).collect(),
-        _ => bail!(
-            "{source}: x is {dtype}; onnxsam train reads float32, float64 or uint8 samples (token-id models: onnxsam grad and step take int64 inputs, train does not yet)"
-        ),
+    let n = first.shape[0];
+    for (name, t) in &columns {
+        if t.shape.first() != Some(&n) {
+            bail!(
+                "{source}: '{name}' has {} rows but '{}' has {n}",
+                t.shape.first().copied().unwrap_or(0),
+                columns[0].0
+            );
+        }
+    }
+    let Some(y) = y else {
+        // a model that computes its own loss takes no labels
+        return Ok(Dataset { columns, y: None, classes: 0, class_names: vec![], source: source.to_string() });
     };
-    if let Some(i) = xs.iter().position(|v| !v.is_finite()) {
-        bail!(
-            "{source}: x holds a NaN or infinite value (sample {}); clean the data first",
-            i / (xs.len() / n.max(1)).max(1)
-        );
+    if y.shape.first() != Some(&n) {
+        bail!("{source}: x has {n} samples but y has {} rows", y.shape.first().copied().unwrap_or(0));
     }
-    let ys: Vec<i64> = match y.data {
-        Data::I64(v) => v,
-        Data::I32(v) => v.into_iter().map(|a| a as i64).collect(),
-        Data::U8(v) => v.into_iter().map(|a| a as i64).collect(),
-        _ => bail!("{source}: y must hold integer class labels (int64, int32 or uint8)"),
+    let y = match y.data {
+        Data::I64(_) => y,
+        Data::I32(v) => HostTensor::i64(&y.shape, v.into_iter().map(|a| a as i64).collect()),
+        Data::U8(v) => HostTensor::i64(&y.shape, v.into_iter().map(|a| a as i64).collect()),
+        Data::F32(_) => y,
+        Data::F64(v) => HostTensor::f32(&y.shape, v.into_iter().map(|a| a as f32).collect()),
+        Data::Bool(v) => HostTensor::f32(&y.shape, v.into_iter().map(|a| a as u8 as f32).collect()),
     };
-    if ys.len() != n {
-        bail!("{source}: x has {n} samples but y has {} labels", ys.len());
-    }
-    if let Some(bad) = ys.iter().find(|&&l| l < 0) {
-        bail!("{source}: negative label {bad}");
-    }
-    let classes = ys.iter().copied().max().map(|m| m as usize + 1).unwrap_or(0);
-    Ok(Dataset { x: xs, sample_shape: x.shape[1..].to_vec(), y: ys, classes, source: source.to_string() })
+    let classes = match &y.data {
+        Data::I64(v) => v.iter().copied().max().map(|m| m.max(-1) as usize + 1).unwrap_or(0),
+        _ => 0,
+    };
+    Ok(Dataset { columns, y: Some(y), classes, class_names: vec![], source: source.to_string() })
 }
 
 fn load_npz(path: &Path) -> Result<(Dataset, Option<Dataset>)> {
@@ -191,72 +322,288 @@ fn load_npz(path: &Path) -> Result<(Dataset, Option<Dataset>)> {
             let p: PathBuf = path.join(f);
             crate::tensor::read_npy(&p).with_context(|| format!("{}", p.display()))
         };
-        return Ok((to_dataset(read("x.npy")?, read("y.npy")?, &shown)?, None));
+        return Ok((to_dataset(vec![("x".into(), read("x.npy")?)], Some(read("y.npy")?), &shown)?, None));
     }
-    let mut a = crate::tensor::read_npz(path)?;
-    let x = a.remove("x").ok_or_else(|| anyhow!("{shown}: no array 'x' (samples) in the .npz"))?;
-    let y = a.remove("y").ok_or_else(|| anyhow!("{shown}: no array 'y' (labels) in the .npz"))?;
-    let train = to_dataset(x, y, &shown)?;
-    let test = match (a.remove("x_test"), a.remove("y_test")) {
-        (Some(x), Some(y)) => Some(to_dataset(x, y, &format!("{shown} (x_test, y_test)"))?),
-        _ => None,
-    };
+    let a = crate::tensor::read_npz(path)?;
+    let (mut train, mut test): (Vec<(String, HostTensor)>, Vec<(String, HostTensor)>) = (vec![], vec![]);
+    let (mut y, mut y_test) = (None, None);
+    for (k, v) in a {
+        match k.as_str() {
+            "y" => y = Some(v),
+            "y_test" => y_test = Some(v),
+            _ => match k.strip_suffix("_test") {
+                Some(base) => test.push((base.to_string(), v)),
+                None => train.push((k, v)),
+            },
+        }
+    }
+    if train.is_empty() {
+        bail!("{shown}: no sample arrays: add 'x' (or one array per model input, by name)");
+    }
+    // without y: a model that computes its own loss (bind says so if the model needs labels)
+    let train = to_dataset(train, y, &shown)?;
+    let test = if test.is_empty() { None } else { Some(to_dataset(test, y_test, &format!("{shown} (test arrays)"))?) };
     Ok((train, test))
 }
 
+/// A model input a dataset is bound to: its name, dtype (ONNX data type) and sample dims (None: any).
+pub struct InputSpec {
+    pub name: String,
+    pub dtype: i32,
+    pub dims: Vec<Option<i64>>,
+}
+
+/// What the loss expects of `y`.
+pub enum TargetSpec {
+    /// int64 class labels shaped [N, …dims] with values in 0..classes (or `ignore`).
+    Classes { dims: Vec<Option<i64>>, classes: Option<usize>, ignore: Option<i64> },
+    /// float32 targets shaped [N, …dims].
+    Values { dims: Vec<Option<i64>> },
+    /// No labels (the model computes its loss).
+    None,
+}
+
+fn dims_match(shape: &[usize], want: &[Option<i64>]) -> bool {
+    shape.len() == want.len()
+        && shape.iter().zip(want).all(|(&n, w)| w.map(|w| w <= 0 || w as usize == n).unwrap_or(true))
+}
+
+fn dims_string(want: &[Option<i64>]) -> String {
+    let w: Vec<String> = want.iter().map(|d| d.map(|x| x.to_string()).unwrap_or("?".into())).collect();
+    format!("[N, {}]", w.join(", "))
+}
+
+/// Rows `idx` of a tensor's first axis, one after the other.
+pub fn gather_rows(t: &HostTensor, idx: &[usize]) -> HostTensor {
+    let s: usize = t.shape.iter().skip(1).product();
+    fn pick<T: Clone>(v: &[T], idx: &[usize], s: usize) -> Vec<T> {
+        let mut out = Vec::with_capacity(idx.len() * s);
+        for &i in idx {
+            out.extend_from_slice(&v[i * s..(i + 1) * s]);
+        }
+        out
+    }
+    let data = match &t.data {
+        Data::F32(v) => Data::F32(pick(v, idx, s)),
+        Data::F64(v) => Data::F64(pick(v, idx, s)),
+        Data::I64(v) => Data::I64(pick(v, idx, s)),
+        Data::I32(v) => Data::I32(pick(v, idx, s)),
+        Data::U8(v) => Data::U8(pick(v, idx, s)),
+        Data::Bool(v) => Data::Bool(pick(v, idx, s)),
+    };
+    let mut shape = t.shape.clone();
+    if let Some(n) = shape.first_mut() {
+        *n = idx.len();
+    }
+    HostTensor { shape, data }
+}
+
+/// `t` as the ONNX dtype `want`: float32 from float64 or uint8 (images: /255); int64 from int32
+/// or uint8; int32 from int64 (checked range); bool as is. None: no sensible conversion.
+fn convert(t: HostTensor, want: i32) -> Option<HostTensor> {
+    use graph_passes::onnx::data_type as dt;
+    let shape = t.shape.clone();
+    Some(match (want, t.data) {
+        (dt::FLOAT, Data::F32(v)) => HostTensor::f32(&shape, v),
+        (dt::FLOAT, Data::F64(v)) => HostTensor::f32(&shape, v.into_iter().map(|a| a as f32).collect()),
+        (dt::FLOAT, Data::U8(v)) => HostTensor::f32(&shape, v.into_iter().map(|a| a as f32 / 255.0).collect()),
+        (dt::INT64, Data::I64(v)) => HostTensor::i64(&shape, v),
+        (dt::INT64, Data::I32(v)) => HostTensor::i64(&shape, v.into_iter().map(|a| a as i64).collect()),
+        (dt::INT64, Data::U8(v)) => HostTensor::i64(&shape, v.into_iter().map(|a| a as i64).collect()),
+        (dt::INT32, Data::I32(v)) => HostTensor { shape, data: Data::I32(v) },
+        (dt::INT32, Data::I64(v)) if v.iter().all(|&a| i32::try_from(a).is_ok()) => {
+            HostTensor { shape, data: Data::I32(v.into_iter().map(|a| a as i32).collect()) }
+        }
+        (dt::BOOL, Data::Bool(v)) => HostTensor { shape, data: Data::Bool(v) },
+        (dt::DOUBLE, Data::F64(v)) => HostTensor { shape, data: Data::F64(v) },
+        _ => return None,
+    })
+}
+
 impl Dataset {
-    pub fn len(&self) -> usize {
-        self.y.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.y.is_empty()
-    }
-    pub fn sample_len(&self) -> usize {
-        self.sample_shape.iter().product()
+    /// Images [N, …sample_shape] (float32 in [0, 1]) with int64 class labels.
+    pub fn images(x: Vec<f32>, sample_shape: &[usize], y: Vec<i64>, classes: usize, source: String) -> Dataset {
+        let mut shape = vec![y.len()];
+        shape.extend(sample_shape);
+        let n = y.len();
+        Dataset {
+            columns: vec![("x".into(), HostTensor::f32(&shape, x))],
+            y: Some(HostTensor::i64(&[n], y)),
+            classes,
+            class_names: vec![],
+            source,
+        }
     }
 
-    /// (x − mean_c)/std_c per channel (axis 0 of a sample; one value: every element).
-    pub fn normalize_channels(&mut self, mean: &[f32], std: &[f32]) -> Result<()> {
-        let channels = if mean.len() == 1 { 1 } else { self.sample_shape.first().copied().unwrap_or(1) };
-        if mean.len() != channels || std.len() != channels {
-            bail!("{}: --normalize gives {} means for samples of {} channels", self.source, mean.len(), channels);
+    pub fn len(&self) -> usize {
+        self.columns.first().map(|(_, t)| t.shape[0]).or(self.y.as_ref().map(|y| y.shape[0])).unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// int64 labels (class indices), if that is what `y` holds.
+    pub fn labels(&self) -> Option<&[i64]> {
+        match self.y.as_ref().map(|y| &y.data) {
+            Some(Data::I64(v)) => Some(v),
+            _ => None,
         }
-        let per = self.sample_len() / channels;
-        for (i, v) in self.x.iter_mut().enumerate() {
-            let c = if channels == 1 { 0 } else { (i / per) % channels };
-            *v = (*v - mean[c]) / std[c];
+    }
+
+    /// The first sample array's values and sample shape, if float32 (images, features).
+    pub fn float_samples(&self) -> Option<(&[f32], &[usize])> {
+        let (_, t) = self.columns.first()?;
+        t.as_f32().map(|v| (v, &t.shape[1..]))
+    }
+
+    /// The dataset as `inputs` and `target` expect it: one array per model input (by name; a
+    /// lone array feeds a lone input), converted to the input's dtype, sample shapes checked;
+    /// labels or targets checked and converted (integer targets become float32 for a
+    /// regression loss). Float samples must be finite. Errors name the dataset, the array and
+    /// the model input, and say what to do.
+    pub fn bind(self, inputs: &[InputSpec], target: &TargetSpec, model: &str) -> Result<Dataset> {
+        let src = self.source.clone();
+        let mut columns = self.columns;
+        let lone = columns.len() == 1 && inputs.len() == 1;
+        let mut bound = Vec::new();
+        for want in inputs {
+            let k = match columns.iter().position(|(n, _)| *n == want.name) {
+                Some(k) => k,
+                None if lone => 0,
+                None => bail!(
+                    "{src}: no array '{}' for the model's input '{}' ({model}); the data has: {}",
+                    want.name,
+                    want.name,
+                    columns.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            };
+            let (name, t) = columns.remove(k);
+            let have = t.dtype_name();
+            let t = convert(t, want.dtype).ok_or_else(|| {
+                anyhow!(
+                    "{src}: '{name}' is {have} but the model's input '{}' is {} ({model}); store it as {}",
+                    want.name,
+                    graph_passes::onnx::tensor::dtype_name(want.dtype),
+                    graph_passes::onnx::tensor::dtype_name(want.dtype)
+                )
+            })?;
+            if !dims_match(&t.shape[1..], &want.dims) {
+                bail!(
+                    "{src}: samples of '{name}' have shape {:?} and do not fit the model's input '{}' {} ({model}); use data of that shape",
+                    &t.shape[1..],
+                    want.name,
+                    dims_string(&want.dims)
+                );
+            }
+            if let Some(v) = t.as_f32() {
+                if let Some(i) = v.iter().position(|v| !v.is_finite()) {
+                    let per = v.len() / t.shape[0].max(1);
+                    bail!(
+                        "{src}: '{name}' holds a NaN or infinite value (sample {}); clean the data first",
+                        i / per.max(1)
+                    );
+                }
+            }
+            bound.push((want.name.clone(), t));
+        }
+        let y = match (target, self.y) {
+            (TargetSpec::None, _) => None,
+            (_, None) => bail!("{src}: no array 'y' (labels or targets); add one, or --loss output for a model that computes its own per-sample loss"),
+            (TargetSpec::Classes { dims, classes, ignore }, Some(y)) => {
+                let Data::I64(v) = &y.data else {
+                    bail!(
+                        "{src}: labels 'y' are {} but cross-entropy needs integer class labels; for float targets choose a regression loss (--loss mse|l1|huber|smooth-l1|bce-with-logits)",
+                        y.dtype_name()
+                    )
+                };
+                if !dims_match(&y.shape[1..], dims) {
+                    bail!(
+                        "{src}: labels 'y' have shape {:?} but the model's output needs {} ({model}: [N] for logits [N, C], [N, d1, …] per position for [N, C, d1, …])",
+                        y.shape,
+                        dims_string(dims)
+                    );
+                }
+                if let Some(c) = classes {
+                    let per = v.len() / y.shape[0].max(1);
+                    if let Some((i, &bad)) =
+                        v.iter().enumerate().find(|(_, &l)| Some(l) != *ignore && (l < 0 || l as usize >= *c))
+                    {
+                        bail!(
+                            "{src}: label {bad} (sample {}) is out of range: {model} has {c} classes (0..{})",
+                            i / per.max(1),
+                            c - 1
+                        );
+                    }
+                }
+                Some(y)
+            }
+            (TargetSpec::Values { dims }, Some(y)) => {
+                let y = match y.data {
+                    Data::F32(_) => y,
+                    Data::I64(v) => HostTensor::f32(&y.shape, v.into_iter().map(|a| a as f32).collect()),
+                    _ => y,
+                };
+                // a lone target per sample fits an output [N, 1]
+                let y = if y.shape.len() == 1 && dims.len() == 1 && dims[0].unwrap_or(1) == 1 {
+                    HostTensor { shape: vec![y.shape[0], 1], data: y.data }
+                } else {
+                    y
+                };
+                if !dims_match(&y.shape[1..], dims) {
+                    bail!(
+                        "{src}: targets 'y' have shape {:?} but the model's output is {} ({model}); targets must be shaped as the output",
+                        y.shape,
+                        dims_string(dims)
+                    );
+                }
+                if let Some(v) = y.as_f32() {
+                    if let Some(i) = v.iter().position(|v| !v.is_finite()) {
+                        bail!("{src}: targets 'y' hold a NaN or infinite value (element {i}); clean the data first");
+                    }
+                }
+                Some(y)
+            }
+        };
+        Ok(Dataset { columns: bound, y, classes: self.classes, class_names: self.class_names, source: src })
+    }
+
+    /// (x − mean_c)/std_c per channel of the float32 sample array (axis 0 of a sample, or the
+    /// feature axis of a table; one value: every element).
+    pub fn normalize_channels(&mut self, mean: &[f32], std: &[f32]) -> Result<()> {
+        let src = self.source.clone();
+        let Some((_, t)) = self.columns.iter_mut().find(|(_, t)| t.as_f32().is_some()) else {
+            bail!("{src}: --normalize applies to float samples; this data has none");
+        };
+        let sample: Vec<usize> = t.shape[1..].to_vec();
+        let channels = if mean.len() == 1 { 1 } else { sample.first().copied().unwrap_or(1) };
+        if mean.len() != channels || std.len() != channels {
+            bail!("{src}: --normalize gives {} means for samples of {} channels", mean.len(), channels);
+        }
+        let per = sample.iter().product::<usize>() / channels.max(1);
+        if let Data::F32(x) = &mut t.data {
+            for (i, v) in x.iter_mut().enumerate() {
+                let c = if channels == 1 { 0 } else { (i / per) % channels };
+                *v = (*v - mean[c]) / std[c];
+            }
         }
         Ok(())
     }
 
-    /// The values of samples `idx`, one after the other.
-    fn gather(&self, idx: &[usize]) -> Vec<f32> {
-        let s = self.sample_len();
-        let mut x = Vec::with_capacity(idx.len() * s);
-        for &i in idx {
-            x.extend_from_slice(&self.x[i * s..(i + 1) * s]);
-        }
-        x
-    }
-
-    /// A batch of samples `x` (already gathered, [idx.len(), …]) with the labels of `idx`.
-    pub fn batch_of(&self, input: &str, idx: &[usize], x: Vec<f32>) -> Batch {
-        let mut shape = vec![idx.len()];
-        shape.extend(&self.sample_shape);
+    /// The batch of samples `idx` (arrays named for the model inputs they feed).
+    pub fn batch(&self, idx: &[usize]) -> Batch {
         Batch {
-            data: vec![(input.to_string(), HostTensor::f32(&shape, x))],
-            labels: HostTensor::i64(&[idx.len()], idx.iter().map(|&i| self.y[i]).collect()),
+            data: self.columns.iter().map(|(k, t)| (k.clone(), gather_rows(t, idx))).collect(),
+            labels: self.y.as_ref().map(|y| gather_rows(y, idx)),
         }
-    }
-
-    /// The batch of samples `idx`, fed to the model input `input`.
-    pub fn batch(&self, input: &str, idx: &[usize]) -> Batch {
-        self.batch_of(input, idx, self.gather(idx))
     }
 
     /// The samples `idx` as a new dataset.
     pub fn subset(&self, idx: &[usize]) -> Dataset {
-        Dataset { x: self.gather(idx), y: idx.iter().map(|&i| self.y[i]).collect(), ..self.clone() }
+        Dataset {
+            columns: self.columns.iter().map(|(k, t)| (k.clone(), gather_rows(t, idx))).collect(),
+            y: self.y.as_ref().map(|y| gather_rows(y, idx)),
+            ..self.clone()
+        }
     }
 
     /// The first `n` samples.
@@ -277,15 +624,22 @@ impl Dataset {
             bail!("{}: label noise needs at least 2 classes", self.source);
         }
         let n = self.len();
+        let classes = self.classes as u64;
+        let Some(HostTensor { shape, data: Data::I64(y) }) = self.y.as_mut() else {
+            bail!("{}: label noise needs integer class labels", self.source);
+        };
+        if shape.len() != 1 {
+            bail!("{}: label noise applies to one class label per sample", self.source);
+        }
         let k = (fraction * n as f64).round() as usize;
         let order = loader::permutation(n, seed, "label-noise");
         let mut flipped: Vec<usize> = order[..k].to_vec();
         flipped.sort_unstable();
         let r = crate::grad::random_words(seed, "label-noise/new", k);
         for (j, &i) in flipped.iter().enumerate() {
-            let other = (r[j] % (self.classes as u64 - 1)) as i64;
-            let old = self.y[i];
-            self.y[i] = if other >= old { other + 1 } else { other };
+            let other = (r[j] % (classes - 1)) as i64;
+            let old = y[i];
+            y[i] = if other >= old { other + 1 } else { other };
         }
         Ok(flipped)
     }

@@ -18,6 +18,8 @@ pub struct TrainConfig {
     pub test: Option<PathBuf>,
     /// The data format (None: detected from the path).
     pub data_format: Option<Format>,
+    /// The label/target column of a CSV/TSV table.
+    pub target: Option<String>,
     pub normalize: Normalize,
     /// The optimizer compiled into the step graph, with the gradient graph's spec.
     pub spec: StepSpec,

@@ -21,7 +21,7 @@ use graph_passes::shapes::{self, Dim};
 use serde_json::{json, Map, Value};
 
 use crate::backend;
-use crate::data::{self, loader, Dataset};
+use crate::data::{self, loader, Dataset, InputSpec, LoadOptions, Normalize, TargetSpec};
 use crate::grad::Batch;
 use crate::step::{Evaluator, StepRunner};
 use crate::tensor::HostTensor;
@@ -31,76 +31,90 @@ pub use config::TrainConfig;
 /// Stopped by Ctrl-C: checkpoint and exit.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// The model input's sample shape (known dims after the batch) and the logits' class count.
-pub(crate) fn model_io(model: &Model, source: &str) -> Result<(String, Vec<Option<i64>>, Option<usize>)> {
-    let inputs = model.graph.data_inputs();
-    let [input] = inputs.as_slice() else {
-        bail!("{source}: onnxsam trains models with one data input; this one has {}", inputs.len());
-    };
-    let t =
-        shapes::value_type_of(&input.r#type).ok_or_else(|| anyhow!("{source}: input '{}' has no type", input.name))?;
-    let dims: Vec<Option<i64>> = t.shape.unwrap_or_default().iter().skip(1).map(Dim::known).collect();
+/// The class count of a classifier: axis 1 of the model's output, when known.
+pub(crate) fn output_classes(model: &Model, source: &str) -> Result<Option<usize>> {
     let s = shapes::infer(&model.graph).map_err(|e| anyhow!("{source}: {e}"))?;
-    let classes = model
+    Ok(model
         .graph
         .outputs
         .first()
         .and_then(|o| s.shape(&o.name))
+        .filter(|sh| sh.len() >= 2)
         .and_then(|sh| sh.get(1).and_then(Dim::known))
-        .map(|c| c as usize);
-    Ok((input.name.clone(), dims, classes))
+        .map(|c| c as usize))
 }
 
-pub(crate) fn check_data(
-    d: &Dataset,
-    want: &[Option<i64>],
-    input: &str,
+/// What a compiled graph (its contract) takes from a dataset: its data inputs (name, dtype,
+/// sample dims) and its labels (int64 class labels with their dims, or float targets).
+pub(crate) fn binding(
+    g: &Model,
+    c: &graph_passes::passes::Contract,
     classes: Option<usize>,
-    model: &str,
-) -> Result<()> {
-    let ok = d.sample_shape.len() == want.len()
-        && d.sample_shape.iter().zip(want).all(|(&n, w)| w.map(|w| w as usize == n).unwrap_or(true));
-    if !ok {
-        let w: Vec<String> = want.iter().map(|d| d.map(|x| x.to_string()).unwrap_or("?".into())).collect();
-        bail!(
-            "{}: samples of shape {:?} do not fit the model's input '{input}' [N, {}] ({model}); use a dataset of that shape",
-            d.source,
-            d.sample_shape,
-            w.join(", ")
-        );
-    }
-    if let Some(c) = classes {
-        if let Some((i, &bad)) = d.y.iter().enumerate().find(|(_, &l)| l as usize >= c) {
-            bail!("{}: label {bad} (sample {i}) is out of range: {model} has {c} classes (0..{})", d.source, c - 1);
+) -> (Vec<InputSpec>, TargetSpec) {
+    let ty = |name: &str| g.graph.inputs.iter().find(|v| v.name == name).and_then(|v| shapes::value_type_of(&v.r#type));
+    let dims = |t: &Option<shapes::ValueType>| -> Vec<Option<i64>> {
+        t.as_ref()
+            .and_then(|t| t.shape.clone())
+            .map(|s| s.iter().skip(1).map(|d| d.known().filter(|&k| k > 0)).collect())
+            .unwrap_or_default()
+    };
+    let inputs = c
+        .data
+        .iter()
+        .map(|n| {
+            let t = ty(n);
+            InputSpec { name: n.clone(), dtype: t.as_ref().map(|t| t.dtype).unwrap_or(0), dims: dims(&t) }
+        })
+        .collect();
+    let target = match &c.labels {
+        None => TargetSpec::None,
+        Some(l) => {
+            let t = ty(l);
+            if t.as_ref().map(|t| t.dtype) == Some(graph_passes::onnx::data_type::FLOAT) {
+                TargetSpec::Values { dims: dims(&t) }
+            } else {
+                TargetSpec::Classes { dims: dims(&t), classes, ignore: c.ignore_index }
+            }
         }
-    }
-    Ok(())
+    };
+    (inputs, target)
 }
 
-fn evaluate(
+/// How a task's metric reads: the diagnostic the graph exposes (summed over a batch), the name
+/// of its per-sample mean in metrics (acc: accuracy, per position for per-token/pixel labels;
+/// mae: mean absolute error).
+pub(crate) fn metric_of(c: &graph_passes::passes::Contract) -> Option<(&'static str, &'static str)> {
+    match c.metric.as_ref().map(|(n, _)| n.as_str()) {
+        Some("correct") => Some(("correct", "acc")),
+        Some("abs_error") => Some(("abs_error", "mae")),
+        _ => None,
+    }
+}
+
+/// Mean loss and mean metric (NaN without one) over a dataset, in batches of `bs`.
+pub(crate) fn evaluate(
     ev: &mut Evaluator,
     values: &BTreeMap<String, HostTensor>,
     d: &Dataset,
-    input: &str,
     bs: usize,
 ) -> Result<(f64, f64)> {
-    let (mut loss, mut correct) = (0.0, 0.0);
+    let metric = metric_of(&ev.graph.contract).map(|m| m.0);
+    let (mut loss, mut sum) = (0.0, 0.0);
     let n = d.len();
     let mut i = 0;
     while i < n {
         let idx: Vec<usize> = (i..(i + bs).min(n)).collect();
-        let out = ev.run(values, &d.batch(input, &idx))?;
+        let out = ev.run(values, &d.batch(&idx))?;
         loss += out["loss"].to_f64()[0] * idx.len() as f64;
-        correct += out.get("correct").map(|c| c.to_f64()[0]).unwrap_or(f64::NAN);
+        sum += metric.and_then(|m| out.get(m)).map(|c| c.to_f64()[0]).unwrap_or(f64::NAN);
         i += bs;
     }
-    Ok((loss / n as f64, correct / n as f64))
+    Ok((loss / n as f64, sum / n as f64))
 }
 
 fn scalar(out: &BTreeMap<String, HostTensor>, k: &str) -> Value {
     out.get(k).and_then(|t| t.to_f64().first().copied()).map(|v| json!(v)).unwrap_or(Value::Null)
 }
-
 
 /// Trains as `cfg` says. Returns the exit code: 0 done, 130 interrupted (checkpoint written).
 pub fn train(cfg: &TrainConfig) -> Result<i32> {
@@ -116,7 +130,6 @@ pub fn train(cfg: &TrainConfig) -> Result<i32> {
 
 /// The data a run trains and evaluates on, checked against the model.
 struct RunData {
-    input: String,
     train: Dataset,
     val: Option<Dataset>,
     test: Option<Dataset>,
@@ -142,7 +155,8 @@ pub struct Trainer<'a> {
     model: Model,
     runner: StepRunner,
     eval: Evaluator,
-    input: String,
+    /// The task metric: the graph's diagnostic and its name in metrics (acc, mae).
+    metric: Option<(&'static str, &'static str)>,
     train: Arc<Dataset>,
     val: Option<Dataset>,
     test: Option<Dataset>,
@@ -185,8 +199,11 @@ impl<'a> Trainer<'a> {
             }
             drop_last = true; // m-SAM needs whole batches
         }
-        let (d, clean, flipped) = load_data(cfg, &model, &shown, drop_last)?;
         let graphs = graph_passes::step::step_graphs(&model, spec).map_err(|e| anyhow!("{shown}: {e}"))?;
+        let classes = output_classes(&model, &shown)?;
+        let (inputs, target) = binding(&graphs.step.model, &graphs.step.contract, classes);
+        let metric = metric_of(&graphs.step.contract);
+        let (d, clean, flipped) = load_data(cfg, &inputs, &target, classes, &shown, drop_last)?;
         if let Some(bn) = &graphs.step.contract.batch_norm_over_batch_only {
             if !drop_last && d.train.len() % cfg.batch_size == 1 {
                 bail!(
@@ -223,7 +240,13 @@ impl<'a> Trainer<'a> {
                 runner.values.insert(k, v);
             }
             runner.step = p.step;
-            println!("resuming {} at step {} (epoch {}, batch {})", run.display(), p.step, p.epoch + 1, p.batch_in_epoch);
+            println!(
+                "resuming {} at step {} (epoch {}, batch {})",
+                run.display(),
+                p.step,
+                p.epoch + 1,
+                p.batch_in_epoch
+            );
             pos = p;
         }
         runner.keep_on_device = true;
@@ -256,7 +279,7 @@ impl<'a> Trainer<'a> {
             model,
             runner,
             eval,
-            input: d.input,
+            metric,
             train: Arc::new(d.train),
             val: d.val,
             test: d.test,
@@ -289,7 +312,6 @@ impl<'a> Trainer<'a> {
         loader::Prefetch::start(
             self.train.clone(),
             loader::EpochSpec {
-                input: self.input.clone(),
                 order,
                 batch_size: cfg.batch_size,
                 drop_last: self.drop_last(),
@@ -322,8 +344,7 @@ impl<'a> Trainer<'a> {
         let bar = self.progress_bar();
         // a run resumed mid-epoch goes on with the epoch's sums so far
         let (loss, correct, n) = if self.pos.batch_in_epoch > 0 { self.pos.epoch_sums } else { (0.0, 0.0, 0) };
-        let mut tally =
-            Tally { loss, correct, n, steps: 0, data_wait: 0.0, start: Instant::now(), last_weights: None };
+        let mut tally = Tally { loss, correct, n, steps: 0, data_wait: 0.0, start: Instant::now(), last_weights: None };
         let mut batches = self.epoch_batches();
         loop {
             let waited = Instant::now();
@@ -368,13 +389,12 @@ impl<'a> Trainer<'a> {
         if runner.hyper.contains_key("rho") {
             runner.hyper.insert("rho".into(), rho as f32);
         }
-        let n = batch.labels.shape[0];
+        let n = batch.len();
         let out = match runner.step(batch) {
             Ok(o) => o,
             Err(e) => {
                 let run = &self.cfg.run;
-                let last =
-                    checkpoint::list(run)?.last().map(|(s, _)| format!("step {s}")).unwrap_or("none yet".into());
+                let last = checkpoint::list(run)?.last().map(|(s, _)| format!("step {s}")).unwrap_or("none yet".into());
                 return Err(crate::error::check_failed(format!(
                     "training stopped: {e:#}; the last good checkpoint ({last}) is in {}",
                     checkpoint::dir(run).display()
@@ -385,7 +405,7 @@ impl<'a> Trainer<'a> {
         self.pos.batch_in_epoch += 1;
         tally.steps += 1;
         let loss = out["loss"].to_f64()[0];
-        let correct = out.get("correct").map(|c| c.to_f64()[0]).unwrap_or(f64::NAN);
+        let correct = self.metric.and_then(|m| out.get(m.0)).map(|c| c.to_f64()[0]).unwrap_or(f64::NAN);
         tally.loss += loss * n as f64;
         tally.correct += correct;
         tally.n += n;
@@ -398,7 +418,10 @@ impl<'a> Trainer<'a> {
             row.insert("rho".into(), json!(rho));
         }
         row.insert("loss".into(), json!(loss));
-        row.insert("acc".into(), json!(correct / n as f64));
+        let metric_name = self.metric.map(|m| m.1).unwrap_or("");
+        if let Some((_, name)) = self.metric {
+            row.insert(name.into(), json!(correct / n as f64));
+        }
         for k in ["grad_norm", "sharpness", "weight_entropy", "ess", "max_weight", "trace_v"] {
             if out.contains_key(k) {
                 row.insert(k.into(), scalar(&out, k));
@@ -410,21 +433,22 @@ impl<'a> Trainer<'a> {
             tally.last_weights = Some(w.clone());
         }
         let rate = tally.steps as f64 / tally.start.elapsed().as_secs_f64().max(1e-9);
-        let acc = correct / n as f64;
+        let m = if self.metric.is_some() { format!(" {metric_name} {:.3}", correct / n as f64) } else { String::new() };
         match bar {
             Some(b) => {
                 b.set_position(self.pos.batch_in_epoch as u64);
-                b.set_message(format!("loss {loss:.4} acc {acc:.3} {rate:.1} steps/s"));
+                b.set_message(format!("loss {loss:.4}{m} {rate:.1} steps/s"));
             }
             None => {
                 let every = (self.per_epoch / 5).max(1);
                 if self.pos.batch_in_epoch % every == 0 {
                     println!(
-                        "epoch {}/{} step {}/{}: loss {loss:.4}, acc {acc:.3}, {rate:.1} steps/s",
+                        "epoch {}/{} step {}/{}: loss {loss:.4}{}, {rate:.1} steps/s",
                         self.pos.epoch + 1,
                         self.epochs,
                         self.pos.batch_in_epoch,
-                        self.per_epoch
+                        self.per_epoch,
+                        m.replacen(' ', ", ", 1)
                     );
                 }
             }
@@ -440,24 +464,33 @@ impl<'a> Trainer<'a> {
         row.insert("kind".into(), json!("epoch"));
         row.insert("step".into(), json!(self.pos.step));
         row.insert("epoch".into(), json!(self.pos.epoch + 1));
+        let metric_name = self.metric.map(|m| m.1);
         if tally.n > 0 {
             row.insert("train_loss".into(), json!(tally.loss / tally.n as f64));
-            row.insert("train_acc".into(), json!(tally.correct / tally.n as f64));
+            if let Some(mn) = metric_name {
+                row.insert(format!("train_{mn}"), json!(tally.correct / tally.n as f64));
+            }
         }
         if tally.steps > 0 {
             row.insert("data_wait".into(), json!(tally.data_wait / epoch_s.max(1e-9)));
         }
         let mut line = format!("epoch {}/{}: step {}", self.pos.epoch + 1, self.epochs, self.pos.step);
+        let show = |l: f64, m: f64| match metric_name {
+            Some(mn) => format!("loss {l:.4} {mn} {m:.4}"),
+            None => format!("loss {l:.4}"),
+        };
         if tally.n > 0 {
-            line += &format!(", train loss {:.4} acc {:.4}", tally.loss / tally.n as f64, tally.correct / tally.n as f64);
+            line += &format!(", train {}", show(tally.loss / tally.n as f64, tally.correct / tally.n as f64));
         }
         self.runner.sync()?;
         for (name, d) in [("val", &self.val), ("test", &self.test)] {
             if let Some(d) = d {
-                let (l, acc) = evaluate(&mut self.eval, &self.runner.values, d, &self.input, self.cfg.eval_batch_size)?;
+                let (l, m) = evaluate(&mut self.eval, &self.runner.values, d, self.cfg.eval_batch_size)?;
                 row.insert(format!("{name}_loss"), json!(l));
-                row.insert(format!("{name}_acc"), json!(acc));
-                line += &format!(", {name} loss {l:.4} acc {acc:.4}");
+                if let Some(mn) = metric_name {
+                    row.insert(format!("{name}_{mn}"), json!(m));
+                }
+                line += &format!(", {name} {}", show(l, m));
             }
         }
         let seconds = self.seconds();
@@ -500,32 +533,40 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// The training, validation and test sets, normalized, checked against the model, with label
-/// noise applied; also the clean labels and the indices flipped.
+/// The training, validation and test sets: loaded, bound to the graph's inputs and labels,
+/// normalized, split, with label noise applied; also the clean labels and the indices flipped.
 fn load_data(
     cfg: &TrainConfig,
-    model: &Model,
+    inputs: &[InputSpec],
+    target: &TargetSpec,
+    classes: Option<usize>,
     shown: &str,
     drop_last: bool,
 ) -> Result<(RunData, Vec<i64>, Vec<usize>)> {
-    let (input, want_shape, classes) = model_io(model, shown)?;
-    let loaded = data::load(&cfg.data, cfg.data_format)?;
-    let mut train = loaded.train;
+    let image_shape = inputs
+        .first()
+        .filter(|i| i.dims.len() == 3 && i.dims.iter().all(|d| d.is_some()))
+        .map(|i| i.dims.iter().map(|d| d.unwrap_or(0) as usize).collect());
+    let opts = LoadOptions { sample_shape: image_shape, target: cfg.target.clone() };
+    let loaded = data::load(&cfg.data, cfg.data_format, &opts)?;
+    let mut train = loaded.train.bind(inputs, target, shown)?;
     let mut test = match &cfg.test {
-        Some(t) => Some(data::load(t, cfg.data_format)?.train),
-        None => loaded.test,
-    };
-    let norm = cfg.normalize.resolve(loaded.kind);
-    if let Some((m, s)) = &norm {
-        train.normalize_channels(m, s)?;
-        if let Some(t) = test.as_mut() {
-            t.normalize_channels(m, s)?;
+        Some(t) => {
+            let format = cfg.data_format.unwrap_or(loaded.format);
+            let d = if format == data::Format::Csv {
+                // categories mapped as the training table's
+                let names = (!train.class_names.is_empty()).then_some(train.class_names.as_slice());
+                data::load_table(t, cfg.target.as_deref().unwrap_or(""), names)?
+            } else {
+                data::load(t, Some(format), &opts)?.train
+            };
+            Some(d.bind(inputs, target, shown)?)
         }
-    }
-    check_data(&train, &want_shape, &input, classes, shown)?;
-    if let Some(t) = &test {
-        check_data(t, &want_shape, &input, classes, shown)?;
-    }
+        None => match loaded.test {
+            Some(d) => Some(d.bind(inputs, target, shown)?),
+            None => None,
+        },
+    };
     let mut val = None;
     if let Some(f) = cfg.val_split {
         if !(0.0..1.0).contains(&f) {
@@ -536,10 +577,39 @@ fn load_data(
         val = Some(train.subset(&order[..k]));
         train = train.subset(&order[k..]);
     }
+    // normalization: per channel (given or the dataset's), or standardization from the training split
+    let norm = match &cfg.normalize {
+        Normalize::Standard => {
+            let Some((x, shape)) = train.float_samples() else {
+                bail!("{}: --normalize standard applies to float features; this data has none", train.source);
+            };
+            let f: usize = shape.iter().product();
+            if shape.len() != 1 {
+                bail!(
+                    "{}: --normalize standard is for tables [N, features]; for images give MEAN,STD per channel",
+                    train.source
+                );
+            }
+            let (m, s) = data::table::standardize_stats(x, f);
+            let json = serde_json::json!({ "kind": "standard", "mean": m, "std": s });
+            std::fs::create_dir_all(&cfg.run).ok();
+            graph_passes::onnx::write_atomic(
+                &cfg.run.join("normalization.json"),
+                serde_json::to_string_pretty(&json)?.as_bytes(),
+            )?;
+            Some((m, s))
+        }
+        other => other.resolve(loaded.kind),
+    };
+    if let Some((m, s)) = &norm {
+        for d in std::iter::once(&mut train).chain(val.as_mut()).chain(test.as_mut()) {
+            d.normalize_channels(m, s)?;
+        }
+    }
     if let Some(c) = classes {
         train.classes = train.classes.max(c);
     }
-    let clean = train.y.clone();
+    let clean = train.labels().map(|l| l.to_vec()).unwrap_or_default();
     let flipped = match cfg.label_noise {
         Some(f) => train.add_label_noise(f, cfg.label_noise_seed)?,
         None => vec![],
@@ -547,8 +617,12 @@ fn load_data(
     if train.len() < cfg.batch_size && drop_last {
         bail!("{}: {} samples are fewer than one batch of {}", train.source, train.len(), cfg.batch_size);
     }
-    let fill = norm.as_ref().map(|(m, s)| m.iter().zip(s).map(|(m, s)| -m / s).collect()).unwrap_or_default();
-    Ok((RunData { input, train, val, test, fill }, clean, flipped))
+    let fill = norm
+        .as_ref()
+        .filter(|_| cfg.crop_flip)
+        .map(|(m, s)| m.iter().zip(s).map(|(m, s)| -m / s).collect())
+        .unwrap_or_default();
+    Ok((RunData { train, val, test, fill }, clean, flipped))
 }
 
 /// A new run's folder: config.json (how to resume), source.onnx, labels.npz under label noise.
@@ -566,13 +640,21 @@ fn start_run_folder(cfg: &TrainConfig, model: &Model, train: &Dataset, clean: &[
             "spec": serde_json::to_value(&cfg.spec)?,
         });
         model.save(&run.join("source.onnx"), &Default::default())?;
+        if !train.class_names.is_empty() {
+            // class → index, as torchvision's ImageFolder.classes (or a table's sorted categories)
+            let classes = json!({ "classes": train.class_names });
+            graph_passes::onnx::write_atomic(
+                &run.join("classes.json"),
+                serde_json::to_string_pretty(&classes)?.as_bytes(),
+            )?;
+        }
         if cfg.label_noise.is_some() {
             let n = clean.len();
             crate::tensor::write_npz(
                 &run.join("labels.npz"),
                 &[
                     ("clean".into(), HostTensor::i64(&[n], clean.to_vec())),
-                    ("noisy".into(), HostTensor::i64(&[n], train.y.clone())),
+                    ("noisy".into(), HostTensor::i64(&[n], train.labels().map(|l| l.to_vec()).unwrap_or_default())),
                     ("flipped".into(), HostTensor::i64(&[flipped.len()], flipped.iter().map(|&i| i as i64).collect())),
                 ],
             )?;

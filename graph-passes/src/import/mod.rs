@@ -356,9 +356,7 @@ impl Pass for Import {
                 let attr = t.name.rsplit('.').next().unwrap_or(&t.name).to_string();
                 let mut by_use: Vec<String> = Vec::new();
                 for (i, r) in reads.iter().enumerate() {
-                    if key_of[i].as_ref() != Some(key)
-                        || crate::ops::is_non_differentiable(&op_types[r.node])
-                    {
+                    if key_of[i].as_ref() != Some(key) || crate::ops::is_non_differentiable(&op_types[r.node]) {
                         continue;
                     }
                     if let Some(scope) = module_paths(&g.nodes[r.node]).first() {

@@ -41,11 +41,7 @@ fn folded<'a>(g: &'a Graph, v: &str, dynamo: bool) -> Option<&'a TensorProto> {
     if t.data_type != dt::FLOAT || g.is_graph_input(v) {
         return None;
     }
-    let computed = if dynamo {
-        v.starts_with("val_") || v.starts_with("_val_")
-    } else {
-        v.starts_with("onnx::")
-    };
+    let computed = if dynamo { v.starts_with("val_") || v.starts_with("_val_") } else { v.starts_with("onnx::") };
     computed.then_some(t)
 }
 
@@ -148,7 +144,8 @@ fn unfold_recurrent(
     // dynamo: the call's tensors must include the names built here
     if dynamo {
         let call = fx_call(n);
-        let ph: Vec<String> = call.map(|c| c.placeholders().iter().map(|p| p.to_string()).collect()).unwrap_or_default();
+        let ph: Vec<String> =
+            call.map(|c| c.placeholders().iter().map(|p| p.to_string()).collect()).unwrap_or_default();
         let want = super::metadata::sanitize(&format!("{module}.weight_ih_l{layer}{}", suffix(0)));
         if !ph.iter().any(|p| p.get(2..) == Some(want.as_str())) {
             return Ok(());

@@ -16,7 +16,8 @@ fn ops() -> Vec<OpDef> {
     vec![
         op("Relu", "6+", same_as_input, G::Rule(relu)).notes("at 0: 0"),
         op("LeakyRelu", "6+", same_as_input, G::Rule(leaky_relu)).notes("at 0: alpha"),
-        op("PRelu", "9+", same_as_input, G::Rule(prelu)).notes("slope broadcast as ONNX (unidirectional); at 0: the slope"),
+        op("PRelu", "9+", same_as_input, G::Rule(prelu))
+            .notes("slope broadcast as ONNX (unidirectional); at 0: the slope"),
         op("Sigmoid", "6+", same_as_input, G::Rule(sigmoid)),
         op("Tanh", "6+", same_as_input, G::Rule(tanh)),
         op("Erf", "9+", same_as_input, G::Rule(erf)),
@@ -55,7 +56,6 @@ fn relu(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Resul
     Ok(one(c.mul(&d, &m)))
 }
 
-
 /// y = x if x > 0 else α·x:  dx = dy where x > 0, else α·dy
 fn leaky_relu(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
     let d = dy(n, dys)?;
@@ -65,7 +65,6 @@ fn leaky_relu(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) ->
     let ad = c.mul(&d, &alpha);
     Ok(one(c.where_(&pos, &d, &ad)))
 }
-
 
 /// y = σ(x):  dx = dy · y · (1 − y)
 fn sigmoid(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
@@ -77,7 +76,6 @@ fn sigmoid(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Re
     Ok(one(c.mul(&d, &t)))
 }
 
-
 /// y = tanh(x):  dx = dy · (1 − y²)
 fn tanh(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
     let d = dy(n, dys)?;
@@ -86,7 +84,6 @@ fn tanh(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Resul
     let t = c.sub(&one_, &y2);
     Ok(one(c.mul(&d, &t)))
 }
-
 
 /// y = erf(x):  dx = dy · 2/√π · e^(−x²)
 fn erf(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
@@ -98,7 +95,6 @@ fn erf(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result
     let t = c.mul(&e, &k);
     Ok(one(c.mul(&d, &t)))
 }
-
 
 /// y = x·Φ(x):  dx = dy · (Φ(x) + x·φ(x)),  Φ(x) = ½(1 + erf(x/√2)),  φ(x) = e^(−x²/2)/√(2π)
 /// approximate="tanh": y = ½x(1 + t), t = tanh(√(2/π)(x + 0.044715x³)):

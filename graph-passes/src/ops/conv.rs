@@ -53,9 +53,7 @@ pub(crate) fn window_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<(
             });
             for i in 0..sp {
                 let d = match (auto_pad.as_str(), &xs[2 + i]) {
-                    ("SAME_UPPER" | "SAME_LOWER", Dim::Known(h)) => {
-                        Dim::Known((h + strides[i] - 1) / strides[i])
-                    }
+                    ("SAME_UPPER" | "SAME_LOWER", Dim::Known(h)) => Dim::Known((h + strides[i] - 1) / strides[i]),
                     ("VALID", _) => {
                         pads = vec![0; 2 * sp];
                         conv_out(&xs[2 + i], kernel[i], strides[i], 0, 0, dil[i], ceil)
@@ -87,19 +85,17 @@ fn conv_transpose_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> 
             let dil = n.attr_ints("dilations").unwrap_or(vec![1; sp]);
             let pads = n.attr_ints("pads").unwrap_or(vec![0; 2 * sp]);
             let opad = n.attr_ints("output_padding").unwrap_or(vec![0; sp]);
-            let mut out = vec![
-                xs[0].clone(),
-                ws[1].known().map(|c| Dim::Known(c * group)).unwrap_or_else(|| s.fresh_dim("c")),
-            ];
+            let mut out =
+                vec![xs[0].clone(), ws[1].known().map(|c| Dim::Known(c * group)).unwrap_or_else(|| s.fresh_dim("c"))];
             if let Some(os) = n.attr_ints("output_shape") {
                 out.extend(os.iter().map(|&v| Dim::Known(v)));
             } else {
                 for i in 0..sp {
                     let k = ws[2 + i].known().unwrap_or(1);
                     out.push(match xs[2 + i] {
-                        Dim::Known(h) => Dim::Known(
-                            strides[i] * (h - 1) + opad[i] + (k - 1) * dil[i] + 1 - pads[i] - pads[i + sp],
-                        ),
+                        Dim::Known(h) => {
+                            Dim::Known(strides[i] * (h - 1) + opad[i] + (k - 1) * dil[i] + 1 - pads[i] - pads[i + sp])
+                        }
                         _ => s.fresh_dim("convT"),
                     });
                 }
@@ -330,7 +326,8 @@ fn weight_grad(c: &mut Ctx, x: &str, d: &str, xs: &[i64], ws: &[i64], os: &[i64]
     let s4 = c.const_i64(&s4);
     let xr = c.reshape(&t, &s4);
     let dyt = c.transpose(d, &swap01(sp + 2));
-    let gw = c.g.add("Conv", &[&xr, &dyt]).ints("strides", dl).ints("dilations", s).ints("pads", p).int("group", g).output();
+    let gw =
+        c.g.add("Conv", &[&xr, &dyt]).ints("strides", dl).ints("dilations", s).ints("pads", p).int("group", g).output();
     let gw = c.transpose(&gw, &swap01(sp + 2));
     // the correlation may run past the kernel when (d + pads − 1) is not a multiple of the stride
     let full: Vec<i64> =

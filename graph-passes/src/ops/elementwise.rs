@@ -142,7 +142,6 @@ fn bool_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
 
 // ---- gradient rules
 
-
 /// y = a + b:  da = dy,  db = dy   (summed over broadcast axes)
 fn add(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
     let d = dy(n, dys)?;
@@ -216,7 +215,8 @@ fn neg(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result
 fn pow(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
     let d = dy(n, dys)?;
     let (x, e, y) = (&n.input[0], &n.input[1], &n.output[0]);
-    let constant = constant_value(c.g, e).and_then(|t| tensor::to_f64(t).ok()).filter(|v| v.len() == 1).map(|v| v[0] as f32);
+    let constant =
+        constant_value(c.g, e).and_then(|t| tensor::to_f64(t).ok()).filter(|v| v.len() == 1).map(|v| v[0] as f32);
     let mut out = vec![None, None];
     if need[0] {
         let local = match constant {

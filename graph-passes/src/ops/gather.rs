@@ -38,10 +38,8 @@ fn gather_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
         _ => None,
     };
     if let (Some(v), Some(i)) = (s.values.get(&n.input[0]).cloned(), ints_of(g, s, &n.input[1])) {
-        let picked: Option<Vec<Dim>> = i
-            .iter()
-            .map(|&k| v.get(if k < 0 { (k + v.len() as i64) as usize } else { k as usize }).cloned())
-            .collect();
+        let picked: Option<Vec<Dim>> =
+            i.iter().map(|&k| v.get(if k < 0 { (k + v.len() as i64) as usize } else { k as usize }).cloned()).collect();
         if let Some(p) = picked {
             s.values.insert(out0.clone(), p);
         }
@@ -243,7 +241,10 @@ fn nd_indices(n: &NodeProto, c: &mut Ctx) -> Result<String> {
 fn gather_nd(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
     let d = dy(n, dys)?;
     if c.opset < 16 {
-        return Err(node_error(n, format!("the GatherND gradient needs opset ≥ 16 (ScatterND reduction), the model has {}", c.opset)));
+        return Err(node_error(
+            n,
+            format!("the GatherND gradient needs opset ≥ 16 (ScatterND reduction), the model has {}", c.opset),
+        ));
     }
     let idx = nd_indices(n, c)?;
     let zeros = c.zeros_like(&n.input[0]);

@@ -12,8 +12,9 @@ fn ops() -> Vec<OpDef> {
     vec![
         op("Gemm", "11+", gemm_shape, G::Rule(gemm)),
         op("MatMul", "9+", matmul_shape_rule, G::Rule(matmul)).notes("numpy broadcasting of batch axes, 1-D operands"),
-        op("Einsum", "12+", einsum_shape, G::Rule(einsum))
-            .notes("explicit or implicit output, '...'; a letter repeated within one operand (a diagonal) is not covered"),
+        op("Einsum", "12+", einsum_shape, G::Rule(einsum)).notes(
+            "explicit or implicit output, '...'; a letter repeated within one operand (a diagonal) is not covered",
+        ),
     ]
 }
 
@@ -23,10 +24,9 @@ fn gemm_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let b = input_type(s, n, 1)?;
     let (ta, tb) = (n.attr_i("transA", 0) != 0, n.attr_i("transB", 0) != 0);
     let shape = match (&a.shape, &b.shape) {
-        (Some(sa), Some(sb)) if sa.len() == 2 && sb.len() == 2 => Some(vec![
-            if ta { sa[1].clone() } else { sa[0].clone() },
-            if tb { sb[0].clone() } else { sb[1].clone() },
-        ]),
+        (Some(sa), Some(sb)) if sa.len() == 2 && sb.len() == 2 => {
+            Some(vec![if ta { sa[1].clone() } else { sa[0].clone() }, if tb { sb[0].clone() } else { sb[1].clone() }])
+        }
         _ => None,
     };
     set(s, &out0, a.dtype, shape);

@@ -83,12 +83,66 @@ pub struct Family {
 /// its last training release: orttraining/core/graph/gradient_builder_registry.cc, ops of the
 /// default ONNX domain). onnxsam's coverage is a superset (a test checks it; `onnxsam ops` says so).
 pub const ORT_TRAINING_GRADIENTS: &[&str] = &[
-    "Abs", "Add", "AveragePool", "Cast", "Clip", "Concat", "Conv", "ConvTranspose", "Cos", "Div", "Dropout", "Erf",
-    "Exp", "Expand", "Flatten", "Gather", "GatherElements", "GatherND", "Gelu", "Gemm", "GlobalAveragePool",
-    "Identity", "LayerNormalization", "LeakyRelu", "Log", "LogSoftmax", "MatMul", "Max", "MaxPool", "Min", "Mul",
-    "Neg", "Pad", "Pow", "Reciprocal", "ReduceL2", "ReduceLogSumExp", "ReduceMean", "ReduceSum", "Relu", "Reshape",
-    "Resize", "ScatterElements", "ScatterND", "Sigmoid", "Sin", "Slice", "Softmax", "SoftmaxCrossEntropyLoss",
-    "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "TopK", "Transpose", "Trilu", "Unsqueeze", "Where",
+    "Abs",
+    "Add",
+    "AveragePool",
+    "Cast",
+    "Clip",
+    "Concat",
+    "Conv",
+    "ConvTranspose",
+    "Cos",
+    "Div",
+    "Dropout",
+    "Erf",
+    "Exp",
+    "Expand",
+    "Flatten",
+    "Gather",
+    "GatherElements",
+    "GatherND",
+    "Gelu",
+    "Gemm",
+    "GlobalAveragePool",
+    "Identity",
+    "LayerNormalization",
+    "LeakyRelu",
+    "Log",
+    "LogSoftmax",
+    "MatMul",
+    "Max",
+    "MaxPool",
+    "Min",
+    "Mul",
+    "Neg",
+    "Pad",
+    "Pow",
+    "Reciprocal",
+    "ReduceL2",
+    "ReduceLogSumExp",
+    "ReduceMean",
+    "ReduceSum",
+    "Relu",
+    "Reshape",
+    "Resize",
+    "ScatterElements",
+    "ScatterND",
+    "Sigmoid",
+    "Sin",
+    "Slice",
+    "Softmax",
+    "SoftmaxCrossEntropyLoss",
+    "Split",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Tanh",
+    "Tile",
+    "TopK",
+    "Transpose",
+    "Trilu",
+    "Unsqueeze",
+    "Where",
 ];
 
 /// Every family, in the order `onnxsam ops` lists them.
@@ -285,7 +339,8 @@ pub(crate) fn along_axis(
         return c.op("MatMul", &[&am, v]);
     }
     // Aᵀ [in, out], multiplied from the right on the last axis
-    let at: Vec<f32> = (0..inn).flat_map(|j| (0..out).map(move |i| (i, j))).map(|(i, j)| a[(i * inn + j) as usize]).collect();
+    let at: Vec<f32> =
+        (0..inn).flat_map(|j| (0..out).map(move |i| (i, j))).map(|(i, j)| a[(i * inn + j) as usize]).collect();
     let atm = c.const_f32(&[inn, out], &at);
     if axis + 1 == rank {
         return c.op("MatMul", &[v, &atm]);

@@ -47,8 +47,7 @@ fn layer_norm_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let x = input_type(s, n, 0)?;
     if let Some(xs) = &x.shape {
         let axis = norm_axis(n.attr_i("axis", -1), xs.len());
-        let red: Shape =
-            xs.iter().enumerate().map(|(i, d)| if i < axis { d.clone() } else { Dim::Known(1) }).collect();
+        let red: Shape = xs.iter().enumerate().map(|(i, d)| if i < axis { d.clone() } else { Dim::Known(1) }).collect();
         for o in n.output.iter().skip(1) {
             set(s, o, dt::FLOAT, Some(red.clone()));
         }
@@ -252,8 +251,7 @@ fn lp_norm_lower(n: &NodeProto, c: &mut Ctx) -> Result<()> {
 fn mvn_lower(n: &NodeProto, c: &mut Ctx) -> Result<()> {
     let x = &n.input[0];
     let r = c.rank(x)?;
-    let axes: Vec<i64> =
-        n.attr_ints("axes").unwrap_or(vec![0, 2, 3]).iter().map(|&a| norm_axis(a, r) as i64).collect();
+    let axes: Vec<i64> = n.attr_ints("axes").unwrap_or(vec![0, 2, 3]).iter().map(|&a| norm_axis(a, r) as i64).collect();
     let mu = c.reduce_mean(x, &axes, true);
     let xc = c.sub(x, &mu);
     let sq = c.mul(&xc, &xc);

@@ -29,9 +29,8 @@ fn ops() -> Vec<OpDef> {
 fn global_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let out0 = n.output.first().cloned().unwrap_or_default();
     let x = input_type(s, n, 0)?;
-    let shape = x
-        .shape
-        .map(|xs| xs.iter().enumerate().map(|(i, d)| if i < 2 { d.clone() } else { Dim::Known(1) }).collect());
+    let shape =
+        x.shape.map(|xs| xs.iter().enumerate().map(|(i, d)| if i < 2 { d.clone() } else { Dim::Known(1) }).collect());
     set(s, &out0, x.dtype, shape);
     Ok(())
 }

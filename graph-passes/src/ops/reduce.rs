@@ -52,9 +52,7 @@ fn reduce_shape_rule(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             }
         }
         // over every axis without keepdims: a scalar, whatever the input's shape
-        (None, None) if !has_axes_input && !keep && !arg && n.attr_i("noop_with_empty_axes", 0) == 0 => {
-            Some(vec![])
-        }
+        (None, None) if !has_axes_input && !keep && !arg && n.attr_i("noop_with_empty_axes", 0) == 0 => Some(vec![]),
         _ => None,
     };
     set(s, &out0, if arg { dt::INT64 } else { x.dtype }, shape);

@@ -189,8 +189,9 @@ fn coefficients(ip: &Interp, ratio: f64, scale: f64) -> Vec<f64> {
         "linear" if down => {
             let start = (-1.0 / scale).floor() as i64 + 1;
             let footprint = 2 - 2 * start;
-            let c: Vec<f64> =
-                (start..start + footprint).map(|i| (1.0 - ((i as f64 - ratio) * scale).abs()).clamp(0.0, 1.0)).collect();
+            let c: Vec<f64> = (start..start + footprint)
+                .map(|i| (1.0 - ((i as f64 - ratio) * scale).abs()).clamp(0.0, 1.0))
+                .collect();
             let sum: f64 = c.iter().sum();
             c.iter().map(|v| v / sum).collect()
         }
@@ -281,7 +282,11 @@ fn resize(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Res
         } else {
             n.attr_s("coordinate_transformation_mode").unwrap_or_else(|| "half_pixel".into())
         },
-        nearest: if upsample { "floor".into() } else { n.attr_s("nearest_mode").unwrap_or_else(|| "round_prefer_floor".into()) },
+        nearest: if upsample {
+            "floor".into()
+        } else {
+            n.attr_s("nearest_mode").unwrap_or_else(|| "round_prefer_floor".into())
+        },
         cubic_a: n.attr_f("cubic_coeff_a", -0.75) as f64,
         exclude_outside: n.attr_i("exclude_outside", 0) != 0,
         antialias: n.attr_i("antialias", 0) != 0,
@@ -307,7 +312,8 @@ fn resize(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Res
             let f = output / input;
             let block = *a >= 2
                 && *output == input * f
-                && (0..*output).all(|x| (0..*input).all(|i| m[(x * input + i) as usize] == if i == x / f { 1.0 } else { 0.0 }));
+                && (0..*output)
+                    .all(|x| (0..*input).all(|i| m[(x * input + i) as usize] == if i == x / f { 1.0 } else { 0.0 }));
             block.then_some((*a, f))
         })
         .collect();

@@ -50,8 +50,7 @@ fn reshape_shape_rule(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let shape = match (target, &x.shape) {
         (Some(t), xs) => Some(reshape_shape(n, xs.as_ref(), &t, n.attr_i("allowzero", 0) != 0)?),
         (None, _) => {
-            let r =
-                s.rank(&n.input[1]).and(s.shape(&n.input[1]).and_then(|sh| sh.first()).and_then(|d| d.known()));
+            let r = s.rank(&n.input[1]).and(s.shape(&n.input[1]).and_then(|sh| sh.first()).and_then(|d| d.known()));
             r.map(|r| (0..r).map(|_| s.fresh_dim("r")).collect())
         }
     };
@@ -88,11 +87,7 @@ fn squeeze_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             let mut out = Vec::with_capacity(r);
             let mut it = xs.iter();
             for i in 0..r {
-                out.push(if ax.contains(&i) {
-                    Dim::Known(1)
-                } else {
-                    it.next().cloned().unwrap_or(Dim::Known(1))
-                });
+                out.push(if ax.contains(&i) { Dim::Known(1) } else { it.next().cloned().unwrap_or(Dim::Known(1)) });
             }
             Some(out)
         }
@@ -100,9 +95,7 @@ fn squeeze_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             let ax: Vec<usize> = axes.iter().map(|&a| norm_axis(a, xs.len())).collect();
             Some(xs.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, d)| d.clone()).collect())
         }
-        (Some(xs), None) if op == "Squeeze" => {
-            Some(xs.iter().filter(|d| **d != Dim::Known(1)).cloned().collect())
-        }
+        (Some(xs), None) if op == "Squeeze" => Some(xs.iter().filter(|d| **d != Dim::Known(1)).cloned().collect()),
         _ => None,
     };
     if let Some(v) = s.values.get(&n.input[0]).cloned() {
@@ -140,9 +133,8 @@ fn concat_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
 fn split_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let x = input_type(s, n, 0)?;
     let k = n.output.len();
-    let split = n
-        .attr_ints("split")
-        .or_else(|| n.input.get(1).filter(|x| !x.is_empty()).and_then(|i| ints_of(g, s, i)));
+    let split =
+        n.attr_ints("split").or_else(|| n.input.get(1).filter(|x| !x.is_empty()).and_then(|i| ints_of(g, s, i)));
     for (j, o) in n.output.iter().enumerate() {
         let shape = x.shape.as_ref().map(|xs| {
             let axis = norm_axis(n.attr_i("axis", 0), xs.len());

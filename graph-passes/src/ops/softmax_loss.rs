@@ -9,7 +9,8 @@ use crate::Result;
 pub const FAMILY: Family = Family { name: "softmax_loss", ops };
 
 fn ops() -> Vec<OpDef> {
-    const LOSS: &str = "not implemented in tract (the per-sample-loss pass rewrites a loss at the output into ops it runs)";
+    const LOSS: &str =
+        "not implemented in tract (the per-sample-loss pass rewrites a loss at the output into ops it runs)";
     vec![
         op("Softmax", "13+", same_as_input, G::Rule(softmax)),
         op("LogSoftmax", "13+", same_as_input, G::Rule(log_softmax)),

@@ -122,4 +122,3 @@ fn random_like_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     set(s, &out0, dtype, x.shape);
     Ok(())
 }
-

@@ -3,9 +3,9 @@
 use super::{value_info_untyped_shape, Contract, Pass};
 use super::{BatchNormRegion, CrossEntropyRegion};
 use crate::autodiff::{gradients_with, Shortcut};
-use crate::ops::softmax_loss::one_hot;
 use crate::ir::Model;
 use crate::onnx::data_type as dt;
+use crate::ops::softmax_loss::one_hot;
 use crate::{bail, Result};
 
 pub struct Autodiff {

@@ -1,6 +1,6 @@
 //! eval-graph: the evaluation graph's extra outputs: besides `loss` and `loss_per_sample`, the
-//! number of correctly classified samples `correct` (cross-entropy).
-use super::{correct_count, expose, Contract, Pass};
+//! task metric summed over the batch: `correct` (classification) or `abs_error` (regression).
+use super::{expose_metric, Contract, Pass};
 use crate::autodiff::Ctx;
 use crate::ir::Model;
 use crate::shapes::Shapes;
@@ -16,11 +16,7 @@ impl Pass for EvalGraph {
     fn run(&self, m: &mut Model, c: &mut Contract) -> Result<()> {
         let opset = m.opset();
         let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), opset);
-        if let (Some(logits), Some(labels), Some(_)) = (&c.logits, &c.labels, &c.cross_entropy) {
-            let cc = correct_count(&mut ctx, logits, labels);
-            let cc = expose(&mut ctx, &cc, "correct", Some(&[]));
-            c.diagnostics.insert("correct".into(), cc);
-        }
+        expose_metric(&mut ctx, c);
         if let Some(l) = &c.loss {
             c.diagnostics.insert("loss".into(), l.clone());
         }

@@ -27,6 +27,13 @@ pub struct Contract {
     pub data: Vec<String>,
     /// Labels (cross-entropy) or targets (mse).
     pub labels: Option<String>,
+    /// The task metric per sample [batch] and its name: `correct` (the fraction of a sample's
+    /// positions classified right) or `abs_error` (regression: mean |y − t|).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<(String, String)>,
+    /// Cross-entropy's ignore_index: labels of this value are padding, not classes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ignore_index: Option<i64>,
     /// Trainable parameters, as graph inputs, in order.
     pub params: Vec<String>,
     /// What the import pass found: PyTorch parameters and buffers, merges undone, layouts.
@@ -209,11 +216,13 @@ pub fn expose(ctx: &mut Ctx, value: &str, name: &str, dims: Option<&[i64]>) -> S
 }
 
 /// Number of samples whose argmax logit is the label (float scalar).
-pub fn correct_count(ctx: &mut Ctx, logits: &str, labels: &str) -> String {
-    let am = ctx.g.add("ArgMax", &[logits]).int("axis", 1).int("keepdims", 0).output();
-    let eq = ctx.op("Equal", &[&am, labels]);
-    let m = ctx.mask(&eq);
-    ctx.reduce_sum(&m, &[0], false)
+/// Exposes the batch sum of the task metric (Contract::metric) as the diagnostic of its name.
+pub fn expose_metric(ctx: &mut Ctx, c: &mut Contract) {
+    if let Some((name, per_sample)) = c.metric.clone() {
+        let sum = ctx.reduce_sum(&per_sample, &[0], false);
+        let out = expose(ctx, &sum, &name, Some(&[]));
+        c.diagnostics.insert(name, out);
+    }
 }
 
 /// Σ over tensors of Σ x² (float scalar), summed in float64: a float32 sum over ~10⁵ squares is

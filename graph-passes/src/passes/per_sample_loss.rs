@@ -1,11 +1,18 @@
 //! per-sample-loss: exposes `loss_per_sample` [batch] and the scalar mean `loss`.
 //!
-//! Attached to the logits (cross-entropy with int64 labels and optional label smoothing, PyTorch's
-//! formula; mse with float targets, per sample the mean over the sample's elements), or, when the
-//! graph already reduces a loss over the batch (SoftmaxCrossEntropyLoss/NegativeLogLikelihoodLoss
-//! with reduction mean/sum, or ReduceMean/ReduceSum over the batch axis), that reduction is
-//! rewritten so the per-sample vector is exposed and the scalar stays equal. Cross-entropy uses
-//! the formulation both engines run: −GatherElements(LogSoftmax(x), labels).
+//! Attached to the model's output (PyTorch's formulas, per sample the mean over the sample's
+//! elements, the batch loss the mean over samples):
+//! - cross-entropy: int64 labels [N] for logits [N, C], or [N, d₁, …] for [N, C, d₁, …] (per token
+//!   or pixel: F.cross_entropy per position, averaged within each sample over the positions whose
+//!   label is not `ignore_index`), optional label smoothing;
+//! - mse, l1, huber (torch.nn.HuberLoss, delta), smooth-l1 (torch.nn.SmoothL1Loss, beta),
+//!   bce-with-logits (torch.nn.BCEWithLogitsLoss, multi-label): float targets shaped as the output;
+//! - the model's own loss: a per-sample vector [N] (`output`), or, when the graph already reduces
+//!   a loss over the batch (SoftmaxCrossEntropyLoss/NegativeLogLikelihoodLoss with reduction
+//!   mean/sum, or ReduceMean/ReduceSum over the batch axis), that reduction rewritten so the
+//!   per-sample vector is exposed and the scalar stays equal.
+//!
+//! Cross-entropy uses the formulation both engines run: −GatherElements(LogSoftmax(x), labels).
 use super::{value_info, Contract, CrossEntropyRegion, Pass};
 use crate::autodiff::Ctx;
 use crate::ir::{node_error, Model, NodeExt};
@@ -15,8 +22,37 @@ use crate::{bail, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Loss {
-    CrossEntropy { label_smoothing: f32 },
+    /// F.cross_entropy; `ignore_index` positions (per-token/pixel labels) count in no average.
+    CrossEntropy { label_smoothing: f32, ignore_index: Option<i64> },
+    /// F.mse_loss: (y − t)².
     Mse,
+    /// F.l1_loss: |y − t|.
+    L1,
+    /// F.huber_loss: ½d² where |d| < δ, else δ·(|d| − ½δ).
+    Huber { delta: f32 },
+    /// F.smooth_l1_loss: ½d²/β where |d| < β, else |d| − ½β.
+    SmoothL1 { beta: f32 },
+    /// F.binary_cross_entropy_with_logits: softplus(y) − y·t.
+    BceWithLogits,
+    /// The model's output is already the per-sample loss [N].
+    Output,
+}
+
+impl Loss {
+    /// Float targets shaped as the output (regression, multi-label) rather than class labels.
+    pub fn has_float_targets(self) -> bool {
+        !matches!(self, Loss::CrossEntropy { .. } | Loss::Output)
+    }
+
+    /// The name of the task metric the loss exposes per sample: `correct` (classification:
+    /// the fraction of correct positions of a sample) or `abs_error` (regression: mean |y − t|).
+    pub fn metric(self) -> Option<&'static str> {
+        match self {
+            Loss::CrossEntropy { .. } => Some("correct"),
+            Loss::Mse | Loss::L1 | Loss::Huber { .. } | Loss::SmoothL1 { .. } => Some("abs_error"),
+            Loss::BceWithLogits | Loss::Output => None,
+        }
+    }
 }
 
 pub struct PerSampleLoss {
@@ -116,47 +152,159 @@ impl Pass for PerSampleLoss {
 
 fn attach(logits: &str, loss: Loss, c: &mut Ctx, contract: &mut Contract) -> Result<(String, String)> {
     let shape = c.shape(logits)?.clone();
+    let shown = crate::shapes::shape_string(&Some(shape.clone()));
     contract.logits = Some(logits.to_string());
+    let rest: Vec<i64> = (1..shape.len() as i64).collect();
     let lps = match loss {
-        Loss::CrossEntropy { label_smoothing } => {
-            if shape.len() != 2 {
+        Loss::CrossEntropy { label_smoothing, ignore_index } => {
+            if shape.len() < 2 {
                 bail!(
-                    "cross-entropy needs logits [batch, classes]; the output '{logits}' has shape {} (use --loss mse?)",
-                    crate::shapes::shape_string(&Some(shape.clone()))
+                    "cross-entropy needs logits [batch, classes] or [batch, classes, d1, …]; the output '{logits}' has shape {shown} (a regression output? use --loss mse)"
                 );
             }
             let labels = c.g.fresh(LABELS);
-            c.g.inputs.push(value_info(&labels, dt::INT64, &[-1]));
+            let mut ldims: Vec<i64> = shape.iter().map(|d| d.known().unwrap_or(-1)).collect();
+            ldims.remove(1);
+            ldims[0] = -1;
+            c.g.inputs.push(value_info(&labels, dt::INT64, &ldims));
             contract.labels = Some(labels.clone());
-            let lps = cross_entropy_per_sample(c, false, logits, &labels, label_smoothing);
-            if let Some(classes) = shape[1].known() {
-                contract.cross_entropy = Some(CrossEntropyRegion {
-                    per_sample: lps.clone(),
-                    logits: logits.to_string(),
-                    labels,
-                    smoothing: label_smoothing,
-                    classes,
-                });
+            contract.ignore_index = ignore_index;
+            if shape.len() == 2 && ignore_index.is_none() {
+                let lps = cross_entropy_per_sample(c, false, logits, &labels, label_smoothing);
+                if let Some(classes) = shape[1].known() {
+                    contract.cross_entropy = Some(CrossEntropyRegion {
+                        per_sample: lps.clone(),
+                        logits: logits.to_string(),
+                        labels: labels.clone(),
+                        smoothing: label_smoothing,
+                        classes,
+                    });
+                }
+                let am = c.g.add("ArgMax", &[logits]).int("axis", 1).int("keepdims", 0).output();
+                let eq = c.op("Equal", &[&am, &labels]);
+                contract.metric = Some(("correct".into(), c.mask(&eq)));
+                lps
+            } else {
+                positional_cross_entropy(c, contract, logits, &labels, shape.len(), label_smoothing, ignore_index)
             }
-            lps
         }
-        Loss::Mse => {
+        Loss::Output => {
+            if shape.len() != 1 {
+                bail!("--loss output needs the model's output to be the per-sample loss [batch]; '{logits}' has shape {shown}");
+            }
+            contract.logits = None;
+            return Ok((logits.to_string(), c.reduce_mean(logits, &[0], false)));
+        }
+        regression => {
             let targets = c.g.fresh(TARGETS);
-            let dims: Vec<i64> = shape.iter().map(|d| d.known().unwrap_or(-1)).collect();
+            let mut dims: Vec<i64> = shape.iter().map(|d| d.known().unwrap_or(-1)).collect();
+            if let Some(d) = dims.first_mut() {
+                *d = -1;
+            }
             c.g.inputs.push(value_info(&targets, dt::FLOAT, &dims));
             contract.labels = Some(targets.clone());
-            let diff = c.sub(logits, &targets);
-            let sq = c.square(&diff);
-            if shape.len() > 1 {
-                let axes: Vec<i64> = (1..shape.len() as i64).collect();
-                c.reduce_mean(&sq, &axes, false)
+            let d = c.sub(logits, &targets);
+            let elem = match regression {
+                Loss::Mse => c.square(&d),
+                Loss::L1 => c.op("Abs", &[&d]),
+                Loss::Huber { delta } | Loss::SmoothL1 { beta: delta } => {
+                    let huber = matches!(regression, Loss::Huber { .. });
+                    let a = c.op("Abs", &[&d]);
+                    let dl = c.scalar(delta);
+                    let inside = c.op("Less", &[&a, &dl]);
+                    let sq = c.square(&d);
+                    let half = c.scalar(if huber { 0.5 } else { 0.5 / delta });
+                    let quad = c.mul(&sq, &half);
+                    let hd = c.scalar(0.5 * delta);
+                    let lin = c.sub(&a, &hd);
+                    let lin = if huber { c.mul(&lin, &dl) } else { lin };
+                    c.op("Where", &[&inside, &quad, &lin])
+                }
+                Loss::BceWithLogits => {
+                    let sp = c.op("Softplus", &[logits]);
+                    let yt = c.mul(logits, &targets);
+                    c.sub(&sp, &yt)
+                }
+                Loss::CrossEntropy { .. } | Loss::Output => unreachable!("handled above"),
+            };
+            if matches!(regression, Loss::Mse | Loss::L1 | Loss::Huber { .. } | Loss::SmoothL1 { .. }) {
+                let a = c.op("Abs", &[&d]);
+                let mae = if rest.is_empty() { a } else { c.reduce_mean(&a, &rest, false) };
+                contract.metric = Some(("abs_error".into(), mae));
+            }
+            if rest.is_empty() {
+                elem
             } else {
-                sq
+                c.reduce_mean(&elem, &rest, false)
             }
         }
     };
     let loss = c.reduce_mean(&lps, &[0], false);
     Ok((lps, loss))
+}
+
+/// Cross-entropy per position of logits [N, C, d₁, …] with labels [N, d₁, …] (or [N, C] with
+/// an ignore_index), averaged within each sample over the positions not ignored (a sample with
+/// every position ignored contributes 0); the metric is the fraction of those positions whose
+/// argmax is the label.
+fn positional_cross_entropy(
+    c: &mut Ctx,
+    contract: &mut Contract,
+    logits: &str,
+    labels: &str,
+    rank: usize,
+    smoothing: f32,
+    ignore_index: Option<i64>,
+) -> String {
+    let positions: Vec<i64> = (1..rank as i64 - 1).collect();
+    let (safe, keep) = match ignore_index {
+        Some(ii) => {
+            let iiv = c.const_i64(&[ii]);
+            let is_ignored = c.op("Equal", &[labels, &iiv]);
+            let kept = c.op("Not", &[&is_ignored]);
+            let zero = c.const_i64(&[0]);
+            let safe = c.op("Where", &[&kept, labels, &zero]);
+            (safe, Some(c.mask(&kept)))
+        }
+        None => (labels.to_string(), None),
+    };
+    let logp = c.g.add("LogSoftmax", &[logits]).int("axis", 1).output();
+    let idx = c.unsqueeze(&safe, &[1]);
+    let picked = c.g.add("GatherElements", &[&logp, &idx]).int("axis", 1).output();
+    let picked = c.squeeze(&picked, &[1]);
+    let mut per_pos = c.neg(&picked);
+    if smoothing != 0.0 {
+        let mean_logp = c.reduce_mean(&logp, &[1], false);
+        let smooth = c.neg(&mean_logp);
+        let (a, b) = (c.scalar(1.0 - smoothing), c.scalar(smoothing));
+        let l = c.mul(&per_pos, &a);
+        let r = c.mul(&smooth, &b);
+        per_pos = c.add(&l, &r);
+    }
+    let am = c.g.add("ArgMax", &[logits]).int("axis", 1).int("keepdims", 0).output();
+    let eq = c.op("Equal", &[&am, labels]);
+    let hit = c.mask(&eq);
+    let mean_over = |c: &mut Ctx, v: &str| -> String {
+        match &keep {
+            Some(k) => {
+                let kv = c.mul(v, k);
+                let (num, den) = if positions.is_empty() {
+                    (kv, k.clone())
+                } else {
+                    (c.reduce_sum(&kv, &positions, false), c.reduce_sum(k, &positions, false))
+                };
+                let one = c.scalar(1.0);
+                let den = c.op("Max", &[&den, &one]);
+                c.div(&num, &den)
+            }
+            None if positions.is_empty() => v.to_string(),
+            None => c.reduce_mean(v, &positions, false),
+        }
+    };
+    let lps = mean_over(c, &per_pos);
+    let acc = mean_over(c, &hit);
+    contract.metric = Some(("correct".into(), acc));
+    lps
 }
 
 /// SoftmaxCrossEntropyLoss / NegativeLogLikelihoodLoss with reduction mean or sum.

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use super::forward::copy_forward;
-use super::{correct_count, expose, hyper, sum_of_squares, value_info, Contract, Pass};
+use super::{expose, hyper, sum_of_squares, value_info, Contract, Pass};
 use crate::autodiff::{gradients_with, Ctx};
 use crate::ir::Model;
 use crate::onnx::data_type as dt;
@@ -203,11 +203,7 @@ impl SamUpdate {
         let gn = ctx.sqrt(&gn2);
         let gn = expose(&mut ctx, &gn, "grad_norm", Some(&[]));
         c.diagnostics.insert("grad_norm".into(), gn.clone());
-        if let (Some(logits), Some(labels), Some(_)) = (&c.logits, &c.labels, &c.cross_entropy) {
-            let cc = correct_count(&mut ctx, logits, labels);
-            let cc = expose(&mut ctx, &cc, "correct", Some(&[]));
-            c.diagnostics.insert("correct".into(), cc);
-        }
+        super::expose_metric(&mut ctx, c);
         c.diagnostics.insert("loss".into(), loss.clone());
         let Some(rho) = rho else { return Ok(ga) };
         // ε
@@ -428,4 +424,3 @@ fn clip_grad_norm(ctx: &mut Ctx, g: &[String], max_norm: &str) -> Vec<String> {
     let coef = ctx.op("Min", &[&coef, &one]);
     g.iter().map(|x| ctx.mul(x, &coef)).collect()
 }
-

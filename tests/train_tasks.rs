@@ -1,0 +1,391 @@
+//! `onnxsam train` on every task family (issue 12), each first step against PyTorch
+//! (tools/reference_tasks.py, float64): a token-id transformer, regression with each float-target
+//! loss, a two-input per-token tagger with padding labels, a per-pixel segmentation net, a model
+//! that computes its own per-sample loss; and the
+//! data sources ImageFolder and CSV.
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use onnxsam::tensor::{read_npz, HostTensor};
+
+fn train(args: &[&str]) -> std::process::Output {
+    let mut a = vec!["train"];
+    a.extend_from_slice(args);
+    onnxsam(&a)
+}
+
+/// metrics.jsonl rows without the wall-clock columns.
+fn rows(run: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    onnxsam::train::metrics::read(run)
+        .unwrap()
+        .into_iter()
+        .map(|mut r| {
+            r.remove("seconds");
+            r.remove("data_wait");
+            r
+        })
+        .collect()
+}
+
+fn rel(got: &[f64], want: &[f64]) -> f64 {
+    let d = got.iter().zip(want).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    let n = want.iter().map(|b| b * b).sum::<f64>().sqrt().max(1e-12);
+    d / n
+}
+
+/// (task, model, options): the optimizer settings of tools/reference_tasks.py.
+fn tasks() -> Vec<(&'static str, PathBuf, Vec<&'static str>)> {
+    let linreg = fixture("linreg/model.onnx");
+    let mut t = vec![(
+        "transformer_sam",
+        model("transformer"),
+        vec!["--optimizer", "sam", "--rho", "0.05", "--lr", "0.05", "--batch-size", "32"],
+    )];
+    for (task, loss) in [
+        ("linreg_mse", vec!["--loss", "mse"]),
+        ("linreg_l1", vec!["--loss", "l1"]),
+        ("linreg_huber", vec!["--loss", "huber", "--huber-delta", "0.5"]),
+        ("linreg_smooth_l1", vec!["--loss", "smooth-l1", "--huber-delta", "0.5"]),
+        ("linreg_bce", vec!["--loss", "bce-with-logits"]),
+    ] {
+        let mut a = loss;
+        a.extend(["--lr", "0.05", "--batch-size", "64"]);
+        t.push((task, linreg.clone(), a));
+    }
+    t.push((
+        "tagger_sam",
+        fixture("tasks/tagger/model.onnx"),
+        vec!["--ignore-index", "-100", "--optimizer", "sam", "--rho", "0.05", "--lr", "0.1", "--batch-size", "24"],
+    ));
+    t.push((
+        "seg_sgd",
+        fixture("tasks/seg/model.onnx"),
+        vec!["--ignore-index", "-100", "--lr", "0.1", "--batch-size", "16"],
+    ));
+    t.push((
+        "own_loss_sgd",
+        fixture("tasks/own_loss/model.onnx"),
+        vec!["--loss", "output", "--lr", "0.05", "--batch-size", "32"],
+    ));
+    t
+}
+
+/// One full-batch step of every task on `engine`: parameters and loss equal PyTorch's.
+fn first_steps_equal_pytorch(engine: &str) {
+    let tmp = tempdir();
+    let mut errors = Vec::new();
+    for (task, m, opts) in tasks() {
+        let run = tmp.path().join(format!("{task}-{engine}"));
+        let data = fixture(&format!("tasks/{task}/data.npz"));
+        let mut a = vec![m.to_str().unwrap(), "--data", data.to_str().unwrap(), "--max-steps", "1"];
+        a.extend(opts.iter().copied());
+        a.extend(["--backend", engine, "--out", run.to_str().unwrap()]);
+        let o = train(&a);
+        if o.status.code() != Some(0) {
+            errors.push(format!("{task}: exit {:?}: {}", o.status.code(), stderr(&o)));
+            continue;
+        }
+        let want = read_npz(&fixture(&format!("tasks/{task}/ref.npz"))).unwrap();
+        let ckpt = onnxsam::train::checkpoint::list(&run).unwrap().last().unwrap().1.with_extension("npz");
+        let got = read_npz(&ckpt).unwrap();
+        for (k, w) in &want {
+            let Some(p) = k.strip_prefix("next/") else { continue };
+            let Some(g) = got.get(p) else {
+                errors.push(format!("{task}: no parameter '{p}' in the checkpoint"));
+                continue;
+            };
+            let (g, w) = (g.to_f64(), w.to_f64());
+            let e = rel(&g, &w);
+            let init = want[&format!("init/{p}")].to_f64();
+            let du: Vec<f64> = g.iter().zip(&init).map(|(a, b)| a - b).collect();
+            let dw: Vec<f64> = w.iter().zip(&init).map(|(a, b)| a - b).collect();
+            let eu = rel(&du, &dw);
+            if e > 1e-5 || eu > 2e-3 {
+                errors.push(format!("{task}: {p}: ‖Δ‖/‖ref‖ = {e:.2e}, update {eu:.2e}"));
+            }
+        }
+        let r = rows(&run);
+        let loss = r[0]["loss"].as_f64().unwrap();
+        let wl = want["loss"].to_f64()[0];
+        if (loss - wl).abs() > 1e-5 * wl.abs().max(1.0) {
+            errors.push(format!("{task}: loss {loss} vs PyTorch {wl}"));
+        }
+        // the task's metric: accuracy of classes (per token/pixel), MAE of regression
+        let metric = if task.starts_with("linreg_bce") || task.starts_with("own_loss") {
+            None
+        } else if task.starts_with("linreg") {
+            Some("mae")
+        } else {
+            Some("acc")
+        };
+        for m in ["acc", "mae"] {
+            if r[0].contains_key(m) != (metric == Some(m)) {
+                errors.push(format!("{task}: metrics row {:?} (expected the metric {metric:?})", r[0]));
+            }
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+#[test]
+fn first_step_of_every_task_equals_pytorch_on_tract() {
+    first_steps_equal_pytorch("tract");
+}
+
+#[test]
+fn first_step_of_every_task_equals_pytorch_on_ort() {
+    first_steps_equal_pytorch("ort");
+}
+
+#[test]
+fn bad_task_data_gets_one_line() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    let out = |n: &str| d.join(n).to_str().unwrap().to_string();
+    let npz = |name: &str, arrays: &[(&str, HostTensor)]| -> PathBuf {
+        let p = d.join(name);
+        let v: Vec<(String, HostTensor)> = arrays.iter().map(|(k, t)| (k.to_string(), t.clone())).collect();
+        onnxsam::tensor::write_npz(&p, &v).unwrap();
+        p
+    };
+    let tr = model("transformer");
+    // float token ids
+    let p = npz(
+        "floatids.npz",
+        &[("ids", HostTensor::f32(&[2, 16], vec![0.0; 32])), ("y", HostTensor::i64(&[2], vec![0, 1]))],
+    );
+    let o = train(&[tr.to_str().unwrap(), "--data", p.to_str().unwrap(), "--max-steps", "1", "--out", &out("r1")]);
+    assert_bad_input(&o, "floatids.npz", "is float32 but the model's input 'ids' is int64");
+    // float labels for cross-entropy
+    let p = npz(
+        "floaty.npz",
+        &[("ids", HostTensor::i64(&[2, 16], vec![0; 32])), ("y", HostTensor::f32(&[2], vec![0.0, 1.0]))],
+    );
+    let o = train(&[tr.to_str().unwrap(), "--data", p.to_str().unwrap(), "--max-steps", "1", "--out", &out("r2")]);
+    assert_bad_input(&o, "floaty.npz", "regression loss");
+    // a missing input of a two-input model
+    let tagger = fixture("tasks/tagger/model.onnx");
+    let p = npz(
+        "nomask.npz",
+        &[("ids", HostTensor::i64(&[2, 16], vec![0; 32])), ("y", HostTensor::i64(&[2, 16], vec![0; 32]))],
+    );
+    let o = train(&[tagger.to_str().unwrap(), "--data", p.to_str().unwrap(), "--max-steps", "1", "--out", &out("r3")]);
+    assert_bad_input(&o, "nomask.npz", "no array 'mask'");
+    // per-token labels of the wrong shape
+    let mask = HostTensor { shape: vec![2, 16], data: onnxsam::tensor::Data::Bool(vec![true; 32]) };
+    let p = npz(
+        "shortlabels.npz",
+        &[
+            ("ids", HostTensor::i64(&[2, 16], vec![0; 32])),
+            ("mask", mask.clone()),
+            ("y", HostTensor::i64(&[2], vec![0, 1])),
+        ],
+    );
+    let o = train(&[tagger.to_str().unwrap(), "--data", p.to_str().unwrap(), "--max-steps", "1", "--out", &out("r4")]);
+    assert_bad_input(&o, "shortlabels.npz", "per position");
+    // a label out of range that is not the ignore index
+    let mut y = vec![0i64; 32];
+    y[5] = 7;
+    let p = npz(
+        "range.npz",
+        &[("ids", HostTensor::i64(&[2, 16], vec![0; 32])), ("mask", mask), ("y", HostTensor::i64(&[2, 16], y))],
+    );
+    let o = train(&[
+        tagger.to_str().unwrap(),
+        "--data",
+        p.to_str().unwrap(),
+        "--ignore-index",
+        "-100",
+        "--max-steps",
+        "1",
+        "--out",
+        &out("r5"),
+    ]);
+    assert_bad_input(&o, "range.npz", "label 7");
+    // NaN targets of a regression
+    let p = npz(
+        "nan.npz",
+        &[("x", HostTensor::f32(&[2, 5], vec![0.0; 10])), ("y", HostTensor::f32(&[2], vec![f32::NAN, 1.0]))],
+    );
+    let lin = fixture("linreg/model.onnx");
+    let o = train(&[
+        lin.to_str().unwrap(),
+        "--data",
+        p.to_str().unwrap(),
+        "--loss",
+        "mse",
+        "--max-steps",
+        "1",
+        "--out",
+        &out("r6"),
+    ]);
+    assert_bad_input(&o, "nan.npz", "NaN");
+    for r in ["r1", "r2", "r3", "r4", "r5", "r6"] {
+        assert!(!d.join(r).join("config.json").exists(), "{r}: nothing is written for bad data");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ImageFolder and CSV
+
+/// MNIST's first `per_class` training images of each digit as PNGs in OUT/<digit>/NNNNN.png.
+fn mnist_image_folder(out: &Path, per_class: usize, test: bool) -> Vec<(Vec<u8>, i64)> {
+    let d = onnxsam::data::idx::read_mnist_dir(&root().join("data/mnist"), test)
+        .unwrap_or_else(|e| panic!("MNIST is needed for this test: run tools/fetch-data.sh mnist ({e})"));
+    let (x, _) = d.float_samples().unwrap();
+    let y = d.labels().unwrap();
+    let mut count = [0usize; 10];
+    let mut kept = Vec::new();
+    for i in 0..d.len() {
+        let c = y[i] as usize;
+        if count[c] == per_class {
+            continue;
+        }
+        count[c] += 1;
+        let px: Vec<u8> = x[i * 784..(i + 1) * 784].iter().map(|&v| (v * 255.0).round() as u8).collect();
+        let dir = out.join(c.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        image::GrayImage::from_raw(28, 28, px.clone()).unwrap().save(dir.join(format!("{i:05}.png"))).unwrap();
+        kept.push((px, c as i64));
+    }
+    kept
+}
+
+#[test]
+fn image_folder_trains_as_the_same_images_in_an_npz() {
+    let tmp = tempdir();
+    let root_dir = tmp.path().join("digits");
+    let train_imgs = mnist_image_folder(&root_dir.join("train"), 4, false);
+    mnist_image_folder(&root_dir.join("test"), 2, true);
+    // the same images, in ImageFolder's order (class folders sorted, then file names), as an .npz
+    let mut order: Vec<usize> = (0..train_imgs.len()).collect();
+    order.sort_by_key(|&i| train_imgs[i].1);
+    let n = train_imgs.len();
+    let x: Vec<f32> = order.iter().flat_map(|&i| train_imgs[i].0.iter().map(|&p| p as f32 / 255.0)).collect();
+    let y: Vec<i64> = order.iter().map(|&i| train_imgs[i].1).collect();
+    let npz = tmp.path().join("digits.npz");
+    onnxsam::tensor::write_npz(
+        &npz,
+        &[("x".into(), HostTensor::f32(&[n, 1, 28, 28], x)), ("y".into(), HostTensor::i64(&[n], y))],
+    )
+    .unwrap();
+    let common = ["--max-steps", "3", "--batch-size", "16", "--normalize", "0.1307,0.3081", "--backend", "tract"];
+    let a = tmp.path().join("run-folder");
+    let mut args = vec!["models/cnn.onnx", "--data", root_dir.to_str().unwrap(), "--out", a.to_str().unwrap()];
+    args.extend(common);
+    let o = train(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let b = tmp.path().join("run-npz");
+    let mut args = vec!["models/cnn.onnx", "--data", npz.to_str().unwrap(), "--out", b.to_str().unwrap()];
+    args.extend(common);
+    let o = train(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let steps = |r: &Path| rows(r).into_iter().filter(|x| x["kind"] == "step").collect::<Vec<_>>();
+    assert_eq!(steps(&a), steps(&b), "ImageFolder and .npz of the same images train alike");
+    // the test split (ROOT/test) was evaluated, and the class mapping written
+    assert!(rows(&a).iter().any(|r| r.contains_key("test_acc")), "{:?}", rows(&a));
+    let classes: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("classes.json")).unwrap()).unwrap();
+    assert_eq!(classes["classes"][3], "3");
+    // a corrupt image is named, and nothing is trained
+    std::fs::write(root_dir.join("train").join("5").join("bad.png"), b"not a png").unwrap();
+    let c = tmp.path().join("run-bad");
+    let o = train(&[
+        "models/cnn.onnx",
+        "--data",
+        root_dir.to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--out",
+        c.to_str().unwrap(),
+    ]);
+    assert_bad_input(&o, "bad.png", "cannot decode");
+    assert!(!c.join("config.json").exists());
+}
+
+#[test]
+fn csv_table_trains_as_the_same_numbers_in_an_npz() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    // linear-regression data: five features, the target column third (features keep file order)
+    let mut csv = String::from("f0,f1,price,f2,f3,f4\n");
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for i in 0..40 {
+        let f: Vec<f32> = (0..5).map(|k| (((i * 7 + k * 13) % 17) as f32 - 8.0) / 4.0).collect();
+        let t = f[0] - 2.0 * f[1] + 0.5 * f[2] + 3.0 * f[4];
+        csv += &format!("{},{},{},{},{},{}\n", f[0], f[1], t, f[2], f[3], f[4]);
+        xs.extend(&f);
+        ys.push(t);
+    }
+    std::fs::write(d.join("houses.csv"), &csv).unwrap();
+    let npz = d.join("houses.npz");
+    onnxsam::tensor::write_npz(
+        &npz,
+        &[("x".into(), HostTensor::f32(&[40, 5], xs)), ("y".into(), HostTensor::f32(&[40], ys))],
+    )
+    .unwrap();
+    let lin = fixture("linreg/model.onnx");
+    let run = |data: &Path, out: &str, extra: &[&str]| {
+        let o = d.join(out);
+        let mut a = vec![lin.to_str().unwrap(), "--data", data.to_str().unwrap(), "--loss", "mse", "--max-steps", "4"];
+        a.extend(["--batch-size", "10", "--lr", "0.01", "--backend", "tract", "--out", o.to_str().unwrap()]);
+        a.extend(extra);
+        let r = train(&a);
+        assert_eq!(r.status.code(), Some(0), "{}", stderr(&r));
+        o
+    };
+    let a = run(&d.join("houses.csv"), "run-csv", &["--target", "price"]);
+    let b = run(&npz, "run-npz", &[]);
+    assert_eq!(rows(&a), rows(&b), "CSV and .npz of the same numbers train alike");
+    // --normalize standard: the training split's statistics, saved and used by eval
+    let c = run(&d.join("houses.csv"), "run-std", &["--target", "price", "--normalize", "standard"]);
+    let n: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.join("normalization.json")).unwrap()).unwrap();
+    assert_eq!(n["mean"].as_array().unwrap().len(), 5);
+    let o = onnxsam(&[
+        "eval",
+        c.join("model.onnx").to_str().unwrap(),
+        "--data",
+        d.join("houses.csv").to_str().unwrap(),
+        "--target",
+        "price",
+        "--loss",
+        "mse",
+        "--backend",
+        "tract",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("mean absolute error"), "{}", stdout(&o));
+    // bad cells are named
+    std::fs::write(d.join("bad.csv"), "a,b,c,d,e,price\n1,2,3,4,5,6\n1,2,x,4,5,6\n").unwrap();
+    let o = train(&[
+        lin.to_str().unwrap(),
+        "--data",
+        d.join("bad.csv").to_str().unwrap(),
+        "--target",
+        "price",
+        "--loss",
+        "mse",
+        "--max-steps",
+        "1",
+        "--out",
+        d.join("r-bad").to_str().unwrap(),
+    ]);
+    assert_bad_input(&o, "bad.csv", "line 3, column 'c'");
+    let o = train(&[
+        lin.to_str().unwrap(),
+        "--data",
+        d.join("houses.csv").to_str().unwrap(),
+        "--target",
+        "cost",
+        "--loss",
+        "mse",
+        "--max-steps",
+        "1",
+        "--out",
+        d.join("r-col").to_str().unwrap(),
+    ]);
+    assert_bad_input(&o, "houses.csv", "no column 'cost'");
+}
