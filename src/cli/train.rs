@@ -55,6 +55,9 @@ struct EvalReport {
     /// Regression: mean absolute error.
     #[serde(skip_serializing_if = "Option::is_none")]
     mae: Option<f64>,
+    /// Per-position labels (tokens, pixels): mean intersection over union of the classes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mean_iou: Option<f64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     per_class_accuracy: Vec<Option<f64>>,
 }
@@ -101,7 +104,8 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
     }
     let values = crate::grad::initial_values(&ev.graph.contract)?;
     let metric = crate::train::metric_of(&ev.graph.contract);
-    let (loss, m) = crate::train::evaluate(&mut ev, &values, &d, a.batch_size)?;
+    let e = crate::train::evaluate(&mut ev, &values, &d, a.batch_size)?;
+    let (loss, m) = (e.loss, e.metric);
     // per-class accuracy of a classifier with one label per sample
     let mut per_class = vec![];
     if let (Some(labels), Some(("correct", _))) =
@@ -139,6 +143,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         loss,
         accuracy: (metric.map(|m| m.1) == Some("acc")).then_some(m),
         mae: (metric.map(|m| m.1) == Some("mae")).then_some(m),
+        mean_iou: e.mean_iou,
         per_class_accuracy: per_class,
     };
     if a.json {
@@ -150,6 +155,9 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         }
         if let Some(mae) = r.mae {
             line += &format!(", mean absolute error {mae:.4}");
+        }
+        if let Some(iou) = r.mean_iou {
+            line += &format!(", mean IoU {iou:.4}");
         }
         println!("{line}");
         if !r.per_class_accuracy.is_empty() {

@@ -91,25 +91,94 @@ pub(crate) fn metric_of(c: &graph_passes::passes::Contract) -> Option<(&'static 
     }
 }
 
-/// Mean loss and mean metric (NaN without one) over a dataset, in batches of `bs`.
+/// A dataset's evaluation: mean loss, mean metric (NaN without one), and for per-position class
+/// labels (tokens, pixels) the mean IoU.
+pub(crate) struct Evaluation {
+    pub loss: f64,
+    pub metric: f64,
+    pub mean_iou: Option<f64>,
+}
+
+/// Evaluates `d` in batches of `bs`.
 pub(crate) fn evaluate(
     ev: &mut Evaluator,
     values: &BTreeMap<String, HostTensor>,
     d: &Dataset,
     bs: usize,
-) -> Result<(f64, f64)> {
+) -> Result<Evaluation> {
     let metric = metric_of(&ev.graph.contract).map(|m| m.0);
+    let logits = ev.graph.contract.logits.clone();
+    let ignore = ev.graph.contract.ignore_index;
+    let dense = d.y.as_ref().map(|y| y.shape.len() >= 2).unwrap_or(false) && d.labels().is_some();
+    let mut confusion: Option<ConfusionMatrix> = None;
     let (mut loss, mut sum) = (0.0, 0.0);
     let n = d.len();
     let mut i = 0;
     while i < n {
         let idx: Vec<usize> = (i..(i + bs).min(n)).collect();
-        let out = ev.run(values, &d.batch(&idx))?;
+        let b = d.batch(&idx);
+        let out = ev.run(values, &b)?;
         loss += out["loss"].to_f64()[0] * idx.len() as f64;
         sum += metric.and_then(|m| out.get(m)).map(|c| c.to_f64()[0]).unwrap_or(f64::NAN);
+        if let (true, Some(l), Some(HostTensor { data: crate::tensor::Data::I64(y), .. })) =
+            (dense, logits.as_ref().and_then(|l| out.get(l)), b.labels.as_ref())
+        {
+            if l.shape.len() >= 3 {
+                let classes = l.shape[1];
+                let positions: usize = l.shape[2..].iter().product();
+                let cm = confusion.get_or_insert_with(|| ConfusionMatrix::new(classes));
+                let v = l.to_f64();
+                for s in 0..l.shape[0] {
+                    for p in 0..positions {
+                        let label = y[s * positions + p];
+                        if Some(label) == ignore || label < 0 || label as usize >= classes {
+                            continue;
+                        }
+                        let at = |c: usize| v[(s * classes + c) * positions + p];
+                        let pred = (0..classes).fold(0, |best, c| if at(c) > at(best) { c } else { best });
+                        cm.add(label as usize, pred);
+                    }
+                }
+            }
+        }
         i += bs;
     }
-    Ok((loss / n as f64, sum / n as f64))
+    Ok(Evaluation { loss: loss / n as f64, metric: sum / n as f64, mean_iou: confusion.map(|c| c.mean_iou()) })
+}
+
+/// Counts of (label, prediction) pairs over the positions of a dense-prediction dataset.
+struct ConfusionMatrix {
+    classes: usize,
+    counts: Vec<u64>,
+}
+
+impl ConfusionMatrix {
+    fn new(classes: usize) -> ConfusionMatrix {
+        ConfusionMatrix { classes, counts: vec![0; classes * classes] }
+    }
+    fn add(&mut self, label: usize, pred: usize) {
+        self.counts[label * self.classes + pred] += 1;
+    }
+    /// Mean over classes with a non-empty union of |pred ∩ label| / |pred ∪ label| (as
+    /// torchmetrics' JaccardIndex, macro average, classes absent from both left out).
+    fn mean_iou(&self) -> f64 {
+        let k = self.classes;
+        let mut ious = Vec::new();
+        for c in 0..k {
+            let tp = self.counts[c * k + c] as f64;
+            let row: u64 = (0..k).map(|p| self.counts[c * k + p]).sum();
+            let col: u64 = (0..k).map(|l| self.counts[l * k + c]).sum();
+            let union = row as f64 + col as f64 - tp;
+            if union > 0.0 {
+                ious.push(tp / union);
+            }
+        }
+        if ious.is_empty() {
+            f64::NAN
+        } else {
+            ious.iter().sum::<f64>() / ious.len() as f64
+        }
+    }
 }
 
 fn scalar(out: &BTreeMap<String, HostTensor>, k: &str) -> Value {
@@ -485,12 +554,16 @@ impl<'a> Trainer<'a> {
         self.runner.sync()?;
         for (name, d) in [("val", &self.val), ("test", &self.test)] {
             if let Some(d) = d {
-                let (l, m) = evaluate(&mut self.eval, &self.runner.values, d, self.cfg.eval_batch_size)?;
-                row.insert(format!("{name}_loss"), json!(l));
+                let e = evaluate(&mut self.eval, &self.runner.values, d, self.cfg.eval_batch_size)?;
+                row.insert(format!("{name}_loss"), json!(e.loss));
                 if let Some(mn) = metric_name {
-                    row.insert(format!("{name}_{mn}"), json!(m));
+                    row.insert(format!("{name}_{mn}"), json!(e.metric));
                 }
-                line += &format!(", {name} {}", show(l, m));
+                line += &format!(", {name} {}", show(e.loss, e.metric));
+                if let Some(iou) = e.mean_iou {
+                    row.insert(format!("{name}_miou"), json!(iou));
+                    line += &format!(" mIoU {iou:.4}");
+                }
             }
         }
         let seconds = self.seconds();
@@ -671,4 +744,20 @@ fn start_run_folder(cfg: &TrainConfig, model: &Model, train: &Dataset, clean: &[
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConfusionMatrix;
+
+    #[test]
+    fn mean_iou_averages_the_classes_with_a_union() {
+        // labels 0,0,1,1 predicted 0,1,1,1; class 2 never seen (left out)
+        let mut c = ConfusionMatrix::new(3);
+        for (l, p) in [(0, 0), (0, 1), (1, 1), (1, 1)] {
+            c.add(l, p);
+        }
+        // class 0: 1 / (2 + 1 − 1) = 0.5; class 1: 2 / (2 + 3 − 2) = 2/3
+        assert!((c.mean_iou() - (0.5 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+    }
 }
