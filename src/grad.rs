@@ -61,6 +61,11 @@ pub fn batch_from_npz(
         let inputs: Vec<&graph_passes::onnx::ValueInfoProto> =
             model.graph.inputs.iter().filter(|v| c.data.contains(&v.name)).collect();
         let checked = check_feeds(&inputs, arrays, source)?;
+        for (name, t) in &checked {
+            if let Some(r) = index_range(model, c, name) {
+                r.check(source, name, t)?;
+            }
+        }
         if checked.first().map(|(_, t)| t.shape.first().copied().unwrap_or(0)).unwrap_or(0) == 0 {
             bail!("{source}: the batch has no samples");
         }
@@ -89,6 +94,11 @@ pub fn batch_from_npz(
     let inputs: Vec<&graph_passes::onnx::ValueInfoProto> =
         model.graph.inputs.iter().filter(|v| c.data.contains(&v.name)).collect();
     let checked = check_feeds(&inputs, data.iter().cloned().collect(), source)?;
+    for (name, t) in &checked {
+        if let Some(r) = index_range(model, c, name) {
+            r.check(source, name, t)?;
+        }
+    }
     let batch = checked.first().map(|(_, t)| t.shape.first().copied().unwrap_or(0)).unwrap_or(0);
     if batch == 0 {
         bail!("{source}: the batch has no samples");
@@ -319,4 +329,59 @@ pub fn check_feeds(
         feeds.push((v.name.clone(), t));
     }
     Ok(feeds)
+}
+
+/// Ids that index a table of `size` rows through `node` (an embedding): valid in 0..size, as
+/// torch.nn.Embedding requires (ONNX Gather would wrap negative ids from the end).
+pub struct IndexRange {
+    pub node: String,
+    pub size: i64,
+}
+
+impl IndexRange {
+    pub fn check(&self, src: &str, name: &str, t: &HostTensor) -> Result<()> {
+        let vals: Vec<i64> = match &t.data {
+            Data::I64(v) => v.clone(),
+            Data::I32(v) => v.iter().map(|&a| a as i64).collect(),
+            _ => return Ok(()),
+        };
+        let per = vals.len() / t.shape[0].max(1);
+        if let Some((i, bad)) = vals.iter().enumerate().find(|(_, &v)| v < 0 || v >= self.size) {
+            bail!(
+                "{src}: '{name}' holds id {bad} (sample {}), outside the {} rows of the table that {} reads (ids 0..{}); fix the data or the vocabulary size",
+                i / per.max(1),
+                self.size,
+                self.node,
+                self.size - 1
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The table an integer input indexes (a Gather reading it as indices, directly or through a
+/// Cast, from a parameter or constant table) and the table's size along the gathered axis.
+pub fn index_range(g: &Model, c: &graph_passes::passes::Contract, input: &str) -> Option<IndexRange> {
+    use graph_passes::ir::NodeExt;
+    let mut names = vec![input.to_string()];
+    for n in &g.graph.nodes {
+        if n.op_type == "Cast" && n.input.first().map(|i| i == input).unwrap_or(false) {
+            names.extend(n.output.iter().cloned());
+        }
+    }
+    g.graph.nodes.iter().find_map(|n| {
+        if n.op_type != "Gather" || !n.input.get(1).map(|i| names.contains(i)).unwrap_or(false) {
+            return None;
+        }
+        let table = &n.input[0];
+        let dims = c
+            .init
+            .get(table)
+            .map(|t| t.dims.clone())
+            .or_else(|| g.graph.initializers.iter().find(|t| &t.name == table).map(|t| t.dims.clone()))?;
+        let axis = n.attr_i("axis", 0);
+        let axis = if axis < 0 { axis + dims.len() as i64 } else { axis };
+        let size = *dims.get(axis as usize)?;
+        Some(IndexRange { node: n.describe(), size })
+    })
 }

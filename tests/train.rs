@@ -190,6 +190,11 @@ fn resumed_run_continues_the_identical_trajectory() {
         run(&base(&straight, "2"));
         let split = tmp.path().join(format!("split-{k}"));
         run(&base(&split, "1"));
+        if k == 0 {
+            // a resumed run keeps its configuration
+            let o = train_cmd(&["--resume", split.to_str().unwrap(), "--epochs", "2", "--lr", "5"]);
+            assert_bad_input(&o, "--lr", "cannot change");
+        }
         let o = train_cmd(&["--resume", split.to_str().unwrap(), "--epochs", "2"]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         assert_eq!(rows(&straight), rows(&split), "{opt:?}: metrics of 2 epochs vs 1 + resume + 1 differ");

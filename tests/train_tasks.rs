@@ -222,7 +222,19 @@ fn bad_task_data_gets_one_line() {
         &out("r6"),
     ]);
     assert_bad_input(&o, "nan.npz", "NaN");
-    for r in ["r1", "r2", "r3", "r4", "r5", "r6"] {
+    // token ids outside the embedding table (PyTorch's nn.Embedding raises; Gather would wrap)
+    for (name, id) in [("oov.npz", 64i64), ("negative.npz", -3)] {
+        let mut ids = vec![1i64; 32];
+        ids[20] = id;
+        let p = npz(name, &[("ids", HostTensor::i64(&[2, 16], ids)), ("y", HostTensor::i64(&[2], vec![0, 1]))]);
+        let o = train(&[tr.to_str().unwrap(), "--data", p.to_str().unwrap(), "--max-steps", "1", "--out", &out("r7")]);
+        assert_bad_input(&o, name, &format!("holds id {id} (sample 1), outside the 64 rows"));
+    }
+    // no samples
+    let p = npz("empty.npz", &[("ids", HostTensor::i64(&[0, 16], vec![])), ("y", HostTensor::i64(&[0], vec![]))]);
+    let o = train(&[tr.to_str().unwrap(), "--data", p.to_str().unwrap(), "--max-steps", "1", "--out", &out("r8")]);
+    assert_bad_input(&o, "empty.npz", "no samples");
+    for r in ["r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8"] {
         assert!(!d.join(r).join("config.json").exists(), "{r}: nothing is written for bad data");
     }
 }

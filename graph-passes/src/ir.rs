@@ -101,6 +101,30 @@ impl Graph {
         &self.rest.name
     }
 
+    /// Renames the value `from` to `to` wherever it appears: node inputs and outputs, graph
+    /// inputs, outputs and value_info, initializers; `from` becomes free.
+    pub fn rename_value(&mut self, from: &str, to: &str) {
+        for n in self.nodes.iter_mut() {
+            for v in n.input.iter_mut().chain(n.output.iter_mut()) {
+                if v == from {
+                    *v = to.to_string();
+                }
+            }
+        }
+        for v in self.inputs.iter_mut().chain(self.outputs.iter_mut()).chain(self.value_info.iter_mut()) {
+            if v.name == from {
+                v.name = to.to_string();
+            }
+        }
+        for t in self.initializers.iter_mut() {
+            if t.name == from {
+                t.name = to.to_string();
+            }
+        }
+        self.used_names.remove(from);
+        self.used_names.insert(to.to_string());
+    }
+
     /// A name not used by any value or node yet, derived from `base`.
     pub fn fresh(&mut self, base: &str) -> String {
         // inputs, outputs and initializers may have been pushed directly: count them as taken

@@ -44,9 +44,9 @@ pub struct GradGraphArgs {
     /// ignore_index, e.g. -100 for padding tokens); averaged within each sample
     #[arg(long, allow_hyphen_values = true)]
     ignore_index: Option<i64>,
-    /// huber's delta, smooth-l1's beta
-    #[arg(long, default_value_t = 1.0)]
-    huber_delta: f32,
+    /// huber's delta, smooth-l1's beta (default 1)
+    #[arg(long, allow_hyphen_values = true)]
+    huber_delta: Option<f32>,
     /// BatchNorm with batch statistics and Dropout active (the default)
     #[arg(long, conflicts_with = "eval_mode")]
     train_mode: bool,
@@ -83,8 +83,13 @@ impl GradGraphArgs {
         if !ce && self.ignore_index.is_some() {
             bail!("--ignore-index applies to cross-entropy only");
         }
-        if self.huber_delta.is_nan() || self.huber_delta <= 0.0 {
-            bail!("--huber-delta must be > 0, got {}", self.huber_delta);
+        let huber = matches!(self.loss, LossKind::Huber | LossKind::SmoothL1);
+        if !huber && self.huber_delta.is_some() {
+            bail!("--huber-delta applies to --loss huber and smooth-l1 only");
+        }
+        let delta = self.huber_delta.unwrap_or(1.0);
+        if delta.is_nan() || delta <= 0.0 {
+            bail!("--huber-delta must be > 0, got {delta}");
         }
         let loss = match self.loss {
             LossKind::CrossEntropy => {
@@ -92,8 +97,8 @@ impl GradGraphArgs {
             }
             LossKind::Mse => Loss::Mse,
             LossKind::L1 => Loss::L1,
-            LossKind::Huber => Loss::Huber { delta: self.huber_delta },
-            LossKind::SmoothL1 => Loss::SmoothL1 { beta: self.huber_delta },
+            LossKind::Huber => Loss::Huber { delta },
+            LossKind::SmoothL1 => Loss::SmoothL1 { beta: delta },
             LossKind::BceWithLogits => Loss::BceWithLogits,
             LossKind::Output => Loss::Output,
         };
@@ -225,7 +230,7 @@ pub struct StepArgs {
     #[arg(long)]
     pub nesterov: bool,
     /// Adam's β₁,β₂ (default 0.9,0.999)
-    #[arg(long, value_name = "B1,B2")]
+    #[arg(long, value_name = "B1,B2", allow_hyphen_values = true)]
     pub betas: Option<String>,
     /// Adam's eps, added to √v̂ (default 1e-8)
     #[arg(long, allow_hyphen_values = true)]

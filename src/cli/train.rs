@@ -276,6 +276,21 @@ fn config(mut a: TrainArgs, raw: Vec<String>) -> Result<TrainConfig> {
     let command_line: Vec<String>;
     let resume = a.resume.is_some();
     if let Some(r) = a.resume.clone() {
+        // a resumed run keeps its configuration: only its length and the engine may change
+        let allowed = ["--resume", "--epochs", "--max-steps", "--backend", "--device", "--threads", "--ort-lib"];
+        let changed: Vec<&str> = raw
+            .iter()
+            .filter(|x| x.starts_with("--"))
+            .map(|x| x.split('=').next().unwrap_or(x))
+            .filter(|x| !allowed.contains(x))
+            .collect();
+        if !changed.is_empty() {
+            bail!(
+                "--resume continues {} with its own configuration; {} cannot change (start a new run with --out to train otherwise)",
+                r.display(),
+                changed.join(", ")
+            );
+        }
         let (raw_args, stored) = stored_run(&r, "no run to resume here")?;
         command_line = raw_args;
         let (epochs, max_steps, backend) = (a.epochs, a.max_steps, a.backend.clone());

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::grad::Batch;
+pub use crate::grad::IndexRange;
 use crate::tensor::{Data, HostTensor};
 
 /// A dataset in memory: sample arrays [N, …] of any dtype, each named for the model input it
@@ -202,6 +203,11 @@ pub fn load_table(path: &Path, target: &str, names: Option<&[String]>) -> Result
     let f = t.feature_names.len();
     let x = HostTensor::f32(&[n, f], t.x);
     let (y, class_names) = match t.target {
+        // whole numbers may be class indices (cross-entropy) as well as values (regression: bind
+        // converts them back to float32)
+        table::Target::Values(v) if v.iter().all(|x| x.fract() == 0.0 && x.abs() < 1e15) => {
+            (HostTensor::i64(&[n], v.into_iter().map(|x| x as i64).collect()), vec![])
+        }
         table::Target::Values(v) => (HostTensor::f32(&[n], v), vec![]),
         table::Target::Classes { y, names: own } => match names {
             None => (HostTensor::i64(&[n], y), own),
@@ -221,7 +227,10 @@ pub fn load_table(path: &Path, target: &str, names: Option<&[String]>) -> Result
             }
         },
     };
-    let classes = class_names.len();
+    let classes = match &y.data {
+        Data::I64(v) if class_names.is_empty() => v.iter().copied().max().map(|m| m.max(-1) as usize + 1).unwrap_or(0),
+        _ => class_names.len(),
+    };
     Ok(Dataset { columns: vec![("x".into(), x)], y: Some(y), classes, class_names, source: shown })
 }
 
@@ -237,8 +246,14 @@ fn load_image_folder(path: &Path, opts: &LoadOptions) -> Result<(Dataset, Option
     let (c, h, w) = (shape[0], shape[1], shape[2]);
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let one = |root: &Path, names: Option<&[String]>| -> Result<Dataset> {
+        let t0 = std::time::Instant::now();
         let (x, scan) = image_folder::load(root, c, h, w, threads)?;
         let n = scan.files.len();
+        eprintln!(
+            "{}: decoded {n} images to {c}×{h}×{w} in {:.2} s on {threads} threads",
+            root.display(),
+            t0.elapsed().as_secs_f64()
+        );
         let (y, class_names) = match names {
             None => (scan.y, scan.classes),
             Some(train) => {
@@ -306,7 +321,7 @@ fn to_dataset(columns: Vec<(String, HostTensor)>, y: Option<HostTensor>, source:
         Data::U8(v) => HostTensor::i64(&y.shape, v.into_iter().map(|a| a as i64).collect()),
         Data::F32(_) => y,
         Data::F64(v) => HostTensor::f32(&y.shape, v.into_iter().map(|a| a as f32).collect()),
-        Data::Bool(v) => HostTensor::f32(&y.shape, v.into_iter().map(|a| a as u8 as f32).collect()),
+        Data::Bool(_) => y,
     };
     let classes = match &y.data {
         Data::I64(v) => v.iter().copied().max().map(|m| m.max(-1) as usize + 1).unwrap_or(0),
@@ -351,6 +366,8 @@ pub struct InputSpec {
     pub name: String,
     pub dtype: i32,
     pub dims: Vec<Option<i64>>,
+    /// Integer inputs that index a table (an embedding's Gather): the valid range.
+    pub index_range: Option<IndexRange>,
 }
 
 /// What the loss expects of `y`.
@@ -464,6 +481,7 @@ impl Dataset {
     pub fn bind(self, inputs: &[InputSpec], target: &TargetSpec, model: &str) -> Result<Dataset> {
         let src = self.source.clone();
         let mut columns = self.columns;
+        let names: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
         let lone = columns.len() == 1 && inputs.len() == 1;
         let mut bound = Vec::new();
         for want in inputs {
@@ -474,7 +492,7 @@ impl Dataset {
                     "{src}: no array '{}' for the model's input '{}' ({model}); the data has: {}",
                     want.name,
                     want.name,
-                    columns.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                    names.join(", ")
                 ),
             };
             let (name, t) = columns.remove(k);
@@ -504,7 +522,22 @@ impl Dataset {
                     );
                 }
             }
+            if let Some((first, n0)) = bound.first().map(|(n, t): &(String, HostTensor)| (n.clone(), t.shape[0])) {
+                if t.shape[0] != n0 {
+                    bail!(
+                        "{src}: '{name}' has {} rows but '{first}' has {n0}; every array needs one row per sample",
+                        t.shape[0]
+                    );
+                }
+            }
+            if let Some(check) = &want.index_range {
+                check.check(&src, &name, &t)?;
+            }
             bound.push((want.name.clone(), t));
+        }
+        let rows = bound.first().map(|(_, t)| t.shape[0]).or(self.y.as_ref().map(|y| y.shape[0])).unwrap_or(0);
+        if rows == 0 {
+            bail!("{src}: the data has no samples");
         }
         let y = match (target, self.y) {
             (TargetSpec::None, _) => None,
@@ -516,6 +549,9 @@ impl Dataset {
                         y.dtype_name()
                     )
                 };
+                if y.shape[0] != rows {
+                    bail!("{src}: 'y' has {} rows but the samples are {rows}", y.shape[0]);
+                }
                 if !dims_match(&y.shape[1..], dims) {
                     bail!(
                         "{src}: labels 'y' have shape {:?} but the model's output needs {} ({model}: [N] for logits [N, C], [N, d1, …] per position for [N, C, d1, …])",
@@ -541,6 +577,7 @@ impl Dataset {
                 let y = match y.data {
                     Data::F32(_) => y,
                     Data::I64(v) => HostTensor::f32(&y.shape, v.into_iter().map(|a| a as f32).collect()),
+                    Data::Bool(v) => HostTensor::f32(&y.shape, v.into_iter().map(|a| a as u8 as f32).collect()),
                     _ => y,
                 };
                 // a lone target per sample fits an output [N, 1]

@@ -130,6 +130,7 @@ pub fn load(path: &Path, target: &str) -> Result<Table> {
 
     let mut x = Vec::new();
     let mut cells: Vec<String> = Vec::new();
+    let mut lines: Vec<u64> = Vec::new();
     let mut record = csv::StringRecord::new();
     loop {
         match rdr.read_record(&mut record) {
@@ -155,15 +156,36 @@ pub fn load(path: &Path, target: &str) -> Result<Table> {
             bail!("{shown}: line {line}, column {}: empty target cell; fill it in or drop the row", quoted(target));
         }
         cells.push(record[t].to_string());
+        lines.push(line);
     }
     if cells.is_empty() {
         bail!("{shown}: a header but no rows; add rows of data below the header line");
     }
 
-    let values: Option<Vec<f32>> = cells.iter().map(|c| number(c).ok()).collect();
-    let target_column = match values {
-        Some(v) => Target::Values(v),
-        None => {
+    // numeric (every cell a number: NaN/inf refused) or categorical (no cell a number); a column
+    // mixing both is a data error, not a category set
+    let parses = |c: &str| c.trim().parse::<f64>().is_ok();
+    let numeric = cells.iter().filter(|c| parses(c)).count();
+    if numeric > 0 && numeric < cells.len() {
+        let (k, c) =
+            cells.iter().enumerate().find(|(_, c)| !parses(c)).map(|(k, c)| (k, c.clone())).unwrap_or_default();
+        bail!(
+            "{shown}: line {}, column {}: {} is not a number but the column's other cells are; clean the target column",
+            lines.get(k).copied().unwrap_or(0),
+            quoted(target),
+            quoted(&c)
+        );
+    }
+    let target_column = if numeric > 0 {
+        let mut v = Vec::with_capacity(cells.len());
+        for (k, c) in cells.iter().enumerate() {
+            v.push(number(c).map_err(|why| {
+                anyhow!("{shown}: line {}, column {}: {why}", lines.get(k).copied().unwrap_or(0), quoted(target))
+            })?);
+        }
+        Target::Values(v)
+    } else {
+        {
             let mut rows_of: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
             for (r, c) in cells.iter().enumerate() {
                 rows_of.entry(c.as_str()).or_default().push(r);
@@ -253,11 +275,14 @@ mod tests {
     }
 
     #[test]
-    fn a_target_with_any_non_number_is_categorical() {
+    fn a_target_mixing_numbers_and_text_or_holding_nan_is_an_error() {
         let d = tempfile::tempdir().unwrap();
         let p = write(&d, "t.csv", "a,y\n1,2\n2,10\n3,x\n");
-        let names = vec!["10".to_string(), "2".into(), "x".into()];
-        assert_eq!(load(&p, "y").unwrap().target, Target::Classes { y: vec![1, 0, 2], names });
+        let e = format!("{:#}", load(&p, "y").unwrap_err());
+        assert!(e.contains("line 4, column 'y': 'x' is not a number"), "{e}");
+        let p = write(&d, "n.csv", "a,y\n1,2\n2,nan\n");
+        let e = format!("{:#}", load(&p, "y").unwrap_err());
+        assert!(e.contains("line 3, column 'y'") && e.contains("finite"), "{e}");
     }
 
     #[test]

@@ -63,7 +63,12 @@ pub(crate) fn binding(
         .iter()
         .map(|n| {
             let t = ty(n);
-            InputSpec { name: n.clone(), dtype: t.as_ref().map(|t| t.dtype).unwrap_or(0), dims: dims(&t) }
+            InputSpec {
+                name: n.clone(),
+                dtype: t.as_ref().map(|t| t.dtype).unwrap_or(0),
+                dims: dims(&t),
+                index_range: crate::grad::index_range(g, c, n),
+            }
         })
         .collect();
     let target = match &c.labels {

@@ -94,6 +94,19 @@ impl Pass for PerSampleLoss {
         if opset < 13 {
             bail!("opset {opset} is too old for training (onnxsam needs ≥ 13; re-export with opset_version=17)");
         }
+        // the names this pass gives its outputs belong to it: a model value called `loss`
+        // (a model computing its own loss) is renamed, so that `loss` is the batch mean
+        for reserved in [LOSS, LOSS_PER_SAMPLE, "weighted_loss"] {
+            if m.graph.nodes.iter().any(|n| n.output.iter().any(|o| o == reserved)) {
+                let new = m.graph.fresh(&format!("model_{reserved}"));
+                m.graph.rename_value(reserved, &new);
+                for v in c.state_next.values_mut() {
+                    if v == reserved {
+                        *v = new.clone();
+                    }
+                }
+            }
+        }
         let s = shapes::infer(&m.graph)?;
         let float_outputs: Vec<String> = m
             .graph
@@ -117,6 +130,15 @@ impl Pass for PerSampleLoss {
         let out_rank = s.rank(&out);
         let mut ctx = Ctx::new(&mut m.graph, s, opset);
         let (lps, loss) = match producer {
+            // the model's output is its per-sample loss, whichever ops compute it
+            Some(n)
+                if self.loss == Loss::Output
+                    && matches!(n.op_type.as_str(), "SoftmaxCrossEntropyLoss" | "NegativeLogLikelihoodLoss")
+                    && n.attr_s("reduction").as_deref() == Some("none") =>
+            {
+                per_sample_loss_op(&n, &mut ctx)?
+            }
+            _ if self.loss == Loss::Output => attach(&out, self.loss, &mut ctx, c)?,
             Some(n) if matches!(n.op_type.as_str(), "SoftmaxCrossEntropyLoss" | "NegativeLogLikelihoodLoss") => {
                 rewrite_loss_op(&n, &mut ctx, c)?
             }
@@ -130,6 +152,11 @@ impl Pass for PerSampleLoss {
         };
         let lps = ctx.g.add("Identity", &[&lps]).named_outputs(&[LOSS_PER_SAMPLE]).remove(0);
         let loss = ctx.g.add("Identity", &[&loss]).named_outputs(&[LOSS]).remove(0);
+        if c.logits.as_deref() != Some(out.as_str()) {
+            // a loss the model computes is exposed as loss / loss_per_sample; not again under the
+            // model's name
+            ctx.g.outputs.retain(|o| o.name != out);
+        }
         let mut outputs = vec![value_info(&loss, dt::FLOAT, &[]), value_info(&lps, dt::FLOAT, &[-1])];
         if self.weighted {
             let w = ctx.g.fresh("sample_weights");
@@ -159,7 +186,7 @@ fn attach(logits: &str, loss: Loss, c: &mut Ctx, contract: &mut Contract) -> Res
         Loss::CrossEntropy { label_smoothing, ignore_index } => {
             if shape.len() < 2 {
                 bail!(
-                    "cross-entropy needs logits [batch, classes] or [batch, classes, d1, …]; the output '{logits}' has shape {shown} (a regression output? use --loss mse)"
+                    "cross-entropy needs logits [batch, classes] or [batch, classes, d1, …]; the output '{logits}' has shape {shown} (a regression output: --loss mse; the model's own per-sample loss: --loss output)"
                 );
             }
             let labels = c.g.fresh(LABELS);
@@ -345,6 +372,25 @@ fn rewrite_loss_op(n: &NodeProto, c: &mut Ctx, contract: &mut Contract) -> Resul
     c.g.nodes.retain(|m| m.output != n.output);
     rename_output(c, &loss, &n.output[0]);
     Ok((lps, n.output[0].clone()))
+}
+
+/// SoftmaxCrossEntropyLoss / NegativeLogLikelihoodLoss with reduction none, the model's output
+/// (F.cross_entropy(…, reduction="none")): written as −GatherElements(LogSoftmax) so that both
+/// engines run it; its labels stay the model's input.
+fn per_sample_loss_op(n: &NodeProto, c: &mut Ctx) -> Result<(String, String)> {
+    if n.input.len() > 2 && !n.input[2].is_empty() {
+        return Err(node_error(n, "class weights are not supported"));
+    }
+    if c.rank(&n.input[0])? != 2 {
+        return Err(node_error(n, "only [batch, classes] scores are supported"));
+    }
+    crate::ops::softmax_loss::check_ignore_index(n, c)?;
+    let lps = cross_entropy_per_sample(c, n.op_type == "NegativeLogLikelihoodLoss", &n.input[0], &n.input[1], 0.0);
+    c.g.nodes.retain(|m| m.output != n.output);
+    rename_output(c, &lps, &n.output[0]);
+    let out = n.output[0].clone();
+    let loss = c.reduce_mean(&out, &[0], false);
+    Ok((out, loss))
 }
 
 /// A ReduceMean/ReduceSum of per-element losses [batch, …] down to a scalar.
