@@ -209,6 +209,8 @@ struct RunData {
     test: Option<Dataset>,
     /// Per channel: the normalized value of a zero pixel (crop-flip's padding).
     fill: Vec<f32>,
+    /// --normalize standard: the training split's per-feature mean and std.
+    standardized: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// One epoch's running sums.
@@ -288,11 +290,12 @@ impl<'a> Trainer<'a> {
                 );
             }
         }
-        start_run_folder(cfg, &model, &d.train, &clean, &flipped)?;
+        // the engine loads both graphs before anything is written: a graph it cannot run leaves no run
         let be = backend::select(&cfg.backend, true)?;
         let mut runner =
             StepRunner::from_graphs(graphs, &model, spec, be.as_ref(), cfg.seed).with_context(|| shown.clone())?;
         let eval = Evaluator::new(&model, &spec.grad, be.as_ref()).with_context(|| shown.clone())?;
+        start_run_folder(cfg, &model, &d.train, &clean, &flipped, d.standardized.as_ref())?;
         let per_epoch = loader::batches_per_epoch(d.train.len(), cfg.batch_size, drop_last);
         let total = match (cfg.max_steps, cfg.epochs) {
             (Some(s), _) => s,
@@ -668,14 +671,7 @@ fn load_data(
                     train.source
                 );
             }
-            let (m, s) = data::table::standardize_stats(x, f);
-            let json = serde_json::json!({ "kind": "standard", "mean": m, "std": s });
-            std::fs::create_dir_all(&cfg.run).ok();
-            graph_passes::onnx::write_atomic(
-                &cfg.run.join("normalization.json"),
-                serde_json::to_string_pretty(&json)?.as_bytes(),
-            )?;
-            Some((m, s))
+            Some(data::table::standardize_stats(x, f))
         }
         other => other.resolve(loaded.kind),
     };
@@ -700,11 +696,19 @@ fn load_data(
         .filter(|_| cfg.crop_flip)
         .map(|(m, s)| m.iter().zip(s).map(|(m, s)| -m / s).collect())
         .unwrap_or_default();
-    Ok((RunData { train, val, test, fill }, clean, flipped))
+    let standardized = if cfg.normalize == Normalize::Standard { norm.clone() } else { None };
+    Ok((RunData { train, val, test, fill, standardized }, clean, flipped))
 }
 
 /// A new run's folder: config.json (how to resume), source.onnx, labels.npz under label noise.
-fn start_run_folder(cfg: &TrainConfig, model: &Model, train: &Dataset, clean: &[i64], flipped: &[usize]) -> Result<()> {
+fn start_run_folder(
+    cfg: &TrainConfig,
+    model: &Model,
+    train: &Dataset,
+    clean: &[i64],
+    flipped: &[usize],
+    standardized: Option<&(Vec<f32>, Vec<f32>)>,
+) -> Result<()> {
     let run = &cfg.run;
     std::fs::create_dir_all(run).map_err(|e| {
         anyhow!("{}: cannot create the run folder: {}", run.display(), graph_passes::onnx::io_reason(&e))
@@ -718,6 +722,14 @@ fn start_run_folder(cfg: &TrainConfig, model: &Model, train: &Dataset, clean: &[
             "spec": serde_json::to_value(&cfg.spec)?,
         });
         model.save(&run.join("source.onnx"), &Default::default())?;
+        if let Some((m, s)) = standardized {
+            // what eval applies to a run's model.onnx
+            let json = json!({ "kind": "standard", "mean": m, "std": s });
+            graph_passes::onnx::write_atomic(
+                &run.join("normalization.json"),
+                serde_json::to_string_pretty(&json)?.as_bytes(),
+            )?;
+        }
         if !train.class_names.is_empty() {
             // class → index, as torchvision's ImageFolder.classes (or a table's sorted categories)
             let classes = json!({ "classes": train.class_names });
