@@ -294,8 +294,17 @@ fn image_folder_trains_as_the_same_images_in_an_npz() {
     args.extend(common);
     let o = train(&args);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // and decoded batch by batch on the prefetch thread (a folder over the cache size)
+    let l = tmp.path().join("run-lazy");
+    let mut args = vec!["models/cnn.onnx", "--data", root_dir.to_str().unwrap(), "--out", l.to_str().unwrap()];
+    args.extend(common);
+    args.extend(["--image-cache-mb", "0"]);
+    let o = train(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("decoded batch by batch"), "{}", stderr(&o));
     let steps = |r: &Path| rows(r).into_iter().filter(|x| x["kind"] == "step").collect::<Vec<_>>();
     assert_eq!(steps(&a), steps(&b), "ImageFolder and .npz of the same images train alike");
+    assert_eq!(rows(&a), rows(&l), "decoded up front or batch by batch: the same run");
     // the test split (ROOT/test) was evaluated, and the class mapping written
     assert!(rows(&a).iter().any(|r| r.contains_key("test_acc")), "{:?}", rows(&a));
     let classes: serde_json::Value =
@@ -315,6 +324,19 @@ fn image_folder_trains_as_the_same_images_in_an_npz() {
     ]);
     assert_bad_input(&o, "bad.png", "cannot decode");
     assert!(!c.join("config.json").exists());
+    let o = train(&[
+        "models/cnn.onnx",
+        "--data",
+        root_dir.to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--image-cache-mb",
+        "0",
+        "--out",
+        c.to_str().unwrap(),
+    ]);
+    assert_bad_input(&o, "bad.png", "cannot decode");
+    assert!(!c.join("config.json").exists(), "headers are checked before anything is written");
 }
 
 #[test]

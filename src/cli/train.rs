@@ -74,7 +74,8 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         .first()
         .filter(|i| i.dims.len() == 3 && i.dims.iter().all(|d| d.is_some()))
         .map(|i| i.dims.iter().map(|d| d.unwrap_or(0) as usize).collect());
-    let opts = crate::data::LoadOptions { sample_shape: image_shape, target: a.target.clone() };
+    let opts =
+        crate::data::LoadOptions { sample_shape: image_shape, target: a.target.clone(), image_cache_bytes: None };
     let loaded = data::load(&a.data, a.data_format, &opts)?;
     let d = match a.split.as_deref() {
         Some("train") => loaded.train,
@@ -116,7 +117,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         let mut i = 0;
         while i < d.len() {
             let idx: Vec<usize> = (i..(i + a.batch_size).min(d.len())).collect();
-            let out = ev.run(&values, &d.batch(&idx))?;
+            let out = ev.run(&values, &d.try_batch(&idx)?)?;
             let logits = out.values().find(|t| t.shape.len() == 2 && t.shape[0] == idx.len()).map(|t| t.to_f64());
             if let Some(l) = logits {
                 let c = l.len() / idx.len();
@@ -209,6 +210,10 @@ pub struct TrainArgs {
     /// CSV/TSV data: the label or target column (the other columns are the features, in order)
     #[arg(long, value_name = "COLUMN")]
     pub target: Option<String>,
+    /// ImageFolder: decode all images into memory up front when they take at most MB decoded
+    /// (default 2048), else decode each batch on the prefetch thread
+    #[arg(long, value_name = "MB")]
+    pub image_cache_mb: Option<u64>,
     /// Per-channel normalization MEAN,STD (or M1,M2,M3,S1,S2,S3), `standard` (tables: per feature from
     /// the training split, saved as RUN_DIR/normalization.json), or `none`; default per dataset
     #[arg(long)]
@@ -332,6 +337,7 @@ fn config(mut a: TrainArgs, raw: Vec<String>) -> Result<TrainConfig> {
         test: a.test,
         data_format: a.data_format,
         target: a.target,
+        image_cache_mb: a.image_cache_mb,
         normalize: parse_normalize(a.normalize.as_deref())?,
         spec,
         epochs: a.epochs,

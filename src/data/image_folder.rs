@@ -247,6 +247,45 @@ pub fn load(root: &Path, channels: usize, height: usize, width: usize, threads: 
     Ok((x, scan))
 }
 
+/// Reads the header of every file (format and dimensions, not the pixels) on `threads` workers:
+/// the check a folder decoded batch by batch gets before training. Errors: the first unreadable
+/// or unrecognised file (by index), named.
+pub fn check_headers(files: &[std::path::PathBuf], threads: usize) -> Result<()> {
+    let n = files.len();
+    let chunk = n.div_ceil(threads.clamp(1, n.max(1))).max(1);
+    let outcomes: Vec<Result<()>> = std::thread::scope(|s| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .map(|fs| {
+                s.spawn(move || -> Result<()> {
+                    for f in fs {
+                        let shown = f.display();
+                        let read_error = |e: std::io::Error| anyhow!("{shown}: cannot read: {}", io_reason(&e));
+                        image::io::Reader::open(f)
+                            .map_err(read_error)?
+                            .with_guessed_format()
+                            .map_err(read_error)?
+                            .into_dimensions()
+                            .map_err(|e| {
+                                let reason = e.to_string().replace(['\n', '\r'], " ");
+                                anyhow!("{shown}: cannot decode the image ({reason}); remove or replace the file")
+                            })?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| Err(anyhow!("an image-checking thread panicked (a bug in onnxsam)"))))
+            .collect()
+    });
+    for outcome in outcomes {
+        outcome?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! Batches for training: a per-epoch order drawn from the seed, optional crop-flip
-//! augmentation, prepared on a background thread so the step never waits on data.
+//! augmentation, prepared (and lazily decoded images decoded) on a background thread so the step
+//! never waits on data.
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -63,7 +64,7 @@ impl CropFlip {
 
 /// One epoch's batches, prepared ahead on a thread.
 pub struct Prefetch {
-    rx: Receiver<Batch>,
+    rx: Receiver<anyhow::Result<Batch>>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -85,7 +86,14 @@ impl Prefetch {
             let n = batches_per_epoch(spec.order.len(), spec.batch_size, spec.drop_last);
             for b in spec.skip..n {
                 let idx = &spec.order[b * spec.batch_size..((b + 1) * spec.batch_size).min(spec.order.len())];
-                let mut batch = data.batch(idx);
+                let mut batch = match data.try_batch(idx) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // an image that fails to decode ends the epoch with its error
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
                 if let Some(aug) = &spec.augment {
                     // crop-flip the image array [N, C, H, W] (the first float input)
                     if let Some((_, t)) =
@@ -102,7 +110,7 @@ impl Prefetch {
                         *t = crate::tensor::HostTensor::f32(&t.shape.clone(), x);
                     }
                 }
-                if tx.send(batch).is_err() {
+                if tx.send(Ok(batch)).is_err() {
                     return;
                 }
             }
@@ -112,8 +120,8 @@ impl Prefetch {
 }
 
 impl Iterator for Prefetch {
-    type Item = Batch;
-    fn next(&mut self) -> Option<Batch> {
+    type Item = anyhow::Result<Batch>;
+    fn next(&mut self) -> Option<anyhow::Result<Batch>> {
         self.rx.recv().ok()
     }
 }

@@ -28,6 +28,38 @@ pub struct Dataset {
     pub class_names: Vec<String>,
     /// Where it came from (for messages).
     pub source: String,
+    /// An image array decoded batch by batch (a large ImageFolder), by the input name it feeds.
+    pub lazy: Option<(String, LazyImages)>,
+}
+
+/// Image files decoded when a batch needs them: float32 [C, H, W] each in [0, 1] (as
+/// image_folder::decode), then normalized per channel.
+#[derive(Clone, Debug)]
+pub struct LazyImages {
+    pub files: Vec<PathBuf>,
+    pub shape: [usize; 3],
+    pub norm: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl LazyImages {
+    /// The images `idx`, decoded: [idx.len(), C, H, W] float32. Errors: the file that fails to decode.
+    pub fn decode(&self, idx: &[usize]) -> Result<HostTensor> {
+        let [c, h, w] = self.shape;
+        let per = c * h * w;
+        let mut x = Vec::with_capacity(idx.len() * per);
+        for &i in idx {
+            let mut v = image_folder::decode(&self.files[i], c, h, w)?;
+            if let Some((m, s)) = &self.norm {
+                let plane = h * w;
+                for (k, val) in v.iter_mut().enumerate() {
+                    let ch = if m.len() == 1 { 0 } else { k / plane };
+                    *val = (*val - m[ch]) / s[ch];
+                }
+            }
+            x.extend(v);
+        }
+        Ok(HostTensor::f32(&[idx.len(), c, h, w], x))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -51,6 +83,9 @@ pub struct LoadOptions {
     pub sample_shape: Option<Vec<usize>>,
     /// The target column of a table.
     pub target: Option<String>,
+    /// An ImageFolder whose decoded images take more bytes than this is decoded batch by batch on
+    /// the prefetch thread instead of all up front (None: 2 GiB).
+    pub image_cache_bytes: Option<u64>,
 }
 
 /// Which known dataset a path holds (for default normalization).
@@ -231,7 +266,7 @@ pub fn load_table(path: &Path, target: &str, names: Option<&[String]>) -> Result
         Data::I64(v) if class_names.is_empty() => v.iter().copied().max().map(|m| m.max(-1) as usize + 1).unwrap_or(0),
         _ => class_names.len(),
     };
-    Ok(Dataset { columns: vec![("x".into(), x)], y: Some(y), classes, class_names, source: shown })
+    Ok(Dataset { columns: vec![("x".into(), x)], y: Some(y), classes, class_names, source: shown, lazy: None })
 }
 
 /// An ImageFolder (or ROOT/train and ROOT/test or ROOT/val ImageFolders), decoded and resized to
@@ -245,15 +280,31 @@ fn load_image_folder(path: &Path, opts: &LoadOptions) -> Result<(Dataset, Option
     };
     let (c, h, w) = (shape[0], shape[1], shape[2]);
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let limit = opts.image_cache_bytes.unwrap_or(2 << 30);
     let one = |root: &Path, names: Option<&[String]>| -> Result<Dataset> {
         let t0 = std::time::Instant::now();
-        let (x, scan) = image_folder::load(root, c, h, w, threads)?;
-        let n = scan.files.len();
-        eprintln!(
-            "{}: decoded {n} images to {c}×{h}×{w} in {:.2} s on {threads} threads",
-            root.display(),
-            t0.elapsed().as_secs_f64()
-        );
+        let found = image_folder::scan(root)?;
+        let n = found.files.len();
+        let bytes = (n * c * h * w * 4) as u64;
+        let (x, lazy, scan) = if bytes <= limit {
+            let (x, scan) = image_folder::load(root, c, h, w, threads)?;
+            eprintln!(
+                "{}: decoded {n} images to {c}×{h}×{w} in {:.2} s on {threads} threads",
+                root.display(),
+                t0.elapsed().as_secs_f64()
+            );
+            (Some(x), None, scan)
+        } else {
+            image_folder::check_headers(&found.files, threads)?;
+            eprintln!(
+                "{}: {n} images ({} MB decoded, over the {} MB cache) are decoded batch by batch on the prefetch thread; headers checked in {:.2} s",
+                root.display(),
+                bytes >> 20,
+                limit >> 20,
+                t0.elapsed().as_secs_f64()
+            );
+            (None, Some(found.files.clone()), found)
+        };
         let (y, class_names) = match names {
             None => (scan.y, scan.classes),
             Some(train) => {
@@ -273,11 +324,12 @@ fn load_image_folder(path: &Path, opts: &LoadOptions) -> Result<(Dataset, Option
             }
         };
         Ok(Dataset {
-            columns: vec![("x".into(), HostTensor::f32(&[n, c, h, w], x))],
+            columns: x.map(|x| vec![("x".into(), HostTensor::f32(&[n, c, h, w], x))]).unwrap_or_default(),
             y: Some(HostTensor::i64(&[n], y)),
             classes: class_names.len(),
             class_names,
             source: root.display().to_string(),
+            lazy: lazy.map(|files| ("x".to_string(), LazyImages { files, shape: [c, h, w], norm: None })),
         })
     };
     let train_dir = path.join("train");
@@ -310,7 +362,14 @@ fn to_dataset(columns: Vec<(String, HostTensor)>, y: Option<HostTensor>, source:
     }
     let Some(y) = y else {
         // a model that computes its own loss takes no labels
-        return Ok(Dataset { columns, y: None, classes: 0, class_names: vec![], source: source.to_string() });
+        return Ok(Dataset {
+            columns,
+            y: None,
+            classes: 0,
+            class_names: vec![],
+            source: source.to_string(),
+            lazy: None,
+        });
     };
     if y.shape.first() != Some(&n) {
         bail!("{source}: x has {n} samples but y has {} rows", y.shape.first().copied().unwrap_or(0));
@@ -327,7 +386,7 @@ fn to_dataset(columns: Vec<(String, HostTensor)>, y: Option<HostTensor>, source:
         Data::I64(v) => v.iter().copied().max().map(|m| m.max(-1) as usize + 1).unwrap_or(0),
         _ => 0,
     };
-    Ok(Dataset { columns, y: Some(y), classes, class_names: vec![], source: source.to_string() })
+    Ok(Dataset { columns, y: Some(y), classes, class_names: vec![], source: source.to_string(), lazy: None })
 }
 
 fn load_npz(path: &Path) -> Result<(Dataset, Option<Dataset>)> {
@@ -449,11 +508,17 @@ impl Dataset {
             classes,
             class_names: vec![],
             source,
+            lazy: None,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.columns.first().map(|(_, t)| t.shape[0]).or(self.y.as_ref().map(|y| y.shape[0])).unwrap_or(0)
+        self.columns
+            .first()
+            .map(|(_, t)| t.shape[0])
+            .or(self.lazy.as_ref().map(|(_, l)| l.files.len()))
+            .or(self.y.as_ref().map(|y| y.shape[0]))
+            .unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -481,10 +546,28 @@ impl Dataset {
     pub fn bind(self, inputs: &[InputSpec], target: &TargetSpec, model: &str) -> Result<Dataset> {
         let src = self.source.clone();
         let mut columns = self.columns;
-        let names: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
-        let lone = columns.len() == 1 && inputs.len() == 1;
+        let mut lazy = self.lazy;
+        let names: Vec<String> =
+            columns.iter().map(|(n, _)| n.clone()).chain(lazy.iter().map(|(n, _)| n.clone())).collect();
+        let lone = names.len() == 1 && inputs.len() == 1;
         let mut bound = Vec::new();
+        let mut lazy_bound = None;
         for want in inputs {
+            if let Some((name, images)) = lazy.take() {
+                if name == want.name || lone {
+                    let dims: Vec<usize> = images.shape.to_vec();
+                    if want.dtype != graph_passes::onnx::data_type::FLOAT || !dims_match(&dims, &want.dims) {
+                        bail!(
+                            "{src}: images decoded to {dims:?} float32 do not fit the model's input '{}' {} ({model})",
+                            want.name,
+                            dims_string(&want.dims)
+                        );
+                    }
+                    lazy_bound = Some((want.name.clone(), images));
+                    continue;
+                }
+                lazy = Some((name, images));
+            }
             let k = match columns.iter().position(|(n, _)| *n == want.name) {
                 Some(k) => k,
                 None if lone => 0,
@@ -535,7 +618,12 @@ impl Dataset {
             }
             bound.push((want.name.clone(), t));
         }
-        let rows = bound.first().map(|(_, t)| t.shape[0]).or(self.y.as_ref().map(|y| y.shape[0])).unwrap_or(0);
+        let rows = bound
+            .first()
+            .map(|(_, t)| t.shape[0])
+            .or(lazy_bound.as_ref().map(|(_, l): &(String, LazyImages)| l.files.len()))
+            .or(self.y.as_ref().map(|y| y.shape[0]))
+            .unwrap_or(0);
         if rows == 0 {
             bail!("{src}: the data has no samples");
         }
@@ -601,13 +689,28 @@ impl Dataset {
                 Some(y)
             }
         };
-        Ok(Dataset { columns: bound, y, classes: self.classes, class_names: self.class_names, source: src })
+        Ok(Dataset {
+            columns: bound,
+            y,
+            classes: self.classes,
+            class_names: self.class_names,
+            source: src,
+            lazy: lazy_bound,
+        })
     }
 
     /// (x − mean_c)/std_c per channel of the float32 sample array (axis 0 of a sample, or the
     /// feature axis of a table; one value: every element).
     pub fn normalize_channels(&mut self, mean: &[f32], std: &[f32]) -> Result<()> {
         let src = self.source.clone();
+        if let Some((_, images)) = self.lazy.as_mut() {
+            let c = images.shape[0];
+            if mean.len() != 1 && mean.len() != c {
+                bail!("{src}: --normalize gives {} means for images of {c} channels", mean.len());
+            }
+            images.norm = Some((mean.to_vec(), std.to_vec()));
+            return Ok(());
+        }
         let Some((_, t)) = self.columns.iter_mut().find(|(_, t)| t.as_f32().is_some()) else {
             bail!("{src}: --normalize applies to float samples; this data has none");
         };
@@ -626,7 +729,18 @@ impl Dataset {
         Ok(())
     }
 
-    /// The batch of samples `idx` (arrays named for the model inputs they feed).
+    /// The batch of samples `idx` (arrays named for the model inputs they feed), images of a
+    /// lazily decoded folder decoded now. Errors: an image that fails to decode.
+    pub fn try_batch(&self, idx: &[usize]) -> Result<Batch> {
+        let mut data: Vec<(String, HostTensor)> =
+            self.columns.iter().map(|(k, t)| (k.clone(), gather_rows(t, idx))).collect();
+        if let Some((name, images)) = &self.lazy {
+            data.insert(0, (name.clone(), images.decode(idx)?));
+        }
+        Ok(Batch { data, labels: self.y.as_ref().map(|y| gather_rows(y, idx)) })
+    }
+
+    /// The batch of samples `idx` of a dataset held in memory (no lazily decoded images).
     pub fn batch(&self, idx: &[usize]) -> Batch {
         Batch {
             data: self.columns.iter().map(|(k, t)| (k.clone(), gather_rows(t, idx))).collect(),
@@ -639,6 +753,9 @@ impl Dataset {
         Dataset {
             columns: self.columns.iter().map(|(k, t)| (k.clone(), gather_rows(t, idx))).collect(),
             y: self.y.as_ref().map(|y| gather_rows(y, idx)),
+            lazy: self.lazy.as_ref().map(|(n, l)| {
+                (n.clone(), LazyImages { files: idx.iter().map(|&i| l.files[i].clone()).collect(), ..l.clone() })
+            }),
             ..self.clone()
         }
     }

@@ -20,6 +20,8 @@ pub struct TrainConfig {
     pub data_format: Option<Format>,
     /// The label/target column of a CSV/TSV table.
     pub target: Option<String>,
+    /// An ImageFolder larger than this (MB, decoded) is decoded batch by batch (None: 2048).
+    pub image_cache_mb: Option<u64>,
     pub normalize: Normalize,
     /// The optimizer compiled into the step graph, with the gradient graph's spec.
     pub spec: StepSpec,

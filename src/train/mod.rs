@@ -121,7 +121,7 @@ pub(crate) fn evaluate(
     let mut i = 0;
     while i < n {
         let idx: Vec<usize> = (i..(i + bs).min(n)).collect();
-        let b = d.batch(&idx);
+        let b = d.try_batch(&idx)?;
         let out = ev.run(values, &b)?;
         loss += out["loss"].to_f64()[0] * idx.len() as f64;
         sum += metric.and_then(|m| out.get(m)).map(|c| c.to_f64()[0]).unwrap_or(f64::NAN);
@@ -427,6 +427,22 @@ impl<'a> Trainer<'a> {
             let waited = Instant::now();
             let Some(batch) = batches.next() else { break };
             tally.data_wait += waited.elapsed().as_secs_f64();
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    if let Some(b) = &bar {
+                        b.abandon();
+                    }
+                    let run = &self.cfg.run;
+                    let last =
+                        checkpoint::list(run)?.last().map(|(s, _)| format!("step {s}")).unwrap_or("none yet".into());
+                    return Err(e.context(format!(
+                        "training stopped at step {}; the last good checkpoint ({last}) is in {}",
+                        self.pos.step,
+                        checkpoint::dir(run).display()
+                    )));
+                }
+            };
             if self.pos.step as usize >= self.total {
                 break;
             }
@@ -628,7 +644,11 @@ fn load_data(
         .first()
         .filter(|i| i.dims.len() == 3 && i.dims.iter().all(|d| d.is_some()))
         .map(|i| i.dims.iter().map(|d| d.unwrap_or(0) as usize).collect());
-    let opts = LoadOptions { sample_shape: image_shape, target: cfg.target.clone() };
+    let opts = LoadOptions {
+        sample_shape: image_shape,
+        target: cfg.target.clone(),
+        image_cache_bytes: cfg.image_cache_mb.map(|m| m << 20),
+    };
     let loaded = data::load(&cfg.data, cfg.data_format, &opts)?;
     let mut train = loaded.train.bind(inputs, target, shown)?;
     let mut test = match &cfg.test {
