@@ -154,8 +154,10 @@ pub fn batch_from_npz(
                 if let Some((i, &bad)) =
                     v.iter().enumerate().find(|(_, &l)| Some(l) != c.ignore_index && (l < 0 || l >= classes))
                 {
+                    let per = (v.len() / batch.max(1)).max(1);
                     bail!(
-                        "{source}: label {bad} (sample {i}) is out of range: the model has {classes} classes (0..{})",
+                        "{source}: label {bad} (sample {}) is out of range: the model has {classes} classes (0..{})",
+                        i / per,
                         classes - 1
                     );
                 }
@@ -339,13 +341,15 @@ pub struct IndexRange {
 }
 
 impl IndexRange {
+    /// Checks every id of `t` (int64/int32 [N, …]; other dtypes pass) against 0..size. Errors:
+    /// the first id outside, with its sample, the table and what to do.
     pub fn check(&self, src: &str, name: &str, t: &HostTensor) -> Result<()> {
         let vals: Vec<i64> = match &t.data {
             Data::I64(v) => v.clone(),
             Data::I32(v) => v.iter().map(|&a| a as i64).collect(),
             _ => return Ok(()),
         };
-        let per = vals.len() / t.shape[0].max(1);
+        let per = vals.len() / t.shape.first().copied().unwrap_or(1).max(1);
         if let Some((i, bad)) = vals.iter().enumerate().find(|(_, &v)| v < 0 || v >= self.size) {
             bail!(
                 "{src}: '{name}' holds id {bad} (sample {}), outside the {} rows of the table that {} reads (ids 0..{}); fix the data or the vocabulary size",

@@ -285,7 +285,9 @@ impl StepRunner {
         for (name, parts) in merged {
             let t = if parts[0].shape.is_empty() {
                 let vals: Vec<f64> = parts.iter().map(|p| p.to_f64()[0]).collect();
-                let v = if name == "correct" { vals.iter().sum::<f64>() } else { vals.iter().sum::<f64>() / k as f64 };
+                // task metrics are batch sums (correct, abs_error); the rest are means
+                let summed = matches!(name.as_str(), "correct" | "abs_error");
+                let v = if summed { vals.iter().sum::<f64>() } else { vals.iter().sum::<f64>() / k as f64 };
                 HostTensor::f32(&[], vec![v as f32])
             } else if parts[0].shape.len() == 1 && parts[0].shape[0] == m {
                 let v: Vec<f32> = parts.iter().flat_map(|p| p.to_f64().into_iter().map(|x| x as f32)).collect();

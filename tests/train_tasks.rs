@@ -234,7 +234,49 @@ fn bad_task_data_gets_one_line() {
     let p = npz("empty.npz", &[("ids", HostTensor::i64(&[0, 16], vec![])), ("y", HostTensor::i64(&[0], vec![]))]);
     let o = train(&[tr.to_str().unwrap(), "--data", p.to_str().unwrap(), "--max-steps", "1", "--out", &out("r8")]);
     assert_bad_input(&o, "empty.npz", "no samples");
-    for r in ["r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8"] {
+    // --ignore-index needs per-position labels; crop-flip would move images but not pixel labels
+    let tdata = fixture("tasks/transformer_sam/data.npz");
+    let o = train(&[
+        tr.to_str().unwrap(),
+        "--data",
+        tdata.to_str().unwrap(),
+        "--ignore-index",
+        "0",
+        "--max-steps",
+        "1",
+        "--out",
+        &out("r9"),
+    ]);
+    assert_bad_input(&o, "--ignore-index", "drop the rows");
+    let seg = fixture("tasks/seg/model.onnx");
+    let sdata = fixture("tasks/seg_sgd/data.npz");
+    let o = train(&[
+        seg.to_str().unwrap(),
+        "--data",
+        sdata.to_str().unwrap(),
+        "--ignore-index",
+        "-100",
+        "--augment",
+        "crop-flip",
+        "--max-steps",
+        "1",
+        "--out",
+        &out("r10"),
+    ]);
+    assert_bad_input(&o, "seg_sgd/data.npz", "per-position labels");
+    let o = train(&[
+        tr.to_str().unwrap(),
+        "--data",
+        tdata.to_str().unwrap(),
+        "--val-split",
+        "0.001",
+        "--max-steps",
+        "1",
+        "--out",
+        &out("r11"),
+    ]);
+    assert_bad_input(&o, "--val-split", "leaves 0 for validation");
+    for r in ["r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11"] {
         assert!(!d.join(r).join("config.json").exists(), "{r}: nothing is written for bad data");
     }
 }
@@ -392,6 +434,40 @@ fn csv_table_trains_as_the_same_numbers_in_an_npz() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("mean absolute error"), "{}", stdout(&o));
+    // the statistics normalization.json holds are the ones applied: the same loss as training's last
+    // epoch on the same table, and another without them
+    let with = stdout(&o);
+    let o = onnxsam(&[
+        "eval",
+        c.join("model.onnx").to_str().unwrap(),
+        "--data",
+        d.join("houses.csv").to_str().unwrap(),
+        "--target",
+        "price",
+        "--loss",
+        "mse",
+        "--normalize",
+        "none",
+        "--backend",
+        "tract",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_ne!(with, stdout(&o), "normalization.json makes a difference");
+    let o = onnxsam(&[
+        "eval",
+        c.join("model.onnx").to_str().unwrap(),
+        "--data",
+        d.join("houses.csv").to_str().unwrap(),
+        "--target",
+        "price",
+        "--loss",
+        "mse",
+        "--normalize",
+        "standard",
+        "--backend",
+        "tract",
+    ]);
+    assert_bad_input(&o, "--normalize standard", "normalization.json");
     // bad cells are named
     std::fs::write(d.join("bad.csv"), "a,b,c,d,e,price\n1,2,3,4,5,6\n1,2,x,4,5,6\n").unwrap();
     let o = train(&[
@@ -422,4 +498,101 @@ fn csv_table_trains_as_the_same_numbers_in_an_npz() {
         d.join("r-col").to_str().unwrap(),
     ]);
     assert_bad_input(&o, "houses.csv", "no column 'cost'");
+}
+
+/// m-SAM sums the task metric over its micro-batches: the MAE of a first m-SAM step (measured at
+/// θ, like every first step) equals plain SAM's.
+#[test]
+fn m_sam_reports_the_batch_metric() {
+    let tmp = tempdir();
+    let lin = fixture("linreg/model.onnx");
+    let data = fixture("tasks/linreg_mse/data.npz");
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut a = vec![lin.to_str().unwrap(), "--data", data.to_str().unwrap(), "--loss", "mse", "--max-steps", "1"];
+        a.extend(["--batch-size", "64", "--optimizer", "sam", "--backend", "tract", "--out", out.to_str().unwrap()]);
+        a.extend(extra);
+        let o = train(&a);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        rows(&out)[0]["mae"].as_f64().unwrap()
+    };
+    let full = run("sam", &[]);
+    let micro = run("msam", &["--micro-batch", "16"]);
+    assert!((full - micro).abs() < 1e-5 * full, "m-SAM MAE {micro} vs SAM {full}");
+}
+
+/// Mean IoU and per-pixel accuracy of a segmentation net's evaluation equal those computed here
+/// from its logits (`onnxsam run`) and the labels.
+#[test]
+fn dense_evaluation_reports_pixel_accuracy_and_mean_iou() {
+    let tmp = tempdir();
+    let seg = fixture("tasks/seg/model.onnx");
+    let mut d = read_npz(&fixture("tasks/seg_sgd/data.npz")).unwrap();
+    let x = d.remove("x").unwrap();
+    let y = d.remove("y").unwrap();
+    let data = tmp.path().join("seg.npz");
+    onnxsam::tensor::write_npz(
+        &data,
+        &[("x".into(), x.clone()), ("y".into(), y.clone()), ("x_test".into(), x.clone()), ("y_test".into(), y.clone())],
+    )
+    .unwrap();
+    let run = tmp.path().join("run");
+    let o = train(&[
+        seg.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--ignore-index",
+        "-100",
+        "--lr",
+        "0",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "16",
+        "--backend",
+        "tract",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let epoch = rows(&run).into_iter().find(|r| r["kind"] == "epoch").unwrap();
+    // the logits of the (unchanged: lr 0) model
+    let input = tmp.path().join("x.npz");
+    onnxsam::tensor::write_npz(&input, &[("x".into(), x)]).unwrap();
+    let out = tmp.path().join("logits.npz");
+    let o = run_cmd(&seg, &input, &out, "tract");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let logits = read_npz(&out).unwrap().into_values().next().unwrap();
+    let (n, c, p) = (logits.shape[0], logits.shape[1], logits.shape[2] * logits.shape[3]);
+    let l = logits.to_f64();
+    let yv = y.to_f64();
+    let (mut inter, mut union) = (vec![0.0; c], vec![0.0; c]);
+    let mut acc_sum = 0.0;
+    for s in 0..n {
+        let (mut kept, mut right) = (0.0, 0.0);
+        for q in 0..p {
+            let label = yv[s * p + q];
+            if label < 0.0 {
+                continue;
+            }
+            let pred = (0..c).max_by(|&a, &b| l[(s * c + a) * p + q].total_cmp(&l[(s * c + b) * p + q])).unwrap();
+            let label = label as usize;
+            kept += 1.0;
+            if pred == label {
+                right += 1.0;
+                inter[label] += 1.0;
+                union[label] += 1.0;
+            } else {
+                union[label] += 1.0;
+                union[pred] += 1.0;
+            }
+        }
+        acc_sum += right / kept;
+    }
+    let ious: Vec<f64> = (0..c).filter(|&k| union[k] > 0.0).map(|k| inter[k] / union[k]).collect();
+    let miou = ious.iter().sum::<f64>() / ious.len() as f64;
+    let got = epoch["test_miou"].as_f64().unwrap();
+    assert!((got - miou).abs() < 1e-9, "mean IoU {got} vs {miou}");
+    let acc = epoch["test_acc"].as_f64().unwrap();
+    assert!((acc - acc_sum / n as f64).abs() < 1e-6, "pixel accuracy {acc} vs {}", acc_sum / n as f64);
 }

@@ -13,7 +13,8 @@ one full-batch step) with `init/<param>` (before it), computed in float64 from t
   sgd: torch.optim.SGD(lr, momentum) on the mean loss;  sam: SAM with ρ = 0.05 (ε = ρ·g/‖g‖, the
   gradient at θ + ε, then SGD). Per-sample losses are PyTorch's reduction='none' losses averaged over
   a sample's elements (per-token/pixel cross-entropy: over the positions not ignored), the batch loss
-  their mean. New models (tagger, seg) are exported to tests/fixtures/tasks/<model>/model.onnx.
+  their mean — onnxsam's convention (per-sample losses for RW-SAM), which differs from
+  F.cross_entropy(reduction='mean') over all kept tokens when padding varies between samples. New models (tagger, seg) are exported to tests/fixtures/tasks/<model>/model.onnx.
 """
 import os
 import sys

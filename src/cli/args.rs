@@ -203,7 +203,7 @@ pub enum WdModeArg {
 /// The optimizer and its hyperparameters (defaults of the step graph's scalar inputs).
 #[derive(Args, Clone, Debug)]
 pub struct StepArgs {
-    /// sgd (default), sam, usam or asam
+    /// sgd (default), adam, adamw, or a SAM variant: sam, usam, asam (over --base-optimizer)
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerArg>,
     /// RW-SAM: reweight samples by pᵢ ∝ exp(λ·sᵢ/c) in the ascent step (λ = LAMBDA)

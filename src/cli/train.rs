@@ -98,6 +98,9 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
             eprintln!("normalizing as in training ({})", p.display());
             Some((f("mean"), f("std")))
         }
+        (Some("standard"), _) => bail!(
+            "--normalize standard takes its statistics from a training split; eval applies those of a run (normalization.json beside its model.onnx) on its own"
+        ),
         (arg, _) => parse_normalize(arg)?.resolve(loaded.kind),
     };
     if let Some((m, s)) = norm {

@@ -263,7 +263,9 @@ pub fn load_table(path: &Path, target: &str, names: Option<&[String]>) -> Result
         },
     };
     let classes = match &y.data {
-        Data::I64(v) if class_names.is_empty() => v.iter().copied().max().map(|m| m.max(-1) as usize + 1).unwrap_or(0),
+        Data::I64(v) if class_names.is_empty() => {
+            v.iter().copied().max().map(|m| (m.max(-1) + 1) as usize).unwrap_or(0)
+        }
         _ => class_names.len(),
     };
     Ok(Dataset { columns: vec![("x".into(), x)], y: Some(y), classes, class_names, source: shown, lazy: None })
@@ -350,16 +352,8 @@ fn to_dataset(columns: Vec<(String, HostTensor)>, y: Option<HostTensor>, source:
     if first.shape.is_empty() {
         bail!("{source}: x must have a batch axis, got a scalar");
     }
+    // row counts are checked by bind, over the arrays the model reads (others are ignored)
     let n = first.shape[0];
-    for (name, t) in &columns {
-        if t.shape.first() != Some(&n) {
-            bail!(
-                "{source}: '{name}' has {} rows but '{}' has {n}",
-                t.shape.first().copied().unwrap_or(0),
-                columns[0].0
-            );
-        }
-    }
     let Some(y) = y else {
         // a model that computes its own loss takes no labels
         return Ok(Dataset {
@@ -383,7 +377,7 @@ fn to_dataset(columns: Vec<(String, HostTensor)>, y: Option<HostTensor>, source:
         Data::Bool(_) => y,
     };
     let classes = match &y.data {
-        Data::I64(v) => v.iter().copied().max().map(|m| m.max(-1) as usize + 1).unwrap_or(0),
+        Data::I64(v) => v.iter().copied().max().map(|m| (m.max(-1) + 1) as usize).unwrap_or(0),
         _ => 0,
     };
     Ok(Dataset { columns, y: Some(y), classes, class_names: vec![], source: source.to_string(), lazy: None })
@@ -532,9 +526,10 @@ impl Dataset {
         }
     }
 
-    /// The first sample array's values and sample shape, if float32 (images, features).
+    /// The first float32 sample array's values and sample shape (images, features): the array
+    /// --normalize applies to.
     pub fn float_samples(&self) -> Option<(&[f32], &[usize])> {
-        let (_, t) = self.columns.first()?;
+        let (_, t) = self.columns.iter().find(|(_, t)| t.as_f32().is_some())?;
         t.as_f32().map(|v| (v, &t.shape[1..]))
     }
 
@@ -748,7 +743,7 @@ impl Dataset {
         }
     }
 
-    /// The samples `idx` as a new dataset.
+    /// The samples `idx` (each < len()) as a new dataset.
     pub fn subset(&self, idx: &[usize]) -> Dataset {
         Dataset {
             columns: self.columns.iter().map(|(k, t)| (k.clone(), gather_rows(t, idx))).collect(),
@@ -756,7 +751,9 @@ impl Dataset {
             lazy: self.lazy.as_ref().map(|(n, l)| {
                 (n.clone(), LazyImages { files: idx.iter().map(|&i| l.files[i].clone()).collect(), ..l.clone() })
             }),
-            ..self.clone()
+            classes: self.classes,
+            class_names: self.class_names.clone(),
+            source: self.source.clone(),
         }
     }
 

@@ -131,7 +131,7 @@ pub(crate) fn evaluate(
             if l.shape.len() >= 3 {
                 let classes = l.shape[1];
                 let positions: usize = l.shape[2..].iter().product();
-                let cm = confusion.get_or_insert_with(|| ConfusionMatrix::new(classes));
+                let cm = confusion.get_or_insert_with(|| ConfusionMatrix::new(classes, ignore));
                 let v = l.to_f64();
                 for s in 0..l.shape[0] {
                     for p in 0..positions {
@@ -155,11 +155,13 @@ pub(crate) fn evaluate(
 struct ConfusionMatrix {
     classes: usize,
     counts: Vec<u64>,
+    /// The ignore_index when it is a class index: left out of the mean (torchmetrics' ignore_index).
+    ignore: Option<i64>,
 }
 
 impl ConfusionMatrix {
-    fn new(classes: usize) -> ConfusionMatrix {
-        ConfusionMatrix { classes, counts: vec![0; classes * classes] }
+    fn new(classes: usize, ignore: Option<i64>) -> ConfusionMatrix {
+        ConfusionMatrix { classes, counts: vec![0; classes * classes], ignore }
     }
     fn add(&mut self, label: usize, pred: usize) {
         self.counts[label * self.classes + pred] += 1;
@@ -170,6 +172,9 @@ impl ConfusionMatrix {
         let k = self.classes;
         let mut ious = Vec::new();
         for c in 0..k {
+            if self.ignore == Some(c as i64) {
+                continue;
+            }
             let tp = self.counts[c * k + c] as f64;
             let row: u64 = (0..k).map(|p| self.counts[c * k + p]).sum();
             let col: u64 = (0..k).map(|l| self.counts[l * k + c]).sum();
@@ -276,7 +281,11 @@ impl<'a> Trainer<'a> {
             drop_last = true; // m-SAM needs whole batches
         }
         let graphs = graph_passes::step::step_graphs(&model, spec).map_err(|e| anyhow!("{shown}: {e}"))?;
-        let classes = output_classes(&model, &shown)?;
+        // the class count the labels are checked against: the loss's own, else the output's axis 1
+        let classes = match graphs.step.contract.cross_entropy.as_ref().map(|x| x.classes) {
+            Some(c) => Some(c as usize),
+            None => output_classes(&model, &shown)?,
+        };
         let (inputs, target) = binding(&graphs.step.model, &graphs.step.contract, classes);
         let metric = metric_of(&graphs.step.contract);
         let (d, clean, flipped) = load_data(cfg, &inputs, &target, classes, &shown, drop_last)?;
@@ -675,6 +684,14 @@ fn load_data(
         }
         let order = loader::permutation(train.len(), cfg.seed, "val-split");
         let k = (f * train.len() as f64).round() as usize;
+        if k == 0 || k == train.len() {
+            bail!(
+                "--val-split {f} of {} samples leaves {} for validation and {} for training; choose a fraction that leaves both",
+                train.len(),
+                k,
+                train.len() - k
+            );
+        }
         val = Some(train.subset(&order[..k]));
         train = train.subset(&order[k..]);
     }
@@ -708,6 +725,12 @@ fn load_data(
         Some(f) => train.add_label_noise(f, cfg.label_noise_seed)?,
         None => vec![],
     };
+    if cfg.crop_flip && train.y.as_ref().map(|y| y.shape.len() >= 2).unwrap_or(false) {
+        bail!(
+            "{}: --augment crop-flip moves the image but not its per-position labels; train dense predictions without it",
+            train.source
+        );
+    }
     if train.len() < cfg.batch_size && drop_last {
         bail!("{}: {} samples are fewer than one batch of {}", train.source, train.len(), cfg.batch_size);
     }
@@ -790,11 +813,15 @@ mod tests {
     #[test]
     fn mean_iou_averages_the_classes_with_a_union() {
         // labels 0,0,1,1 predicted 0,1,1,1; class 2 never seen (left out)
-        let mut c = ConfusionMatrix::new(3);
+        let mut c = ConfusionMatrix::new(3, None);
         for (l, p) in [(0, 0), (0, 1), (1, 1), (1, 1)] {
             c.add(l, p);
         }
         // class 0: 1 / (2 + 1 − 1) = 0.5; class 1: 2 / (2 + 3 − 2) = 2/3
         assert!((c.mean_iou() - (0.5 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+        // ignore_index 0 (e.g. background): class 0 left out
+        let mut d = ConfusionMatrix::new(3, Some(0));
+        d.counts = c.counts.clone();
+        assert!((d.mean_iou() - 2.0 / 3.0).abs() < 1e-12);
     }
 }

@@ -196,7 +196,12 @@ fn attach(logits: &str, loss: Loss, c: &mut Ctx, contract: &mut Contract) -> Res
             c.g.inputs.push(value_info(&labels, dt::INT64, &ldims));
             contract.labels = Some(labels.clone());
             contract.ignore_index = ignore_index;
-            if shape.len() == 2 && ignore_index.is_none() {
+            if shape.len() == 2 && ignore_index.is_some() {
+                bail!(
+                    "--ignore-index applies to per-position labels (logits [batch, classes, d1, …]); with one label per sample, drop the rows to ignore from the data"
+                );
+            }
+            if shape.len() == 2 {
                 let lps = cross_entropy_per_sample(c, false, logits, &labels, label_smoothing);
                 if let Some(classes) = shape[1].known() {
                     contract.cross_entropy = Some(CrossEntropyRegion {
@@ -248,7 +253,16 @@ fn attach(logits: &str, loss: Loss, c: &mut Ctx, contract: &mut Contract) -> Res
                     c.op("Where", &[&inside, &quad, &lin])
                 }
                 Loss::BceWithLogits => {
-                    let sp = c.op("Softplus", &[logits]);
+                    // softplus(y) − y·t with softplus taken where it cannot overflow (tract
+                    // computes ln(eˣ + 1)): y + softplus(−y) for y > 0; the gradient is σ(y) − t
+                    // everywhere, 0 included
+                    let zero = c.scalar(0.0);
+                    let pos = c.op("Greater", &[logits, &zero]);
+                    let neg = c.neg(logits);
+                    let sp_neg = c.op("Softplus", &[&neg]);
+                    let upper = c.add(logits, &sp_neg);
+                    let lower = c.op("Softplus", &[logits]);
+                    let sp = c.op("Where", &[&pos, &upper, &lower]);
                     let yt = c.mul(logits, &targets);
                     c.sub(&sp, &yt)
                 }

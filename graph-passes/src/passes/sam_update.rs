@@ -53,6 +53,7 @@ pub enum BaseOptimizer {
 }
 
 impl BaseOptimizer {
+    /// Adam or AdamW (state exp_avg, exp_avg_sq, step; hyperparameters betas, eps).
     pub fn is_adam(self) -> bool {
         self != BaseOptimizer::Sgd
     }
