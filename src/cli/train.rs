@@ -70,10 +70,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
     let mut ev = Evaluator::new(&model, &spec, be.as_ref()).map_err(|e| anyhow!("{shown}: {e:#}"))?;
     let classes = crate::train::output_classes(&model, &shown)?;
     let (inputs, target) = crate::train::binding(&ev.graph.model, &ev.graph.contract, classes);
-    let image_shape = inputs
-        .first()
-        .filter(|i| i.dims.len() == 3 && i.dims.iter().all(|d| d.is_some()))
-        .map(|i| i.dims.iter().map(|d| d.unwrap_or(0) as usize).collect());
+    let image_shape = crate::data::image_shape(&inputs);
     let opts =
         crate::data::LoadOptions { sample_shape: image_shape, target: a.target.clone(), image_cache_bytes: None };
     let loaded = data::load(&a.data, a.data_format, &opts)?;

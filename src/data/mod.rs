@@ -1,6 +1,7 @@
 //! Datasets: MNIST/Fashion-MNIST IDX (raw or .gz), CIFAR-10/100 binary batches, ImageFolder
 //! (PNG/JPEG), CSV/TSV tables, .npz/.npy — as sample arrays of any dtype (one per model input)
 //! with labels or targets; binding to a model's inputs, normalization, label noise, batches.
+mod bind;
 pub mod cifar;
 pub mod idx;
 pub mod image_folder;
@@ -14,6 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::grad::Batch;
 pub use crate::grad::IndexRange;
 use crate::tensor::{Data, HostTensor};
+pub use bind::{image_shape, InputSpec, TargetSpec};
 
 /// A dataset in memory: sample arrays [N, …] of any dtype, each named for the model input it
 /// feeds (`x` where a lone array feeds a lone input), and labels or targets `y` [N, …] (int64
@@ -414,35 +416,6 @@ fn load_npz(path: &Path) -> Result<(Dataset, Option<Dataset>)> {
     Ok((train, test))
 }
 
-/// A model input a dataset is bound to: its name, dtype (ONNX data type) and sample dims (None: any).
-pub struct InputSpec {
-    pub name: String,
-    pub dtype: i32,
-    pub dims: Vec<Option<i64>>,
-    /// Integer inputs that index a table (an embedding's Gather): the valid range.
-    pub index_range: Option<IndexRange>,
-}
-
-/// What the loss expects of `y`.
-pub enum TargetSpec {
-    /// int64 class labels shaped [N, …dims] with values in 0..classes (or `ignore`).
-    Classes { dims: Vec<Option<i64>>, classes: Option<usize>, ignore: Option<i64> },
-    /// float32 targets shaped [N, …dims].
-    Values { dims: Vec<Option<i64>> },
-    /// No labels (the model computes its loss).
-    None,
-}
-
-fn dims_match(shape: &[usize], want: &[Option<i64>]) -> bool {
-    shape.len() == want.len()
-        && shape.iter().zip(want).all(|(&n, w)| w.map(|w| w <= 0 || w as usize == n).unwrap_or(true))
-}
-
-fn dims_string(want: &[Option<i64>]) -> String {
-    let w: Vec<String> = want.iter().map(|d| d.map(|x| x.to_string()).unwrap_or("?".into())).collect();
-    format!("[N, {}]", w.join(", "))
-}
-
 /// Rows `idx` of a tensor's first axis, one after the other.
 pub fn gather_rows(t: &HostTensor, idx: &[usize]) -> HostTensor {
     let s: usize = t.shape.iter().skip(1).product();
@@ -466,28 +439,6 @@ pub fn gather_rows(t: &HostTensor, idx: &[usize]) -> HostTensor {
         *n = idx.len();
     }
     HostTensor { shape, data }
-}
-
-/// `t` as the ONNX dtype `want`: float32 from float64 or uint8 (images: /255); int64 from int32
-/// or uint8; int32 from int64 (checked range); bool as is. None: no sensible conversion.
-fn convert(t: HostTensor, want: i32) -> Option<HostTensor> {
-    use graph_passes::onnx::data_type as dt;
-    let shape = t.shape.clone();
-    Some(match (want, t.data) {
-        (dt::FLOAT, Data::F32(v)) => HostTensor::f32(&shape, v),
-        (dt::FLOAT, Data::F64(v)) => HostTensor::f32(&shape, v.into_iter().map(|a| a as f32).collect()),
-        (dt::FLOAT, Data::U8(v)) => HostTensor::f32(&shape, v.into_iter().map(|a| a as f32 / 255.0).collect()),
-        (dt::INT64, Data::I64(v)) => HostTensor::i64(&shape, v),
-        (dt::INT64, Data::I32(v)) => HostTensor::i64(&shape, v.into_iter().map(|a| a as i64).collect()),
-        (dt::INT64, Data::U8(v)) => HostTensor::i64(&shape, v.into_iter().map(|a| a as i64).collect()),
-        (dt::INT32, Data::I32(v)) => HostTensor { shape, data: Data::I32(v) },
-        (dt::INT32, Data::I64(v)) if v.iter().all(|&a| i32::try_from(a).is_ok()) => {
-            HostTensor { shape, data: Data::I32(v.into_iter().map(|a| a as i32).collect()) }
-        }
-        (dt::BOOL, Data::Bool(v)) => HostTensor { shape, data: Data::Bool(v) },
-        (dt::DOUBLE, Data::F64(v)) => HostTensor { shape, data: Data::F64(v) },
-        _ => return None,
-    })
 }
 
 impl Dataset {
@@ -531,167 +482,6 @@ impl Dataset {
     pub fn float_samples(&self) -> Option<(&[f32], &[usize])> {
         let (_, t) = self.columns.iter().find(|(_, t)| t.as_f32().is_some())?;
         t.as_f32().map(|v| (v, &t.shape[1..]))
-    }
-
-    /// The dataset as `inputs` and `target` expect it: one array per model input (by name; a
-    /// lone array feeds a lone input), converted to the input's dtype, sample shapes checked;
-    /// labels or targets checked and converted (integer targets become float32 for a
-    /// regression loss). Float samples must be finite. Errors name the dataset, the array and
-    /// the model input, and say what to do.
-    pub fn bind(self, inputs: &[InputSpec], target: &TargetSpec, model: &str) -> Result<Dataset> {
-        let src = self.source.clone();
-        let mut columns = self.columns;
-        let mut lazy = self.lazy;
-        let names: Vec<String> =
-            columns.iter().map(|(n, _)| n.clone()).chain(lazy.iter().map(|(n, _)| n.clone())).collect();
-        let lone = names.len() == 1 && inputs.len() == 1;
-        let mut bound = Vec::new();
-        let mut lazy_bound = None;
-        for want in inputs {
-            if let Some((name, images)) = lazy.take() {
-                if name == want.name || lone {
-                    let dims: Vec<usize> = images.shape.to_vec();
-                    if want.dtype != graph_passes::onnx::data_type::FLOAT || !dims_match(&dims, &want.dims) {
-                        bail!(
-                            "{src}: images decoded to {dims:?} float32 do not fit the model's input '{}' {} ({model})",
-                            want.name,
-                            dims_string(&want.dims)
-                        );
-                    }
-                    lazy_bound = Some((want.name.clone(), images));
-                    continue;
-                }
-                lazy = Some((name, images));
-            }
-            let k = match columns.iter().position(|(n, _)| *n == want.name) {
-                Some(k) => k,
-                None if lone => 0,
-                None => bail!(
-                    "{src}: no array '{}' for the model's input '{}' ({model}); the data has: {}",
-                    want.name,
-                    want.name,
-                    names.join(", ")
-                ),
-            };
-            let (name, t) = columns.remove(k);
-            let have = t.dtype_name();
-            let t = convert(t, want.dtype).ok_or_else(|| {
-                anyhow!(
-                    "{src}: '{name}' is {have} but the model's input '{}' is {} ({model}); store it as {}",
-                    want.name,
-                    graph_passes::onnx::tensor::dtype_name(want.dtype),
-                    graph_passes::onnx::tensor::dtype_name(want.dtype)
-                )
-            })?;
-            if !dims_match(&t.shape[1..], &want.dims) {
-                bail!(
-                    "{src}: samples of '{name}' have shape {:?} and do not fit the model's input '{}' {} ({model}); use data of that shape",
-                    &t.shape[1..],
-                    want.name,
-                    dims_string(&want.dims)
-                );
-            }
-            if let Some(v) = t.as_f32() {
-                if let Some(i) = v.iter().position(|v| !v.is_finite()) {
-                    let per = v.len() / t.shape[0].max(1);
-                    bail!(
-                        "{src}: '{name}' holds a NaN or infinite value (sample {}); clean the data first",
-                        i / per.max(1)
-                    );
-                }
-            }
-            if let Some((first, n0)) = bound.first().map(|(n, t): &(String, HostTensor)| (n.clone(), t.shape[0])) {
-                if t.shape[0] != n0 {
-                    bail!(
-                        "{src}: '{name}' has {} rows but '{first}' has {n0}; every array needs one row per sample",
-                        t.shape[0]
-                    );
-                }
-            }
-            if let Some(check) = &want.index_range {
-                check.check(&src, &name, &t)?;
-            }
-            bound.push((want.name.clone(), t));
-        }
-        let rows = bound
-            .first()
-            .map(|(_, t)| t.shape[0])
-            .or(lazy_bound.as_ref().map(|(_, l): &(String, LazyImages)| l.files.len()))
-            .or(self.y.as_ref().map(|y| y.shape[0]))
-            .unwrap_or(0);
-        if rows == 0 {
-            bail!("{src}: the data has no samples");
-        }
-        let y = match (target, self.y) {
-            (TargetSpec::None, _) => None,
-            (_, None) => bail!("{src}: no array 'y' (labels or targets); add one, or --loss output for a model that computes its own per-sample loss"),
-            (TargetSpec::Classes { dims, classes, ignore }, Some(y)) => {
-                let Data::I64(v) = &y.data else {
-                    bail!(
-                        "{src}: labels 'y' are {} but cross-entropy needs integer class labels; for float targets choose a regression loss (--loss mse|l1|huber|smooth-l1|bce-with-logits)",
-                        y.dtype_name()
-                    )
-                };
-                if y.shape[0] != rows {
-                    bail!("{src}: 'y' has {} rows but the samples are {rows}", y.shape[0]);
-                }
-                if !dims_match(&y.shape[1..], dims) {
-                    bail!(
-                        "{src}: labels 'y' have shape {:?} but the model's output needs {} ({model}: [N] for logits [N, C], [N, d1, …] per position for [N, C, d1, …])",
-                        y.shape,
-                        dims_string(dims)
-                    );
-                }
-                if let Some(c) = classes {
-                    let per = v.len() / y.shape[0].max(1);
-                    if let Some((i, &bad)) =
-                        v.iter().enumerate().find(|(_, &l)| Some(l) != *ignore && (l < 0 || l as usize >= *c))
-                    {
-                        bail!(
-                            "{src}: label {bad} (sample {}) is out of range: {model} has {c} classes (0..{})",
-                            i / per.max(1),
-                            c - 1
-                        );
-                    }
-                }
-                Some(y)
-            }
-            (TargetSpec::Values { dims }, Some(y)) => {
-                let y = match y.data {
-                    Data::F32(_) => y,
-                    Data::I64(v) => HostTensor::f32(&y.shape, v.into_iter().map(|a| a as f32).collect()),
-                    Data::Bool(v) => HostTensor::f32(&y.shape, v.into_iter().map(|a| a as u8 as f32).collect()),
-                    _ => y,
-                };
-                // a lone target per sample fits an output [N, 1]
-                let y = if y.shape.len() == 1 && dims.len() == 1 && dims[0].unwrap_or(1) == 1 {
-                    HostTensor { shape: vec![y.shape[0], 1], data: y.data }
-                } else {
-                    y
-                };
-                if !dims_match(&y.shape[1..], dims) {
-                    bail!(
-                        "{src}: targets 'y' have shape {:?} but the model's output is {} ({model}); targets must be shaped as the output",
-                        y.shape,
-                        dims_string(dims)
-                    );
-                }
-                if let Some(v) = y.as_f32() {
-                    if let Some(i) = v.iter().position(|v| !v.is_finite()) {
-                        bail!("{src}: targets 'y' hold a NaN or infinite value (element {i}); clean the data first");
-                    }
-                }
-                Some(y)
-            }
-        };
-        Ok(Dataset {
-            columns: bound,
-            y,
-            classes: self.classes,
-            class_names: self.class_names,
-            source: src,
-            lazy: lazy_bound,
-        })
     }
 
     /// (x − mean_c)/std_c per channel of the float32 sample array (axis 0 of a sample, or the

@@ -1,0 +1,192 @@
+//! Evaluation of a dataset with the evaluation graph: mean loss, the task's metric (accuracy or
+//! MAE), mean IoU of dense labels; and how a compiled graph takes a dataset (its inputs, labels,
+//! class count, metric).
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, Result};
+use graph_passes::ir::Model;
+use graph_passes::shapes::{self, Dim};
+
+use crate::data::{Dataset, InputSpec, TargetSpec};
+use crate::step::Evaluator;
+use crate::tensor::HostTensor;
+
+/// The class count of a classifier: axis 1 of the model's output, when known.
+pub(crate) fn output_classes(model: &Model, source: &str) -> Result<Option<usize>> {
+    let s = shapes::infer(&model.graph).map_err(|e| anyhow!("{source}: {e}"))?;
+    Ok(model
+        .graph
+        .outputs
+        .first()
+        .and_then(|o| s.shape(&o.name))
+        .filter(|sh| sh.len() >= 2)
+        .and_then(|sh| sh.get(1).and_then(Dim::known))
+        .map(|c| c as usize))
+}
+
+/// What a compiled graph (its contract) takes from a dataset: its data inputs (name, dtype,
+/// sample dims) and its labels (int64 class labels with their dims, or float targets).
+pub(crate) fn binding(
+    g: &Model,
+    c: &graph_passes::passes::Contract,
+    classes: Option<usize>,
+) -> (Vec<InputSpec>, TargetSpec) {
+    let ty = |name: &str| g.graph.inputs.iter().find(|v| v.name == name).and_then(|v| shapes::value_type_of(&v.r#type));
+    let dims = |t: &Option<shapes::ValueType>| -> Vec<Option<i64>> {
+        t.as_ref()
+            .and_then(|t| t.shape.clone())
+            .map(|s| s.iter().skip(1).map(|d| d.known().filter(|&k| k > 0)).collect())
+            .unwrap_or_default()
+    };
+    let inputs = c
+        .data
+        .iter()
+        .map(|n| {
+            let t = ty(n);
+            InputSpec {
+                name: n.clone(),
+                dtype: t.as_ref().map(|t| t.dtype).unwrap_or(0),
+                dims: dims(&t),
+                index_range: crate::grad::index_range(g, c, n),
+            }
+        })
+        .collect();
+    let target = match &c.labels {
+        None => TargetSpec::None,
+        Some(l) => {
+            let t = ty(l);
+            if t.as_ref().map(|t| t.dtype) == Some(graph_passes::onnx::data_type::FLOAT) {
+                TargetSpec::Values { dims: dims(&t) }
+            } else {
+                TargetSpec::Classes { dims: dims(&t), classes, ignore: c.ignore_index }
+            }
+        }
+    };
+    (inputs, target)
+}
+
+/// How a task's metric reads: the diagnostic the graph exposes (summed over a batch), the name
+/// of its per-sample mean in metrics (acc: accuracy, per position for per-token/pixel labels;
+/// mae: mean absolute error).
+pub(crate) fn metric_of(c: &graph_passes::passes::Contract) -> Option<(&'static str, &'static str)> {
+    match c.metric.as_ref().map(|(n, _)| n.as_str()) {
+        Some("correct") => Some(("correct", "acc")),
+        Some("abs_error") => Some(("abs_error", "mae")),
+        _ => None,
+    }
+}
+
+/// A dataset's evaluation: mean loss, mean metric (NaN without one), and for per-position class
+/// labels (tokens, pixels) the mean IoU.
+pub(crate) struct Evaluation {
+    pub loss: f64,
+    pub metric: f64,
+    pub mean_iou: Option<f64>,
+}
+
+/// Evaluates `d` in batches of `bs`.
+pub(crate) fn evaluate(
+    ev: &mut Evaluator,
+    values: &BTreeMap<String, HostTensor>,
+    d: &Dataset,
+    bs: usize,
+) -> Result<Evaluation> {
+    let metric = metric_of(&ev.graph.contract).map(|m| m.0);
+    let logits = ev.graph.contract.logits.clone();
+    let ignore = ev.graph.contract.ignore_index;
+    let dense = d.y.as_ref().map(|y| y.shape.len() >= 2).unwrap_or(false) && d.labels().is_some();
+    let mut confusion: Option<ConfusionMatrix> = None;
+    let (mut loss, mut sum) = (0.0, 0.0);
+    let n = d.len();
+    let mut i = 0;
+    while i < n {
+        let idx: Vec<usize> = (i..(i + bs).min(n)).collect();
+        let b = d.try_batch(&idx)?;
+        let out = ev.run(values, &b)?;
+        loss += out["loss"].to_f64()[0] * idx.len() as f64;
+        sum += metric.and_then(|m| out.get(m)).map(|c| c.to_f64()[0]).unwrap_or(f64::NAN);
+        if let (true, Some(l), Some(HostTensor { data: crate::tensor::Data::I64(y), .. })) =
+            (dense, logits.as_ref().and_then(|l| out.get(l)), b.labels.as_ref())
+        {
+            if l.shape.len() >= 3 {
+                let classes = l.shape[1];
+                let positions: usize = l.shape[2..].iter().product();
+                let cm = confusion.get_or_insert_with(|| ConfusionMatrix::new(classes, ignore));
+                let v = l.to_f64();
+                for s in 0..l.shape[0] {
+                    for p in 0..positions {
+                        let label = y[s * positions + p];
+                        if Some(label) == ignore || label < 0 || label as usize >= classes {
+                            continue;
+                        }
+                        let at = |c: usize| v[(s * classes + c) * positions + p];
+                        let pred = (0..classes).fold(0, |best, c| if at(c) > at(best) { c } else { best });
+                        cm.add(label as usize, pred);
+                    }
+                }
+            }
+        }
+        i += bs;
+    }
+    Ok(Evaluation { loss: loss / n as f64, metric: sum / n as f64, mean_iou: confusion.map(|c| c.mean_iou()) })
+}
+
+/// Counts of (label, prediction) pairs over the positions of a dense-prediction dataset.
+struct ConfusionMatrix {
+    classes: usize,
+    counts: Vec<u64>,
+    /// The ignore_index when it is a class index: left out of the mean (torchmetrics' ignore_index).
+    ignore: Option<i64>,
+}
+
+impl ConfusionMatrix {
+    fn new(classes: usize, ignore: Option<i64>) -> ConfusionMatrix {
+        ConfusionMatrix { classes, counts: vec![0; classes * classes], ignore }
+    }
+    fn add(&mut self, label: usize, pred: usize) {
+        self.counts[label * self.classes + pred] += 1;
+    }
+    /// Mean over classes with a non-empty union of |pred ∩ label| / |pred ∪ label| (as
+    /// torchmetrics' JaccardIndex, macro average, classes absent from both left out).
+    fn mean_iou(&self) -> f64 {
+        let k = self.classes;
+        let mut ious = Vec::new();
+        for c in 0..k {
+            if self.ignore == Some(c as i64) {
+                continue;
+            }
+            let tp = self.counts[c * k + c] as f64;
+            let row: u64 = (0..k).map(|p| self.counts[c * k + p]).sum();
+            let col: u64 = (0..k).map(|l| self.counts[l * k + c]).sum();
+            let union = row as f64 + col as f64 - tp;
+            if union > 0.0 {
+                ious.push(tp / union);
+            }
+        }
+        if ious.is_empty() {
+            f64::NAN
+        } else {
+            ious.iter().sum::<f64>() / ious.len() as f64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConfusionMatrix;
+
+    #[test]
+    fn mean_iou_averages_the_classes_with_a_union() {
+        // labels 0,0,1,1 predicted 0,1,1,1; class 2 never seen (left out)
+        let mut c = ConfusionMatrix::new(3, None);
+        for (l, p) in [(0, 0), (0, 1), (1, 1), (1, 1)] {
+            c.add(l, p);
+        }
+        // class 0: 1 / (2 + 1 − 1) = 0.5; class 1: 2 / (2 + 3 − 2) = 2/3
+        assert!((c.mean_iou() - (0.5 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+        // ignore_index 0 (e.g. background): class 0 left out
+        let mut d = ConfusionMatrix::new(3, Some(0));
+        d.counts = c.counts.clone();
+        assert!((d.mean_iou() - 2.0 / 3.0).abs() < 1e-12);
+    }
+}
