@@ -49,6 +49,16 @@ impl Batch {
     }
 }
 
+/// Token ids of `arrays` (model inputs by name) against the tables they index (see [`index_range`]).
+fn check_ids(model: &Model, c: &Contract, arrays: &[(String, HostTensor)], source: &str) -> Result<()> {
+    for (name, t) in arrays {
+        if let Some(r) = index_range(model, c, name) {
+            r.check(source, name, t)?;
+        }
+    }
+    Ok(())
+}
+
 /// Matches a batch .npz to the graph's contract and checks labels against the logits.
 pub fn batch_from_npz(
     source: &str,
@@ -61,11 +71,7 @@ pub fn batch_from_npz(
         let inputs: Vec<&graph_passes::onnx::ValueInfoProto> =
             model.graph.inputs.iter().filter(|v| c.data.contains(&v.name)).collect();
         let checked = check_feeds(&inputs, arrays, source)?;
-        for (name, t) in &checked {
-            if let Some(r) = index_range(model, c, name) {
-                r.check(source, name, t)?;
-            }
-        }
+        check_ids(model, c, &checked, source)?;
         if checked.first().map(|(_, t)| t.shape.first().copied().unwrap_or(0)).unwrap_or(0) == 0 {
             bail!("{source}: the batch has no samples");
         }
@@ -94,11 +100,7 @@ pub fn batch_from_npz(
     let inputs: Vec<&graph_passes::onnx::ValueInfoProto> =
         model.graph.inputs.iter().filter(|v| c.data.contains(&v.name)).collect();
     let checked = check_feeds(&inputs, data.iter().cloned().collect(), source)?;
-    for (name, t) in &checked {
-        if let Some(r) = index_range(model, c, name) {
-            r.check(source, name, t)?;
-        }
-    }
+    check_ids(model, c, &checked, source)?;
     let batch = checked.first().map(|(_, t)| t.shape.first().copied().unwrap_or(0)).unwrap_or(0);
     if batch == 0 {
         bail!("{source}: the batch has no samples");

@@ -43,19 +43,6 @@ fn train_once(model: &str, data: &Path, out: &Path, extra: &[&str]) -> std::proc
     train_cmd(&a)
 }
 
-/// metrics.jsonl rows without the wall-clock columns.
-fn rows(run: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
-    onnxsam::train::metrics::read(run)
-        .unwrap()
-        .into_iter()
-        .map(|mut r| {
-            r.remove("seconds");
-            r.remove("data_wait");
-            r
-        })
-        .collect()
-}
-
 fn last_test_acc(run: &Path) -> f64 {
     rows(run).iter().rev().find_map(|r| r.get("test_acc").and_then(|v| v.as_f64())).unwrap()
 }

@@ -16,19 +16,6 @@ fn train(args: &[&str]) -> std::process::Output {
     onnxsam(&a)
 }
 
-/// metrics.jsonl rows without the wall-clock columns.
-fn rows(run: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
-    onnxsam::train::metrics::read(run)
-        .unwrap()
-        .into_iter()
-        .map(|mut r| {
-            r.remove("seconds");
-            r.remove("data_wait");
-            r
-        })
-        .collect()
-}
-
 fn rel(got: &[f64], want: &[f64]) -> f64 {
     let d = got.iter().zip(want).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
     let n = want.iter().map(|b| b * b).sum::<f64>().sqrt().max(1e-12);

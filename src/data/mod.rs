@@ -249,17 +249,12 @@ pub fn load_table(path: &Path, target: &str, names: Option<&[String]>) -> Result
         table::Target::Classes { y, names: own } => match names {
             None => (HostTensor::i64(&[n], y), own),
             Some(train_names) => {
-                let mut mapped = Vec::with_capacity(n);
-                for &i in &y {
-                    let name = &own[i as usize];
-                    let Some(k) = train_names.iter().position(|t| t == name) else {
-                        bail!(
-                            "{shown}: class '{name}' of column '{target}' is not among the training data's classes ({}); the test table must use the training table's categories",
-                            train_names.join(", ")
-                        );
-                    };
-                    mapped.push(k as i64);
-                }
+                let mapped = remap_classes(&y, &own, train_names).map_err(|name| {
+                    anyhow!(
+                        "{shown}: class '{name}' of column '{target}' is not among the training data's classes ({}); the test table must use the training table's categories",
+                        train_names.join(", ")
+                    )
+                })?;
                 (HostTensor::i64(&[n], mapped), train_names.to_vec())
             }
         },
@@ -271,6 +266,17 @@ pub fn load_table(path: &Path, target: &str, names: Option<&[String]>) -> Result
         _ => class_names.len(),
     };
     Ok(Dataset { columns: vec![("x".into(), x)], y: Some(y), classes, class_names, source: shown, lazy: None })
+}
+
+/// Class indices `y` into `own` names, re-indexed into `train` names (a test split's classes as
+/// the training split numbers them). Err: the first name `train` lacks.
+fn remap_classes(y: &[i64], own: &[String], train: &[String]) -> std::result::Result<Vec<i64>, String> {
+    y.iter()
+        .map(|&i| {
+            let name = &own[i as usize];
+            train.iter().position(|t| t == name).map(|k| k as i64).ok_or_else(|| name.clone())
+        })
+        .collect()
 }
 
 /// An ImageFolder (or ROOT/train and ROOT/test or ROOT/val ImageFolders), decoded and resized to
@@ -312,18 +318,13 @@ fn load_image_folder(path: &Path, opts: &LoadOptions) -> Result<(Dataset, Option
         let (y, class_names) = match names {
             None => (scan.y, scan.classes),
             Some(train) => {
-                let mut y = Vec::with_capacity(n);
-                for &i in &scan.y {
-                    let name = &scan.classes[i as usize];
-                    let Some(k) = train.iter().position(|t| t == name) else {
-                        bail!(
-                            "{}: class folder '{name}' is not among the training classes ({})",
-                            root.display(),
-                            train.join(", ")
-                        );
-                    };
-                    y.push(k as i64);
-                }
+                let y = remap_classes(&scan.y, &scan.classes, train).map_err(|name| {
+                    anyhow!(
+                        "{}: class folder '{name}' is not among the training classes ({})",
+                        root.display(),
+                        train.join(", ")
+                    )
+                })?;
                 (y, train.to_vec())
             }
         };

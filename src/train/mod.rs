@@ -283,13 +283,10 @@ impl<'a> Trainer<'a> {
                     if let Some(b) = &bar {
                         b.abandon();
                     }
-                    let run = &self.cfg.run;
-                    let last =
-                        checkpoint::list(run)?.last().map(|(s, _)| format!("step {s}")).unwrap_or("none yet".into());
                     return Err(e.context(format!(
-                        "training stopped at step {}; the last good checkpoint ({last}) is in {}",
+                        "training stopped at step {}; {}",
                         self.pos.step,
-                        checkpoint::dir(run).display()
+                        self.last_good()?
                     )));
                 }
             };
@@ -336,12 +333,7 @@ impl<'a> Trainer<'a> {
         let out = match runner.step(batch) {
             Ok(o) => o,
             Err(e) => {
-                let run = &self.cfg.run;
-                let last = checkpoint::list(run)?.last().map(|(s, _)| format!("step {s}")).unwrap_or("none yet".into());
-                return Err(crate::error::check_failed(format!(
-                    "training stopped: {e:#}; the last good checkpoint ({last}) is in {}",
-                    checkpoint::dir(run).display()
-                )));
+                return Err(crate::error::check_failed(format!("training stopped: {e:#}; {}", self.last_good()?)));
             }
         };
         self.pos.step += 1;
@@ -457,6 +449,13 @@ impl<'a> Trainer<'a> {
         self.pos.epoch_sums = (tally.loss, tally.correct, tally.n);
         self.checkpoint()?;
         Ok(self.pos.batch_in_epoch != 0)
+    }
+
+    /// "the last good checkpoint (step N) is in RUN/checkpoints", for a run that stops on an error.
+    fn last_good(&self) -> Result<String> {
+        let run = &self.cfg.run;
+        let last = checkpoint::list(run)?.last().map(|(s, _)| format!("step {s}")).unwrap_or("none yet".into());
+        Ok(format!("the last good checkpoint ({last}) is in {}", checkpoint::dir(run).display()))
     }
 
     /// Writes a checkpoint of where the run stands (parameters, optimizer state, statistics).

@@ -80,3 +80,16 @@ pub fn run_cmd(model: &Path, input: &Path, out: &Path, backend: &str) -> Output 
         backend,
     ])
 }
+
+/// metrics.jsonl rows without the wall-clock columns.
+pub fn rows(run: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    onnxsam::train::metrics::read(run)
+        .unwrap()
+        .into_iter()
+        .map(|mut r| {
+            r.remove("seconds");
+            r.remove("data_wait");
+            r
+        })
+        .collect()
+}

@@ -212,9 +212,7 @@ fn attach(logits: &str, loss: Loss, c: &mut Ctx, contract: &mut Contract) -> Res
                         classes,
                     });
                 }
-                let am = c.g.add("ArgMax", &[logits]).int("axis", 1).int("keepdims", 0).output();
-                let eq = c.op("Equal", &[&am, &labels]);
-                contract.metric = Some(("correct".into(), c.mask(&eq)));
+                contract.metric = Some(("correct".into(), hits(c, logits, &labels)));
                 lps
             } else {
                 positional_cross_entropy(c, contract, logits, &labels, shape.len(), label_smoothing, ignore_index)
@@ -284,10 +282,16 @@ fn attach(logits: &str, loss: Loss, c: &mut Ctx, contract: &mut Contract) -> Res
     Ok((lps, loss))
 }
 
-/// Cross-entropy per position of logits [N, C, d₁, …] with labels [N, d₁, …] (or [N, C] with
-/// an ignore_index), averaged within each sample over the positions not ignored (a sample with
-/// every position ignored contributes 0); the metric is the fraction of those positions whose
-/// argmax is the label.
+/// 1.0 where the argmax over axis 1 of `logits` is the label, else 0.0 (float, labels' shape).
+fn hits(c: &mut Ctx, logits: &str, labels: &str) -> String {
+    let am = c.g.add("ArgMax", &[logits]).int("axis", 1).int("keepdims", 0).output();
+    let eq = c.op("Equal", &[&am, labels]);
+    c.mask(&eq)
+}
+
+/// Cross-entropy per position of logits [N, C, d₁, …] with labels [N, d₁, …], averaged within
+/// each sample over the positions not ignored (a sample with every position ignored contributes
+/// 0); the metric is the fraction of those positions whose argmax is the label.
 fn positional_cross_entropy(
     c: &mut Ctx,
     contract: &mut Contract,
@@ -309,36 +313,19 @@ fn positional_cross_entropy(
         }
         None => (labels.to_string(), None),
     };
-    let logp = c.g.add("LogSoftmax", &[logits]).int("axis", 1).output();
-    let idx = c.unsqueeze(&safe, &[1]);
-    let picked = c.g.add("GatherElements", &[&logp, &idx]).int("axis", 1).output();
-    let picked = c.squeeze(&picked, &[1]);
-    let mut per_pos = c.neg(&picked);
-    if smoothing != 0.0 {
-        let mean_logp = c.reduce_mean(&logp, &[1], false);
-        let smooth = c.neg(&mean_logp);
-        let (a, b) = (c.scalar(1.0 - smoothing), c.scalar(smoothing));
-        let l = c.mul(&per_pos, &a);
-        let r = c.mul(&smooth, &b);
-        per_pos = c.add(&l, &r);
-    }
-    let am = c.g.add("ArgMax", &[logits]).int("axis", 1).int("keepdims", 0).output();
-    let eq = c.op("Equal", &[&am, labels]);
-    let hit = c.mask(&eq);
+    // −log p at every position [N, d₁, …] (cross_entropy_per_sample works along axis 1 at any rank)
+    let per_pos = cross_entropy_per_sample(c, false, logits, &safe, smoothing);
+    let hit = hits(c, logits, labels);
     let mean_over = |c: &mut Ctx, v: &str| -> String {
         match &keep {
             Some(k) => {
                 let kv = c.mul(v, k);
-                let (num, den) = if positions.is_empty() {
-                    (kv, k.clone())
-                } else {
-                    (c.reduce_sum(&kv, &positions, false), c.reduce_sum(k, &positions, false))
-                };
+                let num = c.reduce_sum(&kv, &positions, false);
+                let den = c.reduce_sum(k, &positions, false);
                 let one = c.scalar(1.0);
                 let den = c.op("Max", &[&den, &one]);
                 c.div(&num, &den)
             }
-            None if positions.is_empty() => v.to_string(),
             None => c.reduce_mean(v, &positions, false),
         }
     };
