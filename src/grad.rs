@@ -242,7 +242,10 @@ pub fn feeds_with(
         );
     }
     for (name, dims) in &c.random_uniform {
-        let shape: Vec<usize> = dims.iter().map(|&d| if d < 0 { batch_size } else { d as usize }).collect();
+        let shape: Vec<usize> = match c.random_shapes.get(name) {
+            Some(spelled) => spelled.iter().map(|d| size_of(c, batch, d)).collect::<Result<_>>()?,
+            None => dims.iter().map(|&d| if d < 0 { batch_size } else { d as usize }).collect(),
+        };
         let n = shape.iter().product();
         let key = match o.step {
             Some(step) => format!("{name}/{step}"),
@@ -257,6 +260,25 @@ pub fn feeds_with(
         }
     }
     Ok(f)
+}
+
+/// A size a noise input's shape spells out: a number, or a product of data-input sizes
+/// (`2·seq`) read off the batch.
+fn size_of(c: &Contract, batch: Option<&Batch>, spelled: &str) -> Result<usize> {
+    let mut size = 1usize;
+    for factor in spelled.split(graph_passes::shapes::MONOMIAL_SEP) {
+        if let Ok(k) = factor.parse::<usize>() {
+            size *= k;
+            continue;
+        }
+        let (input, axis) = c.symbols.get(factor).ok_or_else(|| anyhow!("no input carries the size '{factor}'"))?;
+        let t = batch
+            .and_then(|b| b.data.iter().find(|(n, _)| n == input))
+            .map(|(_, t)| t)
+            .ok_or_else(|| anyhow!("the size '{factor}' is input '{input}'s, which this run does not feed"))?;
+        size *= t.shape.get(*axis).copied().ok_or_else(|| anyhow!("input '{input}' has no axis {axis}"))?;
+    }
+    Ok(size)
 }
 
 /// Every input of the gradient graph: data, labels, parameters, state, random noise.
@@ -275,6 +297,18 @@ pub fn warn_import(c: &Contract) {
     for w in &c.import.warnings {
         eprintln!("onnxsam: warning: {w}");
     }
+}
+
+/// Where the file has no Dropout: an eval-mode export removes nn.Dropout (and stochastic depth),
+/// so the network trains without it; said once by `inspect` and `train`.
+pub fn dropout_note(model: &Model) -> Option<String> {
+    let g = &model.graph;
+    if g.nodes.iter().any(|n| n.op_type == "Dropout") || model.meta.producer_name != "pytorch" {
+        return None;
+    }
+    Some(
+        "the file has no Dropout: an eval-mode export (model.eval(), as the PyTorch docs export) removes nn.Dropout and stochastic depth, so onnxsam trains without them; if the PyTorch model has any, export after model.train() to keep them (torch.onnx.export(..., dynamo=True), or dynamo=False with training=torch.onnx.TrainingMode.TRAINING)".into(),
+    )
 }
 
 /// Initial values of parameters and state from the contract.

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod data;
 pub mod error;
 pub mod grad;
+pub mod probe;
 pub mod random;
 pub mod report;
 pub mod step;

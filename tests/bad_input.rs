@@ -243,3 +243,33 @@ fn bad_batches_and_paths_get_one_line() {
     assert_bad_input(&o, "nine.npz", "--drop-last");
     assert!(!run.exists(), "nothing is written for a run that cannot start");
 }
+
+/// `--padding-idx` naming no embedding table, a row outside the table, or a row that is no
+/// integer: one line, exit 2.
+#[test]
+fn padding_idx_that_cannot_be_taken() {
+    let file = fixture("zoo_foreign/hf_bert/legacy.onnx");
+    let batch = fixture("zoo_foreign/hf_bert/batch.npz");
+    let tmp = tempdir();
+    let out = tmp.path().join("g.npz");
+    for (flag, what) in [
+        ("nope.weight=0", "no embedding table 'nope.weight'"),
+        ("bert.embeddings.word_embeddings.weight=32", "the table has 32 rows"),
+        ("bert.embeddings.word_embeddings.weight=-40", "the table has 32 rows"),
+        ("bert.embeddings.word_embeddings.weight=one", "is not an integer"),
+        ("bert.embeddings.word_embeddings.weight", "expected TABLE=ROW"),
+    ] {
+        let o = onnxsam(&[
+            "grad",
+            file.to_str().unwrap(),
+            "--batch",
+            batch.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--padding-idx",
+            flag,
+        ]);
+        assert_bad_input(&o, "", what);
+        assert!(!out.exists(), "nothing written for {flag}");
+    }
+}

@@ -482,6 +482,25 @@ fn conv_rules() {
     ]);
 }
 
+/// MobileNetV2's tail (issue 16): depthwise 3×3 convolutions on 1×1, 2×2 and 3×3 maps, stride 1
+/// and 2, at channel counts of width 0.5 and others. A gradient error there at width 0.5 turned out
+/// to be a float32 kink (one ReLU6 input 4.5e-6 from its bound, landing on the other side in
+/// float32; PyTorch's own channels_last run is off the same way): the rules themselves are right
+/// at every one of these sizes.
+#[test]
+fn depthwise_conv_on_small_maps_like_mobilenet_v2s_tail() {
+    let mut cases = Vec::new();
+    for c in [8usize, 12, 24] {
+        for hw in [1usize, 2, 3] {
+            for s in [1i64, 2] {
+                let name = format!("Conv depthwise C={c} {hw}x{hw} stride {s}");
+                cases.push(conv_case(&name, c, c, c as i64, 3, [s, s], [1, 1, 1, 1], [1, 1], false, hw));
+            }
+        }
+    }
+    check_all(cases);
+}
+
 #[test]
 fn pooling_rules() {
     let pool = |name: &str, op: &'static str, k: i64, s: i64, p: i64, include: Option<i64>, hw: usize| {

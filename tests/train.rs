@@ -335,8 +335,48 @@ fn a_nan_loss_stops_training_naming_the_step() {
     let o = train_cmd(&args);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("training stopped: step") && err.contains("last good checkpoint"), "{err}");
+    assert!(err.contains("training stopped: step"), "{err}");
     assert!(!err.contains("panicked"));
+    // it stopped before the first checkpoint: nothing to resume is kept, and the message says so;
+    // the same command runs again (rather than "already holds a run")
+    assert!(err.contains("no checkpoint was written yet") && err.contains("the same command can run again"), "{err}");
+    assert!(!run.exists(), "the run folder of a run without a checkpoint is removed");
+    let again = train_cmd(&args);
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+    assert!(!stderr(&again).contains("already holds a run"), "{}", stderr(&again));
+}
+
+#[test]
+fn notes_say_once_what_the_file_and_the_data_leave_out() {
+    let tmp = tempdir();
+    let data = mnist_subset(tmp.path(), 64);
+    // labels 0, 1, 2 only, for a model with 10 outputs
+    let arrays = read_npz(&data).unwrap();
+    let y: Vec<i64> = arrays["y"].to_f64().iter().map(|&v| (v as i64) % 3).collect();
+    let three = tmp.path().join("three.npz");
+    write_npz(&three, &[("x".into(), arrays["x"].clone()), ("y".into(), HostTensor::i64(&[y.len()], y))]).unwrap();
+    let run = tmp.path().join("notes");
+    let o = train_cmd(&[
+        "models/mlp.onnx",
+        "--data",
+        three.to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--normalize",
+        "none",
+        "--backend",
+        "tract",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    let notes: Vec<&str> = err.lines().filter(|l| l.starts_with("onnxsam: note: ")).collect();
+    assert_eq!(notes.iter().filter(|l| l.contains("has no Dropout")).count(), 1, "{err}");
+    assert_eq!(notes.iter().filter(|l| l.contains("10 class outputs") && l.contains("has 3 classes")).count(), 1, "{err}");
+    // eval evaluates as model.eval(): --train-mode is refused rather than ignored
+    let o = onnxsam(&["eval", run.join("model.onnx").to_str().unwrap(), "--data", three.to_str().unwrap(), "--train-mode"]);
+    assert_bad_input(&o, "", "eval evaluates in eval mode");
 }
 
 #[test]

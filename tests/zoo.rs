@@ -95,6 +95,15 @@ fn f64s(m: &BTreeMap<String, HostTensor>, prefix: &str) -> BTreeMap<String, Vec<
     m.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.to_f64()))).collect()
 }
 
+/// What a user passes after reading onnxsam's warning (legacy files drop padding_idx): meta.json's
+/// per-setting onnxsam_flags.
+fn user_flags(meta: &Value, setting: &str) -> Vec<String> {
+    meta["settings"][setting]["onnxsam_flags"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
 /// grad, step (SGD) and step (SAM) on one file; Ok(()) when it trains as PyTorch.
 fn trains_as_pytorch(
     dir: &std::path::Path,
@@ -109,7 +118,10 @@ fn trains_as_pytorch(
         meta["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
     let tmp = tempdir();
     let out = tmp.path().join("grads.npz");
-    let o = grad_cmd(file, &batch, &out, &["--backend", backend]);
+    let flags = user_flags(meta, setting);
+    let mut grad_args = vec!["--backend", backend];
+    grad_args.extend(flags.iter().map(|s| s.as_str()));
+    let o = grad_cmd(file, &batch, &out, &grad_args);
     if o.status.code() != Some(0) {
         return Err(format!("grad failed: {}", stderr(&o)));
     }
@@ -154,6 +166,7 @@ fn trains_as_pytorch(
         ];
         args.extend(hyper);
         args.extend(extra);
+        args.extend(flags.iter().map(|s| s.as_str()));
         let o = onnxsam(&args);
         if o.status.code() != Some(0) {
             return Err(format!("{opt} step failed: {}", stderr(&o)));
@@ -170,14 +183,34 @@ fn trains_as_pytorch(
 }
 
 fn check_architecture(arch: &str) {
-    let dir = fixture(&format!("zoo/{arch}"));
+    check_family_architecture("zoo", arch)
+}
+
+fn check_family_architecture(family: &str, arch: &str) {
+    let dir = fixture(&format!("{family}/{arch}"));
     let meta: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
     let mut failures = Vec::new();
     for setting in SETTINGS {
         let file = dir.join(format!("{setting}.onnx"));
         for backend in ["tract", "ort"] {
             let at = format!("{arch}/{setting} on {backend}");
-            match expected(arch, setting) {
+            let expect = if family == "zoo" { expected(arch, setting) } else { expected_foreign(arch, setting) };
+            if backend == "tract" {
+                // inspect's verdict (with the flags a user passes after its warning) agrees
+                let flags = user_flags(&meta, setting);
+                let mut args = vec!["inspect", file.to_str().unwrap()];
+                args.extend(flags.iter().map(|s| s.as_str()));
+                let o = onnxsam(&args);
+                let v = stdout(&o).lines().find(|l| l.starts_with("verdict: ")).unwrap_or("").to_string();
+                let consistent = match expect {
+                    None => v == "verdict: trains as PyTorch",
+                    Some(_) => v.starts_with("verdict: cannot: "),
+                };
+                if !consistent {
+                    failures.push(format!("{arch}/{setting}: inspect says '{v}', the check says {expect:?}"));
+                }
+            }
+            match expect {
                 None => {
                     if let Err(e) = trains_as_pytorch(&dir, setting, &file, backend, &meta) {
                         failures.push(format!("{at}: should train as PyTorch: {e}"));
@@ -204,6 +237,24 @@ fn check_architecture(arch: &str) {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The second family (tests/fixtures/zoo_foreign, made by tools/zoo/foreign.py --narrow): Hugging
+/// Face models nobody on the team wrote, small configs, random init with norm affines randomized,
+/// token ids with a dynamic batch AND sequence length and padding tokens in the batch
+/// (nn.Embedding's padding_idx: from the dynamo metadata, or `--padding-idx` on legacy files, as
+/// meta.json's onnxsam_flags say); all five settings train as PyTorch on both engines.
+fn expected_foreign(arch: &str, _setting: &str) -> Option<&'static str> {
+    match arch {
+        "hf_bert" | "hf_roberta" | "hf_distilbert" | "hf_albert" | "hf_electra" | "hf_gpt2" | "hf_vit" => None,
+        other => panic!("no expectation for {other}"),
+    }
+}
+
+macro_rules! foreign {
+    ($($arch:ident),* $(,)?) => { $( #[test] fn $arch() { check_family_architecture("zoo_foreign", stringify!($arch)); } )* };
+}
+
+foreign!(hf_bert, hf_roberta, hf_distilbert, hf_albert, hf_electra, hf_gpt2, hf_vit);
 
 macro_rules! zoo {
     ($($arch:ident),* $(,)?) => { $( #[test] fn $arch() { check_architecture(stringify!($arch)); } )* };
@@ -452,13 +503,25 @@ fn inspect_gives_a_verdict_and_what_import_did() {
     assert_eq!(verdict(&text), "verdict: trains as PyTorch", "{text}");
     assert!(text.contains("is stored transposed (perm [1, 0]) as 'val_"), "{text}");
     assert!(text.contains("zero biases the exporter's optimizer removed"), "{text}");
-    // constant folding stored the LSTM's weights in ONNX's gate order: import names them
+    // constant folding stored the LSTM's weights in ONNX's gate order: import names them; the
+    // legacy file does not say whether the embedding has a padding row: the verdict says so until
+    // the user does
     let text = inspect("lstm", "legacy");
+    assert!(verdict(&text).starts_with("verdict: trains, but perhaps not as PyTorch"), "{text}");
+    assert!(text.contains("--padding-idx embed.weight=ROW"), "{text}");
+    let path = fixture("zoo/lstm/legacy.onnx");
+    let o = onnxsam(&["inspect", path.to_str().unwrap(), "--padding-idx", "embed.weight=none"]);
+    let text = stdout(&o);
     assert_eq!(verdict(&text), "verdict: trains as PyTorch", "{text}");
     assert!(text.contains("in ONNX's gate order") && text.contains("rnn.weight_ih_l0"), "{text}");
     assert!(!text.contains("tied weights") && !text.contains("warning"), "{text}");
+    // a dynamo export records padding_idx: inspect names the padding rows
+    let o = onnxsam(&["inspect", fixture("zoo_foreign/hf_roberta/dynamo.onnx").to_str().unwrap()]);
+    let text = stdout(&o);
+    assert_eq!(verdict(&text), "verdict: trains as PyTorch", "{text}");
+    assert!(text.contains("embedding table 'roberta.embeddings.word_embeddings.weight' has padding row 1"), "{text}");
     // --json carries the same
-    let o = onnxsam(&["inspect", fixture("zoo/transformer_encoder/legacy.onnx").to_str().unwrap(), "--json"]);
+    let o = onnxsam(&["inspect", fixture("zoo/transformer_encoder/legacy.onnx").to_str().unwrap(), "--json", "--padding-idx", "embed.weight=none"]);
     let j: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(j["verdict"], "trains as PyTorch");
     assert!(j["import"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("in_proj_weight")), "{j}");
@@ -487,7 +550,13 @@ fn folded_recurrent_and_group_norm_tensors_are_pytorchs_parameters() {
         let refs = read_npz(&dir.join("reference.npz")).unwrap();
         let mut m = original.clone();
         let mut c = Contract::default();
-        Import { sharing: Default::default(), allow_folded_bn: false, freeze: vec![] }
+        Import {
+            sharing: Default::default(),
+            allow_folded_bn: false,
+            freeze: vec![],
+            padding_idx: vec![],
+            clip_at_bounds: None,
+        }
             .run(&mut m, &mut c)
             .unwrap_or_else(|e| panic!("{arch}/{setting}: {e}"));
         for p in expect {
@@ -526,5 +595,65 @@ fn folded_recurrent_and_group_norm_tensors_are_pytorchs_parameters() {
         for p in expect {
             assert!(m.graph.initializer(p).is_none(), "{arch}/{setting}: '{p}' should be stored the file's way only");
         }
+    }
+}
+
+/// RW-SAM's scores estimate per-sample gradient norms as PyTorch has them: a padding row
+/// (nn.Embedding's padding_idx, from the dynamo metadata) has no gradient, so the direction z takes
+/// on it must not move the finite difference (the perturbed forward reads that row at θ); flipping
+/// z on a row the batch reads does move it.
+#[test]
+fn rw_sam_scores_do_not_see_the_padding_row() {
+    use onnxsam::backend::{self, BackendKind, BackendRequest, Device};
+    use onnxsam::graph_passes::ir::Model;
+    use onnxsam::graph_passes::passes::{fd_branch::FdScheme, reweight::ScoreNorm, sam_update::Optimizer};
+    use onnxsam::graph_passes::step::{ReweightSpec, Score, StepSpec};
+    use onnxsam::step::StepRunner;
+    use onnxsam::tensor::{Data, HostTensor};
+    let dir = fixture("zoo_foreign/hf_roberta");
+    let model = Model::load(&dir.join("dynamo.onnx")).unwrap();
+    let meta: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    let table = "roberta.embeddings.word_embeddings.weight";
+    let pad = meta["padding_rows"][table].as_i64().expect("the fixture has a padding row") as usize;
+    let batch_arrays = read_npz(&dir.join("batch.npz")).unwrap();
+    let ids: Vec<i64> = batch_arrays["input"].to_f64().iter().map(|&v| v as i64).collect();
+    assert!(ids.contains(&(pad as i64)), "the batch holds padding tokens");
+    let used = (0..64).find(|r| *r != pad && ids.contains(&(*r as i64))).unwrap();
+    let spec = StepSpec {
+        optimizer: Optimizer::Sam,
+        rho: 0.05,
+        reweight: Some(ReweightSpec {
+            lambda: 1.0,
+            score: Score::Fd { q: 1, scheme: FdScheme::Forward },
+            score_norm: ScoreNorm::Mean,
+        }),
+        ..StepSpec::default()
+    };
+    for kind in [BackendKind::Tract, BackendKind::Ort] {
+        let be = backend::select(&BackendRequest { kind, ort_lib: None, device: Device::Cpu, threads: Some(1) }, false)
+            .unwrap();
+        let scores = |flip_row: Option<usize>| -> Vec<f64> {
+            let mut r = StepRunner::new(&model, &spec, be.as_ref(), 0).unwrap();
+            let params = r.contract().params.clone();
+            for (k, p) in params.iter().enumerate() {
+                let t = &r.values[p];
+                let d = t.shape.get(1).copied().unwrap_or(1);
+                let mut z: Vec<bool> = (0..t.len()).map(|i| (i * 7 + k * 3) % 5 < 2).collect();
+                if let (Some(row), true) = (flip_row, p == table) {
+                    for v in &mut z[row * d..(row + 1) * d] {
+                        *v = !*v;
+                    }
+                }
+                r.fixed.insert(format!("fd_z/0/{p}"), HostTensor { shape: t.shape.clone(), data: Data::Bool(z) });
+            }
+            let b = r.batch(&dir.join("batch.npz").display().to_string(), batch_arrays.clone()).unwrap();
+            r.step(&b).unwrap()["scores"].to_f64()
+        };
+        let base = scores(None);
+        let padded = scores(Some(pad));
+        let moved = scores(Some(used));
+        let diff = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        assert!(diff(&base, &padded) < 1e-6, "{kind:?}: the padding row's direction moved the scores: {base:?} vs {padded:?}");
+        assert!(diff(&base, &moved) > 1e-4, "{kind:?}: row {used}'s direction should move the scores");
     }
 }

@@ -521,6 +521,11 @@ impl<'g> NodeBuilder<'g> {
     pub fn tensor(self, name: &str, t: TensorProto) -> Self {
         self.attr(attr_tensor(name, t))
     }
+    /// A metadata_props entry (what exporters and import record about the node).
+    pub fn meta(mut self, key: &str, value: &str) -> Self {
+        self.node.metadata_props.push(StringStringEntryProto { key: key.into(), value: value.into() });
+        self
+    }
     /// Adds the node with `n` fresh outputs named after the op.
     pub fn outputs(mut self, n: usize) -> Vec<String> {
         if self.node.name.is_empty() {

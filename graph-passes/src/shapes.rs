@@ -122,6 +122,21 @@ pub fn infer(g: &Graph) -> Result<Shapes> {
     Ok(s)
 }
 
+/// An axis attribute or input of node `n` in [−rank, rank), as an index; an error naming the
+/// node otherwise (a file can say anything).
+pub(crate) fn axis_in(n: &NodeProto, axis: i64, rank: usize) -> Result<usize> {
+    let r = rank as i64;
+    if axis < -r || axis >= r {
+        return Err(node_error(n, format!("axis {axis} is out of range for a tensor of rank {rank}")));
+    }
+    Ok(if axis < 0 { (axis + r) as usize } else { axis as usize })
+}
+
+/// Every axis of a list through `axis_in`.
+pub(crate) fn axes_in(n: &NodeProto, axes: &[i64], rank: usize) -> Result<Vec<usize>> {
+    axes.iter().map(|&a| axis_in(n, a, rank)).collect()
+}
+
 pub(crate) fn norm_axis(axis: i64, rank: usize) -> usize {
     if axis < 0 {
         (axis + rank as i64).max(0) as usize
@@ -129,6 +144,9 @@ pub(crate) fn norm_axis(axis: i64, rank: usize) -> usize {
         axis as usize
     }
 }
+
+/// The symbol `broadcast` gives a dimension where two different symbols meet.
+pub const BROADCAST_SYM: &str = "max";
 
 /// numpy broadcasting of shapes.
 pub fn broadcast(shapes: &[&Shape]) -> Option<Shape> {
@@ -145,9 +163,14 @@ pub fn broadcast(shapes: &[&Shape]) -> Option<Shape> {
                 (Dim::Known(1), x) => x.clone(),
                 (x, Dim::Known(1)) => x.clone(),
                 (Dim::Known(a), Dim::Known(b)) if a != b => return None,
+                (Dim::Known(_), Dim::Known(_)) => d.clone(),
                 // a known size > 1 against a symbol: the known size (the symbol must equal it)
                 (Dim::Known(_), Dim::Sym(_)) => d.clone(),
-                (x, _) => x.clone(),
+                (Dim::Sym(_), Dim::Known(_)) => sd.clone(),
+                (Dim::Sym(a), Dim::Sym(b)) if a == b => d.clone(),
+                // two different symbols: either may be 1 at run time, so the result is neither
+                // (`unbroadcast` must not take it for one of them)
+                (Dim::Sym(a), Dim::Sym(b)) => Dim::Sym(format!("{BROADCAST_SYM}({a},{b})")),
             };
         }
         out.push(d);
@@ -196,6 +219,14 @@ pub(crate) fn ints_of(g: &Graph, s: &Shapes, name: &str) -> Option<Vec<i64>> {
     constant_value(g, name).and_then(|t| tensor::to_i64(t).ok())
 }
 
+/// A small integer tensor's values, symbolic where they come from a symbolic shape.
+pub(crate) fn dims_of(g: &Graph, s: &Shapes, name: &str) -> Option<Vec<Dim>> {
+    if let Some(v) = s.values.get(name) {
+        return Some(v.clone());
+    }
+    constant_value(g, name).and_then(|t| tensor::to_i64(t).ok()).map(|v| v.into_iter().map(Dim::Known).collect())
+}
+
 /// Axes from the attribute (older opsets) or the second input (newer ones).
 pub(crate) fn axes_of(g: &Graph, s: &Shapes, n: &NodeProto, input: usize) -> Option<Vec<i64>> {
     n.attr_ints("axes").or_else(|| n.input.get(input).filter(|x| !x.is_empty()).and_then(|a| ints_of(g, s, a)))
@@ -241,6 +272,7 @@ pub(crate) fn unknown_rank_out(s: &mut Shapes, out: &str, dtype: i32, rank: Opti
 
 /// Python-style clamped slice bounds for one axis of size `d`.
 pub fn slice_bounds(start: i64, end: i64, step: i64, d: i64) -> (i64, i64, i64) {
+    let d = d.max(0);
     let fix = |v: i64, lo: i64, hi: i64| {
         let v = if v < 0 { v.saturating_add(d) } else { v };
         v.clamp(lo, hi)
@@ -269,20 +301,66 @@ pub(crate) fn reduce_shape(xs: &Shape, axes: &[usize], keep: bool) -> Shape {
         .collect()
 }
 
-pub(crate) fn dims_product(ds: &[Dim]) -> Dim {
-    let mut p = 1i64;
-    let mut syms = Vec::new();
-    for d in ds {
-        match d {
-            Dim::Known(v) => p *= v,
-            Dim::Sym(x) => syms.push(x.clone()),
+/// A size as a monomial: coefficient × symbols (sorted). Products of sizes are written
+/// `16·batch` (`MONOMIAL_SEP` between factors), so that a Reshape's −1 and shape arithmetic can
+/// divide them again.
+pub const MONOMIAL_SEP: char = '·';
+
+pub(crate) fn monomial(d: &Dim) -> (i64, Vec<String>) {
+    match d {
+        Dim::Known(v) => (*v, vec![]),
+        Dim::Sym(s) => {
+            let mut coef = 1i64;
+            let mut syms = Vec::new();
+            for part in s.split(MONOMIAL_SEP) {
+                match part.parse::<i64>() {
+                    Ok(k) => coef = coef.saturating_mul(k),
+                    Err(_) => syms.push(part.to_string()),
+                }
+            }
+            syms.sort();
+            (coef, syms)
         }
     }
-    match syms.len() {
-        0 => Dim::Known(p),
-        1 if p == 1 => Dim::Sym(syms[0].clone()),
-        _ => Dim::Sym(format!("{}*{}", syms.join("*"), p)),
+}
+
+pub(crate) fn from_monomial(coef: i64, mut syms: Vec<String>) -> Dim {
+    if syms.is_empty() {
+        return Dim::Known(coef);
     }
+    syms.sort();
+    let mut parts: Vec<String> = Vec::new();
+    if coef != 1 {
+        parts.push(coef.to_string());
+    }
+    parts.extend(syms);
+    Dim::Sym(parts.join(&MONOMIAL_SEP.to_string()))
+}
+
+/// a · b
+pub(crate) fn mul_dims(a: &Dim, b: &Dim) -> Dim {
+    let (ca, mut sa) = monomial(a);
+    let (cb, sb) = monomial(b);
+    sa.extend(sb);
+    from_monomial(ca.saturating_mul(cb), sa)
+}
+
+/// a / b where it divides exactly (as monomials).
+pub(crate) fn div_dims(a: &Dim, b: &Dim) -> Option<Dim> {
+    let (ca, mut sa) = monomial(a);
+    let (cb, sb) = monomial(b);
+    if cb == 0 || ca % cb != 0 {
+        return None;
+    }
+    for x in sb {
+        let i = sa.iter().position(|y| *y == x)?;
+        sa.remove(i);
+    }
+    Some(from_monomial(ca / cb, sa))
+}
+
+pub(crate) fn dims_product(ds: &[Dim]) -> Dim {
+    ds.iter().fold(Dim::Known(1), |acc, d| mul_dims(&acc, d))
 }
 
 pub(crate) fn matmul_shape(a: &Shape, b: &Shape) -> Option<Shape> {
@@ -316,37 +394,10 @@ pub(crate) fn reshape_shape(n: &NodeProto, xs: Option<&Shape>, target: &[Dim], a
         })
         .collect();
     if let Some(pos) = out.iter().position(|d| *d == Dim::Known(-1)) {
+        // −1 = (product of x's sizes) / (product of the other target sizes), as monomials
         let inferred = xs.and_then(|xs| {
-            let total: Option<i64> = xs.iter().map(|d| d.known()).product();
-            let rest: Option<i64> = out.iter().enumerate().filter(|(i, _)| *i != pos).map(|(_, d)| d.known()).product();
-            match (total, rest) {
-                (Some(t), Some(r)) if r != 0 => Some(Dim::Known(t / r)),
-                _ => {
-                    // symbolic batch: x = [N, ...known], target = [N or -1, known...]
-                    let xs_known: i64 = xs.iter().filter_map(|d| d.known()).product();
-                    let xs_syms: Vec<&Dim> = xs.iter().filter(|d| d.known().is_none()).collect();
-                    let out_known: i64 =
-                        out.iter().enumerate().filter(|(i, _)| *i != pos).filter_map(|(_, d)| d.known()).product();
-                    let out_syms: Vec<&Dim> = out
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| *i != pos)
-                        .filter(|(_, d)| d.known().is_none())
-                        .map(|(_, d)| d)
-                        .collect();
-                    if out_syms.is_empty()
-                        && xs_syms.len() == 1
-                        && xs_known % out_known.max(1) == 0
-                        && xs_known / out_known.max(1) == 1
-                    {
-                        Some(xs_syms[0].clone())
-                    } else if xs_syms == out_syms && out_known != 0 {
-                        Some(Dim::Known(xs_known / out_known))
-                    } else {
-                        None
-                    }
-                }
-            }
+            let rest: Vec<Dim> = out.iter().enumerate().filter(|(i, _)| *i != pos).map(|(_, d)| d.clone()).collect();
+            div_dims(&dims_product(xs), &dims_product(&rest))
         });
         out[pos] = inferred.unwrap_or_else(|| Dim::Sym(format!("reshape{}", n.name)));
     }
@@ -394,6 +445,9 @@ pub(crate) fn fold_binary(op: &str, vals: &[Vec<Dim>]) -> Option<Vec<Dim>> {
                 })),
                 _ => match (op, y.known()) {
                     ("Mul" | "Div", Some(1)) | ("Add" | "Sub", Some(0)) => Some(x.clone()),
+                    // symbolic sizes multiply and divide as monomials (batch·heads, …)
+                    ("Mul", _) => Some(mul_dims(x, y)),
+                    ("Div", _) => div_dims(x, y),
                     // a symbolic size is never negative: unequal to any negative constant
                     ("Equal", Some(k)) if k < 0 => Some(Dim::Known(0)),
                     _ => match (op, x.known()) {

@@ -18,6 +18,10 @@ pub struct GradSpec {
     pub allow_folded_bn: bool,
     /// Differentiate Σ wᵢ·ℓᵢ with a `sample_weights` input instead of the mean loss.
     pub weighted: bool,
+    /// Padding rows of embedding tables the file does not record (`--padding-idx`).
+    pub padding_idx: crate::import::conventions::PaddingRows,
+    /// How Clip nodes the file does not describe pass the gradient at their bounds.
+    pub clip_at_bounds: Option<crate::import::conventions::ClipConvention>,
 }
 
 impl GradSpec {
@@ -25,7 +29,13 @@ impl GradSpec {
     /// lift-params (parameters become inputs).
     pub fn front(&self) -> (Import, LiftParams) {
         (
-            Import { sharing: self.sharing, allow_folded_bn: self.allow_folded_bn, freeze: self.freeze.clone() },
+            Import {
+                sharing: self.sharing,
+                allow_folded_bn: self.allow_folded_bn,
+                freeze: self.freeze.clone(),
+                padding_idx: self.padding_idx.clone(),
+                clip_at_bounds: self.clip_at_bounds,
+            },
             LiftParams { freeze: self.freeze.clone() },
         )
     }
@@ -40,6 +50,8 @@ impl Default for GradSpec {
             sharing: Sharing::Auto,
             allow_folded_bn: false,
             weighted: false,
+            padding_idx: vec![],
+            clip_at_bounds: None,
         }
     }
 }

@@ -69,9 +69,67 @@ pub struct GradGraphArgs {
     /// network PyTorch trains; a warning says so)
     #[arg(long)]
     allow_folded_bn: bool,
+    #[command(flatten)]
+    pub import: ImportArgs,
+}
+
+/// What the file may not say about the PyTorch model, told by the user.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ImportArgs {
+    /// The padding row of an embedding table (nn.Embedding's padding_idx, never trained), where
+    /// the file does not record it (legacy exports): TABLE=ROW, or TABLE=none; repeatable
+    #[arg(long, value_name = "TABLE=ROW", allow_hyphen_values = true)]
+    padding_idx: Vec<String>,
+    /// Where Clip's input equals a bound, pass the gradient (clamp: torch.clamp) or not
+    /// (hardtanh: F.hardtanh, F.relu6). For Clip nodes the file does not describe (legacy
+    /// exports); default: bounds (0, 6) are ReLU6, others torch.clamp
+    #[arg(long, value_enum, value_name = "CONVENTION")]
+    clip_at_bounds: Option<ClipAtBounds>,
+}
+
+impl ImportArgs {
+    /// Sets the spec's padding rows and Clip convention.
+    pub fn apply(&self, spec: &mut GradSpec) -> Result<()> {
+        spec.padding_idx = self.padding_idx.iter().map(|s| padding_row(s)).collect::<Result<_>>()?;
+        spec.clip_at_bounds = self.clip_at_bounds.map(|c| match c {
+            ClipAtBounds::Clamp => graph_passes::import::conventions::ClipConvention::Clamp,
+            ClipAtBounds::Hardtanh => graph_passes::import::conventions::ClipConvention::Hardtanh,
+        });
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
+pub enum ClipAtBounds {
+    /// torch.clamp: the gradient passes where x equals a bound
+    Clamp,
+    /// F.hardtanh, F.relu6, nn.ReLU6: no gradient where x equals a bound
+    Hardtanh,
+}
+
+/// `TABLE=ROW` or `TABLE=none` (--padding-idx).
+fn padding_row(s: &str) -> Result<(String, Option<i64>)> {
+    let Some((table, row)) = s.rsplit_once('=') else {
+        bail!("--padding-idx {s}: expected TABLE=ROW (e.g. --padding-idx embeddings.word_embeddings.weight=1) or TABLE=none");
+    };
+    if table.is_empty() {
+        bail!("--padding-idx {s}: the table name is empty; expected TABLE=ROW");
+    }
+    let row = match row.trim() {
+        "none" | "None" => None,
+        r => Some(r.parse::<i64>().map_err(|_| {
+            anyhow!("--padding-idx {s}: the row '{r}' is not an integer; expected TABLE=ROW or TABLE=none")
+        })?),
+    };
+    Ok((table.to_string(), row))
 }
 
 impl GradGraphArgs {
+    /// True when the command line says --train-mode (which some commands do not take).
+    pub fn train_mode_asked(&self) -> bool {
+        self.train_mode
+    }
+
     pub fn spec(&self) -> Result<GradSpec> {
         if !(0.0..1.0).contains(&self.label_smoothing) {
             bail!("--label-smoothing must be in [0, 1), got {}", self.label_smoothing);
@@ -102,7 +160,7 @@ impl GradGraphArgs {
             LossKind::BceWithLogits => Loss::BceWithLogits,
             LossKind::Output => Loss::Output,
         };
-        Ok(GradSpec {
+        let mut spec = GradSpec {
             loss,
             train_mode: !self.eval_mode,
             freeze: self.freeze.clone(),
@@ -115,7 +173,11 @@ impl GradGraphArgs {
             },
             allow_folded_bn: self.allow_folded_bn,
             weighted: false,
-        })
+            padding_idx: vec![],
+            clip_at_bounds: None,
+        };
+        self.import.apply(&mut spec)?;
+        Ok(spec)
     }
 }
 

@@ -243,12 +243,21 @@ pub fn check_gradients(
         let rms = (v0.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / n.max(1) as f64).sqrt() as f32;
         let h = set.step * rms.max(1e-1);
         // random coordinates, moved along the sign of their gradient: a directional derivative
-        // large enough to stand above float32 rounding of the loss
+        // large enough to stand above float32 rounding of the loss. Half of them among the entries
+        // the batch touches (a nonzero gradient: the rows of an embedding table the batch's ids
+        // pick, which uniform probes of a large table would almost never hit), half anywhere
         let gv = grads[p].as_f32().ok_or_else(|| anyhow!("gradient of '{p}' is not float32"))?;
         let mut coords: Vec<(usize, f32)> = Vec::new();
         let noise = g::uniform(seed, &format!("gradcheck/{p}"), set.samples);
+        let touched: Vec<usize> = (0..n).filter(|&i| gv[i] != 0.0).collect();
         for s in 0..set.samples.min(n) {
-            let c = if n <= set.samples { s } else { ((noise[s] as f64) * n as f64) as usize % n };
+            let c = if n <= set.samples {
+                s
+            } else if s % 2 == 0 && !touched.is_empty() {
+                touched[((noise[s] as f64) * touched.len() as f64) as usize % touched.len()]
+            } else {
+                ((noise[s] as f64) * n as f64) as usize % n
+            };
             if !coords.iter().any(|(i, _)| *i == c) {
                 coords.push((c, if gv[c] < 0.0 { -1.0 } else { 1.0 }));
             }

@@ -22,9 +22,15 @@ pub struct InspectArgs {
     /// Say which engines are available: the ONNX Runtime library found, its version, CUDA
     #[arg(long)]
     backends: bool,
-    /// Path to libonnxruntime.so for --backends
+    /// Path to libonnxruntime.so (--backends, and the engine check of the verdict)
     #[arg(long, value_name = "PATH")]
     ort_lib: Option<PathBuf>,
+    /// Build the verdict without running the gradient graph on the engines (faster on large
+    /// models; then "trains as PyTorch" does not say that an engine runs it)
+    #[arg(long)]
+    no_engine_check: bool,
+    #[command(flatten)]
+    import: super::args::ImportArgs,
 }
 
 #[derive(Serialize)]
@@ -52,8 +58,13 @@ struct Report {
     nodes: usize,
     ops: BTreeMap<String, usize>,
     modes: Vec<String>,
-    /// "trains as PyTorch" or "cannot: … (what to do)".
+    /// "trains as PyTorch", "trains, but perhaps not as PyTorch: …", "trains as PyTorch on
+    /// <engine> only: …" or "cannot: … (what to do)".
     verdict: String,
+    /// Engine → "runs the gradient graph", "cannot run it: …" or "not checked: …".
+    engines: BTreeMap<String, String>,
+    /// What is worth knowing before training (dropout an eval-mode export removed, …).
+    notes: Vec<String>,
     /// What the import pass found and did: merges undone, renamed or transposed tensors.
     import: Vec<String>,
     /// The exporter that wrote the file (dynamo, legacy, other), as import saw it.
@@ -96,7 +107,67 @@ fn io_list(vs: &[&onnx::ValueInfoProto]) -> Vec<Io> {
         .collect()
 }
 
-fn report(path: &std::path::Path) -> Result<Report> {
+/// The verdict and what each engine did with the gradient graph.
+fn verdict(a: &InspectArgs, model: &Model, spec: &GradSpec, imported: &ImportReport) -> (String, BTreeMap<String, String>) {
+    use crate::backend::{select, BackendKind, BackendRequest, Device};
+    let mut engines = BTreeMap::new();
+    let (m, c) = match step::grad_graph(model, spec) {
+        Ok(g) => g,
+        Err(e) => return (format!("cannot: {e}"), engines),
+    };
+    let mut ok: Vec<&str> = Vec::new();
+    let mut failed: Vec<(&str, String)> = Vec::new();
+    if !a.no_engine_check {
+        for (kind, name) in [(BackendKind::Tract, "tract"), (BackendKind::Ort, "ort")] {
+            let req = BackendRequest { kind, ort_lib: a.ort_lib.clone(), device: Device::Cpu, threads: Some(1) };
+            let result = match select(&req, false) {
+                Ok(be) => crate::probe::runs(&m, &c, be.as_ref()).map_err(|e| format!("{e:#}")),
+                Err(e) => {
+                    engines.insert(name.into(), format!("not checked: {e:#}"));
+                    continue;
+                }
+            };
+            match result {
+                Ok(()) => {
+                    engines.insert(name.into(), "runs the gradient graph".into());
+                    ok.push(name);
+                }
+                Err(e) => {
+                    engines.insert(name.into(), format!("cannot run it: {e}"));
+                    failed.push((name, e));
+                }
+            }
+        }
+    }
+    let engine_name = |e: &str| if e == "ort" { "ONNX Runtime" } else { "tract" };
+    if !failed.is_empty() && ok.is_empty() {
+        let (e, why) = &failed[0];
+        return (format!("cannot: {} cannot run the gradient graph: {why}", engine_name(e)), engines);
+    }
+    // what the file leaves open that changes the gradient and that a flag can say: a padding row it
+    // does not record (other warnings, such as names the legacy exporter cannot tell buffers by,
+    // are listed under import: there the default is what PyTorch usually does)
+    let base = if imported.padding_unknown.is_empty() {
+        "trains as PyTorch".to_string()
+    } else {
+        format!(
+            "trains, but perhaps not as PyTorch: the file does not say whether {} {} a padding row (--padding-idx TABLE=ROW|none; see the warning under import)",
+            graph_passes::import::summary(&imported.padding_unknown, 3),
+            if imported.padding_unknown.len() == 1 { "has" } else { "have" }
+        )
+    };
+    let verdict = match failed.first() {
+        Some((e, why)) => format!(
+            "{base} on {} only; {} cannot run it: {why}",
+            engine_name(ok[0]),
+            engine_name(e)
+        ),
+        None => base,
+    };
+    (verdict, engines)
+}
+
+fn report(a: &InspectArgs, path: &std::path::Path) -> Result<Report> {
     let model = Model::load(path)?;
     let g = &model.graph;
     let mut ops: BTreeMap<String, usize> = BTreeMap::new();
@@ -109,9 +180,10 @@ fn report(path: &std::path::Path) -> Result<Report> {
         *ops.entry(key).or_default() += 1;
     }
     // what training would see: the import pass and the gradient graph itself, on a copy
-    let spec = GradSpec::default();
+    let mut spec = GradSpec::default();
+    a.import.apply(&mut spec)?;
     // the import report also where the verdict is a refusal (folded BatchNorm)
-    let lenient = GradSpec { allow_folded_bn: true, ..GradSpec::default() };
+    let lenient = GradSpec { allow_folded_bn: true, ..spec.clone() };
     let (report, trainable, untrainable) = match step::imported(&model, &lenient, false) {
         Ok((m, c)) => {
             let ops = step::untrainable_ops(&m.graph, &c.params).unwrap_or_default();
@@ -119,11 +191,21 @@ fn report(path: &std::path::Path) -> Result<Report> {
         }
         Err(_) => (ImportReport::default(), vec![], vec![]),
     };
-    let verdict = match step::grad_graph(&model, &spec) {
-        Ok(_) => "trains as PyTorch".to_string(),
-        Err(e) => format!("cannot: {e}"),
-    };
+    let (verdict, engines) = verdict(a, &model, &spec, &report);
     let mut import = Vec::new();
+    for (table, row) in &report.padding_rows {
+        import.push(format!(
+            "embedding table '{table}' has padding row {row} (nn.Embedding's padding_idx): that row gets no gradient in any pass, as PyTorch's"
+        ));
+    }
+    for table in &report.scale_grad_by_freq {
+        import.push(format!(
+            "embedding table '{table}': scale_grad_by_freq, each row's gradient divided by its count in the batch"
+        ));
+    }
+    if let Some(clip) = &report.clip {
+        import.push(clip.clone());
+    }
     for (root, names) in &report.untied {
         import.push(format!(
             "initializer '{root}' stood for {} distinct PyTorch tensors the exporter merged ({}); untied: each is trained (or kept as a running statistic) on its own (--keep-tied keeps the merge)",
@@ -181,7 +263,15 @@ fn report(path: &std::path::Path) -> Result<Report> {
                 ));
             }
             "Dropout" => {
-                let ratio = n.attr_f("ratio", 0.5);
+                // opset ≥ 12: the ratio is input 1 (default 0.5); before, an attribute
+                let ratio = match n.input.get(1).filter(|s| !s.is_empty()) {
+                    Some(r) => graph_passes::ir::constant_value(g, r)
+                        .and_then(|t| tensor::to_f64(t).ok())
+                        .and_then(|v| v.first().copied())
+                        .map(|v| format!("{v}"))
+                        .unwrap_or_else(|| format!("from '{r}' (not a constant)")),
+                    None => format!("{}", n.attr_f("ratio", 0.5)),
+                };
                 let training = n.input.get(2).map(|s| !s.is_empty()).unwrap_or(false);
                 modes.push(format!(
                     "{}: Dropout ratio {ratio}{}",
@@ -215,6 +305,10 @@ fn report(path: &std::path::Path) -> Result<Report> {
         ));
     }
     let node_metadata = g.nodes.iter().any(|n| !n.metadata_props.is_empty());
+    let mut notes = Vec::new();
+    if let Some(n) = crate::grad::dropout_note(&model) {
+        notes.push(n);
+    }
     Ok(Report {
         file: path.display().to_string(),
         ir_version: model.meta.ir_version,
@@ -243,6 +337,8 @@ fn report(path: &std::path::Path) -> Result<Report> {
         modes,
         limitations,
         verdict,
+        engines,
+        notes,
         import,
         exporter: report.exporter.clone(),
         node_metadata,
@@ -368,6 +464,12 @@ fn print_text(r: &Report) {
             println!("  {l}");
         }
     }
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+    for (e, what) in &r.engines {
+        println!("engine {e}: {what}");
+    }
     println!("verdict: {}", r.verdict);
 }
 
@@ -435,7 +537,7 @@ pub fn run(a: InspectArgs) -> Result<i32> {
     let Some(path) = &a.model else {
         bail!("inspect needs a MODEL (or --backends)");
     };
-    let r = report(path)?;
+    let r = report(&a, path)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -65,6 +65,11 @@ struct EvalReport {
 pub fn eval(a: EvalArgs) -> Result<i32> {
     let model = Model::load(&a.model)?;
     let shown = a.model.display().to_string();
+    if a.graph.train_mode_asked() {
+        bail!(
+            "eval evaluates in eval mode, as model.eval() (BatchNorm's running statistics, no dropout); --train-mode does not apply to it"
+        );
+    }
     let spec = a.graph.spec()?;
     let be = backend::select(&a.backend.request(), true)?;
     let mut ev = Evaluator::new(&model, &spec, be.as_ref()).map_err(|e| anyhow!("{shown}: {e:#}"))?;

@@ -38,14 +38,36 @@ fn scalar(out: &BTreeMap<String, HostTensor>, k: &str) -> Value {
 
 /// Trains as `cfg` says. Returns the exit code: 0 done, 130 interrupted (checkpoint written).
 pub fn train(cfg: &TrainConfig) -> Result<i32> {
+    let existed = cfg.run.exists();
     let mut t = Trainer::set_up(cfg)?;
-    while t.pos.epoch < t.epochs && (t.pos.step as usize) < t.total {
-        let Some(tally) = t.train_epoch()? else { return Ok(130) };
-        if t.end_epoch(tally)? {
-            break;
+    let result = (|| {
+        while t.pos.epoch < t.epochs && (t.pos.step as usize) < t.total {
+            let Some(tally) = t.train_epoch()? else { return Ok(130) };
+            if t.end_epoch(tally)? {
+                break;
+            }
         }
+        t.finish()
+    })();
+    if result.is_err() && !cfg.resume && checkpoint::list(&cfg.run).map(|l| l.is_empty()).unwrap_or(false) {
+        // a run that stopped before its first checkpoint leaves nothing to resume: its folder goes,
+        // so that the same command can be run again
+        remove_unstarted_run(&cfg.run, existed);
     }
-    t.finish()
+    result
+}
+
+/// Removes what a run that never checkpointed wrote: the whole folder where set_up made it, else
+/// the files it writes (a folder the user had already holds other things).
+fn remove_unstarted_run(run: &std::path::Path, existed: bool) {
+    if !existed {
+        let _ = std::fs::remove_dir_all(run);
+        return;
+    }
+    for f in ["config.json", "source.onnx", "normalization.json", "classes.json", "labels.npz", "metrics.jsonl", "metrics.csv"] {
+        let _ = std::fs::remove_file(run.join(f));
+    }
+    let _ = std::fs::remove_dir(checkpoint::dir(run));
 }
 
 /// The data a run trains and evaluates on, checked against the model.
@@ -130,6 +152,34 @@ impl<'a> Trainer<'a> {
         let (inputs, target) = binding(&graphs.step.model, &graphs.step.contract, classes);
         let metric = metric_of(&graphs.step.contract);
         let (d, clean, flipped) = load_data(cfg, &inputs, &target, classes, &shown, drop_last)?;
+        // what a user should know once, before the run (said when the run starts): the network
+        // trains as the file says
+        let mut notes = Vec::new();
+        if !cfg.resume {
+            if let Some(note) = crate::grad::dropout_note(&model) {
+                notes.push(note);
+            }
+            let ce = graphs.step.contract.cross_entropy.as_ref().map(|x| x.classes as usize);
+            // the classes the data has: named (folders, table categories), else the labels' max + 1
+            // (train.classes is raised to the model's count for label noise)
+            let seen = if d.train.class_names.is_empty() {
+                d.train.labels().and_then(|l| l.iter().copied().max()).map(|m| (m.max(-1) + 1) as usize).unwrap_or(0)
+            } else {
+                d.train.class_names.len()
+            };
+            if let Some(c) = ce.filter(|&c| seen > 0 && seen < c) {
+                let named = if d.train.class_names.is_empty() {
+                    format!("labels 0…{}", seen - 1)
+                } else {
+                    graph_passes::import::summary(&d.train.class_names, 4)
+                };
+                notes.push(format!(
+                    "the model has {c} class outputs and {} has {seen} classes ({named}); outputs {seen}…{} are only ever trained towards never being the answer",
+                    d.train.source,
+                    c - 1
+                ));
+            }
+        }
         if let Some(bn) = &graphs.step.contract.batch_norm_over_batch_only {
             if !drop_last && d.train.len() % cfg.batch_size == 1 {
                 bail!(
@@ -199,6 +249,9 @@ impl<'a> Trainer<'a> {
             spec.reweight.map(|r| format!(" + reweight λ = {}", r.lambda)).unwrap_or_default(),
             be.describe()
         );
+        for n in notes {
+            eprintln!("onnxsam: note: {n}");
+        }
         let base_seconds = pos.seconds;
         Ok(Trainer {
             cfg,
@@ -454,8 +507,14 @@ impl<'a> Trainer<'a> {
     /// "the last good checkpoint (step N) is in RUN/checkpoints", for a run that stops on an error.
     fn last_good(&self) -> Result<String> {
         let run = &self.cfg.run;
-        let last = checkpoint::list(run)?.last().map(|(s, _)| format!("step {s}")).unwrap_or("none yet".into());
-        Ok(format!("the last good checkpoint ({last}) is in {}", checkpoint::dir(run).display()))
+        Ok(match checkpoint::list(run)?.last() {
+            Some((s, _)) => format!("the last good checkpoint (step {s}) is in {}", checkpoint::dir(run).display()),
+            None if !self.cfg.resume => format!(
+                "no checkpoint was written yet, so nothing is kept: {} is removed and the same command can run again",
+                run.display()
+            ),
+            None => format!("{} holds no checkpoint", run.display()),
+        })
     }
 
     /// Writes a checkpoint of where the run stands (parameters, optimizer state, statistics).

@@ -102,9 +102,13 @@ def check_file(binary, path, arch_dir, setting, backend, ref, meta):
     params = [p["name"] for p in meta["parameters"]]
     batch = os.path.join(arch_dir, "batch.npz")
     res = {"file": os.path.relpath(path, ROOT), "backend": backend}
+    # what a user passes after reading onnxsam's warning (e.g. --padding-idx, which legacy files drop)
+    flags = (meta.get("settings", {}).get(setting) or {}).get("onnxsam_flags", [])
+    if flags:
+        res["flags"] = flags
     with tempfile.TemporaryDirectory() as tmp:
         gout = os.path.join(tmp, "g.npz")
-        rc, _, err, secs = run([binary, "grad", path, "--batch", batch, "--out", gout, "--backend", backend])
+        rc, _, err, secs = run([binary, "grad", path, "--batch", batch, "--out", gout, "--backend", backend] + flags)
         res["grad_seconds"] = round(secs, 3)
         if rc != 0:
             lines = [line for line in err.strip().splitlines() if not line.startswith("backend:")]
@@ -146,7 +150,8 @@ def check_file(binary, path, arch_dir, setting, backend, ref, meta):
         theta = {p: ref[f"param/{p}"].astype(np.float64) for p in params}
         for opt, extra_args in (("sgd", []), ("sam", ["--optimizer", "sam", "--rho", "0.05"])):
             sout = os.path.join(tmp, f"{opt}.npz")
-            rc, _, err, secs = run([binary, "step", path, "--batch", batch, "--out", sout, "--backend", backend] + HYPER + extra_args)
+            rc, _, err, secs = run([binary, "step", path, "--batch", batch, "--out", sout, "--backend", backend] + HYPER
+                                   + extra_args + flags)
             res[f"{opt}_seconds"] = round(secs, 3)
             if rc != 0:
                 problems.append(f"{opt} step failed: {err.strip()[:300]}")
@@ -181,11 +186,13 @@ def relu_decisions(binary, path, batch, backends):
         if rc != 0:
             return None
         m = onnx.load(g)
-        relus = [n for n in m.graph.node if n.op_type == "Relu"]
+        # ReLU, and Clip (ReLU6, clamp) at either bound: decisions where the gradient jumps
+        relus = [n for n in m.graph.node if n.op_type in ("Relu", "Clip")
+                 and not any(p.key == "onnxsam.pass" and "autodiff" in p.value for p in n.metadata_props)]
         if not relus:
             return None
         for n in relus:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(n.output[0], onnx.TensorProto.FLOAT, None))
+            m.graph.output.append(onnx.helper.make_tensor_value_info(n.input[0], onnx.TensorProto.FLOAT, None))
         onnx.save(m, g)
         b = dict(np.load(batch))
         feeds = {i.name: None for i in m.graph.input}
@@ -211,12 +218,35 @@ def relu_decisions(binary, path, batch, backends):
     a, c = (outs[be] for be in backends)
     found = []
     for n in relus:
-        k = n.output[0]
+        k = n.input[0]
         if k in a and k in c:
-            diff = (a[k] > 0) != (c[k] > 0)
+            bounds = [0.0] if n.op_type == "Relu" else clip_bounds(m, n)
+            diff = np.zeros(a[k].shape, dtype=bool)
+            dist = np.zeros(a[k].shape)
+            for b in bounds:
+                flip = (a[k] > b) != (c[k] > b)
+                diff |= flip
+                dist = np.where(flip, np.maximum(np.abs(a[k] - b), np.abs(c[k] - b)), dist)
             if diff.any():
-                found.append((n.name, int(diff.sum()), float(np.maximum(a[k], c[k])[diff].max())))
+                found.append((n.name, int(diff.sum()), float(dist[diff].max())))
     return found
+
+
+def clip_bounds(m, n):
+    """A Clip node's constant bounds (initializers or Constant nodes)."""
+    import onnx
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    for c in m.graph.node:
+        if c.op_type == "Constant" and c.attribute and c.attribute[0].t.dims is not None:
+            try:
+                consts[c.output[0]] = onnx.numpy_helper.to_array(c.attribute[0].t)
+            except Exception:  # noqa: BLE001
+                pass
+    out = []
+    for i in n.input[1:3]:
+        if i and i in consts:
+            out.append(float(np.asarray(consts[i]).reshape(-1)[0]))
+    return out
 
 
 def main():
@@ -228,9 +258,12 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--from-json", help="write docs/models.md from a --json file of an earlier run")
+    ap.add_argument("--family", choices=["zoo", "foreign"],
+                    help="which section of docs/models.md the results make (default: foreign when the zoo's meta.json "
+                         "says so, else zoo)")
     a = ap.parse_args()
     if a.from_json:
-        write_docs(json.load(open(a.from_json)), a.zoo)
+        write_docs(json.load(open(a.from_json)), a.zoo, a.family)
         return 0
     archs = sorted(d for d in os.listdir(a.zoo) if os.path.isfile(os.path.join(a.zoo, d, "meta.json")))
     if a.only:
@@ -262,7 +295,7 @@ def main():
                     bad["kinks"] = kinks
                     bad["verdict"] = "float32 kink"
                     bad["message"] += "; " + ", ".join(
-                        f"{n}: {k} ReLU decision{'s' if k > 1 else ''} at |x| ≤ {x:.1e} apart from the other engine" for n, k, x in kinks[:3])
+                        f"{n}: {k} ReLU/Clip decision{'s' if k > 1 else ''} at ≤ {x:.1e} from the kink apart from the other engine" for n, k, x in kinks[:3])
                 elif kinks is not None:
                     bad["message"] += "; the engines make the same ReLU decisions"
                 else:
@@ -274,7 +307,7 @@ def main():
     if a.json:
         json.dump(results, open(a.json, "w"), indent=1)
     if not a.no_docs:
-        write_docs(results, a.zoo)
+        write_docs(results, a.zoo, a.family)
     wrong = [r for r in results if r["verdict"] == "WRONG"]
     print(f"{len(results)} checks: {sum(r['verdict'] == 'trains as PyTorch' for r in results)} train as PyTorch, "
           f"{sum(r['verdict'] == 'refused' for r in results)} refused, "
@@ -283,19 +316,42 @@ def main():
     return 1 if wrong else 0
 
 
-def write_docs(results, zoo):
-    meta_of = {}
-    for r in results:
-        if r["arch"] not in meta_of:
-            meta_of[r["arch"]] = json.load(open(os.path.join(zoo, r["arch"], "meta.json")))
-    lines = [
-        "# Models people export: what onnxsam trains",
+SECTION = "<!-- section: {} -->"
+FAMILY_INTRO = {
+    "zoo": [
+        "## Architectures the team wrote or took from torchvision",
         "",
         "Generated by `tools/zoo/check.py` from the zoo `tools/zoo/zoo.py` exports (do not edit by hand).",
         "Each architecture (torchvision's where it has one, `num_classes=10`, small inputs) is exported with "
         "`torch.onnx.export(model, …)` in five ways, `model.eval()` first except for legacy_train:",
+    ],
+    "foreign": [
+        "## Models nobody on the team wrote: timm and Hugging Face",
         "",
-    ]
+        "Generated by `tools/zoo/check.py --zoo zoo-foreign` from `tools/zoo/foreign.py` exports (do not edit by "
+        "hand). timm (`timm.create_model(name, num_classes=10)`, the smallest variant of each family, drop rates 0) "
+        "and Hugging Face transformers (`*ForSequenceClassification` / `ViTForImageClassification`, small configs, "
+        "dropout 0), random init with every norm affine, running statistic and constant-valued parameter "
+        "randomized (so no exporter can merge them); text models take token ids with a dynamic batch AND sequence "
+        "length and batches that hold padding tokens. The five export settings below. Where onnxsam warns that the "
+        "file cannot say something (the legacy exporter drops `padding_idx`), the check passes the flag the "
+        "warning names (`--padding-idx TABLE=ROW`), as a user would; the flags column shows it.",
+    ],
+}
+
+
+def _family(zoo, meta_of):
+    fam = {m.get("family", "zoo") for m in meta_of.values()}
+    return "foreign" if fam == {"foreign"} else "zoo"
+
+
+def write_docs(results, zoo, family=None):
+    meta_of = {}
+    for r in results:
+        if r["arch"] not in meta_of:
+            meta_of[r["arch"]] = json.load(open(os.path.join(zoo, r["arch"], "meta.json")))
+    family = family or _family(zoo, meta_of)
+    lines = [SECTION.format(family), ""] + FAMILY_INTRO[family] + [""]
     for s in SETTINGS:
         lines.append(f"- **{s}**: {SETTING_CALLS[s]}")
     versions = next(iter(meta_of.values()))["versions"] if meta_of else {}
@@ -322,8 +378,9 @@ def write_docs(results, zoo):
         "The error columns give the worst tensor's relative gradient error on tract / ONNX Runtime, and "
         "PyTorch's own worst float32 gradient error for scale.",
         "",
-        "| architecture | parameters | setting | verdict | worst gradient error (tract / ort) | PyTorch float32 | reason |",
-        "|---|---|---|---|---|---|---|",
+        "| architecture | parameters | setting | verdict | worst gradient error (tract / ort) | PyTorch float32 | reason |"
+        + (" flags |" if family == "foreign" else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if family == "foreign" else ""),
     ]
     by = {}
     for r in results:
@@ -339,19 +396,34 @@ def write_docs(results, zoo):
         if len(msg) > 220:
             msg = msg[:217] + "…"
         n = meta_of[arch].get("num_params", "")
-        lines.append(f"| {arch} | {n} | {setting} | {verdict} | {errs} | {f32} | {msg} |")
+        row = f"| {arch} | {n} | {setting} | {verdict} | {errs} | {f32} | {msg} |"
+        if family == "foreign":
+            flags = next((r.get("flags") for r in rs if r.get("flags")), None)
+            row += f" {'`' + ' '.join(flags) + '`' if flags else ''} |"
+        lines.append(row)
     counts = {}
     for (arch, setting), rs in by.items():
         v = rs[0]["verdict"] if len(set(r["verdict"] for r in rs)) == 1 else " / ".join(f"{r['backend']} {r['verdict']}" for r in rs)
         counts.setdefault(setting, {}).setdefault(v, 0)
         counts[setting][v] += 1
-    lines += ["", "## By setting", ""]
+    lines += ["", "### By setting", ""]
     for s in SETTINGS:
         c = counts.get(s, {})
         lines.append(f"- {s}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
     path = os.path.join(ROOT, "docs", "models.md")
+    sections = {}
+    if os.path.exists(path):
+        text = open(path).read()
+        parts = re.split(r"(<!-- section: \w+ -->)", text)
+        for marker, body in zip(parts[1::2], parts[2::2]):
+            sections[re.search(r"section: (\w+)", marker).group(1)] = marker + body.rstrip() + "\n"
+    sections[family] = "\n".join(lines) + "\n"
+    head = ["# Models people export: what onnxsam trains", "",
+            "Two families, each exported the five ways users export and checked against PyTorch in float64 on both "
+            "engines: architectures the team built from torchvision and its own code (`tools/zoo/zoo.py`), and "
+            "models nobody on the team wrote, as timm and Hugging Face give them (`tools/zoo/foreign.py`).", ""]
     with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join(head) + "\n" + "\n".join(sections[k] for k in ("zoo", "foreign") if k in sections))
     print(f"wrote {path}")
 
 

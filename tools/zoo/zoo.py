@@ -1034,7 +1034,7 @@ def _group_warnings(caught):
     return list(groups.values())
 
 
-def export_legacy_train(model, x, path):
+def export_legacy_train(model, x, path, dims=None):
     """The legacy exporter in training mode, as users export a model to keep its BatchNorm layers:
     model.train(), export with training=TrainingMode.TRAINING (constant folding at its default, on),
     model.eval() again. The export traces a train-mode forward, which updates the model's BatchNorm
@@ -1048,7 +1048,7 @@ def export_legacy_train(model, x, path):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            notes.update(_legacy_export(model, x, path, training=torch.onnx.TrainingMode.TRAINING,
+            notes.update(_legacy_export(model, x, path, dims, training=torch.onnx.TrainingMode.TRAINING,
                                         opset_version=LEGACY_TRAIN_OPSET))
     finally:
         model.eval()
@@ -1103,22 +1103,27 @@ def _export_dynamic_or_static(model, x, path, dynamic, how, **kw):
     return notes
 
 
-def _legacy_export(model, x, path, **kw):
-    """torch.onnx.export(dynamo=False) with a dynamic batch (dynamic_axes), else a static one."""
+def _legacy_export(model, x, path, dims=None, **kw):
+    """torch.onnx.export(dynamo=False) with dynamic axes (dims: {axis: name}, default the batch), else
+    a static shape."""
+    dims = dims or {0: "batch"}
     return _export_dynamic_or_static(
-        model, x, path, dict(dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}), "dynamic_axes",
+        model, x, path, dict(dynamic_axes={"input": dict(dims), "logits": {0: "batch"}}),
+        f"dynamic_axes={{'input': {dict(dims)}}}",
         dynamo=False, input_names=["input"], output_names=["logits"], **kw)
 
 
-def export(model, x, path, setting):
-    """Export one setting; returns a dict of notes (dynamic-batch method, fallbacks)."""
+def export(model, x, path, setting, dims=None):
+    """Export one setting; returns a dict of notes (dynamic-batch method, fallbacks). dims: the input's
+    dynamic axes {axis: name} (default {0: "batch"}; text models add the sequence axis)."""
     if setting == "legacy_train":
-        return export_legacy_train(model, x, path)
+        return export_legacy_train(model, x, path, dims)
     if setting.startswith("legacy"):
-        return _legacy_export(model, x, path, do_constant_folding=(setting == "legacy"))
+        return _legacy_export(model, x, path, dims, do_constant_folding=(setting == "legacy"))
+    dims = dims or {0: "batch"}
     return _export_dynamic_or_static(
-        model, x, path, dict(dynamic_shapes=({0: torch.export.Dim("batch")},)),
-        'dynamic_shapes=({0: torch.export.Dim("batch")},)',
+        model, x, path, dict(dynamic_shapes=({a: torch.export.Dim(n) for a, n in dims.items()},)),
+        "dynamic_shapes=({" + ", ".join(f'{a}: torch.export.Dim("{n}")' for a, n in dims.items()) + "},)",
         dynamo=True, input_names=["input"], output_names=["logits"], optimize=(setting == "dynamo"),
         external_data=False)
 
@@ -1454,7 +1459,7 @@ def _export_settings(model, arch, args, d, x, param_names, buffer_names, ort_ref
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 warnings.simplefilter("ignore")
-                entry.update(export(model, x, path, setting))
+                entry.update(export(model, x, path, setting, getattr(args, "dims", None)))
         except Exception as e:  # noqa: BLE001
             entry["error"] = _first_line(e)
             entry["traceback_tail"] = traceback.format_exc().strip().splitlines()[-3:]
@@ -1490,11 +1495,27 @@ def _export_settings(model, arch, args, d, x, param_names, buffer_names, ort_ref
         assert torch.equal(p.detach(), before[n]), f"{arch}: export changed {n}"
     for n, b in model.named_buffers():  # nor the buffers (legacy_train restores those its forward updates)
         assert torch.equal(b.detach(), before_buffers[n]), f"{arch}: export changed buffer {n}"
+    # the legacy exporter drops nn.Embedding's padding_idx and onnxsam warns: the flags a user passes
+    for s, e in new.items():
+        flags = padding_flags(model) if s.startswith("legacy") and e.get("error") is None else []
+        if flags:
+            e["onnxsam_flags"] = flags
     order = [s for s in SETTINGS if s in new or s in kept] + [s for s in kept if s not in SETTINGS]
     meta["settings"] = {s: new[s] if s in new else kept[s] for s in order}
     with open(os.path.join(d, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return meta
+
+
+def padding_flags(model):
+    """`--padding-idx TABLE=ROW|none` for every nn.Embedding: what onnxsam's warning asks a user of a
+    legacy export (which drops padding_idx) to say."""
+    flags = []
+    for n, mod in model.named_modules():
+        if isinstance(mod, nn.Embedding):
+            row = "none" if mod.padding_idx is None else mod.padding_idx
+            flags += ["--padding-idx", f"{n}.weight={row}"]
+    return flags
 
 
 KNOWN_OPS = {"Conv", "Relu", "Add", "MatMul", "Gemm", "BatchNormalization", "Reshape", "Transpose", "Flatten",

@@ -161,13 +161,24 @@ impl<'g> Ctx<'g> {
     }
 
     /// Undoes numpy broadcasting: sums `grad` (shaped like forward value `out`) down to the
-    /// shape of forward value `target`, over constant axes.
+    /// shape of forward value `target`, over constant axes. An axis is summed where `target` has
+    /// size 1 and `out` may not; where `target`'s size is a symbol that `out` does not share (it
+    /// may be 1 at run time, or not), whether the axis was broadcast cannot be known while the
+    /// graph is built: an error says so rather than guess (summing, or not, would be wrong for
+    /// one of the two).
     pub fn unbroadcast(&mut self, grad: &str, target: &str, out: &str) -> Result<String> {
         let (ts, os) = (self.shape(target)?.clone(), self.shape(out)?.clone());
         if ts == os {
             return Ok(grad.to_string());
         }
-        let lead = os.len().saturating_sub(ts.len());
+        if ts.len() > os.len() {
+            bail!(
+                "cannot undo broadcasting of '{target}' {} to {}: the result has fewer axes",
+                shape_string(&Some(ts.clone())),
+                shape_string(&Some(os.clone()))
+            )
+        }
+        let lead = os.len() - ts.len();
         let mut axes: Vec<i64> = (0..lead as i64).collect();
         for (i, d) in ts.iter().enumerate() {
             let o = &os[lead + i];
@@ -181,7 +192,15 @@ impl<'g> Ctx<'g> {
                         shape_string(&Some(os.clone()))
                     )
                 }
-                _ => {}
+                (Dim::Known(_), _) => {}
+                (Dim::Sym(a), Dim::Sym(b)) if a == b => {}
+                (Dim::Sym(a), _) => {
+                    bail!(
+                        "cannot tell whether '{target}' {} was broadcast along axis {i} to {}: its size '{a}' is known only at run time and may be 1; re-export with that size fixed, or with the tensor's shape spelled out (e.g. expand it to the full shape before the operation)",
+                        shape_string(&Some(ts.clone())),
+                        shape_string(&Some(os.clone()))
+                    )
+                }
             }
         }
         if axes.is_empty() {

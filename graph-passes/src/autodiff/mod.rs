@@ -135,7 +135,7 @@ fn sweep(
         }
         let rule = crate::ops::rule_for(&n.op_type).ok_or_else(|| node_error(n, "has no gradient rule yet"))?;
         let dys: Vec<Option<String>> = n.output.iter().map(|o| take_sum(&mut ctx, &mut contributions, o)).collect();
-        let grads = rule(n, &dys, &need, &mut ctx)?;
+        let grads = rule(n, &dys, &need, &mut ctx).map_err(|e| naming_node(n, e))?;
         for (k, gr) in grads.into_iter().enumerate() {
             if let (Some(gr), true) = (gr, need.get(k).copied().unwrap_or(false)) {
                 contributions.entry(n.input[k].clone()).or_default().push(gr);
@@ -151,6 +151,15 @@ fn sweep(
         out.insert(w.clone(), grad);
     }
     Ok(out)
+}
+
+/// A rule's error, prefixed with the node it came from unless it names one already.
+fn naming_node(n: &NodeProto, e: crate::Error) -> crate::Error {
+    if e.0.contains("(node ") {
+        e
+    } else {
+        crate::ir::node_error(n, e.0)
+    }
 }
 
 /// False for inputs through which no gradient flows into the node's outputs: CastLike's second

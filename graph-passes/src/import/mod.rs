@@ -21,6 +21,7 @@
 //! tensor one initializer in PyTorch's layout, and reads other layouts through `Transpose` nodes
 //! tagged `onnxsam.pass = import` (so `export` can store the trained values back in the file's own
 //! layout). Parameters and buffers come out listed in `Contract::import`.
+pub mod conventions;
 pub mod fold;
 pub mod metadata;
 pub mod sequences;
@@ -57,6 +58,10 @@ pub struct Import {
     pub allow_folded_bn: bool,
     /// Parameters lift-params will keep constant (glob patterns): no warning about training them.
     pub freeze: Vec<String>,
+    /// The user's padding rows of embedding tables (`--padding-idx TABLE=ROW|none`).
+    pub padding_idx: conventions::PaddingRows,
+    /// How Clip nodes the file does not describe pass the gradient at their bounds.
+    pub clip_at_bounds: Option<conventions::ClipConvention>,
 }
 
 /// How the file stores a PyTorch tensor when not under its name and in its layout.
@@ -96,6 +101,14 @@ pub struct ImportReport {
     pub notes: Vec<String>,
     /// Float initializers computed at export that name no PyTorch tensor (kept constant).
     pub unnamed: Vec<String>,
+    /// Embedding table → its padding row (nn.Embedding's padding_idx: never trained).
+    pub padding_rows: BTreeMap<String, i64>,
+    /// Embedding tables whose padding row the file does not say (legacy exports).
+    pub padding_unknown: Vec<String>,
+    /// Embedding tables whose gradient is scaled by inverse index frequency (scale_grad_by_freq).
+    pub scale_grad_by_freq: Vec<String>,
+    /// How Clip nodes the file does not describe were read (clamp or hardtanh at the bounds).
+    pub clip: Option<String>,
     pub warnings: Vec<String>,
 }
 
@@ -261,6 +274,22 @@ impl Pass for Import {
                     .collect();
                 if let [hit] = hits.as_slice() {
                     *slot = Some(Named { name: (*hit).clone(), kind: Kind::Param, perm: vec![1, 0] });
+                }
+            }
+        }
+        // 2b. (legacy) a Linear without bias: constant folding stored Wᵀ as `onnx::MatMul_N` and
+        // no bias names it; the MatMul's module scope does (`/score/MatMul` → score.weight)
+        if !dynamo {
+            let taken: HashSet<String> = named.iter().flatten().map(|n| n.name.clone()).collect();
+            for (r, slot) in reads.iter().zip(named.iter_mut()) {
+                let n = &g.nodes[r.node];
+                if slot.is_some() || n.op_type != "MatMul" || r.slot != 1 || !r.seen.starts_with("onnx::") {
+                    continue;
+                }
+                let Some(module) = metadata::legacy_module_path(&n.name) else { continue };
+                let name = format!("{module}.weight");
+                if stored[&r.root].dims.len() == 2 && !taken.contains(&name) {
+                    *slot = Some(Named { name, kind: Kind::Param, perm: vec![1, 0] });
                 }
             }
         }
@@ -539,6 +568,7 @@ impl Pass for Import {
                 summary(&blocking, 3)
             );
         }
+        conventions::apply(g, &mut report, dynamo, &self.padding_idx, self.clip_at_bounds)?;
         c.import = report;
         Ok(())
     }

@@ -320,8 +320,10 @@ pub fn evaluate(n: &NodeProto, inputs: &[&TensorProto], out: &str) -> Result<Opt
         "Concat" => {
             let parts: Vec<(Vec<f32>, Vec<i64>)> = (0..inputs.len()).map(f).collect::<Result<_>>()?;
             let r = parts[0].1.len() as i64;
-            let a = n.attr_i("axis", 0);
-            let a = (if a < 0 { a + r } else { a }) as usize;
+            if parts.iter().any(|(_, d)| d.len() != r as usize) {
+                bail!("{}: Concat of tensors of different ranks", n.describe());
+            }
+            let a = crate::shapes::axis_in(n, n.attr_i("axis", 0), r as usize)?;
             let outer: i64 = parts[0].1[..a].iter().product();
             let mut w = Vec::new();
             for o in 0..outer {

@@ -162,6 +162,16 @@ pub fn from_i64(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
     }
 }
 
+pub fn from_bool(name: &str, dims: &[i64], data: &[bool]) -> TensorProto {
+    TensorProto {
+        name: name.to_string(),
+        dims: dims.to_vec(),
+        data_type: dt::BOOL,
+        raw_data: data.iter().map(|&v| v as u8).collect(),
+        ..Default::default()
+    }
+}
+
 /// Bytes the tensor's data takes (for reports).
 pub fn data_bytes(t: &TensorProto) -> usize {
     numel(t) * elem_size(t.data_type).unwrap_or(0)

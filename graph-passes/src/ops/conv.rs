@@ -21,6 +21,26 @@ fn ops() -> Vec<OpDef> {
     ]
 }
 
+/// Kernel, strides, dilations and pads of a sliding window: one per spatial axis (pads two),
+/// strides and dilations ≥ 1, kernel sizes ≥ 1, pads ≥ 0 — an error naming the node otherwise.
+pub(crate) fn check_window(n: &NodeProto, sp: usize, k: &[i64], s: &[i64], d: &[i64], p: &[i64]) -> Result<()> {
+    let bad = k.len() != sp
+        || s.len() != sp
+        || d.len() != sp
+        || p.len() != 2 * sp
+        || k.iter().chain(s).chain(d).any(|&v| v < 1)
+        || p.iter().any(|&v| v < 0);
+    if bad {
+        return Err(node_error(
+            n,
+            format!(
+                "kernel_shape {k:?}, strides {s:?}, dilations {d:?}, pads {p:?} do not fit {sp} spatial axes (one each, two pads; sizes ≥ 1, pads ≥ 0)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The output of a sliding window (Conv, MaxPool, AveragePool, LpPool) over the spatial axes:
 /// (H + pads − dilation·(k − 1) − 1)/stride + 1, rounded down (or up with ceil_mode); auto_pad
 /// SAME_* keeps ⌈H/stride⌉; MaxPool's Indices output has the same shape.
@@ -34,7 +54,10 @@ pub(crate) fn window_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<(
             let kernel = if op == "Conv" {
                 let w = input_type(s, n, 1)?;
                 match w.shape {
-                    Some(ws) => ws[2..].iter().map(|d| d.known().unwrap_or(1)).collect(),
+                    Some(ws) if ws.len() == xs.len() => ws[2..].iter().map(|d| d.known().unwrap_or(1)).collect(),
+                    Some(ws) => {
+                        return Err(node_error(n, format!("a weight of rank {} for an input of rank {}", ws.len(), xs.len())))
+                    }
                     None => n.attr_ints("kernel_shape").unwrap_or(vec![1; sp]),
                 }
             } else {
@@ -43,6 +66,7 @@ pub(crate) fn window_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<(
             let strides = n.attr_ints("strides").unwrap_or(vec![1; sp]);
             let dil = n.attr_ints("dilations").unwrap_or(vec![1; sp]);
             let mut pads = n.attr_ints("pads").unwrap_or(vec![0; 2 * sp]);
+            check_window(n, sp, &kernel, &strides, &dil, &pads)?;
             let auto_pad = n.attr_s("auto_pad").unwrap_or_default();
             let ceil = n.attr_i("ceil_mode", 0) != 0;
             let mut out = vec![xs[0].clone()];

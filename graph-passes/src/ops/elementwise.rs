@@ -3,6 +3,7 @@
 //! Sign are piecewise constant (gradient zero, as PyTorch).
 use super::{dy, one, op, Family, Gradient as G, OpDef};
 use crate::autodiff::{Ctx, Grads};
+use crate::import::conventions::{self, ClipConvention};
 use crate::ir::{constant_value, node_error, Graph, NodeExt};
 use crate::onnx::{data_type as dt, tensor, NodeProto};
 use crate::shapes::{
@@ -28,10 +29,12 @@ fn ops() -> Vec<OpDef> {
         op("Abs", "6+", same_as_input, G::Rule(abs)).notes("at 0: gradient 0 (sign), as PyTorch"),
         op("Reciprocal", "6+", same_as_input, G::Rule(reciprocal)),
         op("Clip", "11+", same_as_input, G::Rule(clip)).notes(
-            "at the bounds: torch.clamp passes the gradient (the default, and aten.clamp in dynamo metadata); hardtanh/ReLU6 (aten.hardtanh in dynamo metadata) does not; bounds get no gradient",
+            "at the bounds: torch.clamp passes the gradient (aten.clamp in dynamo metadata; a legacy Clip other than (0, 6)); hardtanh/ReLU6 does not (aten.hardtanh/relu6; a legacy Clip(0, 6)); --clip-at-bounds picks for legacy files; bounds get no gradient",
         ),
-        op("Min", "8+", broadcast_shape, G::Rule(min_max)).notes("ties share the gradient equally, as torch.minimum"),
-        op("Max", "8+", broadcast_shape, G::Rule(min_max)).notes("ties share the gradient equally, as torch.maximum"),
+        op("Min", "8+", broadcast_shape, G::Rule(min_max))
+            .notes("ties share the gradient equally, as torch.minimum; torch.clamp's Min (dynamo metadata) passes it whole to x"),
+        op("Max", "8+", broadcast_shape, G::Rule(min_max))
+            .notes("ties share the gradient equally, as torch.maximum; torch.clamp's Max (dynamo metadata) passes it whole to x"),
         op("Sum", "8+", broadcast_shape, G::Rule(sum)),
         op("Mean", "8+", broadcast_shape, G::Rule(mean)),
         op("Where", "9+", broadcast_shape, G::Rule(where_)),
@@ -106,23 +109,38 @@ fn identity_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     Ok(())
 }
 
-fn cast_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
+fn cast_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let t = input_type(s, n, 0)?;
     let to = n.attr_i("to", dt::FLOAT as i64) as i32;
     set(s, &n.output[0], to, t.shape);
-    if to == dt::INT64 || to == dt::INT32 {
-        if let Some(v) = s.values.get(&n.input[0]).cloned() {
-            s.values.insert(n.output[0].clone(), v);
-        }
-    }
+    cast_values(g, n, s, to);
     Ok(())
 }
 
-fn cast_like_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
+fn cast_like_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let t = input_type(s, n, 0)?;
     let like = input_type(s, n, 1)?;
     set(s, &n.output[0], like.dtype, t.shape);
+    cast_values(g, n, s, like.dtype);
     Ok(())
+}
+
+/// Values cast to an integer type keep their (shape) values; so do small float constants of
+/// whole numbers (the dynamo exporter writes `arange(0, n)`'s bounds as float constants cast
+/// like n).
+fn cast_values(g: &Graph, n: &NodeProto, s: &mut Shapes, to: i32) {
+    if to != dt::INT64 && to != dt::INT32 {
+        return;
+    }
+    let v = s.values.get(&n.input[0]).cloned().or_else(|| {
+        let t = crate::ir::constant_value(g, &n.input[0])?;
+        let f = crate::onnx::tensor::to_f32(t).ok()?;
+        (t.dims.len() <= 1 && f.len() <= 64 && f.iter().all(|x| x.fract() == 0.0 && x.abs() < 1e9))
+            .then(|| f.iter().map(|&x| Dim::Known(x as i64)).collect())
+    });
+    if let Some(v) = v {
+        s.values.insert(n.output[0].clone(), v);
+    }
 }
 
 fn dropout_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
@@ -293,14 +311,15 @@ fn reciprocal(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) ->
 
 /// y = clip(x, lo, hi):  dx = dy where lo ≤ x ≤ hi, else 0 — torch.clamp's convention (the
 /// gradient passes at the bounds). hardtanh and ReLU6 export as the same Clip but pass nothing at
-/// the bounds (lo < x < hi): followed where the dynamo exporter's metadata says aten.hardtanh.
+/// the bounds (lo < x < hi): followed where the dynamo metadata says aten.hardtanh or aten.relu6,
+/// or import tagged the node so (`import::conventions`: a legacy Clip(0, 6), `--clip-at-bounds`).
 fn clip(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
     if need.iter().skip(1).any(|&b| b) {
         return Err(node_error(n, "gradient with respect to the clip bounds is not supported"));
     }
     let d = dy(n, dys)?;
     let x = &n.input[0];
-    let strict = crate::import::metadata::fx_call(n).is_some_and(|call| call.op.starts_with("hardtanh"));
+    let strict = conventions::clip_convention(n) == ClipConvention::Hardtanh;
     let lo = n
         .input
         .get(1)
@@ -329,9 +348,30 @@ fn clip(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Re
 }
 
 /// y = max(x₁…xₖ) (or min):  dxᵢ = dy · [xᵢ = y] / #{j : xⱼ = y}   (ties share, as PyTorch)
+/// torch.clamp written as Max(x, lo) / Min(x, hi) (the dynamo exporter without its optimizer):
+/// dx = dy · [x ≥ lo] (or [x ≤ hi]), the whole gradient at the bound, as clamp_backward;
+/// dlo = dy · [lo > x].
 fn min_max(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
     let d = dy(n, dys)?;
     let y = &n.output[0];
+    if conventions::is_clamp_bound(n) {
+        let (x, b) = (&n.input[0], &n.input[1]);
+        let keep = c.op(if n.op_type == "Max" { "GreaterOrEqual" } else { "LessOrEqual" }, &[x, b]);
+        let zero = c.scalar(0.0);
+        let dx = if need[0] {
+            let t = c.where_(&keep, &d, &zero);
+            Some(c.unbroadcast(&t, x, y)?)
+        } else {
+            None
+        };
+        let db = if need[1] {
+            let t = c.where_(&keep, &zero, &d);
+            Some(c.unbroadcast(&t, b, y)?)
+        } else {
+            None
+        };
+        return Ok(vec![dx, db]);
+    }
     let masks: Vec<String> = n
         .input
         .iter()

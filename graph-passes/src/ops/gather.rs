@@ -2,16 +2,18 @@
 //! accumulate. ScatterElements, ScatterND: the written cells' gradient goes to the updates.
 use super::{dy, op, Family, Gradient as G, OpDef};
 use crate::autodiff::{Ctx, Grads};
+use crate::import::conventions;
 use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::NodeProto;
-use crate::shapes::{data_dependent, input_type, ints_of, norm_axis, same_as_input, set, Dim, Shapes};
+use crate::shapes::{axis_in, data_dependent, input_type, ints_of, same_as_input, set, Dim, Shapes};
 use crate::Result;
 
 pub const FAMILY: Family = Family { name: "gather", ops };
 
 fn ops() -> Vec<OpDef> {
     vec![
-        op("Gather", "13+", gather_shape, G::Rule(gather)).notes("any axis, negative indices"),
+        op("Gather", "13+", gather_shape, G::Rule(gather))
+            .notes("any axis, negative indices; nn.Embedding's padding_idx (no gradient for that row) and scale_grad_by_freq"),
         op("GatherElements", "13+", gather_elements_shape, G::Rule(gather_elements)),
         op("GatherND", "13+", gather_nd_shape, G::Rule(gather_nd))
             .notes("batch_dims 0 and 1; repeated indices add up; negative indices (tract 0.23's GatherND fails on them: ONNX Runtime)"),
@@ -29,7 +31,7 @@ fn gather_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let idx = input_type(s, n, 1)?;
     let shape = match (&x.shape, &idx.shape) {
         (Some(xs), Some(is)) => {
-            let axis = norm_axis(n.attr_i("axis", 0), xs.len());
+            let axis = axis_in(n, n.attr_i("axis", 0), xs.len())?;
             let mut out = xs[..axis].to_vec();
             out.extend(is.iter().cloned());
             out.extend(xs[axis + 1..].iter().cloned());
@@ -61,12 +63,15 @@ fn one_hot_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let idx = input_type(s, n, 0)?;
     let vals = input_type(s, n, 2)?;
     let depth = ints_of(g, s, &n.input[1]).map(|d| Dim::Known(d[0])).unwrap_or_else(|| s.fresh_dim("depth"));
-    let shape = idx.shape.map(|is| {
-        let axis = norm_axis(n.attr_i("axis", -1), is.len() + 1);
-        let mut out = is.clone();
-        out.insert(axis, depth);
-        out
-    });
+    let shape = match idx.shape {
+        Some(is) => {
+            let axis = axis_in(n, n.attr_i("axis", -1), is.len() + 1)?;
+            let mut out = is.clone();
+            out.insert(axis, depth);
+            Some(out)
+        }
+        None => None,
+    };
     set(s, &out0, vals.dtype, shape);
     Ok(())
 }
@@ -107,18 +112,14 @@ fn gather(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> 
     let d = dy(n, dys)?;
     let table = &n.input[0];
     let r = c.rank(table)? as i64;
-    let a = {
-        let a = n.attr_i("axis", 0);
-        if a < 0 {
-            a + r
-        } else {
-            a
-        }
-    };
+    let a = axis_in(n, n.attr_i("axis", 0), r as usize)? as i64;
     let s = c.shape(table)?[a as usize].known();
     let idx_rank = c.rank(&n.input[1])? as i64;
     // constant scalar index: pad
     if let (Some(s), Some(k), 0) = (s, c.const_ints(&n.input[1]).and_then(|v| v.first().copied()), idx_rank) {
+        if k < -s || k >= s {
+            return Err(node_error(n, format!("index {k} is out of range for an axis of size {s}")));
+        }
         let k = if k < 0 { k + s } else { k };
         let u = c.unsqueeze(&d, &[a]);
         let mut pads = vec![0i64; 2 * r as usize];
@@ -152,7 +153,13 @@ fn gather(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> 
     let ids = c.unsqueeze(&ids, &[-1]);
     if a == 0 {
         let zeros = c.zeros_like(table);
-        let dt = c.g.add("ScatterND", &[&zeros, &ids, &d]).string("reduction", "add").output();
+        let mut dt = c.g.add("ScatterND", &[&zeros, &ids, &d]).string("reduction", "add").output();
+        if conventions::scale_grad_by_freq(n) {
+            dt = by_inverse_frequency(n, c, &dt, &ids)?;
+        }
+        if let Some(k) = conventions::padding_idx(n) {
+            dt = zero_row(n, c, &dt, k)?;
+        }
         return Ok(vec![Some(dt), None]);
     }
     // x: [d0 … d(a−1), s, rest] → [s, d0 … d(a−1), rest]
@@ -170,6 +177,38 @@ fn gather(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> 
         inv[p as usize] = i as i64;
     }
     Ok(vec![Some(c.transpose(&g, &inv)), None])
+}
+
+/// nn.Embedding(padding_idx=k): row k of the table's gradient is zero (PyTorch's
+/// embedding_backward skips it): dW[k] = 0, written over with ScatterND (reduction none).
+fn zero_row(n: &NodeProto, c: &mut Ctx, dt: &str, k: i64) -> Result<String> {
+    let d = c.shape(&n.input[0])?.get(1..).map(|r| r.to_vec()).unwrap_or_default();
+    let mut dims = vec![1i64];
+    for x in &d {
+        dims.push(x.known().ok_or_else(|| node_error(n, "an embedding table with a padding row must have a known shape"))?);
+    }
+    let zeros = c.const_f32(&dims, &vec![0.0; dims.iter().product::<i64>() as usize]);
+    let row = c.g.add_initializer("padding_row", crate::onnx::tensor::from_i64("", &[1, 1], &[k]));
+    Ok(c.op("ScatterND", &[dt, &row, &zeros]))
+}
+
+/// nn.Embedding(scale_grad_by_freq=True): each row's gradient divided by the number of times
+/// its index occurs in the batch: dW[r] = Σ dy[i : idx_i = r] / #{i : idx_i = r}.
+fn by_inverse_frequency(n: &NodeProto, c: &mut Ctx, dt: &str, ids: &str) -> Result<String> {
+    let rows = c.shape(&n.input[0])?.first().and_then(|d| d.known());
+    let Some(rows) = rows else { return Err(node_error(n, "scale_grad_by_freq needs the table's row count")) };
+    let zeros = c.const_f32(&[rows], &vec![0.0; rows as usize]);
+    // one count per index: ones shaped like the indices (without the trailing 1)
+    let flat_ids = c.squeeze(ids, &[-1]);
+    let shape = c.shape_of(&flat_ids);
+    let one = c.const_f32(&[1], &[1.0]);
+    let ones = c.op("Expand", &[&one, &shape]);
+    let counts = c.g.add("ScatterND", &[&zeros, ids, &ones]).string("reduction", "add").output();
+    let floor = c.scalar(1.0);
+    let counts = c.op("Max", &[&counts, &floor]);
+    let r = c.rank(&n.input[0])? as i64;
+    let counts = c.unsqueeze(&counts, &(1..r).collect::<Vec<_>>());
+    Ok(c.div(dt, &counts))
 }
 
 /// y = gather_elements(x, idx, axis):  dx = ScatterElements(zeros, idx, dy, axis, add)
@@ -202,9 +241,19 @@ fn nd_indices(n: &NodeProto, c: &mut Ctx) -> Result<String> {
     };
     // negative indices count from the end of their data axis
     let ds = c.shape(data)?.clone();
+    if b < 0 || q < 0 || (b + q) as usize > ds.len() {
+        return Err(node_error(n, format!("batch_dims {b} and index depth {q} do not fit data of rank {}", ds.len())));
+    }
     let dims: Option<Vec<i64>> = ds[b as usize..(b + q) as usize].iter().map(|d| d.known()).collect();
-    let dims = dims.ok_or_else(|| node_error(n, "the indexed axes of data must have known sizes"))?;
-    let size = c.g.add_initializer("nd_sizes", crate::onnx::tensor::from_i64("", &[q], &dims));
+    let size = match dims {
+        Some(dims) => c.g.add_initializer("nd_sizes", crate::onnx::tensor::from_i64("", &[q], &dims)),
+        // sizes known at run time (a sequence length): read off the data's shape
+        None => {
+            let shape = c.shape_of(data);
+            let (st, en, ax) = (c.const_i64(&[b]), c.const_i64(&[b + q]), c.const_i64(&[0]));
+            c.op("Slice", &[&shape, &st, &en, &ax])
+        }
+    };
     let zero = c.g.add_initializer("zero_i", crate::onnx::tensor::from_i64("", &[], &[0]));
     let neg = c.op("Less", &[&idx, &zero]);
     let wrapped = c.op("Add", &[&idx, &size]);

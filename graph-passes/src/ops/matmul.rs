@@ -321,13 +321,25 @@ fn sum_to_rank(c: &mut Ctx, g: &str, ry: usize, rx: usize, x: &str, other: &str)
     if xs.len() > 2 {
         let ob = os.len().saturating_sub(2);
         let xb = xs.len() - 2;
+        use crate::shapes::Dim;
         for i in 0..xb {
             let oi = (i + ob).checked_sub(xb);
-            let other_dim = oi.and_then(|k| os.get(k));
-            if xs[i] == crate::shapes::Dim::Known(1)
-                && other_dim.map(|d| *d != crate::shapes::Dim::Known(1)).unwrap_or(false)
-            {
-                axes.push((lead + i) as i64);
+            let Some(other_dim) = oi.and_then(|k| os.get(k)) else { continue };
+            match (&xs[i], other_dim) {
+                (Dim::Known(1), Dim::Known(1)) => {}
+                (Dim::Known(1), _) => axes.push((lead + i) as i64),
+                (Dim::Sym(a), Dim::Sym(b)) if a != b => {
+                    // either may be 1 at run time: whether x was broadcast cannot be known
+                    crate::bail!(
+                        "cannot tell whether '{x}' was broadcast along batch axis {i} of a MatMul: its size '{a}' and the other operand's '{b}' are known only at run time and either may be 1; re-export with those sizes fixed"
+                    )
+                }
+                (Dim::Sym(a), Dim::Known(k)) if *k != 1 => {
+                    crate::bail!(
+                        "cannot tell whether '{x}' was broadcast along batch axis {i} of a MatMul: its size '{a}' is known only at run time and may be 1 (the other operand's is {k}); re-export with that size fixed"
+                    )
+                }
+                _ => {}
             }
         }
     }

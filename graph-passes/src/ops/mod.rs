@@ -243,7 +243,8 @@ pub fn lower(m: &mut Model) -> Result<usize> {
 }
 
 /// `lower` on a graph of the given default-domain opset. Also gives ops the one form on which
-/// the engines agree where they read an op differently (`resize::canonical_form`).
+/// the engines agree where they read an op differently (`resize::canonical_form`,
+/// `reduce::canonical_cumsum`).
 pub fn lower_graph(g: &mut Graph, opset: i64) -> Result<usize> {
     let targets: Vec<NodeProto> = g
         .nodes
@@ -252,13 +253,17 @@ pub fn lower_graph(g: &mut Graph, opset: i64) -> Result<usize> {
         .cloned()
         .collect();
     let mut changed = 0;
-    if g.nodes.iter().any(|n| n.op_type == "Resize") {
+    if g.nodes.iter().any(|n| n.op_type == "Resize" || n.op_type == "CumSum") {
         let s = crate::shapes::infer(g)?;
         for i in 0..g.nodes.len() {
             changed += resize::canonical_form(g, &s, i) as usize;
+            changed += reduce::canonical_cumsum(g, &s, i) as usize;
         }
     }
     if targets.is_empty() {
+        if changed > 0 {
+            g.topo_sort()?;
+        }
         return Ok(changed);
     }
     let s = crate::shapes::infer(g)?;

@@ -6,7 +6,7 @@ use super::{dy, op, Family, Gradient as G, OpDef};
 use crate::autodiff::{Ctx, Grads};
 use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::{data_type as dt, NodeProto};
-use crate::shapes::{input_type, norm_axis, same_as_input, set, Dim, Shape, Shapes};
+use crate::shapes::{input_type, same_as_input, set, Dim, Shape, Shapes};
 use crate::Result;
 
 pub const FAMILY: Family = Family { name: "norm", ops };
@@ -46,7 +46,7 @@ fn layer_norm_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let out0 = n.output.first().cloned().unwrap_or_default();
     let x = input_type(s, n, 0)?;
     if let Some(xs) = &x.shape {
-        let axis = norm_axis(n.attr_i("axis", -1), xs.len());
+        let axis = crate::shapes::axis_in(n, n.attr_i("axis", -1), xs.len())?;
         let red: Shape = xs.iter().enumerate().map(|(i, d)| if i < axis { d.clone() } else { Dim::Known(1) }).collect();
         for o in n.output.iter().skip(1) {
             set(s, o, dt::FLOAT, Some(red.clone()));
@@ -102,14 +102,7 @@ fn layer_norm(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx)
     let d = dy(n, dys)?;
     let x = &n.input[0];
     let r = c.rank(x)? as i64;
-    let axis = {
-        let a = n.attr_i("axis", -1);
-        if a < 0 {
-            a + r
-        } else {
-            a
-        }
-    };
+    let axis = crate::shapes::axis_in(n, n.attr_i("axis", -1), r as usize)? as i64;
     let norm_axes: Vec<i64> = (axis..r).collect();
     let lead_axes: Vec<i64> = (0..axis).collect();
     // the forward's own statistics: LayerNormalization's optional Mean and InvStdDev outputs
@@ -231,7 +224,7 @@ fn group_norm_lower(n: &NodeProto, c: &mut Ctx) -> Result<()> {
 fn lp_norm_lower(n: &NodeProto, c: &mut Ctx) -> Result<()> {
     let x = &n.input[0];
     let r = c.rank(x)?;
-    let axis = norm_axis(n.attr_i("axis", -1), r) as i64;
+    let axis = crate::shapes::axis_in(n, n.attr_i("axis", -1), r)? as i64;
     let op = match n.attr_i("p", 2) {
         1 => "ReduceL1",
         2 => "ReduceL2",
@@ -251,7 +244,10 @@ fn lp_norm_lower(n: &NodeProto, c: &mut Ctx) -> Result<()> {
 fn mvn_lower(n: &NodeProto, c: &mut Ctx) -> Result<()> {
     let x = &n.input[0];
     let r = c.rank(x)?;
-    let axes: Vec<i64> = n.attr_ints("axes").unwrap_or(vec![0, 2, 3]).iter().map(|&a| norm_axis(a, r) as i64).collect();
+    let axes: Vec<i64> = crate::shapes::axes_in(n, &n.attr_ints("axes").unwrap_or(vec![0, 2, 3]), r)?
+        .into_iter()
+        .map(|a| a as i64)
+        .collect();
     let mu = c.reduce_mean(x, &axes, true);
     let xc = c.sub(x, &mu);
     let sq = c.mul(&xc, &xc);
@@ -269,7 +265,7 @@ fn mvn_lower(n: &NodeProto, c: &mut Ctx) -> Result<()> {
 fn rms_norm_lower(n: &NodeProto, c: &mut Ctx) -> Result<()> {
     let x = &n.input[0];
     let r = c.rank(x)?;
-    let axis = norm_axis(n.attr_i("axis", -1), r) as i64;
+    let axis = crate::shapes::axis_in(n, n.attr_i("axis", -1), r)? as i64;
     let axes: Vec<i64> = (axis..r as i64).collect();
     let sq = c.mul(x, x);
     let ms = c.reduce_mean(&sq, &axes, true);

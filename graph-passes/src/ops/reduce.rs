@@ -3,7 +3,7 @@ use super::{dy, op, Family, Gradient as G, OpDef};
 use crate::autodiff::{Ctx, Grads};
 use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::{data_type as dt, NodeProto};
-use crate::shapes::{axes_of, input_type, ints_of, norm_axis, reduce_shape, same_as_input, set, Dim, Shapes};
+use crate::shapes::{axes_of, input_type, ints_of, reduce_shape, same_as_input, set, Dim, Shapes};
 use crate::Result;
 
 pub const FAMILY: Family = Family { name: "reduce", ops };
@@ -41,7 +41,7 @@ fn reduce_shape_rule(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let has_axes_input = n.input.get(1).map(|a| !a.is_empty()).unwrap_or(false) || n.attr("axes").is_some();
     let shape = match (&x.shape, axes) {
         (Some(xs), Some(ax)) => {
-            let ax: Vec<usize> = ax.iter().map(|&a| norm_axis(a, xs.len())).collect();
+            let ax: Vec<usize> = crate::shapes::axes_in(n, &ax, xs.len())?;
             Some(reduce_shape(xs, &ax, keep))
         }
         (Some(xs), None) if !has_axes_input => {
@@ -70,7 +70,9 @@ fn axes(n: &NodeProto, c: &Ctx) -> Result<Vec<i64>> {
         },
     };
     Ok(match given {
-        Some(a) if !a.is_empty() => a.into_iter().map(|v| if v < 0 { v + r } else { v }).collect(),
+        Some(a) if !a.is_empty() => {
+            crate::shapes::axes_in(n, &a, r as usize)?.into_iter().map(|v| v as i64).collect()
+        }
         _ if n.attr_i("noop_with_empty_axes", 0) != 0 => vec![],
         _ => (0..r).collect(),
     })
@@ -254,9 +256,12 @@ fn cum_sum(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Re
 fn top_k_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let x = input_type(s, n, 0)?;
     let k = ints_of(g, s, &n.input[1]).and_then(|v| v.first().copied());
+    let a = match &x.shape {
+        Some(xs) => crate::shapes::axis_in(n, n.attr_i("axis", -1), xs.len())?,
+        None => 0,
+    };
     let shape = x.shape.as_ref().map(|xs| {
         let mut out = xs.clone();
-        let a = norm_axis(n.attr_i("axis", -1), xs.len());
         out[a] = match k {
             Some(k) => Dim::Known(k),
             None => s.fresh_dim("k"),
@@ -283,4 +288,32 @@ fn top_k(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Resu
     let zeros = c.zeros_like(&n.input[0]);
     let dx = c.g.add("ScatterElements", &[&zeros, &indices, &d]).int("axis", n.attr_i("axis", -1)).output();
     Ok(vec![Some(dx), None])
+}
+
+/// tract 0.23 fails on a CumSum over int64 values cast from int32 ("TDim is not a number": the
+/// dynamo export of RoBERTa's position ids, `mask.int()` cast to int64 and summed along the
+/// sequence). Where that int32 is itself a cast of a bool (a mask, so the sum is at most the axis
+/// length), the sum runs on the int32 values and is cast to int64 after: the same numbers, and a
+/// form both engines run. True when node `idx` was rewritten.
+pub(crate) fn canonical_cumsum(g: &mut Graph, s: &Shapes, idx: usize) -> bool {
+    let n = &g.nodes[idx];
+    if n.op_type != "CumSum" || s.get(&n.output[0]).map(|t| t.dtype) != Some(dt::INT64) {
+        return false;
+    }
+    let producer = |v: &str| g.nodes.iter().find(|m| m.output.iter().any(|o| o == v));
+    let Some(to64) = producer(&n.input[0]).filter(|m| m.op_type == "Cast") else { return false };
+    let narrow = to64.input[0].clone();
+    let from_bool = producer(&narrow).is_some_and(|m| {
+        m.op_type == "Cast" && s.get(&m.input[0]).map(|t| t.dtype) == Some(dt::BOOL)
+    });
+    if s.get(&narrow).map(|t| t.dtype) != Some(dt::INT32) || !from_bool {
+        return false;
+    }
+    let out = n.output[0].clone();
+    let summed = g.fresh(&format!("{out}.int32"));
+    let n = &mut g.nodes[idx];
+    n.input[0] = narrow;
+    n.output[0] = summed.clone();
+    g.add("Cast", &[&summed]).int("to", dt::INT64 as i64).exact_outputs(&[&out]);
+    true
 }

@@ -15,7 +15,7 @@ use super::{dy, op, Family, Gradient as G, OpDef};
 use crate::autodiff::{Ctx, Grads};
 use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::{tensor, NodeProto};
-use crate::shapes::{input_type, ints_of, norm_axis, set, Dim, Shapes};
+use crate::shapes::{input_type, ints_of, set, Dim, Shapes};
 use crate::Result;
 
 pub const FAMILY: Family = Family { name: "resize", ops };
@@ -52,7 +52,7 @@ fn plan(g: &Graph, s: &Shapes, n: &NodeProto, dims: &[Option<i64>]) -> std::resu
         (n.input.get(2).filter(|v| !v.is_empty()), n.input.get(3).filter(|v| !v.is_empty()))
     };
     let axes: Vec<usize> = match n.attr_ints("axes") {
-        Some(a) => a.iter().map(|&v| norm_axis(v, r)).collect(),
+        Some(a) => crate::shapes::axes_in(n, &a, r).map_err(|e| e.0)?,
         None => (0..r).collect(),
     };
     let policy = n.attr_s("keep_aspect_ratio_policy").unwrap_or_else(|| "stretch".into());
@@ -357,7 +357,10 @@ pub(crate) fn canonical_form(g: &mut Graph, s: &Shapes, idx: usize) -> bool {
     }
     let r = dims.len();
     let axes: Vec<usize> = match n.attr_ints("axes") {
-        Some(a) => a.iter().map(|&v| norm_axis(v, r)).collect(),
+        Some(a) => match crate::shapes::axes_in(n, &a, r) {
+            Ok(a) => a,
+            Err(_) => return false,
+        },
         None => (0..r).collect(),
     };
     let mut sizes = Vec::new();

@@ -5,7 +5,7 @@ use crate::autodiff::{Ctx, Grads};
 use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::NodeProto;
 use crate::shapes::{
-    axes_of, broadcast, dims_product, input_type, ints_of, norm_axis, reshape_shape, same_as_input, set, slice_bounds,
+    axes_of, axes_in, axis_in, broadcast, dims_of, dims_product, input_type, ints_of, norm_axis, reshape_shape, same_as_input, set, slice_bounds,
     unknown_rank_out, Dim, Shapes, ValueType,
 };
 use crate::Result;
@@ -35,10 +35,14 @@ fn ops() -> Vec<OpDef> {
 fn flatten_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let out0 = n.output.first().cloned().unwrap_or_default();
     let x = input_type(s, n, 0)?;
-    let shape = x.shape.as_ref().map(|xs| {
-        let axis = norm_axis(n.attr_i("axis", 1), xs.len());
-        vec![dims_product(&xs[..axis]), dims_product(&xs[axis..])]
-    });
+    let shape = match x.shape.as_ref() {
+        Some(xs) => {
+            // Flatten's axis may equal the rank ([N, …] → [N·…, 1])
+            let axis = if n.attr_i("axis", 1) == xs.len() as i64 { xs.len() } else { axis_in(n, n.attr_i("axis", 1), xs.len())? };
+            Some(vec![dims_product(&xs[..axis]), dims_product(&xs[axis..])])
+        }
+        None => None,
+    };
     set(s, &out0, x.dtype, shape);
     Ok(())
 }
@@ -66,10 +70,18 @@ fn reshape_shape_rule(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
 fn transpose_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let out0 = n.output.first().cloned().unwrap_or_default();
     let x = input_type(s, n, 0)?;
-    let shape = x.shape.map(|xs| {
-        let perm = n.attr_ints("perm").unwrap_or_else(|| (0..xs.len() as i64).rev().collect());
-        perm.iter().map(|&p| xs[p as usize].clone()).collect()
-    });
+    let shape = match x.shape {
+        Some(xs) => {
+            let perm = n.attr_ints("perm").unwrap_or_else(|| (0..xs.len() as i64).rev().collect());
+            let mut sorted = perm.clone();
+            sorted.sort();
+            if sorted != (0..xs.len() as i64).collect::<Vec<_>>() {
+                return Err(node_error(n, format!("perm {perm:?} is no permutation of the {} axes", xs.len())));
+            }
+            Some(perm.iter().map(|&p| xs[p as usize].clone()).collect())
+        }
+        None => None,
+    };
     set(s, &out0, x.dtype, shape);
     Ok(())
 }
@@ -82,7 +94,7 @@ fn squeeze_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let shape = match (&x.shape, axes) {
         (Some(xs), Some(axes)) if op == "Unsqueeze" => {
             let r = xs.len() + axes.len();
-            let mut ax: Vec<usize> = axes.iter().map(|&a| norm_axis(a, r)).collect();
+            let mut ax: Vec<usize> = axes_in(n, &axes, r)?;
             ax.sort();
             let mut out = Vec::with_capacity(r);
             let mut it = xs.iter();
@@ -92,7 +104,7 @@ fn squeeze_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             Some(out)
         }
         (Some(xs), Some(axes)) => {
-            let ax: Vec<usize> = axes.iter().map(|&a| norm_axis(a, xs.len())).collect();
+            let ax: Vec<usize> = axes_in(n, &axes, xs.len())?;
             Some(xs.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, d)| d.clone()).collect())
         }
         (Some(xs), None) if op == "Squeeze" => Some(xs.iter().filter(|d| **d != Dim::Known(1)).cloned().collect()),
@@ -110,11 +122,15 @@ fn concat_shape(_: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let types: Vec<ValueType> = (0..n.input.len()).map(|i| input_type(s, n, i)).collect::<Result<_>>()?;
     let shape = if types.iter().all(|t| t.shape.is_some()) {
         let first = types[0].shape.clone().unwrap();
-        let axis = norm_axis(n.attr_i("axis", 0), first.len());
+        let axis = axis_in(n, n.attr_i("axis", 0), first.len())?;
         let mut out = first.clone();
         let mut total: Option<i64> = Some(0);
         for t in &types {
-            let d = &t.shape.as_ref().unwrap()[axis];
+            let ts = t.shape.as_ref().unwrap();
+            if ts.len() != first.len() {
+                return Err(node_error(n, format!("inputs of rank {} and {}", first.len(), ts.len())));
+            }
+            let d = &ts[axis];
             total = total.and_then(|acc| d.known().map(|v| acc + v));
         }
         out[axis] = total.map(Dim::Known).unwrap_or_else(|| s.fresh_dim("cat"));
@@ -135,9 +151,17 @@ fn split_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let k = n.output.len();
     let split =
         n.attr_ints("split").or_else(|| n.input.get(1).filter(|x| !x.is_empty()).and_then(|i| ints_of(g, s, i)));
+    if let Some(sp) = &split {
+        if sp.len() != k {
+            return Err(node_error(n, format!("split has {} sizes for {k} outputs", sp.len())));
+        }
+    }
+    let axis = match x.shape.as_ref() {
+        Some(xs) => axis_in(n, n.attr_i("axis", 0), xs.len())?,
+        None => 0,
+    };
     for (j, o) in n.output.iter().enumerate() {
         let shape = x.shape.as_ref().map(|xs| {
-            let axis = norm_axis(n.attr_i("axis", 0), xs.len());
             let mut out = xs.clone();
             out[axis] = match (&split, &xs[axis]) {
                 (Some(sp), _) => Dim::Known(sp[j]),
@@ -157,71 +181,87 @@ fn split_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     Ok(())
 }
 
+/// Slice: each sliced axis gets its length; the other axes keep theirs. Starts and ends may be
+/// symbolic (`x[:, :seq]`, a position table sliced to the sequence length): a slice from 0 with
+/// step 1 to a symbolic end `e` has length `e` (the end is taken to lie within the axis, as it
+/// does where a sequence indexes a table of positions; a run where it does not fails on the
+/// shapes, never silently).
 fn slice_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
     let out0 = n.output.first().cloned().unwrap_or_default();
     let x = input_type(s, n, 0)?;
-    let starts = ints_of(g, s, &n.input[1]);
-    let ends = ints_of(g, s, &n.input[2]);
-    let axes = n.input.get(3).filter(|x| !x.is_empty()).map(|a| ints_of(g, s, a));
-    let steps = n.input.get(4).filter(|x| !x.is_empty()).map(|a| ints_of(g, s, a));
-    let shape = match (&x.shape, starts, ends) {
-        (Some(xs), Some(st), Some(en)) => {
-            let axes = match axes {
-                Some(Some(a)) => a,
-                Some(None) => return unknown_rank_out(s, &out0, x.dtype, Some(xs.len())),
-                None => (0..st.len() as i64).collect(),
-            };
-            let steps = match steps {
-                Some(Some(a)) => a,
-                Some(None) => return unknown_rank_out(s, &out0, x.dtype, Some(xs.len())),
-                None => vec![1; st.len()],
-            };
-            let mut out = xs.clone();
-            let mut val = s.values.get(&n.input[0]).cloned();
-            for (j, &a) in axes.iter().enumerate() {
-                let a = norm_axis(a, xs.len());
-                match &xs[a] {
-                    Dim::Known(d) => {
-                        let (b, e, step) = slice_bounds(st[j], en[j], steps[j], *d);
-                        let len = if step > 0 {
-                            ((e - b).max(0) + step - 1) / step
-                        } else {
-                            ((b - e).max(0) + (-step) - 1) / (-step)
-                        };
-                        out[a] = Dim::Known(len);
-                        if let Some(v) = &mut val {
-                            if xs.len() == 1 && step > 0 {
-                                *v = v
-                                    .iter()
-                                    .skip(b as usize)
-                                    .take(len as usize)
-                                    .step_by(step as usize)
-                                    .cloned()
-                                    .collect();
-                            } else {
-                                val = None;
-                            }
-                        }
-                    }
-                    Dim::Sym(sym) => {
-                        out[a] = if st[j] == 0 && en[j] >= i64::MAX / 2 && steps[j] == 1 {
-                            Dim::Sym(sym.clone())
-                        } else {
-                            s.fresh_dim("slice")
-                        };
+    let Some(xs) = x.shape.clone() else {
+        set(s, &out0, x.dtype, None);
+        return Ok(());
+    };
+    let operand = |i: usize| n.input.get(i).filter(|v| !v.is_empty());
+    let starts = operand(1).and_then(|v| dims_of(g, s, v));
+    let ends = operand(2).and_then(|v| dims_of(g, s, v));
+    let axes: Option<Vec<i64>> = match operand(3) {
+        Some(a) => ints_of(g, s, a),
+        None => starts.as_ref().map(|st| (0..st.len() as i64).collect()),
+    };
+    let steps: Option<Vec<i64>> = match operand(4) {
+        Some(a) => ints_of(g, s, a),
+        None => axes.as_ref().map(|a| vec![1; a.len()]),
+    };
+    let (Some(starts), Some(ends), Some(axes), Some(steps)) = (starts, ends, axes, steps) else {
+        // which axes are sliced is not known: every size is
+        return unknown_rank_out(s, &out0, x.dtype, Some(xs.len()));
+    };
+    if starts.len() != axes.len() || ends.len() != axes.len() || steps.len() != axes.len() {
+        return Err(node_error(
+            n,
+            format!(
+                "starts, ends, axes and steps must have one entry per sliced axis (got {}, {}, {}, {})",
+                starts.len(),
+                ends.len(),
+                axes.len(),
+                steps.len()
+            ),
+        ));
+    }
+    let mut out = xs.clone();
+    let mut val = s.values.get(&n.input[0]).cloned();
+    for (j, &a) in axes.iter().enumerate() {
+        let a = axis_in(n, a, xs.len())?;
+        if steps[j] == 0 {
+            return Err(node_error(n, "a step of 0"));
+        }
+        match (&xs[a], starts[j].known(), ends[j].known()) {
+            (Dim::Known(d), Some(st), Some(en)) => {
+                let (b, e, step) = slice_bounds(st, en, steps[j], *d);
+                let len = if step > 0 {
+                    ((e - b).max(0) + step - 1) / step
+                } else {
+                    ((b - e).max(0) + (-step) - 1) / (-step)
+                };
+                out[a] = Dim::Known(len);
+                if let Some(v) = &mut val {
+                    if xs.len() == 1 && step > 0 {
+                        *v = v.iter().skip(b as usize).take(len as usize).step_by(step as usize).cloned().collect();
+                    } else {
                         val = None;
                     }
                 }
             }
-            if let Some(v) = val {
-                s.values.insert(out0.clone(), v);
+            (Dim::Sym(sym), Some(0), Some(en)) if en >= i64::MAX / 2 && steps[j] == 1 => {
+                out[a] = Dim::Sym(sym.clone());
+                val = None;
             }
-            Some(out)
+            (_, Some(0), None) if steps[j] == 1 => {
+                out[a] = ends[j].clone();
+                val = None;
+            }
+            _ => {
+                out[a] = s.fresh_dim("slice");
+                val = None;
+            }
         }
-        (Some(xs), _, _) => Some((0..xs.len()).map(|_| s.fresh_dim("slice")).collect()),
-        _ => None,
-    };
-    set(s, &out0, x.dtype, shape);
+    }
+    if let Some(v) = val {
+        s.values.insert(out0.clone(), v);
+    }
+    set(s, &out0, x.dtype, Some(out));
     Ok(())
 }
 
@@ -272,6 +312,9 @@ fn full_pads(given: &[i64], axes: Option<&[i64]>, r: usize) -> Option<Vec<i64>> 
             }
             let mut full = vec![0i64; 2 * r];
             for (k, &ax) in axes.iter().enumerate() {
+                if ax < -(r as i64) || ax >= r as i64 {
+                    return None;
+                }
                 let ax = norm_axis(ax, r);
                 full[ax] = given[k];
                 full[ax + r] = given[k + axes.len()];
@@ -334,7 +377,7 @@ fn squeeze_back(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) 
     let given = n.attr_ints("axes").or_else(|| n.input.get(1).filter(|a| !a.is_empty()).and_then(|a| c.const_ints(a)));
     let xs = c.shape(&n.input[0])?.clone();
     let axes: Option<Vec<i64>> = match (n.op_type.as_str(), given) {
-        ("Squeeze", Some(a)) => Some(a.iter().map(|&v| norm_axis(v, xs.len()) as i64).collect()),
+        ("Squeeze", Some(a)) => Some(axes_in(n, &a, xs.len())?.into_iter().map(|v| v as i64).collect()),
         ("Squeeze", None) => {
             let ones: Option<Vec<i64>> = xs
                 .iter()
@@ -345,7 +388,7 @@ fn squeeze_back(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) 
                 .map(|_| xs.iter().enumerate().filter(|(_, d)| d.known() == Some(1)).map(|(i, _)| i as i64).collect());
             ones
         }
-        (_, Some(a)) => Some(a.iter().map(|&v| norm_axis(v, xs.len() + a.len()) as i64).collect()),
+        (_, Some(a)) => Some(axes_in(n, &a, xs.len() + a.len())?.into_iter().map(|v| v as i64).collect()),
         _ => None,
     };
     let dx = match axes {
@@ -395,28 +438,55 @@ fn gemm_at_b(c: &Ctx, v: &str) -> Option<(String, String)> {
 }
 
 fn axis_of(n: &NodeProto, c: &Ctx, default: i64) -> Result<usize> {
-    let r = c.rank(&n.input[0])? as i64;
-    let a = n.attr_i("axis", default);
-    Ok((if a < 0 { a + r } else { a }) as usize)
+    axis_in(n, n.attr_i("axis", default), c.rank(&n.input[0])?)
 }
 
 /// y = concat(x₁…xₖ, axis):  dxᵢ = the slice of dy that xᵢ filled
+/// y = concat(x₁…xₖ, axis):  dxᵢ = dy[…, offsetᵢ : offsetᵢ + lenᵢ, …] along the axis. Sizes known
+/// only at run time (a cache of past keys, a sequence) are read off the inputs' shapes, so the
+/// offsets are computed in the graph.
 fn concat(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
+    /// An offset along the axis: a number, or a value computed in the graph.
+    enum Off {
+        Known(i64),
+        Value(String),
+    }
+    fn value(c: &mut Ctx, o: &Off) -> String {
+        match o {
+            Off::Known(v) => c.const_i64(&[*v]),
+            Off::Value(v) => v.clone(),
+        }
+    }
     let d = dy(n, dys)?;
     let axis = axis_of(n, c, 0)?;
-    let mut start = 0i64;
+    let a = c.const_i64(&[axis as i64]);
+    let mut start = Off::Known(0);
     let mut out = Vec::new();
     for (k, x) in n.input.iter().enumerate() {
-        let len = c.shape(x)?[axis]
-            .known()
-            .ok_or_else(|| node_error(n, format!("input '{x}' has a symbolic size along the concat axis")))?;
+        let len = c.shape(x)?.get(axis).and_then(|d| d.known());
+        let end = match (&start, len) {
+            (Off::Known(s0), Some(l)) => Off::Known(s0 + l),
+            _ => {
+                // the length along the axis from Shape(x) where only the run knows it
+                let l = match len {
+                    Some(l) => c.const_i64(&[l]),
+                    None => {
+                        let shape = c.shape_of(x);
+                        let (s, e, z) = (c.const_i64(&[axis as i64]), c.const_i64(&[axis as i64 + 1]), c.const_i64(&[0]));
+                        c.op("Slice", &[&shape, &s, &e, &z])
+                    }
+                };
+                let b = value(c, &start);
+                Off::Value(c.add(&b, &l))
+            }
+        };
         out.push(if need[k] {
-            let (s, e, a) = (c.const_i64(&[start]), c.const_i64(&[start + len]), c.const_i64(&[axis as i64]));
+            let (s, e) = (value(c, &start), value(c, &end));
             Some(c.op("Slice", &[&d, &s, &e, &a]))
         } else {
             None
         });
-        start += len;
+        start = end;
     }
     Ok(out)
 }
@@ -473,8 +543,11 @@ fn slice(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Resu
     };
     let mut pads = vec![0i64; 2 * r];
     let mut g = d;
+    if starts.len() != axes.len() || ends.len() != axes.len() || steps.len() != axes.len() {
+        return Err(node_error(n, "starts, ends, axes and steps must have one entry per sliced axis"));
+    }
     for (k, &a) in axes.iter().enumerate() {
-        let a = (if a < 0 { a + r as i64 } else { a }) as usize;
+        let a = axis_in(n, a, r)?;
         let Some(dim) = xs[a].known() else {
             // the whole of a symbolic axis (the batch, `x[:, 0]` as the dynamo exporter writes it)
             if starts[k] == 0 && ends[k] >= i32::MAX as i64 && steps[k] == 1 {

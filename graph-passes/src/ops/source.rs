@@ -109,7 +109,14 @@ fn range_shape(g: &Graph, n: &NodeProto, s: &mut Shapes) -> Result<()> {
             }
             Dim::Known(k)
         }
-        _ => s.fresh_dim("range"),
+        _ => {
+            // arange(n): 0 to a symbolic limit by 1 has the limit's length
+            let dims = |i: usize| crate::shapes::dims_of(g, s, &n.input[i]).and_then(|v| v.first().cloned());
+            match (dims(0), dims(1), dims(2)) {
+                (Some(Dim::Known(0)), Some(limit @ Dim::Sym(_)), Some(Dim::Known(1))) => limit,
+                _ => s.fresh_dim("range"),
+            }
+        }
     };
     set(s, &out0, t.dtype, Some(vec![len]));
     Ok(())

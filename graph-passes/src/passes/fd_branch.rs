@@ -7,7 +7,7 @@
 //! input and no multiply). Also tr V ≈ mean_i sᵢ² − (1/Q)·Σ_q (mean_i d_q,i)², unbiased at Q = 1.
 use std::collections::HashMap;
 
-use super::forward::copy_forward;
+use super::forward::copy_forward_with;
 use super::{expose, hyper, value_info, Contract, Direction, Pass};
 use crate::autodiff::Ctx;
 use crate::ir::Model;
@@ -59,7 +59,7 @@ impl Pass for FdBranch {
                     minus.insert(p.clone(), ctx.sub(&p, &dz));
                 }
             }
-            let up = copy_forward(&mut m.graph, c, &format!("fd{q}+/"), &plus)?.value(&lps);
+            let up = copy_forward_with(&mut m.graph, c, &format!("fd{q}+/"), &plus, true)?.value(&lps);
             let d = match self.scheme {
                 FdScheme::Forward => {
                     let mut ctx = Ctx::new(&mut m.graph, shapes::Shapes::default(), opset);
@@ -67,7 +67,7 @@ impl Pass for FdBranch {
                     ctx.div(&t, &delta)
                 }
                 FdScheme::Central => {
-                    let down = copy_forward(&mut m.graph, c, &format!("fd{q}-/"), &minus)?.value(&lps);
+                    let down = copy_forward_with(&mut m.graph, c, &format!("fd{q}-/"), &minus, true)?.value(&lps);
                     let mut ctx = Ctx::new(&mut m.graph, shapes::Shapes::default(), opset);
                     let t = ctx.sub(&up, &down);
                     let two = ctx.scalar(2.0);

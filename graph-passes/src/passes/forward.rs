@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::{BatchNormRegion, Contract, CrossEntropyRegion};
+use crate::import::conventions::padding_idx;
 use crate::ir::{Graph, PASS_KEY};
 use crate::onnx::StringStringEntryProto;
 use crate::{bail, Result};
@@ -30,6 +31,21 @@ impl ForwardCopy {
 /// Copies `c.forward` into `g` under `prefix`, reading `subst[v]` wherever the forward read `v`
 /// (parameters → perturbed parameters). Nodes are tagged `<pass now running>/forward`.
 pub fn copy_forward(g: &mut Graph, c: &Contract, prefix: &str, subst: &HashMap<String, String>) -> Result<ForwardCopy> {
+    copy_forward_with(g, c, prefix, subst, false)
+}
+
+/// `copy_forward` for a finite-difference probe of PyTorch's gradient: with `hold_padding_rows`,
+/// an embedding lookup of a padding row reads the unperturbed table (`Where(ids = k, Gather(θ),
+/// Gather(θ + δz))`), so that (ℓ(θ + δz) − ℓ(θ))/δ estimates z·g with g as PyTorch has it: no
+/// gradient through a padding row's lookups (nn.Embedding's padding_idx), whatever else reads
+/// the table.
+pub fn copy_forward_with(
+    g: &mut Graph,
+    c: &Contract,
+    prefix: &str,
+    subst: &HashMap<String, String>,
+    hold_padding_rows: bool,
+) -> Result<ForwardCopy> {
     let mut map = subst.clone();
     for n in &c.forward {
         if n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty()) {
@@ -55,6 +71,27 @@ pub fn copy_forward(g: &mut Graph, c: &Contract, prefix: &str, subst: &HashMap<S
         if let Some(pass) = &g.pass {
             // `diff` shows the copies apart from the rest of what the pass adds
             m.metadata_props.push(StringStringEntryProto { key: PASS_KEY.into(), value: format!("{pass}/forward") });
+        }
+        let held = match padding_idx(n) {
+            Some(k) if hold_padding_rows && n.op_type == "Gather" && m.input[0] != n.input[0] => Some(k),
+            _ => None,
+        };
+        if let Some(k) = held {
+            // the copy's lookup is renamed; the held output takes the copy's name
+            let out = m.output[0].clone();
+            let perturbed = g.fresh(&format!("{out}.perturbed"));
+            m.output[0] = perturbed.clone();
+            let ids = m.input[1].clone();
+            g.nodes.push(m);
+            let mut ctx = crate::autodiff::Ctx::new(g, crate::shapes::Shapes::default(), 0);
+            let held = ctx.g.add("Gather", &[&n.input[0], &ids]).int("axis", 0).output();
+            let row = ctx.const_i64(&[k]);
+            let row = ctx.op("CastLike", &[&row, &ids]);
+            let is_pad = ctx.op("Equal", &[&ids, &row]);
+            let is_pad = ctx.unsqueeze(&is_pad, &[-1]);
+            let y = ctx.where_(&is_pad, &held, &perturbed);
+            g.add("Identity", &[&y]).exact_outputs(&[&out]);
+            continue;
         }
         g.nodes.push(m);
     }

@@ -43,8 +43,15 @@ pub struct Contract {
     /// State read but not updated (running statistics of an evaluation graph).
     pub state: Vec<String>,
     /// Inputs the runtime fills with uniform [0, 1) noise (dropout masks) → their shape
-    /// (−1 stands for the batch size).
+    /// (−1 stands for the batch size, or for a size `random_shapes` spells out).
     pub random_uniform: BTreeMap<String, Vec<i64>>,
+    /// The shapes of noise inputs with sizes known only at run time beyond the batch: each size a
+    /// number or a product of data-input sizes (`2·seq`), the symbols as `symbols` defines them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub random_shapes: BTreeMap<String, Vec<String>>,
+    /// A size symbol of the data inputs → (input, axis) that carries it at run time.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub symbols: BTreeMap<String, (String, usize)>,
     pub loss: Option<String>,
     pub loss_per_sample: Option<String>,
     pub logits: Option<String>,
@@ -173,6 +180,23 @@ pub fn value_info(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
         }),
         ..Default::default()
     }
+}
+
+/// A ValueInfo with symbolic sizes where `dims` has them (Dim::Sym → dim_param).
+pub fn value_info_dims(name: &str, elem_type: i32, dims: &[crate::shapes::Dim]) -> ValueInfoProto {
+    use crate::onnx::{tensor_shape_proto::dimension::Value as D, type_proto};
+    let mut v = value_info(name, elem_type, &vec![1; dims.len()]);
+    if let Some(type_proto::Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        if let Some(shape) = t.shape.as_mut() {
+            for (slot, d) in shape.dim.iter_mut().zip(dims) {
+                slot.value = Some(match d {
+                    crate::shapes::Dim::Known(k) => D::DimValue(*k),
+                    crate::shapes::Dim::Sym(s) => D::DimParam(s.clone()),
+                });
+            }
+        }
+    }
+    v
 }
 
 /// A ValueInfo with dtype only (shape left to the runtime).

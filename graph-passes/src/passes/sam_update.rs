@@ -250,6 +250,20 @@ impl SamUpdate {
             subst.insert(p.clone(), v.clone());
             perturbed.push(v);
         }
+        // dropout: the pass at θ + ε draws its own masks, as PyTorch's second forward does (the
+        // finite-difference copies share the clean pass's: their differences measure θ alone)
+        for (u, _) in c.random_uniform.clone() {
+            let adv = ctx.g.fresh(&format!("{u}.adv"));
+            let dims = c.random_uniform[&u].clone();
+            let mut declared = ctx.g.inputs.iter().find(|v| v.name == u).cloned().expect("the noise is an input");
+            declared.name = adv.clone();
+            ctx.g.inputs.push(declared);
+            c.random_uniform.insert(adv.clone(), dims);
+            if let Some(sp) = c.random_shapes.get(&u).cloned() {
+                c.random_shapes.insert(adv.clone(), sp);
+            }
+            subst.insert(u, adv);
+        }
         let copy = copy_forward(ctx.g, c, "adv/", &subst)?;
         let adv_loss = copy.value(&loss);
         let sharp = ctx.sub(&adv_loss, &loss);

@@ -5,6 +5,8 @@
 //! computes wrong results when initializers share values, and tract does not run it
 //! (BACKEND-NOTES.md). ONNX's momentum m: running ← m·running + (1 − m)·batch (PyTorch's
 //! momentum is 1 − m); the running variance takes the unbiased batch variance, as PyTorch does.
+use std::collections::BTreeMap;
+
 use super::{value_info, value_info_untyped_shape, BatchNormRegion, Contract, Pass};
 use crate::autodiff::Ctx;
 use crate::ir::{node_error, Model, NodeExt};
@@ -344,6 +346,70 @@ fn batch_count(ctx: &mut Ctx, c: &Contract, x: &str, axes: &[i64]) -> Result<Opt
     Ok(Some(ctx.mul(&n, &k)))
 }
 
+/// Declares `name` a uniform-noise input shaped like a value of shape `shape`: −1 where the size
+/// is the batch; other sizes known only at run time are spelled out in `random_shapes` as
+/// products of data-input sizes (a sequence length, …), which the runtime reads off the batch.
+pub(crate) fn noise_input(g: &mut crate::ir::Graph, c: &mut Contract, name: &str, shape: &[Dim]) -> std::result::Result<(), String> {
+    let data_dims = data_symbols(g, c);
+    let batch = data_dims.iter().find(|(_, (_, axis))| *axis == 0).map(|(s, _)| s.clone());
+    let mut dims = Vec::new();
+    let mut spelled = Vec::new();
+    let mut needs_spelling = false;
+    for d in shape {
+        match d {
+            Dim::Known(k) => {
+                dims.push(*k);
+                spelled.push(k.to_string());
+            }
+            Dim::Sym(s) => {
+                let (_, syms) = crate::shapes::monomial(d);
+                if let Some(unknown) = syms.iter().find(|x| !data_dims.contains_key(*x)) {
+                    return Err(format!(
+                        "Dropout over a size ('{unknown}') that no input of the model carries: onnxsam cannot draw its mask; export with that size fixed"
+                    ));
+                }
+                if Some(s) != batch.as_ref() {
+                    needs_spelling = true;
+                }
+                for x in &syms {
+                    c.symbols.insert(x.clone(), data_dims[x].clone());
+                }
+                dims.push(-1);
+                spelled.push(s.clone());
+            }
+        }
+    }
+    g.inputs.push(crate::passes::value_info_dims(name, dt::FLOAT, shape));
+    c.random_uniform.insert(name.to_string(), dims);
+    if needs_spelling {
+        c.random_shapes.insert(name.to_string(), spelled);
+    }
+    Ok(())
+}
+
+/// Size symbols of the graph's data inputs (not parameters, state or initializers) → (input, axis).
+fn data_symbols(g: &crate::ir::Graph, c: &Contract) -> BTreeMap<String, (String, usize)> {
+    let inits: std::collections::HashSet<&str> = g.initializers.iter().map(|t| t.name.as_str()).collect();
+    let mut out = BTreeMap::new();
+    for v in &g.inputs {
+        if inits.contains(v.name.as_str())
+            || c.params.contains(&v.name)
+            || c.state_next.contains_key(&v.name)
+            || c.random_uniform.contains_key(&v.name)
+        {
+            continue;
+        }
+        if let Some(shape) = crate::shapes::value_type_of(&v.r#type).and_then(|t| t.shape) {
+            for (axis, d) in shape.iter().enumerate() {
+                if let Dim::Sym(s) = d {
+                    out.entry(s.clone()).or_insert((v.name.clone(), axis));
+                }
+            }
+        }
+    }
+    out
+}
+
 fn dropout(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
     let ratio = match n.input.get(1).filter(|s| !s.is_empty()) {
         Some(r) => crate::ir::constant_value(ctx.g, r)
@@ -357,9 +423,8 @@ fn dropout(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
         ctx.op("Identity", &[x])
     } else {
         let u = ctx.g.fresh(&format!("{}.uniform", if n.name.is_empty() { "dropout" } else { &n.name }));
-        let dims: Vec<i64> = ctx.shape(x)?.iter().map(|d| d.known().unwrap_or(-1)).collect();
-        ctx.g.inputs.push(value_info(&u, dt::FLOAT, &dims));
-        c.random_uniform.insert(u.clone(), dims);
+        let shape = ctx.shape(x)?.clone();
+        noise_input(ctx.g, c, &u, &shape).map_err(|e| node_error(n, e))?;
         let r = ctx.scalar(ratio);
         let keep = ctx.op("GreaterOrEqual", &[&u, &r]);
         let mask = ctx.mask(&keep);
