@@ -303,7 +303,8 @@ pub fn warn_import(c: &Contract) {
 /// so the network trains without it; said once by `inspect` and `train`.
 pub fn dropout_note(model: &Model) -> Option<String> {
     let g = &model.graph;
-    if g.nodes.iter().any(|n| n.op_type == "Dropout") || model.meta.producer_name != "pytorch" {
+    let random = |op: &str| op == "Dropout" || graph_passes::passes::train_mode::RANDOM_OPS.contains(&op);
+    if g.nodes.iter().any(|n| random(&n.op_type)) || model.meta.producer_name != "pytorch" {
         return None;
     }
     Some(

@@ -165,3 +165,48 @@ fn dropout_over_a_run_time_sequence_length_is_shaped_from_the_batch() {
         assert!(out[&c.grads["fc.weight"]].to_f64().iter().all(|v| v.is_finite()));
     }
 }
+
+/// A train-mode dynamo export writes Dropout2d / AlphaDropout (aten.bernoulli) as RandomUniformLike
+/// masks, unseeded in the engine: onnxsam feeds them from the run's seeded RNG instead, so the
+/// gradient is the same on both engines and from one run to the next.
+#[test]
+fn random_ops_are_drawn_from_the_runs_seeded_rng() {
+    let mut m = model(false);
+    let g = &mut m.graph;
+    // logits ← logits · [u < 0.75] / 0.75 with u = RandomUniformLike(logits)
+    let out = g.outputs[0].name.clone();
+    let pre = g.fresh("pre");
+    for n in g.nodes.iter_mut() {
+        for o in n.output.iter_mut() {
+            if *o == out {
+                *o = pre.clone();
+            }
+        }
+    }
+    let u = g.add("RandomUniformLike", &[&pre]).name("n1").float("low", 0.0).float("high", 1.0).output();
+    let p = g.add_initializer("keep", tensor::from_f32("", &[], &[0.75]));
+    let keep = g.add("Less", &[&u, &p]).output();
+    let keep = g.add("Cast", &[&keep]).int("to", dt::FLOAT as i64).output();
+    let kept = g.add("Mul", &[&pre, &keep]).output();
+    let s = g.add_initializer("scale", tensor::from_f32("", &[], &[1.0 / 0.75]));
+    g.add("Mul", &[&kept, &s]).exact_outputs(&[&out]);
+    let (gm, c) = grad_graph(&m, &GradSpec::default()).unwrap();
+    assert_eq!(c.random_uniform.len(), 2, "the Dropout's noise and the random op's: {:?}", c.random_uniform);
+    let n = 4;
+    let batch = Batch {
+        data: vec![("x".into(), HostTensor::f32(&[n, 4], x_data(n)))],
+        labels: Some(HostTensor::i64(&[n], vec![0, 1, 2, 1])),
+    };
+    let values = initial_values(&c).unwrap();
+    let grads = |kind: BackendKind, seed: u64| -> Vec<f64> {
+        let feeds = feeds_with(&c, Some(&batch), &values, &FeedOptions { seed, ..Default::default() }).unwrap();
+        let mut s = engine(kind).load(&gm.to_proto()).unwrap();
+        let out: BTreeMap<String, HostTensor> = s.run(&feeds).unwrap().into_iter().collect();
+        out[&c.grads["fc.weight"]].to_f64()
+    };
+    let a = grads(BackendKind::Tract, 0);
+    assert_eq!(a, grads(BackendKind::Tract, 0), "the same seed, the same masks");
+    let b = grads(BackendKind::Ort, 0);
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6), "both engines draw the same masks");
+    assert_ne!(a, grads(BackendKind::Tract, 1), "another seed, other masks");
+}

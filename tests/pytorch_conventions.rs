@@ -1,7 +1,10 @@
 //! Where a PyTorch op's gradient is not what its ONNX form says, onnxsam follows PyTorch as the
-//! file (or the user) tells it: exact values at the points that decide, on both engines.
-//! - torch.clamp passes the gradient where x equals a bound, F.hardtanh / F.relu6 do not (both
-//!   export as Clip; the dynamo exporter writes clamp without its optimizer as Max and Min);
+//! file (or the user) tells it: exact values at the points that decide, on both engines. The
+//! conventions are torch 2.15's, checked in its eager mode (float64):
+//! - Clip: no gradient where x equals a bound for torch.clamp with number bounds, F.hardtanh and
+//!   F.relu6; half of it for torch.clamp with tensor bounds (the dynamo exporter without its
+//!   optimizer writes clamp as Max and Min); `--clip-at-bounds pass` gives all of it;
+//! - HardSwish: 0 at −3, 1 at 3;
 //! - nn.Embedding(padding_idx=k) never trains row k; scale_grad_by_freq divides each row's
 //!   gradient by its count in the batch;
 //! - a tensor broadcast along a size known only at run time is summed back along it (or the graph
@@ -72,8 +75,8 @@ fn assert_close(what: &str, got: &[f64], want: &[f64]) {
     }
 }
 
-fn fx(op: &str) -> String {
-    format!("%y : [num_users=1] = call_function[target=torch.ops.aten.{op}.default](args = (%x, 0.0, 6.0), kwargs = {{}})")
+fn fx(op: &str, bounds: &str) -> String {
+    format!("%y : [num_users=1] = call_function[target=torch.ops.aten.{op}](args = (%x, {bounds}), kwargs = {{}})")
 }
 
 /// x holds both bounds exactly (0 and 6), values inside and outside.
@@ -82,15 +85,16 @@ fn clip_input() -> HostTensor {
 }
 const W: [f32; 6] = [0.5, -1.5, 2.0, 0.25, -3.0, 1.0];
 
-/// dx of Clip(x, 0, 6) under a convention: w where it passes, 0 elsewhere.
-fn clip_grad(at_bounds: bool) -> Vec<f64> {
+/// dx of Clip(x, 0, 6): w inside, `at` × w at a bound, 0 outside.
+fn clip_grad(at: f64) -> Vec<f64> {
     let x = [-1.0, 0.0, 2.5, 6.0, 7.0, 3.0f32];
     x.iter()
         .zip(W)
         .map(|(&x, w)| {
-            let inside = if at_bounds { (0.0..=6.0).contains(&x) } else { x > 0.0 && x < 6.0 };
-            if inside {
+            if x > 0.0 && x < 6.0 {
                 w as f64
+            } else if x == 0.0 || x == 6.0 {
+                at * w as f64
             } else {
                 0.0
             }
@@ -113,57 +117,67 @@ fn clip_model(meta: Option<(&str, String)>) -> Model {
 }
 
 #[test]
-fn clip_follows_clamp_or_hardtanh_at_its_bounds() {
+fn clip_gives_what_torch_gives_at_its_bounds() {
     let feeds = [("x", clip_input()), ("w", HostTensor::f32(&[6], W.to_vec()))];
-    let cases: Vec<(&str, Option<(&str, String)>, bool)> = vec![
-        ("no metadata: torch.clamp's convention", None, true),
-        ("dynamo aten.clamp", Some((FX_NODE, fx("clamp"))), true),
-        ("dynamo aten.relu6 (F.relu6, nn.ReLU6)", Some((FX_NODE, fx("relu6"))), false),
-        ("dynamo aten.hardtanh", Some((FX_NODE, fx("hardtanh"))), false),
-        ("import's tag hardtanh (legacy Clip(0, 6), --clip-at-bounds)", Some((CLIP_CONVENTION, "hardtanh".into())), false),
-        ("import's tag clamp (--clip-at-bounds clamp)", Some((CLIP_CONVENTION, "clamp".into())), true),
+    let scalar_bounds = "%scalar_tensor_default, %scalar_tensor_default_1";
+    let cases: Vec<(&str, Option<(&str, String)>, f64)> = vec![
+        ("no metadata: torch 2.15's clamp with number bounds", None, 0.0),
+        ("dynamo aten.clamp with number bounds", Some((FX_NODE, fx("clamp.Tensor", scalar_bounds))), 0.0),
+        ("dynamo aten.clamp with tensor bounds", Some((FX_NODE, fx("clamp.Tensor", "%p_lo, %p_hi"))), 0.5),
+        ("dynamo aten.relu6 (F.relu6, nn.ReLU6)", Some((FX_NODE, fx("relu6.default", ""))), 0.0),
+        ("dynamo aten.hardtanh", Some((FX_NODE, fx("hardtanh.default", "0.0, 6.0"))), 0.0),
+        ("--clip-at-bounds pass on a legacy Clip", Some((CLIP_CONVENTION, "pass".into())), 1.0),
+        ("--clip-at-bounds zero on a legacy Clip", Some((CLIP_CONVENTION, "zero".into())), 0.0),
     ];
-    for (what, meta, passes) in cases {
+    for (what, meta, at) in cases {
         let m = clip_model(meta);
         for e in ENGINES {
-            assert_close(&format!("{what} on {e:?}"), &grads(&m, &feeds, e)["x"], &clip_grad(passes));
+            assert_close(&format!("{what} on {e:?}"), &grads(&m, &feeds, e)["x"], &clip_grad(at));
         }
     }
 }
 
 /// torch.clamp exported by the dynamo exporter without its optimizer: Max(x, lo) then Min(·, hi),
-/// both tagged aten.clamp. PyTorch's clamp_backward passes the whole gradient at the bounds; the
-/// plain Max/Min rule (torch.maximum) would share it half and half with the bound.
+/// both tagged aten.clamp. With number bounds no gradient at a bound (as eager torch 2.15); the
+/// plain Max/Min rule (torch.maximum: ties share) where the bounds are tensors.
 #[test]
-fn clamp_written_as_max_and_min_passes_the_whole_gradient_at_the_bounds() {
+fn clamp_written_as_max_and_min_gives_what_torch_gives_at_the_bounds() {
     let feeds = [("x", clip_input()), ("w", HostTensor::f32(&[6], W.to_vec()))];
-    for (tagged, want) in [(true, clip_grad(true)), (false, {
-        // torch.maximum / minimum: ties share
-        let mut v = clip_grad(true);
-        v[1] /= 2.0;
-        v[3] /= 2.0;
-        v
-    })] {
+    for (bounds, want) in [(Some("%scalar_tensor_default, %scalar_tensor_default_1"), clip_grad(0.0)), (Some("%p_lo, %p_hi"), clip_grad(0.5)), (None, clip_grad(0.5))] {
         let mut g = Graph::default();
         input(&mut g, "x", dt::FLOAT, &["6"]);
         input(&mut g, "w", dt::FLOAT, &["6"]);
         let lo = g.add_initializer("lo", tensor::from_f32("", &[], &[0.0]));
         let hi = g.add_initializer("hi", tensor::from_f32("", &[], &[6.0]));
-        let meta = fx("clamp");
+        let meta = bounds.map(|b| fx("clamp.Tensor", b));
         let mut mx = g.add("Max", &["x", &lo]);
-        if tagged {
-            mx = mx.meta(FX_NODE, &meta);
+        if let Some(m) = &meta {
+            mx = mx.meta(FX_NODE, m);
         }
         let lower = mx.output();
         let mut mn = g.add("Min", &[&lower, &hi]);
-        if tagged {
-            mn = mn.meta(FX_NODE, &meta);
+        if let Some(m) = &meta {
+            mn = mn.meta(FX_NODE, m);
         }
         let y = mn.output();
         let m = with_loss(g, &y, &["x"]).unwrap();
         for e in ENGINES {
-            assert_close(&format!("Max/Min tagged {tagged} on {e:?}"), &grads(&m, &feeds, e)["x"], &want);
+            assert_close(&format!("Max/Min with bounds {bounds:?} on {e:?}"), &grads(&m, &feeds, e)["x"], &want);
         }
+    }
+}
+
+/// HardSwish at its kinks, as torch 2.15's hardswish_backward: 0 at −3, 1 at 3.
+#[test]
+fn hard_swish_at_its_kinks() {
+    let mut g = Graph::default();
+    input(&mut g, "x", dt::FLOAT, &["4"]);
+    input(&mut g, "w", dt::FLOAT, &["4"]);
+    let y = g.add("HardSwish", &["x"]).output();
+    let m = with_loss(g, &y, &["x"]).unwrap();
+    let feeds = [("x", HostTensor::f32(&[4], vec![-3.0, 3.0, 0.0, -4.0])), ("w", HostTensor::f32(&[4], vec![1.0; 4]))];
+    for e in ENGINES {
+        assert_close(&format!("HardSwish on {e:?}"), &grads(&m, &feeds, e)["x"], &[0.0, 1.0, 0.5, 0.0]);
     }
 }
 

@@ -46,6 +46,8 @@ fn expected(arch: &str, setting: &str) -> Option<&'static str> {
         // constant folding stores the recurrent weights in ONNX's gate order and GroupNorm's
         // affine reshaped: import recognizes them by the op that reads them (import/views.rs)
         "norm_cnn" | "lstm" | "gru" => None,
+        // two fresh GroupNorms' equal affines, stored once by folding: one parameter each
+        "twin_groupnorm" => None,
         other => panic!("no expectation for {other}"),
     }
 }
@@ -277,6 +279,7 @@ zoo!(
     transformer_encoder,
     mlp_mixer,
     norm_cnn,
+    twin_groupnorm,
     lstm,
     gru,
     conv1d,

@@ -80,9 +80,9 @@ pub struct ImportArgs {
     /// the file does not record it (legacy exports): TABLE=ROW, or TABLE=none; repeatable
     #[arg(long, value_name = "TABLE=ROW", allow_hyphen_values = true)]
     padding_idx: Vec<String>,
-    /// Where Clip's input equals a bound, pass the gradient (clamp: torch.clamp) or not
-    /// (hardtanh: F.hardtanh, F.relu6). For Clip nodes the file does not describe (legacy
-    /// exports); default: bounds (0, 6) are ReLU6, others torch.clamp
+    /// Where Clip's input equals a bound: no gradient (zero: torch 2.15's clamp with number
+    /// bounds, F.hardtanh, F.relu6 — the default) or all of it (pass: an older PyTorch's clamp).
+    /// For Clip nodes the file does not describe (legacy exports)
     #[arg(long, value_enum, value_name = "CONVENTION")]
     clip_at_bounds: Option<ClipAtBounds>,
 }
@@ -92,8 +92,8 @@ impl ImportArgs {
     pub fn apply(&self, spec: &mut GradSpec) -> Result<()> {
         spec.padding_idx = self.padding_idx.iter().map(|s| padding_row(s)).collect::<Result<_>>()?;
         spec.clip_at_bounds = self.clip_at_bounds.map(|c| match c {
-            ClipAtBounds::Clamp => graph_passes::import::conventions::ClipConvention::Clamp,
-            ClipAtBounds::Hardtanh => graph_passes::import::conventions::ClipConvention::Hardtanh,
+            ClipAtBounds::Zero => graph_passes::import::conventions::ClipConvention::Zero,
+            ClipAtBounds::Pass => graph_passes::import::conventions::ClipConvention::Pass,
         });
         Ok(())
     }
@@ -101,10 +101,10 @@ impl ImportArgs {
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
 pub enum ClipAtBounds {
-    /// torch.clamp: the gradient passes where x equals a bound
-    Clamp,
-    /// F.hardtanh, F.relu6, nn.ReLU6: no gradient where x equals a bound
-    Hardtanh,
+    /// no gradient where x equals a bound (torch 2.15's clamp with number bounds, hardtanh, relu6)
+    Zero,
+    /// the whole gradient where x equals a bound (an older PyTorch's clamp)
+    Pass,
 }
 
 /// `TABLE=ROW` or `TABLE=none` (--padding-idx).

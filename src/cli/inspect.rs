@@ -147,7 +147,9 @@ fn verdict(a: &InspectArgs, model: &Model, spec: &GradSpec, imported: &ImportRep
     // what the file leaves open that changes the gradient and that a flag can say: a padding row it
     // does not record (other warnings, such as names the legacy exporter cannot tell buffers by,
     // are listed under import: there the default is what PyTorch usually does)
-    let base = if imported.padding_unknown.is_empty() {
+    let base = if let Some(d) = imported.differences.first() {
+        format!("trains, but not as PyTorch: {}", d.split(": ").next().unwrap_or(d))
+    } else if imported.padding_unknown.is_empty() {
         "trains as PyTorch".to_string()
     } else {
         format!(
@@ -189,6 +191,8 @@ fn report(a: &InspectArgs, path: &std::path::Path) -> Result<Report> {
             let ops = step::untrainable_ops(&m.graph, &c.params).unwrap_or_default();
             (c.import.clone(), c.params.iter().filter_map(|p| c.init.get(p).cloned()).collect::<Vec<_>>(), ops)
         }
+        // a flag the file contradicts (--padding-idx) is the command line's error
+        Err(e) if e.0.starts_with("--") => bail!("{}: {e}", path.display()),
         Err(_) => (ImportReport::default(), vec![], vec![]),
     };
     let (verdict, engines) = verdict(a, &model, &spec, &report);
@@ -268,7 +272,7 @@ fn report(a: &InspectArgs, path: &std::path::Path) -> Result<Report> {
                     Some(r) => graph_passes::ir::constant_value(g, r)
                         .and_then(|t| tensor::to_f64(t).ok())
                         .and_then(|v| v.first().copied())
-                        .map(|v| format!("{v}"))
+                        .map(|v| format!("{}", v as f32))
                         .unwrap_or_else(|| format!("from '{r}' (not a constant)")),
                     None => format!("{}", n.attr_f("ratio", 0.5)),
                 };

@@ -91,6 +91,33 @@ struct PlotArgs {
     output: Option<PathBuf>,
 }
 
+/// clap's answer to a command line it cannot take, as onnxsam's one line (help and version as
+/// clap prints them): "onnxsam: error: <what>; see onnxsam <command> --help".
+fn command_line_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind as K;
+    if matches!(e.kind(), K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand) {
+        let _ = e.print();
+        return 0;
+    }
+    let text = e.to_string();
+    // the message: its lines up to the usage (a list of missing arguments, possible values, tips)
+    let what: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let what = what.join(" ").trim_start_matches("error: ").replace(": ", ": ").replace(":  ", ": ");
+    let known = matches!(e.kind(), K::InvalidSubcommand | K::UnknownArgument) && std::env::args().nth(1).is_none();
+    let cmd = std::env::args().nth(1).filter(|a| !a.starts_with('-') && e.kind() != K::InvalidSubcommand && !known);
+    let help = match cmd {
+        Some(c) => format!("onnxsam {c} --help"),
+        None => "onnxsam --help".to_string(),
+    };
+    eprintln!("onnxsam: error: {what}; see {help}");
+    2
+}
+
 pub use crate::error::{check_failed, Failure};
 pub use args::{BackendArgs, GradGraphArgs, StepArgs};
 
@@ -112,7 +139,10 @@ pub fn main() -> i32 {
             eprintln!("onnxsam: internal error: {}{at} (please report this)", msg.replace('\n', " "));
         }
     }));
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return command_line_error(e),
+    };
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Ops(a) => ops::run(a),

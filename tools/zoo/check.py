@@ -300,6 +300,9 @@ def main():
                     bad["message"] += "; the engines make the same ReLU decisions"
                 else:
                     bad["message"] += "; no ReLU in the network: float32 rounding alone"
+            if a.json:
+                # written as it goes: a long run stopped midway keeps what it measured
+                json.dump(results, open(a.json, "w"), indent=1)
             for r in pair:
                 worst = r.get("grad_worst")
                 print(f"{arch:<20} {setting:<14} {r['backend']:<6} {r['verdict']:<18} "

@@ -351,6 +351,21 @@ class NormCNN(nn.Module):
         return self.fc(x)
 
 
+class TwinGroupNorm(nn.Module):
+    """conv-GroupNorm-ReLU twice at one width, avg-pool, fc: two fresh GroupNorm layers hold equal
+    affines (ones, zeros), which constant folding and the dynamo optimizer store once."""
+
+    def __init__(self, width=8, groups=2, num_classes=NUM_CLASSES):
+        super().__init__()
+        self.c1, self.g1 = nn.Conv2d(3, width, 3, padding=1), nn.GroupNorm(groups, width)
+        self.c2, self.g2 = nn.Conv2d(width, width, 3, padding=1), nn.GroupNorm(groups, width)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.g2(self.c2(F.relu(self.g1(self.c1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
 class RNNClassifier(nn.Module):
     """Token ids [N, T] -> nn.Embedding -> nn.LSTM / nn.GRU (batch_first) -> last hidden state of the
     last layer (both directions concatenated if bidirectional) -> Linear."""
@@ -626,6 +641,12 @@ def build_norm_cnn(narrow):
     return NormCNN(**kw), shape, torch.float32, f"GroupNorm / InstanceNorm2d(affine) CNN {kw}"
 
 
+def build_twin_groupnorm(narrow):
+    width = 8 if narrow else 32
+    return TwinGroupNorm(width), (3, 8, 8) if narrow else (3, 16, 16), torch.float32, \
+        f"conv-GroupNorm-ReLU twice at width {width} (fresh, equal affines the exporters store once), pool, fc"
+
+
 def build_lstm(narrow):
     kw = dict(emb=8, hidden=12, layers=1) if narrow else dict(emb=32, hidden=64, layers=2)
     return RNNClassifier(nn.LSTM, **kw), (12,), torch.int64, f"Embedding(64) + nn.LSTM {kw} + last hidden -> Linear"
@@ -680,6 +701,7 @@ ARCHS = {
     "transformer_encoder": build_transformer_encoder,
     "mlp_mixer": build_mlp_mixer,
     "norm_cnn": build_norm_cnn,
+    "twin_groupnorm": build_twin_groupnorm,
     "lstm": build_lstm,
     "gru": build_gru,
     "conv1d": build_conv1d,

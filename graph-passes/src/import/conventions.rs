@@ -8,11 +8,12 @@
 //!   TABLE=ROW` says it, and a warning names every table whose padding row is unknown.
 //!   `scale_grad_by_freq=True` (the fourth argument) scales each row's gradient by one over its
 //!   count in the batch.
-//! - **clip at its bounds**: `torch.clamp` passes the gradient where x equals a bound,
-//!   `F.hardtanh`/`F.relu6`/`nn.ReLU6` do not; both export as Clip (the dynamo exporter without
-//!   its optimizer writes clamp as Max and Min). Dynamo metadata names the ATen op; a legacy Clip
-//!   with bounds (0, 6) is taken for ReLU6 and any other for torch.clamp, unless
-//!   `--clip-at-bounds` says which.
+//! - **clip at its bounds**: where x equals a bound, torch 2.15 gives no gradient for Clip's
+//!   sources — `torch.clamp` with number bounds, `F.hardtanh`, `F.relu6`/`nn.ReLU6` — and half of
+//!   it for `torch.clamp` with tensor bounds (ties shared with the bound, as torch.maximum). The
+//!   dynamo metadata says which (aten.clamp.Tensor with a bound that is no literal); a legacy
+//!   Clip is taken for number bounds, and `--clip-at-bounds pass` gives the gradient at the
+//!   bounds (an older PyTorch's clamp).
 use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
@@ -20,7 +21,7 @@ use serde::Serialize;
 use super::metadata::fx_call;
 use super::ImportReport;
 use crate::ir::{constant_value, Graph, NodeExt};
-use crate::onnx::{tensor, NodeProto, StringStringEntryProto};
+use crate::onnx::{NodeProto, StringStringEntryProto};
 use crate::{bail, Result};
 
 /// Node metadata: the padding row of the table a Gather reads.
@@ -34,17 +35,20 @@ pub const CLIP_CONVENTION: &str = "onnxsam.clip";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClipConvention {
-    /// torch.clamp: the gradient passes at the bounds (lo ≤ x ≤ hi).
-    Clamp,
-    /// F.hardtanh, F.relu6, nn.ReLU6: it does not (lo < x < hi).
-    Hardtanh,
+    /// No gradient at the bounds (lo < x < hi): torch 2.15's clamp with number bounds, hardtanh, relu6.
+    Zero,
+    /// Half of it (ties shared with the bound): torch.clamp with tensor bounds.
+    Half,
+    /// The whole gradient at the bounds (lo ≤ x ≤ hi): an older PyTorch's clamp.
+    Pass,
 }
 
 impl ClipConvention {
     pub fn name(self) -> &'static str {
         match self {
-            ClipConvention::Clamp => "clamp",
-            ClipConvention::Hardtanh => "hardtanh",
+            ClipConvention::Zero => "zero",
+            ClipConvention::Half => "half",
+            ClipConvention::Pass => "pass",
         }
     }
 }
@@ -71,30 +75,39 @@ pub fn scale_grad_by_freq(n: &NodeProto) -> bool {
     meta(n, SCALE_GRAD_BY_FREQ) == Some("1")
 }
 
-/// How a Clip node (or clamp's Max/Min) passes the gradient at its bounds: the import's tag, else
-/// the dynamo metadata, else torch.clamp's.
+/// How a Clip node (or clamp's Max/Min) passes the gradient at its bounds: the import's tag,
+/// else the dynamo metadata (clamp with tensor bounds: half), else none (torch 2.15's clamp with
+/// number bounds, hardtanh and relu6 alike).
 pub fn clip_convention(n: &NodeProto) -> ClipConvention {
     match meta(n, CLIP_CONVENTION) {
-        Some("hardtanh") => return ClipConvention::Hardtanh,
-        Some("clamp") => return ClipConvention::Clamp,
+        Some("zero") => return ClipConvention::Zero,
+        Some("half") => return ClipConvention::Half,
+        Some("pass") => return ClipConvention::Pass,
         _ => {}
     }
-    match fx_call(n).map(|c| c.op) {
-        Some(op) if is_hardtanh(&op) => ClipConvention::Hardtanh,
-        _ => ClipConvention::Clamp,
+    match fx_call(n) {
+        Some(c) if is_clamp(&c.op) && tensor_bounds(&c) => ClipConvention::Half,
+        _ => ClipConvention::Zero,
     }
 }
 
-fn is_hardtanh(aten: &str) -> bool {
-    matches!(aten, "hardtanh" | "hardtanh_" | "relu6" | "relu6_")
+fn is_clamp(aten: &str) -> bool {
+    aten.starts_with("clamp") || aten.starts_with("clip")
+}
+
+/// A clamp whose bounds are tensors of the program (a parameter, a computed value), not numbers the
+/// exporter wrapped (`aten.scalar_tensor`, literals).
+fn tensor_bounds(c: &super::metadata::FxCall) -> bool {
+    c.args.iter().skip(1).any(|a| match a {
+        super::metadata::FxArg::Value(v) => !v.starts_with("scalar_tensor"),
+        super::metadata::FxArg::Literal(_) => false,
+    })
 }
 
 /// True for a Max/Min node the dynamo exporter wrote for torch.clamp (its first input is x, the
-/// other a bound): x gets the whole gradient wherever it is kept, ties included.
+/// other a bound).
 pub fn is_clamp_bound(n: &NodeProto) -> bool {
-    (n.op_type == "Max" || n.op_type == "Min")
-        && n.input.len() == 2
-        && fx_call(n).is_some_and(|c| c.op.starts_with("clamp") || c.op.starts_with("clip"))
+    (n.op_type == "Max" || n.op_type == "Min") && n.input.len() == 2 && fx_call(n).is_some_and(|c| is_clamp(&c.op))
 }
 
 /// Tags the graph's Gather and Clip nodes; fills `report.padding_rows`, `report.clip` and
@@ -108,11 +121,96 @@ pub fn apply(
 ) -> Result<()> {
     padding_rows(g, report, dynamo, padding)?;
     clip_conventions(g, report, dynamo, clip);
+    randomness(g, report, dynamo);
     Ok(())
 }
 
-/// Gathers reading a trainable table by data-dependent indices along axis 0: embeddings.
-fn embedding_reads(g: &Graph, params: &HashSet<&str>) -> Vec<usize> {
+/// Dropout a train-mode export keeps in a form other than Dropout, or drops: random ops
+/// (Dropout2d, AlphaDropout: aten.bernoulli written as RandomUniformLike) are drawn from the run's
+/// seeded RNG in training and in evaluation alike (they cannot be told from the model's other
+/// computation); attention dropout inside scaled_dot_product_attention is lost by the dynamo
+/// exporter (its dropout_p stays in the metadata only).
+fn randomness(g: &Graph, report: &mut ImportReport, dynamo: bool) {
+    let random: Vec<String> = g
+        .nodes
+        .iter()
+        .filter(|n| crate::passes::train_mode::RANDOM_OPS.contains(&n.op_type.as_str()))
+        .map(|n| n.describe())
+        .collect();
+    if !random.is_empty() {
+        report.warnings.push(format!(
+            "{} draw{} random numbers (a train-mode export writes Dropout2d, AlphaDropout and other uses of aten.bernoulli so): onnxsam draws them from the run's seeded RNG in training, and in evaluation too, where PyTorch's eval mode would not — evaluate an eval-mode export for deterministic numbers",
+            super::summary(&random, 3),
+            if random.len() == 1 { "s" } else { "" }
+        ));
+    }
+    if !dynamo {
+        return;
+    }
+    let mut lost = Vec::new();
+    for n in &g.nodes {
+        let Some(call) = fx_call(n) else { continue };
+        if call.op != "scaled_dot_product_attention" && call.op != "_scaled_dot_product_efficient_attention" {
+            continue;
+        }
+        // aten.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, …)
+        let p = match call.args.get(4) {
+            Some(super::metadata::FxArg::Literal(l)) => l.trim().parse::<f64>().unwrap_or(0.0),
+            _ => 0.0,
+        };
+        // one FX node, several ONNX nodes: named by the FX node (`%scaled_dot_product_attention_3`)
+        let fx_name = meta(n, super::metadata::FX_NODE)
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or("")
+            .trim_start_matches('%')
+            .to_string();
+        let layer = match super::metadata::module_paths(n).first() {
+            Some(m) => format!("{m} ({fx_name})"),
+            None => fx_name,
+        };
+        if p > 0.0 && !lost.iter().any(|(l, _)| *l == layer) {
+            lost.push((layer, p));
+        }
+    }
+    if !lost.is_empty() {
+        let what: Vec<String> = lost.iter().map(|(l, p)| format!("{l}, dropout_p {p}")).collect();
+        let line = format!(
+            "the exporter dropped the attention dropout of {}: onnxsam trains without it; export with dynamo=False and training=torch.onnx.TrainingMode.TRAINING (which keeps it as Dropout), or set the attention dropout to 0",
+            super::summary(&what, 3)
+        );
+        report.differences.push(line.clone());
+        report.warnings.push(line);
+    }
+}
+
+/// Gathers reading a trainable table along axis 0 (embeddings), each with whether the data
+/// decides its indices (token ids, or values computed from them as RoBERTa's position ids are;
+/// indices computed from constants and sizes alone — BERT's position ids, a buffer of token-type
+/// ids — are no token ids, and their tables need no warning).
+fn embedding_reads(g: &Graph, params: &HashSet<&str>) -> Vec<(usize, bool)> {
+    let data: HashSet<&str> = g.data_inputs().iter().map(|v| v.name.as_str()).collect();
+    let producer: std::collections::HashMap<&str, &NodeProto> =
+        g.nodes.iter().flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n))).collect();
+    // whether a value depends on a data input's values (Shape reads only its size)
+    let depends_on_data = |v: &str| -> bool {
+        let mut stack = vec![v];
+        let mut seen: HashSet<&str> = HashSet::new();
+        while let Some(x) = stack.pop() {
+            if !seen.insert(x) {
+                continue;
+            }
+            if data.contains(x) && !params.contains(x) {
+                return true;
+            }
+            if let Some(n) = producer.get(x) {
+                if n.op_type == "Shape" || n.op_type == "Size" {
+                    continue;
+                }
+                stack.extend(n.input.iter().map(|s| s.as_str()).filter(|s| !s.is_empty()));
+            }
+        }
+        false
+    };
     (0..g.nodes.len())
         .filter(|&i| {
             let n = &g.nodes[i];
@@ -122,6 +220,7 @@ fn embedding_reads(g: &Graph, params: &HashSet<&str>) -> Vec<usize> {
                 && params.contains(n.input[0].as_str())
                 && constant_value(g, &n.input[1]).is_none()
         })
+        .map(|i| (i, depends_on_data(&g.nodes[i].input[1])))
         .collect()
 }
 
@@ -129,12 +228,17 @@ fn padding_rows(g: &mut Graph, report: &mut ImportReport, dynamo: bool, given: &
     let params: HashSet<&str> = report.params.iter().map(|s| s.as_str()).collect();
     let reads = embedding_reads(g, &params);
     let tables: Vec<String> = {
-        let mut t: Vec<String> = reads.iter().map(|&i| g.nodes[i].input[0].clone()).collect();
+        let mut t: Vec<String> = reads.iter().map(|&(i, _)| g.nodes[i].input[0].clone()).collect();
         t.dedup();
         let mut seen = HashSet::new();
         t.retain(|x| seen.insert(x.clone()));
         t
     };
+    for (k, (table, _)) in given.iter().enumerate() {
+        if given[..k].iter().any(|(t, _)| t == table) {
+            bail!("--padding-idx {table}=… is given twice; give each table's padding row once");
+        }
+    }
     for (table, row) in given {
         if !tables.contains(table) {
             let known = if tables.is_empty() {
@@ -154,17 +258,32 @@ fn padding_rows(g: &mut Graph, report: &mut ImportReport, dynamo: bool, given: &
     let mut rows: BTreeMap<String, i64> = BTreeMap::new();
     let mut unknown: Vec<String> = Vec::new();
     let mut by_freq: Vec<String> = Vec::new();
-    for &i in &reads {
+    for &(i, token_ids) in &reads {
         let table = g.nodes[i].input[0].clone();
         let size = g.initializer(&table).and_then(|t| t.dims.first().copied()).unwrap_or(0);
-        let (row, freq) = match given.iter().find(|(t, _)| *t == table) {
-            Some((_, row)) => (*row, false),
-            None if dynamo => match fx_call(&g.nodes[i]).filter(|c| c.op == "embedding") {
-                Some(call) => (call_padding(&call, size), call_flag(&call, 3)),
-                None => (None, false),
-            },
-            None => {
-                if !unknown.contains(&table) {
+        let recorded = match fx_call(&g.nodes[i]).filter(|c| dynamo && c.op == "embedding") {
+            Some(call) => Some((call_padding(&g.nodes[i], &call, size)?, call_flag(&call, 3))),
+            None => None,
+        };
+        let (row, freq) = match (given.iter().find(|(t, _)| *t == table), recorded) {
+            (Some((_, row)), Some((file_row, freq))) => {
+                let norm = |r: Option<i64>| r.map(|r| if r < 0 { r + size } else { r });
+                if norm(*row) != file_row {
+                    let say = |r: Option<i64>| r.map(|r| r.to_string()).unwrap_or_else(|| "none".into());
+                    bail!(
+                        "--padding-idx {table}={}: the file records padding row {} for it ({}); drop the flag, or re-export the model you mean",
+                        say(*row),
+                        say(file_row),
+                        g.nodes[i].describe()
+                    );
+                }
+                (file_row, freq)
+            }
+            (Some((_, row)), None) => (*row, false),
+            (None, Some(rec)) => rec,
+            (None, None) if dynamo => (None, false),
+            (None, None) => {
+                if token_ids && !unknown.contains(&table) {
                     unknown.push(table.clone());
                 }
                 (None, false)
@@ -185,7 +304,7 @@ fn padding_rows(g: &mut Graph, report: &mut ImportReport, dynamo: bool, given: &
     }
     if !unknown.is_empty() {
         report.warnings.push(format!(
-            "the file does not say whether the embedding table{} {} {} a padding row (nn.Embedding's padding_idx, which PyTorch never trains; the legacy exporter drops it): onnxsam trains every row; pass --padding-idx {}=ROW (or {}=none) to say, or export with dynamo=True, which records it",
+            "the file does not say whether the embedding table{} {} {} a padding row (nn.Embedding's padding_idx, which PyTorch never trains; the legacy exporter drops it, and scale_grad_by_freq with it): onnxsam trains every row; pass --padding-idx {}=ROW (or {}=none) to say, or export with dynamo=True, which records both",
             if unknown.len() == 1 { "" } else { "s" },
             unknown.join(", "),
             if unknown.len() == 1 { "has" } else { "have" },
@@ -200,81 +319,67 @@ fn padding_rows(g: &mut Graph, report: &mut ImportReport, dynamo: bool, given: &
 }
 
 /// aten.embedding(weight, indices, padding_idx = −1, scale_grad_by_freq, sparse): a padding row
-/// where the third argument is a row of the table (−1, the default, is none).
-fn call_padding(call: &super::metadata::FxCall, rows: i64) -> Option<i64> {
-    let lit = match call.args.get(2)? {
-        super::metadata::FxArg::Literal(l) => l,
-        _ => return None,
+/// where the third argument is a row of the table (−1, the default, is none); anything else in
+/// the file is an error naming the node.
+fn call_padding(n: &NodeProto, call: &super::metadata::FxCall, rows: i64) -> Result<Option<i64>> {
+    let lit = match call.args.get(2) {
+        None => return Ok(None),
+        Some(super::metadata::FxArg::Literal(l)) => l.trim(),
+        Some(super::metadata::FxArg::Value(v)) => {
+            bail!("{}: its padding_idx is a value of the program ('{v}'), not a number; onnxsam cannot honour it", n.describe())
+        }
     };
-    let v: i64 = lit.trim().parse().ok()?;
-    (v >= 0 && (rows == 0 || v < rows)).then_some(v)
+    let Ok(v) = lit.parse::<i64>() else {
+        bail!("{}: its metadata gives padding_idx '{lit}', which is no row number", n.describe());
+    };
+    if v == -1 {
+        return Ok(None);
+    }
+    if v < 0 || (rows > 0 && v >= rows) {
+        bail!("{}: its metadata gives padding_idx {v}, outside the table's {rows} rows", n.describe());
+    }
+    Ok(Some(v))
 }
 
 fn call_flag(call: &super::metadata::FxCall, i: usize) -> bool {
     matches!(call.args.get(i), Some(super::metadata::FxArg::Literal(l)) if l.trim() == "True")
 }
 
-/// The bounds of a Clip node where they are constants.
-fn clip_bounds(g: &Graph, n: &NodeProto) -> (Option<f32>, Option<f32>) {
-    let bound = |i: usize, attr: &str| -> Option<f32> {
-        match n.input.get(i).filter(|v| !v.is_empty()) {
-            Some(v) => constant_value(g, v).and_then(|t| tensor::to_f32(t).ok()).and_then(|x| x.first().copied()),
-            None => n.attr(attr).and_then(|a| a.f),
-        }
-    };
-    (bound(1, "min"), bound(2, "max"))
-}
-
 fn clip_conventions(g: &mut Graph, report: &mut ImportReport, dynamo: bool, given: Option<ClipConvention>) {
-    let mut relu6 = 0;
-    let mut clamp = 0;
+    let mut tagged = 0;
+    let mut described = 0;
     for i in 0..g.nodes.len() {
         let n = &g.nodes[i];
-        // the dynamo metadata names the ATen op: nothing to guess or choose
-        if n.op_type != "Clip" || (dynamo && fx_call(n).is_some()) {
+        if n.op_type != "Clip" {
             continue;
         }
-        let conv = given.unwrap_or_else(|| match clip_bounds(g, n) {
-            (Some(lo), Some(hi)) if lo == 0.0 && hi == 6.0 => ClipConvention::Hardtanh,
-            _ => ClipConvention::Clamp,
-        });
-        match conv {
-            ClipConvention::Hardtanh => relu6 += 1,
-            ClipConvention::Clamp => clamp += 1,
+        // the dynamo metadata names the ATen op: nothing to choose
+        if dynamo && fx_call(n).is_some() {
+            described += 1;
+            continue;
         }
+        let conv = given.unwrap_or(ClipConvention::Zero);
         set_meta(&mut g.nodes[i], CLIP_CONVENTION, conv.name().into());
+        tagged += 1;
     }
-    if relu6 + clamp == 0 {
-        return;
-    }
-    report.clip = Some(match given {
-        Some(c) => format!(
-            "{} Clip node{} take{} {} at the bounds (--clip-at-bounds {})",
-            relu6 + clamp,
-            if relu6 + clamp == 1 { "" } else { "s" },
-            if relu6 + clamp == 1 { "s" } else { "" },
-            describe(c),
-            c.name()
-        ),
-        None => {
-            let mut parts = Vec::new();
-            if relu6 > 0 {
-                parts.push(format!("{relu6} with bounds (0, 6) taken for ReLU6: {}", describe(ClipConvention::Hardtanh)));
+    if tagged > 0 {
+        report.clip = Some(format!(
+            "{tagged} Clip node{} the file does not describe (torch.clamp, F.hardtanh and F.relu6 export alike): {} where x equals a bound{}",
+            if tagged == 1 { "" } else { "s" },
+            match given.unwrap_or(ClipConvention::Zero) {
+                ClipConvention::Zero => "no gradient",
+                ClipConvention::Half => "half the gradient",
+                ClipConvention::Pass => "the whole gradient",
+            },
+            if given.is_some() {
+                " (--clip-at-bounds)".to_string()
+            } else {
+                ", as torch 2.15's clamp with number bounds, hardtanh and relu6 give; --clip-at-bounds pass for a PyTorch whose clamp passes it".to_string()
             }
-            if clamp > 0 {
-                parts.push(format!("{clamp} other{} taken for torch.clamp: {}", if clamp == 1 { "" } else { "s" }, describe(ClipConvention::Clamp)));
-            }
-            format!(
-                "this export does not say whether a Clip was torch.clamp or F.hardtanh/F.relu6 (they differ only where x equals a bound): {}; --clip-at-bounds clamp|hardtanh picks one for all",
-                parts.join("; ")
-            )
-        }
-    });
-}
-
-fn describe(c: ClipConvention) -> &'static str {
-    match c {
-        ClipConvention::Clamp => "the gradient passes at the bounds",
-        ClipConvention::Hardtanh => "no gradient at the bounds",
+        ));
+    } else if given.is_some() && described > 0 {
+        report.warnings.push(
+            "--clip-at-bounds has no effect here: every Clip node's dynamo metadata names the PyTorch op it came from".into(),
+        );
     }
 }

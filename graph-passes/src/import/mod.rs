@@ -107,8 +107,11 @@ pub struct ImportReport {
     pub padding_unknown: Vec<String>,
     /// Embedding tables whose gradient is scaled by inverse index frequency (scale_grad_by_freq).
     pub scale_grad_by_freq: Vec<String>,
-    /// How Clip nodes the file does not describe were read (clamp or hardtanh at the bounds).
+    /// How Clip nodes the file does not describe were read (the gradient at a bound).
     pub clip: Option<String>,
+    /// What onnxsam knows it trains differently from PyTorch, and cannot help (the exporter
+    /// dropped it): each also a warning.
+    pub differences: Vec<String>,
     pub warnings: Vec<String>,
 }
 
@@ -249,6 +252,26 @@ impl Pass for Import {
                 }
             })
             .collect();
+        // dynamo: tensors of lifted constants (`c_…` placeholders: a literal torch.tensor in the
+        // forward) are constants of the program, not parameters the file no longer names
+        let lifted: HashSet<String> = if dynamo {
+            reads
+                .iter()
+                .filter(|r| {
+                    let by_name = [&r.seen, &r.root].iter().any(|v| placeholders.contains(&format!("c_{}", sanitize(v))));
+                    let by_call = calls[r.node].as_ref().is_some_and(|c| {
+                        let ph = c.placeholders();
+                        let roots: HashSet<&str> =
+                            reads.iter().filter(|x| x.node == r.node).map(|x| x.root.as_str()).collect();
+                        !ph.is_empty() && ph.iter().all(|p| p.starts_with("c_")) && roots.len() == 1
+                    });
+                    by_name || by_call
+                })
+                .map(|r| r.root.clone())
+                .collect()
+        } else {
+            HashSet::new()
+        };
         // 2. stored copies equal to the transpose of a named parameter are that parameter
         let mut values: BTreeMap<String, TensorProto> = BTreeMap::new();
         for (r, n) in reads.iter().zip(&named) {
@@ -525,7 +548,12 @@ impl Pass for Import {
             }
             // a tensor holding ±inf or NaN (an attention mask) is no parameter of anybody's
             let finite = tensor::to_f32(&stored[&r.root]).map(|v| v.iter().all(|x| x.is_finite())).unwrap_or(false);
-            if n.is_none() && finite && tensor::numel(&stored[&r.root]) > 1 && !report.unnamed.contains(&r.root) {
+            if n.is_none()
+                && finite
+                && tensor::numel(&stored[&r.root]) > 1
+                && !lifted.contains(&r.root)
+                && !report.unnamed.contains(&r.root)
+            {
                 report.unnamed.push(r.root.clone());
             }
         }

@@ -107,6 +107,14 @@ fn unfold_inner(
     notes: &mut Vec<String>,
     layer_count: &mut HashMap<String, usize>,
 ) -> Result<()> {
+    // the folded tensors as stored, before views replace them: one stored tensor may stand for
+    // several layers' affines (fresh GroupNorms all hold ones and zeros; the exporters keep one)
+    let originals: HashMap<String, TensorProto> = g
+        .initializers
+        .iter()
+        .filter(|t| folded(g, &t.name, dynamo).is_some())
+        .map(|t| (t.name.clone(), t.clone()))
+        .collect();
     for i in 0..g.nodes.len() {
         let n = g.nodes[i].clone();
         match n.op_type.as_str() {
@@ -117,7 +125,7 @@ fn unfold_inner(
                 *k += 1;
                 unfold_recurrent(g, &n, &module, layer, dynamo, notes)?;
             }
-            "Mul" | "Add" => unfold_group_norm(g, &n, dynamo, notes),
+            "Mul" | "Add" => unfold_group_norm(g, i, &originals, dynamo, notes),
             _ => {}
         }
     }
@@ -208,23 +216,49 @@ fn add_param(g: &mut Graph, name: &str, dims: &[i64], v: &[f32]) -> Result<()> {
     Ok(())
 }
 
+/// The stored tensor a value is, through the legacy exporter's Identity aliases.
+fn alias_root<'a>(g: &'a Graph, v: &'a str) -> &'a str {
+    let mut v = v;
+    for _ in 0..64 {
+        match g.nodes.iter().find(|m| m.op_type == "Identity" && m.output.first().map(|o| o.as_str()) == Some(v)) {
+            Some(m) => v = m.input[0].as_str(),
+            None => break,
+        }
+    }
+    v
+}
+
 /// GroupNorm's weight/bias stored [C, 1, …] by folding: read back as PyTorch's [C] through a
-/// Reshape view.
-fn unfold_group_norm(g: &mut Graph, n: &NodeProto, dynamo: bool, notes: &mut Vec<String>) {
-    let Some(v) = n.input.iter().find(|v| folded(g, v, dynamo).is_some()).cloned() else { return };
-    let t = folded(g, &v, dynamo).expect("checked").clone();
+/// Reshape view, one parameter per layer even where the file stores one tensor for several
+/// (fresh layers' equal ones and zeros: the dynamo optimizer lets both nodes read one
+/// initializer, the legacy exporter reads it through Identity aliases).
+fn unfold_group_norm(
+    g: &mut Graph,
+    i: usize,
+    originals: &HashMap<String, TensorProto>,
+    dynamo: bool,
+    notes: &mut Vec<String>,
+) {
+    let n = g.nodes[i].clone();
+    let Some((slot, stored)) = n.input.iter().enumerate().find_map(|(k, v)| {
+        let root = alias_root(g, v);
+        originals.get(root).map(|t| (k, t.clone()))
+    }) else {
+        return;
+    };
+    let t = stored;
     if t.dims.len() < 2 || t.dims[1..].iter().any(|&d| d != 1) {
         return;
     }
     let what = if n.op_type == "Mul" { "weight" } else { "bias" };
     let name = if dynamo {
-        let Some(call) = fx_call(n) else { return };
+        let Some(call) = fx_call(&n) else { return };
         if call.op != "group_norm" {
             return;
         }
         // aten.group_norm(input, num_groups, weight, bias, eps, cudnn_enabled)
         let Some(p) = call.placeholder(if what == "weight" { 2 } else { 3 }) else { return };
-        let mods = module_paths(n);
+        let mods = module_paths(&n);
         super::metadata::placeholder_name(p, &mods, &[])
     } else {
         let Some(module) = legacy_module_path(&n.name) else { return };
@@ -241,11 +275,28 @@ fn unfold_group_norm(g: &mut Graph, n: &NodeProto, dynamo: bool, notes: &mut Vec
         return;
     }
     let Ok(data) = tensor::to_f32(&t) else { return };
+    let v = n.input[slot].clone();
     g.initializers.push(tensor::from_f32(&name, &[t.dims[0]], &data));
-    g.initializers.retain(|x| x.name != v);
     let shape = g.add_initializer("view_shape", tensor::from_i64("", &[t.dims.len() as i64], &t.dims));
-    g.add("Reshape", &[&name, &shape]).exact_outputs(&[&v]);
-    notes.push(format!("'{v}' is GroupNorm's {name} stored as {:?} (computed at export): trained as {name}", t.dims));
+    // the view takes the stored name while it is free (so export writes the trained value back
+    // under it); a second layer reading the same stored tensor gets a view of its own
+    let still_stored = g.initializer(&t.name).is_some();
+    let view = if still_stored && v == t.name {
+        g.initializers.retain(|x| x.name != t.name);
+        g.add("Reshape", &[&name, &shape]).exact_outputs(&[&v]);
+        v.clone()
+    } else {
+        let out = g.fresh(&format!("{name}.stored"));
+        g.add("Reshape", &[&name, &shape]).exact_outputs(&[&out]);
+        g.nodes[i].input[slot] = out.clone();
+        out
+    };
+    notes.push(format!(
+        "'{}' is GroupNorm's {name} stored as {:?} (computed at export): trained as {name}{}",
+        t.name,
+        t.dims,
+        if view == t.name { String::new() } else { " (the file stores it once for several layers: each is its own parameter)".into() }
+    ));
 }
 
 /// InstanceNormalization's scale of ones and bias of zeros that the exporters write for GroupNorm

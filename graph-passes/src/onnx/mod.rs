@@ -47,7 +47,54 @@ pub fn load_model(path: &Path) -> Result<ModelProto> {
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
     resolve_external_data(&mut model, &dir).map_err(|e| err!("{shown}: {e}"))?;
+    check_contents(&mut model).map_err(|e| err!("{shown}: {e}"))?;
     Ok(model)
+}
+
+/// What a well-formed file has and a damaged one may not: every node an output, every tensor
+/// dims ≥ 0 whose element count its data matches (a tensor of 2⁴⁰ elements with no data is not
+/// allocated on trust).
+fn check_contents(model: &mut ModelProto) -> Result<()> {
+    if let Some(g) = &model.graph {
+        for n in &g.node {
+            if n.output.iter().all(|o| o.is_empty()) {
+                bail!("node '{}' (op {}) has no output; the file is damaged: export the model again", n.name, n.op_type);
+            }
+        }
+    }
+    for_each_tensor_mut(model, &mut |t| {
+        let what = || if t.name.is_empty() { "a constant tensor".to_string() } else { format!("tensor '{}'", t.name) };
+        if t.dims.iter().any(|&d| d < 0) {
+            bail!("{} has a negative dimension {:?}; the file is damaged: export the model again", what(), t.dims);
+        }
+        let numel = t.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+        let Some(numel) = numel else { bail!("{} has dimensions {:?} too large to hold; the file is damaged", what(), t.dims) };
+        let Some(size) = tensor::elem_size(t.data_type) else { return Ok(()) };
+        let held = if !t.raw_data.is_empty() {
+            Some(t.raw_data.len() as u64 / size as u64)
+        } else {
+            match t.data_type {
+                data_type::FLOAT => Some(t.float_data.len() as u64),
+                data_type::DOUBLE => Some(t.double_data.len() as u64),
+                data_type::INT64 => Some(t.int64_data.len() as u64),
+                data_type::UINT64 | data_type::UINT32 => Some(t.uint64_data.len() as u64),
+                _ => Some(t.int32_data.len() as u64),
+            }
+        };
+        let raw_exact = t.raw_data.is_empty() || t.raw_data.len() % size == 0;
+        if held != Some(numel) || !raw_exact {
+            bail!(
+                "{} has dimensions {:?} ({numel} elements) but its data holds {}; the file is damaged or truncated: export the model again",
+                what(),
+                t.dims,
+                match held {
+                    Some(h) if raw_exact => format!("{h}"),
+                    _ => format!("{} bytes", t.raw_data.len()),
+                }
+            );
+        }
+        Ok(())
+    })
 }
 
 /// Why bytes that failed to decode as a ModelProto are not a model, in words.

@@ -25,7 +25,7 @@ fn ops() -> Vec<OpDef> {
         op("HardSigmoid", "6+", same_as_input, G::Rule(hard_sigmoid))
             .notes("at the ends of the linear part (αx+β = 0 or 1): 0, as hardsigmoid_backward"),
         op("HardSwish", "14+", same_as_input, G::Rule(hard_swish))
-            .notes("x < −3: 0, −3 ≤ x ≤ 3: x/3 + 1/2, x > 3: 1, as hardswish_backward"),
+            .notes("x ≤ −3: 0, −3 < x < 3: x/3 + 1/2, x ≥ 3: 1, as torch 2.15's hardswish_backward"),
         op("Softplus", "1+", same_as_input, G::Rule(softplus)),
         op("Softsign", "1+", same_as_input, G::Rule(softsign)),
         op("Elu", "6+", same_as_input, G::Rule(elu)).notes("at 0: alpha, as elu_backward"),
@@ -142,7 +142,8 @@ fn gelu(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Resul
     Ok(one(c.mul(&d, &local)))
 }
 
-/// y = x·relu6(x + 3)/6:  dx = dy·0 for x < −3, dy·(x/3 + 1/2) for −3 ≤ x ≤ 3, dy for x > 3
+/// y = x·relu6(x + 3)/6:  dx = dy·0 for x ≤ −3, dy·(x/3 + 1/2) for −3 < x < 3, dy for x ≥ 3
+/// (torch 2.15's hardswish_backward at the kinks: 0 at −3, 1 at 3)
 fn hard_swish(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
     let d = dy(n, dys)?;
     let x = &n.input[0];
@@ -150,8 +151,8 @@ fn hard_swish(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) ->
     let (third, half, zero, one_) = (c.scalar(1.0 / 3.0), c.scalar(0.5), c.scalar(0.0), c.scalar(1.0));
     let mid = c.mul(x, &third);
     let mid = c.add(&mid, &half);
-    let below = c.op("Less", &[x, &lo]);
-    let within = c.op("LessOrEqual", &[x, &hi]);
+    let below = c.op("LessOrEqual", &[x, &lo]);
+    let within = c.op("Less", &[x, &hi]);
     let upper = c.where_(&within, &mid, &one_);
     let slope = c.where_(&below, &zero, &upper);
     Ok(one(c.mul(&d, &slope)))

@@ -29,12 +29,12 @@ fn ops() -> Vec<OpDef> {
         op("Abs", "6+", same_as_input, G::Rule(abs)).notes("at 0: gradient 0 (sign), as PyTorch"),
         op("Reciprocal", "6+", same_as_input, G::Rule(reciprocal)),
         op("Clip", "11+", same_as_input, G::Rule(clip)).notes(
-            "at the bounds: torch.clamp passes the gradient (aten.clamp in dynamo metadata; a legacy Clip other than (0, 6)); hardtanh/ReLU6 does not (aten.hardtanh/relu6; a legacy Clip(0, 6)); --clip-at-bounds picks for legacy files; bounds get no gradient",
+            "at a bound: no gradient (torch 2.15's clamp with number bounds, hardtanh, relu6); half for clamp with tensor bounds (dynamo metadata); --clip-at-bounds pass gives all of it; bounds get no gradient",
         ),
         op("Min", "8+", broadcast_shape, G::Rule(min_max))
-            .notes("ties share the gradient equally, as torch.minimum; torch.clamp's Min (dynamo metadata) passes it whole to x"),
+            .notes("ties share the gradient equally, as torch.minimum; torch.clamp's Min with a number bound (dynamo metadata): none at the bound"),
         op("Max", "8+", broadcast_shape, G::Rule(min_max))
-            .notes("ties share the gradient equally, as torch.maximum; torch.clamp's Max (dynamo metadata) passes it whole to x"),
+            .notes("ties share the gradient equally, as torch.maximum; torch.clamp's Max with a number bound (dynamo metadata): none at the bound"),
         op("Sum", "8+", broadcast_shape, G::Rule(sum)),
         op("Mean", "8+", broadcast_shape, G::Rule(mean)),
         op("Where", "9+", broadcast_shape, G::Rule(where_)),
@@ -309,17 +309,17 @@ fn reciprocal(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) ->
     Ok(one(c.neg(&t)))
 }
 
-/// y = clip(x, lo, hi):  dx = dy where lo ≤ x ≤ hi, else 0 — torch.clamp's convention (the
-/// gradient passes at the bounds). hardtanh and ReLU6 export as the same Clip but pass nothing at
-/// the bounds (lo < x < hi): followed where the dynamo metadata says aten.hardtanh or aten.relu6,
-/// or import tagged the node so (`import::conventions`: a legacy Clip(0, 6), `--clip-at-bounds`).
+/// y = clip(x, lo, hi):  dx = dy where lo < x < hi, else 0 — torch 2.15's clamp with number
+/// bounds, hardtanh and relu6 (no gradient where x equals a bound); half of dy at a bound for
+/// torch.clamp with tensor bounds (dynamo metadata), all of it with `--clip-at-bounds pass`
+/// (`import::conventions`). Bounds get no gradient.
 fn clip(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
     if need.iter().skip(1).any(|&b| b) {
         return Err(node_error(n, "gradient with respect to the clip bounds is not supported"));
     }
     let d = dy(n, dys)?;
     let x = &n.input[0];
-    let strict = conventions::clip_convention(n) == ClipConvention::Hardtanh;
+    let conv = conventions::clip_convention(n);
     let lo = n
         .input
         .get(1)
@@ -334,13 +334,27 @@ fn clip(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Re
         .or_else(|| n.attr("max").map(|_| c.scalar(n.attr_f("max", f32::MAX))));
     let zero = c.scalar(0.0);
     let mut g = d;
-    if let Some(lo) = lo {
-        let ok = c.op(if strict { "Greater" } else { "GreaterOrEqual" }, &[x, &lo]);
-        g = c.where_(&ok, &g, &zero);
-    }
-    if let Some(hi) = hi {
-        let ok = c.op(if strict { "Less" } else { "LessOrEqual" }, &[x, &hi]);
-        g = c.where_(&ok, &g, &zero);
+    for (bound, strict, inclusive) in [(lo, "Greater", "GreaterOrEqual"), (hi, "Less", "LessOrEqual")] {
+        let Some(b) = bound else { continue };
+        g = match conv {
+            ClipConvention::Zero => {
+                let ok = c.op(strict, &[x, &b]);
+                c.where_(&ok, &g, &zero)
+            }
+            ClipConvention::Pass => {
+                let ok = c.op(inclusive, &[x, &b]);
+                c.where_(&ok, &g, &zero)
+            }
+            ClipConvention::Half => {
+                // 1 inside, ½ at the bound, 0 outside
+                let inside = c.op(strict, &[x, &b]);
+                let at = c.op("Equal", &[x, &b]);
+                let (one_, half) = (c.scalar(1.0), c.scalar(0.5));
+                let w = c.where_(&at, &half, &zero);
+                let w = c.where_(&inside, &one_, &w);
+                c.mul(&g, &w)
+            }
+        };
     }
     let mut out = vec![Some(g)];
     out.resize(n.input.len(), None);
@@ -349,14 +363,14 @@ fn clip(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Re
 
 /// y = max(x₁…xₖ) (or min):  dxᵢ = dy · [xᵢ = y] / #{j : xⱼ = y}   (ties share, as PyTorch)
 /// torch.clamp written as Max(x, lo) / Min(x, hi) (the dynamo exporter without its optimizer):
-/// dx = dy · [x ≥ lo] (or [x ≤ hi]), the whole gradient at the bound, as clamp_backward;
-/// dlo = dy · [lo > x].
+/// with number bounds dx = dy · [x > lo] (or [x < hi]), none at the bound, as torch 2.15's
+/// clamp_backward; dlo = dy · [lo > x]. With tensor bounds ties share, as the rule above.
 fn min_max(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Result<Grads> {
     let d = dy(n, dys)?;
     let y = &n.output[0];
-    if conventions::is_clamp_bound(n) {
+    if conventions::is_clamp_bound(n) && conventions::clip_convention(n) != ClipConvention::Half {
         let (x, b) = (&n.input[0], &n.input[1]);
-        let keep = c.op(if n.op_type == "Max" { "GreaterOrEqual" } else { "LessOrEqual" }, &[x, b]);
+        let keep = c.op(if n.op_type == "Max" { "Greater" } else { "Less" }, &[x, b]);
         let zero = c.scalar(0.0);
         let dx = if need[0] {
             let t = c.where_(&keep, &d, &zero);

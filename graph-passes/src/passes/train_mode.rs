@@ -26,8 +26,75 @@ impl Pass for TrainMode {
         rewrite_each(m, &["BatchNormalization", "Dropout"], |n, ctx| match n.op_type.as_str() {
             "BatchNormalization" => batch_norm(n, ctx, c),
             _ => dropout(n, ctx, c),
-        })
+        })?;
+        rewrite_each(m, RANDOM_OPS, |n, ctx| random_op(n, ctx, c))
     }
+}
+
+/// Ops that draw random numbers in the engine (the dynamo exporter writes Dropout2d, AlphaDropout
+/// and other aten.bernoulli uses of a train-mode model with them): unseeded there, so onnxsam
+/// draws them itself from the run's seeded counter-based RNG, as Dropout's masks.
+pub const RANDOM_OPS: &[&str] = &["RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli"];
+
+/// A random op as uniform noise inputs the runtime feeds: RandomUniform(Like) = low + (high −
+/// low)·u; RandomNormal(Like) = mean + scale·√(−2 ln(1 − u₁))·cos(2π·u₂) (Box–Muller); Bernoulli(p)
+/// = [u < p]; cast to the op's dtype.
+fn random_op(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
+    let shape: Vec<Dim> = match n.op_type.as_str() {
+        "RandomUniform" | "RandomNormal" => {
+            n.attr_ints("shape").ok_or_else(|| node_error(n, "no shape"))?.into_iter().map(Dim::Known).collect()
+        }
+        _ => ctx.shape(&n.input[0])?.clone(),
+    };
+    let base = if n.name.is_empty() { n.op_type.to_lowercase() } else { n.name.clone() };
+    let mut noise = |ctx: &mut Ctx, k: usize| -> Result<String> {
+        let u = ctx.g.fresh(&format!("{base}.uniform{}", if k == 0 { String::new() } else { k.to_string() }));
+        noise_input(ctx.g, c, &u, &shape).map_err(|e| node_error(n, e))?;
+        Ok(u)
+    };
+    let y = match n.op_type.as_str() {
+        "RandomUniformLike" | "RandomUniform" => {
+            let u = noise(ctx, 0)?;
+            let (lo, hi) = (n.attr_f("low", 0.0), n.attr_f("high", 1.0));
+            if lo == 0.0 && hi == 1.0 {
+                ctx.op("Identity", &[&u])
+            } else {
+                let (a, b) = (ctx.scalar(hi - lo), ctx.scalar(lo));
+                let t = ctx.mul(&u, &a);
+                ctx.add(&t, &b)
+            }
+        }
+        "RandomNormalLike" | "RandomNormal" => {
+            let (u1, u2) = (noise(ctx, 0)?, noise(ctx, 1)?);
+            let one = ctx.scalar(1.0);
+            let v = ctx.sub(&one, &u1); // in (0, 1]: log finite
+            let l = ctx.op("Log", &[&v]);
+            let m2 = ctx.scalar(-2.0);
+            let r = ctx.mul(&l, &m2);
+            let r = ctx.sqrt(&r);
+            let tau = ctx.scalar(2.0 * std::f32::consts::PI);
+            let a = ctx.mul(&u2, &tau);
+            let cs = ctx.op("Cos", &[&a]);
+            let z = ctx.mul(&r, &cs);
+            let (mean, scale) = (ctx.scalar(n.attr_f("mean", 0.0)), ctx.scalar(n.attr_f("scale", 1.0)));
+            let z = ctx.mul(&z, &scale);
+            ctx.add(&z, &mean)
+        }
+        _ => {
+            // Bernoulli(p): 1 where u < p
+            let u = noise(ctx, 0)?;
+            let below = ctx.op("Less", &[&u, &n.input[0]]);
+            ctx.cast(&below, n.attr_i("dtype", dt::FLOAT as i64) as i32)
+        }
+    };
+    let to = n.attr("dtype").and_then(|a| a.i).map(|v| v as i32);
+    let y = match (n.op_type.as_str(), to) {
+        ("Bernoulli", _) | (_, None) | (_, Some(dt::FLOAT)) => y,
+        (_, Some(t)) => ctx.cast(&y, t),
+    };
+    remove(ctx, n);
+    rename_into(ctx, &y, &n.output[0]);
+    Ok(())
 }
 
 /// Relu → MaxPool becomes MaxPool → Relu where the ReLU's output feeds only that (single-output)
@@ -166,7 +233,10 @@ impl Pass for EvalMode {
                 }
             }
             normalize_with(n, ctx, mean, var)
-        })
+        })?;
+        // random ops cannot be told from the model's other computation, so evaluation draws them
+        // too (from the seeded RNG, reproducibly; import warns)
+        rewrite_each(m, RANDOM_OPS, |n, ctx| random_op(n, ctx, c))
     }
 }
 
