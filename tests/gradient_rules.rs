@@ -479,6 +479,10 @@ fn conv_rules() {
         conv_case("Conv depthwise", 3, 3, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1], false, 4),
         conv_case("Conv asymmetric pads", 2, 2, 1, 2, [1, 1], [0, 1, 1, 0], [1, 1], true, 4),
         conv_case("Conv 1x1 stride 2", 3, 4, 1, 1, [2, 2], [0, 0, 0, 0], [1, 1], false, 5),
+        // many channels on small maps: the weight gradient as one GEMM over N·P
+        conv_case("Conv wide on a 2x2 map", 8, 12, 1, 3, [1, 1], [1, 1, 1, 1], [1, 1], true, 2),
+        conv_case("Conv wide stride 2 on 4x4", 8, 12, 1, 3, [2, 2], [1, 1, 1, 1], [1, 1], false, 4),
+        conv_case("Conv wide 1x1 on a 1x1 map", 16, 8, 1, 1, [1, 1], [0, 0, 0, 0], [1, 1], true, 1),
     ]);
 }
 

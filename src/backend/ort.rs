@@ -21,6 +21,9 @@ fn environment(lib: &OrtLibrary) -> Result<&'static Environment> {
     let r = ENV.get_or_init(|| {
         let builder = ort::init_from(&lib.path).map_err(|e| format!("{e}"))?;
         let env = builder.with_name("onnxsam").build().map_err(|e| format!("{e}"))?;
+        // ONNX Runtime's own log lines (a failing kernel, initializers that are also inputs)
+        // would precede onnxsam's one error line; the error itself comes back in the status
+        env.set_log_level(ort::logging::LogLevel::Fatal);
         Ok((env, lib.path.display().to_string()))
     });
     match r {
@@ -161,18 +164,42 @@ impl OrtConfig {
         // a training step runs several sessions in turn (step, m-SAM apply, evaluation): threads
         // that spin after a run would steal the cores the next session needs
         builder = builder.with_intra_op_spinning(false).map_err(map)?;
+        if self.device == Device::Cpu {
+            // the memory pattern pre-plans one block for every intermediate of a run: with step
+            // graphs that is ~0.8 GB more peak memory at ResNet-18 / batch 32 and no faster
+            // (docs/benchmarks.md); intermediates are freed after their last reader either way
+            builder = builder.with_memory_pattern(false).map_err(map)?;
+        }
         for (name, size) in dims {
             builder = builder.with_dimension_override(name, *size).map_err(map)?;
         }
         if let Device::Cuda(id) = self.device {
-            builder = builder
-                .with_execution_providers([ort::ep::CUDA::default().with_device_id(id).build().error_on_failure()])
-                .map_err(map)?;
+            use ort::ep::ArbitrarilyConfigurableExecutionProvider;
+            let mut ep = ort::ep::CUDA::default().with_device_id(id);
+            // CUDA execution provider settings to try (tools/bench/cuda_check.sh): e.g.
+            // ONNXSAM_CUDA_OPTIONS=cudnn_conv_algo_search=EXHAUSTIVE,use_tf32=1,prefer_nhwc=1
+            for (k, v) in cuda_options()? {
+                ep = ep.with_arbitrary_config(k, v);
+            }
+            builder = builder.with_execution_providers([ep.build().error_on_failure()]).map_err(map)?;
         }
         builder
             .commit_from_memory(bytes)
             .map_err(|e| anyhow!("ONNX Runtime cannot load the model: {}", one_line(&e.to_string())))
     }
+}
+
+/// KEY=VALUE pairs of ONNXSAM_CUDA_OPTIONS (comma-separated), for the CUDA execution provider.
+fn cuda_options() -> Result<Vec<(String, String)>> {
+    let Ok(s) = std::env::var("ONNXSAM_CUDA_OPTIONS") else { return Ok(vec![]) };
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| anyhow!("ONNXSAM_CUDA_OPTIONS: '{p}' is no KEY=VALUE (e.g. cudnn_conv_algo_search=HEURISTIC)"))
+        })
+        .collect()
 }
 
 fn one_line(s: &str) -> String {

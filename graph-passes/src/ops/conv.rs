@@ -395,13 +395,32 @@ fn weight_grad_im2col(c: &mut Ctx, x: &str, d: &str, xs: &[i64], ws: &[i64], os:
     let s3 = c.const_i64(&[-1, cin * kk, p]);
     let cols = c.reshape(&cols, &s3); // [N, C·K, P]
     let d3s = c.const_i64(&[0, m, p]);
-    let d3 = c.reshape(d, &d3s);
+    let d3 = c.reshape(d, &d3s); // [N, M, P]
+    let mut s4 = vec![m, cin];
+    s4.extend_from_slice(k);
+    let s4 = c.const_i64(&s4);
+    if one_gemm(cin * kk, m, p) {
+        // one GEMM over N·P: dW [M, C·K] = dy [M, N·P] · colsᵀ [N·P, C·K] — no per-sample
+        // [N, C·K, M] product and no batch sum (wide layers on small maps: 512 channels, 4×4)
+        let ct = c.transpose(&cols, &[1, 0, 2]); // [C·K, N, P]
+        let cs = c.const_i64(&[cin * kk, -1]);
+        let c2 = c.reshape(&ct, &cs); // [C·K, N·P]
+        let dt = c.transpose(&d3, &[1, 0, 2]); // [M, N, P]
+        let ds = c.const_i64(&[m, -1]);
+        let d2 = c.reshape(&dt, &ds); // [M, N·P]
+        let w2 = c.g.add("Gemm", &[&d2, &c2]).int("transB", 1).output(); // [M, C·K]
+        return c.reshape(&w2, &s4);
+    }
     let dt = c.transpose(&d3, &[0, 2, 1]); // [N, P, M]
     let prod = c.op("MatMul", &[&cols, &dt]); // [N, C·K, M]
     let sum = c.reduce_sum(&prod, &[0], false); // [C·K, M]
     let t = c.transpose(&sum, &[1, 0]);
-    let mut s4 = vec![m, cin];
-    s4.extend_from_slice(k);
-    let s4 = c.const_i64(&s4);
     c.reshape(&t, &s4)
+}
+
+/// Whether a weight gradient takes one GEMM over N·P (transposing the columns [N, C·K, P] and
+/// dy [N, M, P], elements ∝ (C·K + M)·P per sample) rather than a batched product and a batch
+/// sum (a [N, C·K, M] tensor): whichever moves fewer elements per sample.
+fn one_gemm(ck: i64, m: i64, p: i64) -> bool {
+    ck * m > (ck + m) * p
 }
