@@ -195,6 +195,9 @@ pub struct FeedOptions<'a> {
     /// The optimizer step, which keys random inputs (dropout noise, directions) besides their
     /// name; None keys them by name alone (`grad`, `gradcheck`).
     pub step: Option<u64>,
+    /// Keys the dropout noise instead of `step` where given (a micro-batch of an accumulated
+    /// step draws masks of its own, while the step's directions stay one).
+    pub noise_step: Option<u64>,
     /// Inputs fed as given instead of generated (e.g. a reference's directions).
     pub fixed: Option<&'a BTreeMap<String, HostTensor>>,
     /// Further inputs, fed as they are (they replace carried state of the same name).
@@ -247,7 +250,7 @@ pub fn feeds_with(
             None => dims.iter().map(|&d| if d < 0 { batch_size } else { d as usize }).collect(),
         };
         let n = shape.iter().product();
-        let key = match o.step {
+        let key = match o.noise_step.or(o.step) {
             Some(step) => format!("{name}/{step}"),
             None => name.clone(),
         };

@@ -32,7 +32,7 @@ pub fn take_rows(t: &HostTensor, start: usize, n: usize) -> HostTensor {
     HostTensor { shape, data }
 }
 
-fn batch_rows(b: &Batch, start: usize, n: usize) -> Batch {
+pub(crate) fn batch_rows(b: &Batch, start: usize, n: usize) -> Batch {
     Batch {
         data: b.data.iter().map(|(k, t)| (k.clone(), take_rows(t, start, n))).collect(),
         labels: b.labels.as_ref().map(|l| take_rows(l, start, n)),
@@ -119,6 +119,8 @@ pub struct StepRunner {
     /// brought up to date by `sync`. Engines that cannot (tract) ignore it.
     pub keep_on_device: bool,
     on_device: bool,
+    /// --accumulate K (K > 1): the accumulation graphs and their sessions.
+    acc: Option<crate::accumulate::AccRunner>,
 }
 
 impl StepRunner {
@@ -161,6 +163,18 @@ impl StepRunner {
                 hyper.entry(k.clone()).or_insert(*v);
             }
         }
+        let acc = match spec.accumulate.filter(|&k| k > 1) {
+            Some(_) => {
+                let ag = step::accumulate_graphs(model, spec).map_err(|e| anyhow!("{e}"))?;
+                for g in ag.scores.iter().chain(std::iter::once(&ag.ascent)).chain(ag.descent.iter()) {
+                    for (k, v) in &g.contract.hyper {
+                        hyper.entry(k.clone()).or_insert(*v);
+                    }
+                }
+                Some(crate::accumulate::AccRunner::new(ag, backend)?)
+            }
+            None => None,
+        };
         Ok(StepRunner {
             spec: spec.clone(),
             graphs,
@@ -174,6 +188,7 @@ impl StepRunner {
             fixed: BTreeMap::new(),
             keep_on_device: false,
             on_device: false,
+            acc,
         })
     }
 
@@ -228,13 +243,32 @@ impl StepRunner {
         extra: &'a [(String, HostTensor)],
         held: &'a [String],
     ) -> FeedOptions<'a> {
-        FeedOptions { hyper: Some(hyper), seed: self.seed, step: Some(step), fixed: Some(&self.fixed), extra, held }
+        FeedOptions {
+            hyper: Some(hyper),
+            seed: self.seed,
+            step: Some(step),
+            noise_step: None,
+            fixed: Some(&self.fixed),
+            extra,
+            held,
+        }
     }
 
     /// One optimizer step on `batch`; returns the step graph's outputs (m-SAM: diagnostics
     /// averaged over micro-batches, `correct` summed, per-sample outputs concatenated).
     pub fn step(&mut self, batch: &Batch) -> Result<BTreeMap<String, HostTensor>> {
         let b = batch.len();
+        if let (true, Some(k)) = (self.acc.is_some(), self.spec.accumulate) {
+            self.sync()?;
+            self.on_device = false;
+            let draw =
+                crate::accumulate::Draw { seed: self.seed, step: self.step, hyper: &self.hyper, fixed: &self.fixed };
+            let acc = self.acc.as_mut().expect("checked");
+            let out = acc.step(&self.spec, &mut self.values, batch, k.min(b), &draw)?;
+            check_finite(&out, self.step + 1)?;
+            self.step += 1;
+            return Ok(out);
+        }
         let out = match self.spec.micro_batch {
             None => {
                 let mut extra = Vec::new();

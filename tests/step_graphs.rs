@@ -382,6 +382,12 @@ fn bad_optimizer_options_exit_2_with_one_line() {
     assert_bad_input(&o, "--clip-grad-norm", "> 0");
     let (o, _t) = rewrite(&["--optimizer", "adamw", "--base-optimizer", "sgd"]);
     assert_bad_input(&o, "--base-optimizer", "its own base optimizer");
+    let (o, _t) = rewrite(&["--optimizer", "sam", "--accumulate", "0"]);
+    assert_bad_input(&o, "--accumulate", "at least 1");
+    let (o, _t) = rewrite(&["--optimizer", "sam", "--accumulate", "2", "--micro-batch", "4"]);
+    assert_bad_input(&o, "--accumulate and --micro-batch", "choose one");
+    let (o, _t) = rewrite(&["--optimizer", "sam", "--reweight", "1", "--score", "exact", "--accumulate", "2"]);
+    assert_bad_input(&o, "--accumulate", "--score fd");
     // m-SAM's micro-batch must divide the batch
     let o = onnxsam(&[
         "bench",

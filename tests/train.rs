@@ -185,6 +185,14 @@ fn resumed_run_continues_the_identical_trajectory() {
         let o = train_cmd(&["--resume", split.to_str().unwrap(), "--epochs", "2"]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         assert_eq!(rows(&straight), rows(&split), "{opt:?}: metrics of 2 epochs vs 1 + resume + 1 differ");
+        // each epoch row carries the process's peak memory so far (a measurement, so not compared above)
+        let raw = onnxsam::train::metrics::read(&straight).unwrap();
+        let epochs: Vec<_> = raw.iter().filter(|r| r["kind"] == "epoch").collect();
+        assert_eq!(epochs.len(), 2);
+        for e in epochs {
+            let mib = e["peak_rss_mib"].as_f64().expect("peak memory logged per epoch");
+            assert!(mib > 1.0 && mib < 24_000.0, "implausible peak memory {mib} MiB");
+        }
         let last = |r: &Path| onnxsam::train::checkpoint::list(r).unwrap().last().unwrap().1.with_extension("npz");
         assert_eq!(last(&straight).file_name(), last(&split).file_name());
         let a = read_npz(&last(&straight)).unwrap();

@@ -170,6 +170,9 @@ pub struct StepSpec {
     pub reweight: Option<ReweightSpec>,
     /// m-SAM micro-batch size M.
     pub micro_batch: Option<usize>,
+    /// --accumulate K: one step over a logical batch in K micro-batches (AccumulateGraphs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accumulate: Option<usize>,
     pub lr: f32,
     pub momentum: f32,
     pub nesterov: bool,
@@ -197,6 +200,7 @@ impl Default for StepSpec {
             optimizer: Optimizer::Sgd,
             reweight: None,
             micro_batch: None,
+            accumulate: None,
             lr: 0.1,
             momentum: 0.9,
             nesterov: false,
@@ -267,6 +271,17 @@ impl StepSpec {
             }
             if self.micro_batch.is_some() {
                 bail!("--reweight and --micro-batch are two ways to get m-sharpness; choose one");
+            }
+        }
+        if let Some(k) = self.accumulate {
+            if k == 0 {
+                bail!("--accumulate must be at least 1");
+            }
+            if self.micro_batch.is_some() {
+                bail!("--accumulate and --micro-batch split a batch two ways: m-SAM perturbs per micro-batch, accumulation once for the whole batch; choose one");
+            }
+            if matches!(self.reweight, Some(ReweightSpec { score: Score::Exact, .. })) {
+                bail!("--accumulate takes RW-SAM's finite-difference scores (--score fd), not --score exact");
             }
         }
         if let Some(m) = self.micro_batch {
@@ -357,6 +372,92 @@ pub fn step_graphs(model: &Model, spec: &StepSpec) -> Result<StepGraphs> {
     let refs: Vec<&dyn Pass> = passes.iter().map(|p| p.as_ref()).collect();
     run_all(&mut m, &mut c, &refs)?;
     Ok(StepGraphs { step: StepGraph { model: m, contract: c }, apply })
+}
+
+/// --accumulate K: one optimizer step over a logical batch of K micro-batches, as graphs the
+/// runtime runs per micro-batch and once per step (../shared/METHOD.md's step, unchanged):
+/// - `scores` (RW-SAM): the finite-difference scores of a micro-batch at θ (no state update);
+///   the runtime forms the Gibbs weights over the whole logical batch from them;
+/// - `ascent`: a micro-batch's share of the ascent gradient at θ — micro_weight·∇L, or ∇Σ pᵢ·ℓᵢ
+///   with the logical batch's weights fed as `sample_weights` — accumulated; the clean pass, so
+///   BatchNorm's running statistics move once per micro-batch, as PyTorch's accumulation moves them;
+/// - `descent` (SAM family): ε from the accumulated ascent gradient of the whole logical batch,
+///   the micro-batch's share of ∇L(θ + ε) accumulated;
+/// - `apply`: the base optimizer step from the accumulated gradient.
+pub struct AccumulateGraphs {
+    pub scores: Option<StepGraph>,
+    pub ascent: StepGraph,
+    pub descent: Option<StepGraph>,
+    pub apply: StepGraph,
+}
+
+/// Compiles `spec` for gradient accumulation (see [`AccumulateGraphs`]).
+pub fn accumulate_graphs(model: &Model, spec: &StepSpec) -> Result<AccumulateGraphs> {
+    spec.check()?;
+    if spec.micro_batch.is_some() {
+        bail!("--accumulate and --micro-batch split a batch two ways: m-SAM perturbs per micro-batch, accumulation once for the whole batch; choose one");
+    }
+    let (m0, c0) = training_forward(model, &spec.grad)?;
+    let keep_outputs = |m: &mut Model, c: &Contract| {
+        let keep: std::collections::HashSet<&String> =
+            c.params_next.values().chain(c.opt_state_next.values()).chain(c.state_next.values()).chain(c.diagnostics.values()).collect();
+        let extra = [c.scores.as_ref(), c.weights.as_ref()];
+        m.graph.outputs.retain(|o| keep.contains(&o.name) || extra.iter().any(|e| *e == Some(&o.name)) || o.name == "loss_per_sample");
+    };
+    // scores (RW-SAM): the fd branch alone
+    let scores = match &spec.reweight {
+        Some(r) => {
+            let Score::Fd { q, scheme } = r.score else {
+                bail!("--accumulate takes RW-SAM's finite-difference scores (--score fd), not --score exact");
+            };
+            let (mut m, mut c) = (m0.clone(), c0.clone());
+            run_all(&mut m, &mut c, &[&FdBranch { q, scheme, delta: spec.fd_delta }])?;
+            c.state_next.clear();
+            m.graph.outputs.retain(|o| Some(&o.name) == c.scores.as_ref() || o.name == "trace_v");
+            run_all(&mut m, &mut c, &[&Cleanup])?;
+            Some(StepGraph { model: m, contract: c })
+        }
+        None => None,
+    };
+    // ascent: (weighted) loss at θ, its gradient's share accumulated
+    let ascent = {
+        let (mut m, mut c) = (m0.clone(), c0.clone());
+        if spec.reweight.is_some() {
+            let lps = c.loss_per_sample.clone().expect("per-sample-loss ran");
+            m.graph.inputs.push(crate::passes::value_info(crate::passes::reweight::WEIGHTS, crate::onnx::data_type::FLOAT, &[-1]));
+            let mut ctx = crate::autodiff::Ctx::new(&mut m.graph, crate::shapes::Shapes::default(), 0);
+            let wl = ctx.mul(&lps, crate::passes::reweight::WEIGHTS);
+            let wl = ctx.reduce_sum(&wl, &[0], false);
+            c.weights = Some(crate::passes::reweight::WEIGHTS.to_string());
+            c.sample_weights = Some(crate::passes::reweight::WEIGHTS.to_string());
+            c.ascent_loss = Some(wl);
+        }
+        run_all(&mut m, &mut c, &[&spec.sam_update(Stage::AccAscent)])?;
+        keep_outputs(&mut m, &c);
+        run_all(&mut m, &mut c, &[&Cleanup])?;
+        StepGraph { model: m, contract: c }
+    };
+    let descent = if spec.optimizer == crate::passes::sam_update::Optimizer::Sgd {
+        None
+    } else {
+        let (mut m, mut c) = (m0.clone(), c0.clone());
+        run_all(&mut m, &mut c, &[&spec.sam_update(Stage::AccDescent)])?;
+        keep_outputs(&mut m, &c);
+        m.graph.outputs.retain(|o| o.name != "loss_per_sample");
+        run_all(&mut m, &mut c, &[&Cleanup])?;
+        Some(StepGraph { model: m, contract: c })
+    };
+    let apply = {
+        let (mut m, mut c) = (m0, c0);
+        m.graph.outputs.clear();
+        c.loss = None;
+        c.loss_per_sample = None;
+        c.logits = None;
+        c.state_next.clear();
+        run_all(&mut m, &mut c, &[&spec.sam_update(Stage::Apply), &Cleanup])?;
+        StepGraph { model: m, contract: c }
+    };
+    Ok(AccumulateGraphs { scores, ascent, descent, apply })
 }
 
 /// The evaluation graph: eval-mode forward, per-sample loss, correct count.

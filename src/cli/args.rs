@@ -117,8 +117,11 @@ fn padding_row(s: &str) -> Result<(String, Option<i64>)> {
     }
     let row = match row.trim() {
         "none" | "None" => None,
-        r => Some(r.parse::<i64>().map_err(|_| {
-            anyhow!("--padding-idx {s}: the row '{r}' is not an integer; expected TABLE=ROW or TABLE=none")
+        r => Some(r.parse::<i64>().map_err(|e| match e.kind() {
+            std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => {
+                anyhow!("--padding-idx {s}: the row {r} is out of range for any table")
+            }
+            _ => anyhow!("--padding-idx {s}: the row '{r}' is not an integer; expected TABLE=ROW or TABLE=none"),
         })?),
     };
     Ok((table.to_string(), row))
@@ -274,6 +277,12 @@ pub struct StepArgs {
     /// m-SAM: perturb per micro-batch of M samples (M must divide the batch size)
     #[arg(long, value_name = "M")]
     pub micro_batch: Option<usize>,
+    /// Gradient accumulation: one step over each batch in K micro-batches, memory as for a
+    /// batch of batch-size/K. SAM, RW-SAM: over the whole batch (the ascent gradient accumulated
+    /// over all K, one ε, the gradient at θ + ε accumulated, RW-SAM's weights normalized over the
+    /// batch); BatchNorm statistics per micro-batch, as PyTorch's accumulation
+    #[arg(long, value_name = "K")]
+    pub accumulate: Option<usize>,
     /// Perturbation radius ρ (ASAM: typically 0.5–1.0)
     #[arg(long, default_value_t = 0.05, allow_hyphen_values = true)]
     pub rho: f32,
@@ -411,6 +420,7 @@ impl StepArgs {
             optimizer,
             reweight,
             micro_batch: self.micro_batch,
+            accumulate: self.accumulate,
             lr: self.lr.unwrap_or(if adam { 1e-3 } else { 0.1 }),
             momentum: self.momentum.unwrap_or(0.9),
             nesterov: self.nesterov,

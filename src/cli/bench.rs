@@ -192,6 +192,10 @@ struct StepTiming {
     load_s: f64,
     median_ms: f64,
     ratio_to_sgd: f64,
+    /// Peak resident memory while this optimizer's graphs were loaded and run, MiB (--consecutive:
+    /// each optimizer alone, its runner built after the peak was reset and dropped after; else
+    /// the process's peak with every optimizer loaded).
+    peak_rss_mib: Option<f64>,
 }
 
 #[derive(serde::Serialize)]
@@ -216,7 +220,8 @@ fn bench_steps(a: &BenchArgs) -> Result<i32> {
     let shown = a.model.display().to_string();
     let user = a.step.spec(&a.graph)?;
     let sgd = StepSpec { optimizer: Optimizer::Sgd, reweight: None, micro_batch: None, ..user.clone() };
-    let mut configs: Vec<(String, StepSpec)> = vec![("sgd".into(), sgd.clone())];
+    let acc = user.accumulate.filter(|&k| k > 1).map(|k| format!(" acc={k}")).unwrap_or_default();
+    let mut configs: Vec<(String, StepSpec)> = vec![(format!("sgd{acc}"), sgd.clone())];
     if a.suite {
         let sam = StepSpec { optimizer: Optimizer::Sam, ..sgd.clone() };
         let rw = StepSpec {
@@ -227,10 +232,10 @@ fn bench_steps(a: &BenchArgs) -> Result<i32> {
             }),
             ..sam.clone()
         };
-        configs.push(("sam".into(), sam.clone()));
-        configs.push(("rw-sam".into(), rw));
-        for m in [16, 4] {
-            configs.push((format!("m-sam M={m}"), StepSpec { micro_batch: Some(m), ..sam.clone() }));
+        configs.push((format!("sam{acc}"), sam.clone()));
+        configs.push((format!("rw-sam{acc}"), rw));
+        for m in [16, 4].iter().filter(|_| acc.is_empty()) {
+            configs.push((format!("m-sam M={m}"), StepSpec { micro_batch: Some(*m), ..sam.clone() }));
         }
     } else if user.optimizer != Optimizer::Sgd || user.reweight.is_some() {
         let mut name = format!("{:?}", user.optimizer).to_lowercase();
@@ -240,7 +245,7 @@ fn bench_steps(a: &BenchArgs) -> Result<i32> {
         if let Some(m) = user.micro_batch {
             name = format!("m-{name} M={m}");
         }
-        configs.push((name, user.clone()));
+        configs.push((format!("{name}{acc}"), user.clone()));
     }
     for (name, c) in &configs {
         if let Some(m) = c.micro_batch {
@@ -250,27 +255,62 @@ fn bench_steps(a: &BenchArgs) -> Result<i32> {
         }
     }
     let be = backend::select(&a.backend.request(), true)?;
-    let mut runners = Vec::new();
-    for (name, c) in &configs {
+    let build = |name: &str, c: &StepSpec| -> Result<(StepRunner, usize, f64)> {
         let t0 = Instant::now();
         let mut r = StepRunner::new(&model, c, be.as_ref(), 0).with_context(|| format!("{shown} ({name})"))?;
         r.hyper.insert("lr".into(), 0.0);
         r.keep_on_device = true; // as `train` runs it
-
         let nodes = r.graphs.step.model.graph.nodes.len();
-        runners.push((name.clone(), r, nodes, t0.elapsed().as_secs_f64(), Vec::new()));
-    }
-    let classes = classes_of(&runners[0].1.graphs.step.model, runners[0].1.contract())?;
-    let (data, labels) = synthetic_batch(&model, a.batch_size, classes)?;
-    let batch = Batch { data, labels: Some(labels) };
-    // interleaved: round by round, every optimizer once; consecutive: one optimizer's steps after
-    // another's
-    let n = a.warmup + a.steps;
-    let order: Vec<(usize, usize)> = if a.consecutive {
-        (0..runners.len()).flat_map(|k| (0..n).map(move |i| (i, k))).collect()
-    } else {
-        (0..n).flat_map(|i| (0..runners.len()).map(move |k| (i, k))).collect()
+        Ok((r, nodes, t0.elapsed().as_secs_f64()))
     };
+    let batch = {
+        let probe = step::step_graphs(&model, &configs[0].1).map_err(|e| anyhow!("{shown}: {e}"))?;
+        let classes = classes_of(&probe.step.model, &probe.step.contract)?;
+        let (data, labels) = synthetic_batch(&model, a.batch_size, classes)?;
+        Batch { data, labels: Some(labels) }
+    };
+    let n = a.warmup + a.steps;
+    let median = |t: &mut Vec<f64>| {
+        t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        t[t.len() / 2]
+    };
+    if a.consecutive {
+        // each optimizer alone: built after the peak memory is reset, timed, dropped
+        let mut timings = Vec::new();
+        for (name, c) in &configs {
+            let measured = crate::memory::reset_peak();
+            let (mut r, nodes, mut load_s) = build(name, c)?;
+            let mut times = Vec::new();
+            for i in 0..n {
+                let t0 = Instant::now();
+                r.step(&batch).with_context(|| format!("{shown} ({name})"))?;
+                if i >= a.warmup {
+                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+                if i == 0 {
+                    load_s += t0.elapsed().as_secs_f64();
+                }
+            }
+            let peak = crate::memory::peak_rss_bytes().filter(|_| measured).map(crate::memory::mib);
+            drop(r);
+            timings.push(StepTiming {
+                name: name.clone(),
+                nodes,
+                load_s,
+                median_ms: median(&mut times),
+                ratio_to_sgd: 0.0,
+                peak_rss_mib: peak,
+            });
+        }
+        return report_steps(a, shown, be.describe(), timings);
+    }
+    let mut runners = Vec::new();
+    for (name, c) in &configs {
+        let (r, nodes, load_s) = build(name, c)?;
+        runners.push((name.clone(), r, nodes, load_s, Vec::new()));
+    }
+    // interleaved: round by round, every optimizer once
+    let order: Vec<(usize, usize)> = (0..n).flat_map(|i| (0..runners.len()).map(move |k| (i, k))).collect();
     for (i, k) in order {
         let (name, r, _, load_s, times) = &mut runners[k];
         let t0 = Instant::now();
@@ -283,11 +323,8 @@ fn bench_steps(a: &BenchArgs) -> Result<i32> {
             *load_s += t0.elapsed().as_secs_f64();
         }
     }
-    let median = |t: &mut Vec<f64>| {
-        t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        t[t.len() / 2]
-    };
-    let mut timings: Vec<StepTiming> = runners
+    let peak = crate::memory::peak_rss_bytes().map(crate::memory::mib);
+    let timings: Vec<StepTiming> = runners
         .iter_mut()
         .map(|(name, _, nodes, load_s, times)| StepTiming {
             name: name.clone(),
@@ -295,15 +332,20 @@ fn bench_steps(a: &BenchArgs) -> Result<i32> {
             load_s: *load_s,
             median_ms: median(times),
             ratio_to_sgd: 0.0,
+            peak_rss_mib: peak,
         })
         .collect();
+    report_steps(a, shown, be.describe(), timings)
+}
+
+fn report_steps(a: &BenchArgs, shown: String, backend: String, mut timings: Vec<StepTiming>) -> Result<i32> {
     let base = timings[0].median_ms;
     for t in timings.iter_mut() {
         t.ratio_to_sgd = t.median_ms / base;
     }
     let r = StepReport {
         model: shown,
-        backend: be.describe(),
+        backend,
         batch_size: a.batch_size,
         steps: a.steps,
         optimizers: timings,
@@ -313,9 +355,19 @@ fn bench_steps(a: &BenchArgs) -> Result<i32> {
         return Ok(0);
     }
     println!("{}: batch {}, {}, median of {} steps", r.model, r.batch_size, r.backend, r.steps);
-    println!("  {:<12} {:>10} {:>8} {:>7} {:>8}", "optimizer", "ms/step", "÷ SGD", "nodes", "load s");
+    println!(
+        "  {:<12} {:>10} {:>8} {:>7} {:>8} {:>10}",
+        "optimizer", "ms/step", "÷ SGD", "nodes", "load s", if a.consecutive { "peak MiB" } else { "proc MiB" }
+    );
     for t in &r.optimizers {
-        println!("  {:<12} {:>10.2} {:>8.2} {:>7} {:>8.2}", t.name, t.median_ms, t.ratio_to_sgd, t.nodes, t.load_s);
+        let mem = t.peak_rss_mib.map(|m| format!("{m:.0}")).unwrap_or_else(|| "?".into());
+        println!(
+            "  {:<12} {:>10.2} {:>8.2} {:>7} {:>8.2} {:>10}",
+            t.name, t.median_ms, t.ratio_to_sgd, t.nodes, t.load_s, mem
+        );
+    }
+    if !a.consecutive {
+        println!("  (peak memory: the process with every optimizer loaded; --consecutive measures each alone)");
     }
     let get = |n: &str| r.optimizers.iter().find(|t| t.name == n).map(|t| t.median_ms);
     if let (Some(sam), Some(rw)) = (get("sam"), get("rw-sam")) {

@@ -487,10 +487,16 @@ impl<'a> Trainer<'a> {
         }
         let seconds = self.seconds();
         row.insert("seconds".into(), json!(seconds));
+        // the process's peak resident memory so far (MiB)
+        let peak = crate::memory::peak_rss_bytes().map(crate::memory::mib);
+        if let Some(p) = peak {
+            row.insert("peak_rss_mib".into(), json!(p.round()));
+        }
         self.metrics.write(&row)?;
         println!(
-            "{line} ({seconds:.1} s; waiting for data {:.1}% of the epoch)",
-            100.0 * tally.data_wait / epoch_s.max(1e-9)
+            "{line} ({seconds:.1} s; waiting for data {:.1}% of the epoch{})",
+            100.0 * tally.data_wait / epoch_s.max(1e-9),
+            peak.map(|p| format!("; peak memory {p:.0} MiB")).unwrap_or_default()
         );
         if let Some(w) = tally.last_weights {
             crate::tensor::write_npz(&self.cfg.run.join("sample_weights.npz"), &[("sample_weights".into(), w)])?;

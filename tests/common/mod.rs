@@ -81,7 +81,7 @@ pub fn run_cmd(model: &Path, input: &Path, out: &Path, backend: &str) -> Output 
     ])
 }
 
-/// metrics.jsonl rows without the wall-clock columns.
+/// metrics.jsonl rows without the wall-clock and memory columns (machine measurements).
 pub fn rows(run: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
     onnxsam::train::metrics::read(run)
         .unwrap()
@@ -89,6 +89,7 @@ pub fn rows(run: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
         .map(|mut r| {
             r.remove("seconds");
             r.remove("data_wait");
+            r.remove("peak_rss_mib");
             r
         })
         .collect()

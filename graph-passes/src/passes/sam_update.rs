@@ -11,7 +11,10 @@
 //!     m ← m + (1−β₁)(g − m);  v ← β₂·v + (1−β₂)·g²;  [amsgrad: v_max ← max(v_max, v), used for v]
 //!     θ ← θ − (lr/(1−β₁ᵗ))·m / (√v/√(1−β₂ᵗ) + eps)        (AdamW: decoupled decay first)
 //! m-SAM splits this in two graphs: `Micro` (one micro-batch: accumulates g into `grad_acc/<p>`)
-//! and `Apply` (the base step with g = Σ acc / k).
+//! and `Apply` (the base step with g = Σ acc / k). Gradient accumulation over a logical batch
+//! (--accumulate K) in three: `AccAscent` per micro-batch (the ascent gradient's share), then
+//! `AccDescent` per micro-batch (one ε from the whole ascent gradient, the gradient's share at
+//! θ + ε), then `Apply`: SAM over the logical batch, whatever its micro-batches.
 use std::collections::HashMap;
 
 use super::forward::copy_forward;
@@ -66,8 +69,15 @@ pub enum Stage {
     Full,
     /// m-SAM: one micro-batch's g = ∇L_j(θ + ε_j), added to the accumulators.
     Micro,
-    /// m-SAM: the base optimizer step from the accumulated gradient.
+    /// m-SAM and --accumulate: the base optimizer step from the accumulated gradient.
     Apply,
+    /// --accumulate (one micro-batch at θ): its share of the ascent gradient, `micro_weight`·∇
+    /// (or ∇Σ pᵢ·ℓᵢ with the logical batch's weights fed), added to `ascent_acc/<p>` (SAM
+    /// family) or to `grad_acc/<p>` (the descent gradient itself: SGD, Adam).
+    AccAscent,
+    /// --accumulate (one micro-batch): ε from the whole logical batch's ascent gradient
+    /// (`ascent_acc/<p>`), its share `micro_weight`·∇L(θ + ε) added to `grad_acc/<p>`.
+    AccDescent,
 }
 
 #[derive(Clone, Debug)]
@@ -103,11 +113,17 @@ pub const MAX_EXP_AVG_SQ: &str = "max_exp_avg_sq/";
 pub const STEP_COUNT: &str = "step";
 pub const NEXT: &str = "next/";
 pub const MICRO_BATCHES: &str = "micro_batches";
+/// --accumulate: the ascent gradient of the logical batch, summed over its micro-batches.
+pub const ASCENT_ACC: &str = "ascent_acc/";
+/// --accumulate: a micro-batch's share of the logical batch (its size over the batch's).
+pub const MICRO_WEIGHT: &str = "micro_weight";
+/// --accumulate: the diagnostic L(θ + ε) of one micro-batch (the runtime forms the sharpness).
+pub const LOSS_AT_EPS: &str = "loss_at_eps";
 
 /// The parameter an optimizer-state input belongs to (`momentum_buffer/<p>`, `grad_acc/<p>`,
 /// `exp_avg/<p>`, …); the step count belongs to none and is returned as it is.
 pub fn state_param(state: &str) -> &str {
-    [MOMENTUM_BUFFER, GRAD_ACC, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ]
+    [MOMENTUM_BUFFER, GRAD_ACC, ASCENT_ACC, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ]
         .iter()
         .find_map(|p| state.strip_prefix(p))
         .unwrap_or(state)
@@ -154,6 +170,35 @@ impl Pass for SamUpdate {
         // no weight decay asked for: no `weight_decay` input and no decay nodes (two per parameter)
         let wd = if self.weight_decay != 0.0 { Some(hyper(m, c, "weight_decay", self.weight_decay)?) } else { None };
         let wd = wd.as_deref();
+        match self.stage {
+            Stage::AccAscent => {
+                let (ga, _) = self.ascent_gradient(m, c, wd)?;
+                // a weighted ascent loss (the logical batch's Gibbs weights) is its share already
+                let scaled = if c.ascent_loss.is_some() { ga } else { self.scaled(m, c, &ga)? };
+                let into = if self.optimizer == Optimizer::Sgd { GRAD_ACC } else { ASCENT_ACC };
+                accumulate(m, c, &params, &scaled, into);
+                return m.graph.topo_sort();
+            }
+            Stage::AccDescent => {
+                let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), 0);
+                let mut ga = Vec::new();
+                for p in &params {
+                    let a = format!("{ASCENT_ACC}{p}");
+                    ctx.g.inputs.push(value_info(&a, dt::FLOAT, &dims(c, p)));
+                    ga.push(a);
+                }
+                // no clean pass here: the running statistics and the loss at θ come from AccAscent
+                c.state_next.clear();
+                c.diagnostics.clear();
+                let gn = self.norm_diagnostic(&mut ctx, c, &ga);
+                // each share carries its part of the decay: Σ wⱼ·(∇Lⱼ + wd·(θ + ε)) = ∇L + wd·(θ + ε)
+                let g = self.gradient_at_perturbed(m, c, wd, &ga, &gn, true)?;
+                let scaled = self.scaled(m, c, &g)?;
+                accumulate(m, c, &params, &scaled, GRAD_ACC);
+                return m.graph.topo_sort();
+            }
+            _ => {}
+        }
         let g = match self.stage {
             Stage::Apply => {
                 let k = hyper(m, c, MICRO_BATCHES, 1.0)?;
@@ -169,14 +214,7 @@ impl Pass for SamUpdate {
             _ => self.descent_gradient(m, c, wd)?,
         };
         if self.stage == Stage::Micro {
-            let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), 0);
-            for (p, gp) in params.iter().zip(&g) {
-                let a = format!("{GRAD_ACC}{p}");
-                ctx.g.inputs.push(value_info(&a, dt::FLOAT, &dims(c, p)));
-                let next = ctx.add(&a, gp);
-                let out = expose(&mut ctx, &next, &format!("{NEXT}{a}"), Some(&dims(c, p)));
-                c.opt_state_next.insert(a, out);
-            }
+            accumulate(m, c, &params, &g, GRAD_ACC);
             return m.graph.topo_sort();
         }
         self.base_step(m, c, wd, &g)?;
@@ -184,14 +222,42 @@ impl Pass for SamUpdate {
     }
 }
 
+/// acc_next = acc + g for every parameter (`<prefix><p>` inputs and `next/<prefix><p>` outputs).
+fn accumulate(m: &mut Model, c: &mut Contract, params: &[String], g: &[String], prefix: &str) {
+    let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), 0);
+    for (p, gp) in params.iter().zip(g) {
+        let a = format!("{prefix}{p}");
+        ctx.g.inputs.push(value_info(&a, dt::FLOAT, &dims(c, p)));
+        let next = ctx.add(&a, gp);
+        let out = expose(&mut ctx, &next, &format!("{NEXT}{a}"), Some(&dims(c, p)));
+        c.opt_state_next.insert(a, out);
+    }
+}
+
 impl SamUpdate {
+    /// micro_weight·g: a micro-batch's gradient as its share of the logical batch's mean.
+    fn scaled(&self, m: &mut Model, c: &mut Contract, g: &[String]) -> Result<Vec<String>> {
+        let w = hyper(m, c, MICRO_WEIGHT, 1.0)?;
+        let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), 0);
+        Ok(g.iter().map(|x| ctx.mul(x, &w)).collect())
+    }
+
     /// The gradient the base optimizer descends along (before coupled weight decay), plus the
     /// diagnostics loss, correct, grad_norm and sharpness.
     fn descent_gradient(&self, m: &mut Model, c: &mut Contract, wd: Option<&str>) -> Result<Vec<String>> {
+        let (ga, gn) = self.ascent_gradient(m, c, wd)?;
+        if self.optimizer == Optimizer::Sgd {
+            return Ok(ga);
+        }
+        self.gradient_at_perturbed(m, c, wd, &ga, &gn, false)
+    }
+
+    /// ∇ of the ascent loss (Σ pᵢ·ℓᵢ with reweight, else L) at θ [+ wd·θ in mode `loss`] and its
+    /// norm; diagnostics loss, the task metric and grad_norm.
+    fn ascent_gradient(&self, m: &mut Model, c: &mut Contract, wd: Option<&str>) -> Result<(Vec<String>, String)> {
         let params = c.params.clone();
         let Some(loss) = c.loss.clone() else { bail!("sam-update needs a loss: run per-sample-loss first") };
         let opset = m.opset();
-        let rho = if self.optimizer == Optimizer::Sgd { None } else { Some(hyper(m, c, "rho", self.rho)?) };
         let shortcuts = super::autodiff::shortcuts(c.cross_entropy.as_ref(), &c.batch_norms);
         let ascent = c.ascent_loss.clone().unwrap_or_else(|| loss.clone());
         let ga = gradients_with(&mut m.graph, opset, &ascent, &params, &shortcuts, &c.stop_gradient)?;
@@ -200,19 +266,44 @@ impl SamUpdate {
         if self.weight_decay_mode == WeightDecayMode::Loss {
             ga = self.add_decay(&mut ctx, c, &params, &params, &ga, wd);
         }
-        let gn2 = sum_of_squares(&mut ctx, &ga);
-        let gn = ctx.sqrt(&gn2);
-        let gn = expose(&mut ctx, &gn, "grad_norm", Some(&[]));
-        c.diagnostics.insert("grad_norm".into(), gn.clone());
+        let gn = self.norm_diagnostic(&mut ctx, c, &ga);
         super::expose_metric(&mut ctx, c);
         c.diagnostics.insert("loss".into(), loss.clone());
-        let Some(rho) = rho else { return Ok(ga) };
+        Ok((ga, gn))
+    }
+
+    /// ‖g‖ over all parameters, exposed as the `grad_norm` diagnostic.
+    fn norm_diagnostic(&self, ctx: &mut Ctx, c: &mut Contract, g: &[String]) -> String {
+        let gn2 = sum_of_squares(ctx, g);
+        let gn = ctx.sqrt(&gn2);
+        let gn = expose(ctx, &gn, "grad_norm", Some(&[]));
+        c.diagnostics.insert("grad_norm".into(), gn.clone());
+        gn
+    }
+
+    /// ε from the ascent gradient `ga` (norm `gn`), then g = ∇L(θ + ε) with the uniform loss
+    /// [+ wd·(θ + ε) in mode `loss`]. Diagnostic sharpness L(θ + ε) − L(θ), or (`accumulating`:
+    /// the loss at θ is another graph's) `loss_at_eps` = L(θ + ε).
+    fn gradient_at_perturbed(
+        &self,
+        m: &mut Model,
+        c: &mut Contract,
+        wd: Option<&str>,
+        ga: &[String],
+        gn: &str,
+        accumulating: bool,
+    ) -> Result<Vec<String>> {
+        let params = c.params.clone();
+        let Some(loss) = c.loss.clone() else { bail!("sam-update needs a loss: run per-sample-loss first") };
+        let opset = m.opset();
+        let rho = hyper(m, c, "rho", self.rho)?;
+        let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), opset);
         // ε
         let tiny = ctx.scalar(1e-12);
         let eps: Vec<String> = match self.optimizer {
             Optimizer::Usam => ga.iter().map(|g| ctx.mul(g, &rho)).collect(),
             Optimizer::Sam => {
-                let d = ctx.add(&gn, &tiny);
+                let d = ctx.add(gn, &tiny);
                 let k = ctx.div(&rho, &d);
                 ga.iter().map(|g| ctx.mul(g, &k)).collect()
             }
@@ -266,9 +357,14 @@ impl SamUpdate {
         }
         let copy = copy_forward(ctx.g, c, "adv/", &subst)?;
         let adv_loss = copy.value(&loss);
-        let sharp = ctx.sub(&adv_loss, &loss);
-        let sharp = expose(&mut ctx, &sharp, "sharpness", Some(&[]));
-        c.diagnostics.insert("sharpness".into(), sharp);
+        if accumulating {
+            let l = expose(&mut ctx, &adv_loss, LOSS_AT_EPS, Some(&[]));
+            c.diagnostics.insert(LOSS_AT_EPS.into(), l);
+        } else {
+            let sharp = ctx.sub(&adv_loss, &loss);
+            let sharp = expose(&mut ctx, &sharp, "sharpness", Some(&[]));
+            c.diagnostics.insert("sharpness".into(), sharp);
+        }
         let shortcuts = copy.shortcuts();
         let g = gradients_with(ctx.g, opset, &adv_loss, &perturbed, &shortcuts, &[])?;
         let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), opset);
