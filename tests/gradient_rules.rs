@@ -18,6 +18,16 @@ struct Case {
     inputs: Vec<(String, HostTensor)>,
     wrt: Vec<String>,
     build: Box<dyn Fn(&mut Graph) -> String>,
+    /// Declare the inputs' axes from 2 on as symbols (sizes the file leaves to run time).
+    symbolic_spatial: bool,
+}
+
+impl Case {
+    fn with_symbolic_spatial(mut self) -> Case {
+        self.name.push_str(" (spatial sizes symbolic)");
+        self.symbolic_spatial = true;
+        self
+    }
 }
 
 fn rnd(key: &str, shape: &[usize], lo: f32, hi: f32) -> HostTensor {
@@ -62,20 +72,22 @@ fn case(
         inputs: inputs.into_iter().map(|(n, t)| (n.to_string(), t)).collect(),
         wrt: wrt.iter().map(|s| s.to_string()).collect(),
         build: Box::new(build),
+        symbolic_spatial: false,
     }
 }
 
 /// Graph input declarations for the case's inputs.
-fn declare(g: &mut Graph, inputs: &[(String, HostTensor)]) {
+fn declare(g: &mut Graph, inputs: &[(String, HostTensor)], symbolic_spatial: bool) {
     for (n, t) in inputs {
-        let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        let dims: Vec<i64> =
+            t.shape.iter().enumerate().map(|(i, &d)| if symbolic_spatial && i >= 2 { -1 } else { d as i64 }).collect();
         g.inputs.push(value_info(n, t.onnx_dtype(), &dims));
     }
 }
 
 fn build_model(c: &Case) -> Model {
     let mut g = Graph::default();
-    declare(&mut g, &c.inputs);
+    declare(&mut g, &c.inputs, c.symbolic_spatial);
     let y = (c.build)(&mut g);
     let s = infer(&g).unwrap_or_else(|e| panic!("{}: {e}", c.name));
     let dims: Vec<i64> = s
@@ -527,6 +539,11 @@ fn pooling_rules() {
         case("GlobalAveragePool", 17, vec![("x", rnd("gap", &[2, 3, 3, 3], -1.0, 1.0))], &["x"], |g| {
             g.add("GlobalAveragePool", &["x"]).output()
         }),
+        // the number of cells read at run time (hgnetv2's legacy export leaves H, W symbolic)
+        case("GlobalAveragePool", 17, vec![("x", rnd("gap", &[2, 3, 3, 3], -1.0, 1.0))], &["x"], |g| {
+            g.add("GlobalAveragePool", &["x"]).output()
+        })
+        .with_symbolic_spatial(),
     ]);
 }
 
@@ -1296,7 +1313,7 @@ fn gather_nd_and_scatter_rules() {
 /// A forward-only model of a case (the op's output y as the graph output), the op as written.
 fn forward_model(c: &Case) -> Model {
     let mut g = Graph::default();
-    declare(&mut g, &c.inputs);
+    declare(&mut g, &c.inputs, c.symbolic_spatial);
     let y = (c.build)(&mut g);
     let s = infer(&g).unwrap_or_else(|e| panic!("{}: {e}", c.name));
     let dims: Vec<i64> = s.shape(&y).unwrap().iter().map(|d| d.known().unwrap()).collect();

@@ -38,7 +38,17 @@ pub type Shape = Vec<Dim>;
 pub fn shape_string(s: &Option<Shape>) -> String {
     match s {
         None => "?".into(),
-        Some(s) => format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        // a size computed from other sizes can be a long expression: "?" in a message
+        Some(s) => format!(
+            "[{}]",
+            s.iter()
+                .map(|d| match d {
+                    Dim::Sym(t) if t.chars().count() > 24 => "?".to_string(),
+                    d => d.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 

@@ -181,8 +181,15 @@ pub(crate) fn dims_but_batch(n: &NodeProto, c: &Ctx, v: &str, what: &str) -> Res
         return Err(node_error(
             n,
             format!(
-                "the gradient covers 1-D, 2-D and 3-D {what} with known channels and sizes; this one's input is {}",
-                crate::shapes::shape_string(&Some(s))
+                "the gradient covers 1-D, 2-D and 3-D {what} with known channels and sizes; this one's input is {}{}",
+                crate::shapes::shape_string(&Some(s.clone())),
+                if s.iter().skip(1).any(|d| d.known().is_none()) {
+                    " (sizes the file computes at run time, e.g. a 'same' padding computed from the \
+                     input's shape); re-export with torch.onnx.export(..., dynamo=True, optimize=False), \
+                     which writes them as numbers"
+                } else {
+                    ""
+                }
             ),
         ));
     }

@@ -256,15 +256,26 @@ fn average_pool(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) 
     Ok(vec![Some(dx)])
 }
 
-/// y = mean over the spatial axes:  dx = expand(dy) / (number of cells)
+/// y = mean over the spatial axes:  dx = expand(dy) / (number of cells); the number of cells
+/// read from x's shape at run time where the file leaves a spatial size symbolic.
 fn global_average_pool(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Result<Grads> {
     let d = dy(n, dys)?;
     let x = &n.input[0];
     let xs = c.shape(x)?.clone();
     let area: Option<i64> = xs[2..].iter().map(|d| d.known()).product();
-    let area = area.ok_or_else(|| node_error(n, "gradient needs the spatial size known"))?;
     let e = c.expand_like(&d, x);
-    let k = c.scalar(1.0 / area as f32);
+    let k = match area {
+        Some(area) => c.scalar(1.0 / area as f32),
+        None => {
+            let s = c.shape_of(x);
+            let (start, end) = (c.const_i64(&[2]), c.const_i64(&[xs.len() as i64]));
+            let spatial = c.op("Slice", &[&s, &start, &end]);
+            let f = c.cast(&spatial, crate::onnx::data_type::FLOAT);
+            let cells = c.reduce("ReduceProd", &f, &[0], false);
+            let one = c.scalar(1.0);
+            c.div(&one, &cells)
+        }
+    };
     Ok(vec![Some(c.mul(&e, &k))])
 }
 
