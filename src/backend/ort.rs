@@ -24,12 +24,39 @@ fn environment(lib: &OrtLibrary) -> Result<&'static Environment> {
         // ONNX Runtime's own log lines (a failing kernel, initializers that are also inputs)
         // would precede onnxsam's one error line; the error itself comes back in the status
         env.set_log_level(ort::logging::LogLevel::Fatal);
+        share_cpu_arena(&env)?;
         Ok((env, lib.path.display().to_string()))
     });
     match r {
         Ok((env, _)) => Ok(env),
         Err(e) => bail!("cannot load ONNX Runtime from {}: {e}; install a compatible version with `pip install onnxruntime==1.31.1`", lib.path.display()),
     }
+}
+
+/// One CPU arena for every session (registered with the environment; sessions opt in with
+/// `session.use_env_allocators`). A step runs several sessions in turn — m-SAM's micro-batch and
+/// apply graphs, `--accumulate`'s ascent and descent graphs, evaluation — and an arena never
+/// returns memory: with one arena per session the peak is the sum of the sessions' peaks, with one
+/// shared arena it is the largest (ResNet-18, SAM, batch 128 in 4 micro-batches: docs/benchmarks.md).
+fn share_cpu_arena(env: &Environment) -> std::result::Result<(), String> {
+    use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+    use ort::AsPointer;
+    let info = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Arena, MemoryType::Default)
+        .map_err(|e| format!("{e}"))?;
+    // SAFETY: both pointers are live for the call; a null arena config takes ONNX Runtime's defaults
+    let status = unsafe {
+        (ort::api().CreateAndRegisterAllocator)(env.ptr().cast_mut(), info.ptr(), std::ptr::null())
+    };
+    if status.0.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null status holds a C string until it is released
+    let msg = unsafe {
+        let m = std::ffi::CStr::from_ptr((ort::api().GetErrorMessage)(status.0)).to_string_lossy().into_owned();
+        (ort::api().ReleaseStatus)(status.0);
+        m
+    };
+    Err(format!("registering a shared CPU arena: {msg}"))
 }
 
 pub struct OrtBackend {
@@ -169,6 +196,7 @@ impl OrtConfig {
             // graphs that is ~0.8 GB more peak memory at ResNet-18 / batch 32 and no faster
             // (docs/benchmarks.md); intermediates are freed after their last reader either way
             builder = builder.with_memory_pattern(false).map_err(map)?;
+            builder = builder.with_env_allocators().map_err(map)?;
         }
         for (name, size) in dims {
             builder = builder.with_dimension_override(name, *size).map_err(map)?;
