@@ -371,7 +371,7 @@ fn pow_clip_where_rules() {
                     name: String::new(),
                     dims: vec![2, 3],
                     data_type: dt::BOOL,
-                    raw_data: vec![1, 0, 1, 0, 0, 1],
+                    raw_data: vec![1u8, 0, 1, 0, 0, 1].into(),
                     ..Default::default()
                 },
             );
@@ -398,7 +398,7 @@ fn pow_clip_where_rules() {
                 name: String::new(),
                 dims: vec![1],
                 data_type: dt::DOUBLE,
-                raw_data: 0.5f64.to_le_bytes().to_vec(),
+                raw_data: 0.5f64.to_le_bytes().to_vec().into(),
                 ..Default::default()
             },
         );

@@ -41,8 +41,10 @@ pub fn load_model(path: &Path) -> Result<ModelProto> {
     if bytes.is_empty() {
         bail!("{shown}: file is empty, not an ONNX model");
     }
+    // decoded from a shared buffer: tensors' raw_data are slices of it, not copies
+    let shared = prost::bytes::Bytes::from(bytes);
     let mut model =
-        ModelProto::decode(bytes.as_slice()).map_err(|e| err!("{shown}: {}", explain_decode_error(&bytes, &e)))?;
+        ModelProto::decode(shared.clone()).map_err(|e| err!("{shown}: {}", explain_decode_error(&shared, &e)))?;
     check_model(&model).map_err(|e| err!("{shown}: {e}"))?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
@@ -292,7 +294,7 @@ pub fn confined_path(dir: &Path, location: &str) -> Result<PathBuf> {
 }
 
 fn resolve_external_data(model: &mut ModelProto, dir: &Path) -> Result<()> {
-    let mut cache: std::collections::HashMap<PathBuf, Vec<u8>> = Default::default();
+    let mut cache: std::collections::HashMap<PathBuf, prost::bytes::Bytes> = Default::default();
     for_each_tensor_mut(model, &mut |t| {
         if t.data_location != data_location::EXTERNAL {
             return Ok(());
@@ -303,7 +305,7 @@ fn resolve_external_data(model: &mut ModelProto, dir: &Path) -> Result<()> {
         let path = confined_path(dir, &location)?;
         if !cache.contains_key(&path) {
             let data = fs::read(&path).map_err(|e| err!("external data file '{location}': {e}"))?;
-            cache.insert(path.clone(), data);
+            cache.insert(path.clone(), data.into());
         }
         let data = &cache[&path];
         let parse = |key: &str| -> Result<Option<usize>> {
@@ -330,7 +332,7 @@ fn resolve_external_data(model: &mut ModelProto, dir: &Path) -> Result<()> {
                 t.dims
             );
         }
-        t.raw_data = data[offset..offset + length].to_vec();
+        t.raw_data = data.slice(offset..offset + length);
         t.external_data.clear();
         t.data_location = data_location::DEFAULT;
         Ok(())

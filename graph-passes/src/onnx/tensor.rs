@@ -52,7 +52,7 @@ pub fn numel(t: &TensorProto) -> usize {
 /// The tensor's data as little-endian raw bytes, whichever field holds it.
 pub fn raw_bytes(t: &TensorProto) -> Result<Vec<u8>> {
     if !t.raw_data.is_empty() || numel(t) == 0 {
-        return Ok(t.raw_data.clone());
+        return Ok(t.raw_data.to_vec());
     }
     let mut out = Vec::new();
     match t.data_type {
@@ -77,7 +77,7 @@ pub fn make_raw(t: &mut TensorProto) -> Result<()> {
     if t.data_type == dt::STRING || !t.raw_data.is_empty() {
         return Ok(());
     }
-    t.raw_data = raw_bytes(t)?;
+    t.raw_data = raw_bytes(t)?.into();
     t.float_data.clear();
     t.double_data.clear();
     t.int32_data.clear();
@@ -147,7 +147,7 @@ pub fn from_f32(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
         name: name.to_string(),
         dims: dims.to_vec(),
         data_type: dt::FLOAT,
-        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into(),
         ..Default::default()
     }
 }
@@ -157,7 +157,7 @@ pub fn from_i64(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
         name: name.to_string(),
         dims: dims.to_vec(),
         data_type: dt::INT64,
-        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into(),
         ..Default::default()
     }
 }
@@ -167,7 +167,7 @@ pub fn from_bool(name: &str, dims: &[i64], data: &[bool]) -> TensorProto {
         name: name.to_string(),
         dims: dims.to_vec(),
         data_type: dt::BOOL,
-        raw_data: data.iter().map(|&v| v as u8).collect(),
+        raw_data: data.iter().map(|&v| v as u8).collect::<Vec<u8>>().into(),
         ..Default::default()
     }
 }
