@@ -39,7 +39,8 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> TractResult<T>) -> Result<T> {
     GUARDED.store(false, Ordering::Relaxed);
     match r {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => bail!("tract cannot {what}: {}", one_line(&format!("{e:#}"))),
+        // a gap of the engine, not of the model: ONNX Runtime may run it
+        Ok(Err(e)) => bail!("tract cannot {what}: {}; try --backend ort", one_line(&format!("{e:#}"))),
         Err(p) => {
             let msg = p
                 .downcast_ref::<String>()

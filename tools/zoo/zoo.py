@@ -108,6 +108,14 @@ References (DIR/<arch>/), all from the same freshly initialised (seeded) float32
                  which PyTorch logits: eval mode, or train mode for legacy_train; the batch-3 reference is
                  PyTorch on those 3 samples where the logits depend on the batch, i.e. for train mode and
                  for BatchNorm without running statistics, else the first 3 rows of the batch's logits).
+                 kinks, kink_bound (kink_margins; kink_note): the reference's activation decisions that
+                 PyTorch's own float32 rounding can flip, i.e. pre-activations of a module with a kink
+                 (nn.ReLU, ReLU6 / Hardtanh, LeakyReLU, PReLU, Hardswish, Hardsigmoid, ...; functional
+                 calls such as F.relu are not seen) within that layer's float32 error of the kink, at
+                 theta (grad) and at the SAM step's theta+eps (sam): [[module call, elements, least
+                 distance, layer float32 error], ...]; and per comparison (grad, sgd, sam) and parameter a
+                 first-order float64 bound on how far flipping any of them moves that tensor. check.py
+                 excuses an engine's out-of-tolerance numbers as "float32 kink" only within that bound.
 
 PyTorch's own float32 error (what the checkers scale their tolerance by: 3 x it) is measured over two
 standard PyTorch float32 training paths: the default contiguous layout and memory_format=torch.channels_last
@@ -845,6 +853,281 @@ def _f32_errors(model, names, r64, r32):
     return err
 
 
+# ---------------------------------------------------------------------------------------------------
+# Kinks: activation decisions of the float64 reference that PyTorch's own float32 rounding can flip
+
+KINK_NOTE = ("kinks: per point (grad: the train forward at theta, for the gradients and the SGD step; sam: the SAM "
+             "step's second forward, at theta+eps), [module call, elements, least distance, float32 error]: the float64 "
+             "pre-activations of an activation module with a kink (ReLU, ReLU6/Hardtanh, LeakyReLU, PReLU, Hardswish, "
+             "Hardsigmoid, ...; functional calls are not seen) within that layer's float32 error (max |x32 - x64| over "
+             "the layer, worst of contiguous and channels_last) of the kink: decisions PyTorch's own float32 rounding "
+             "can flip (elements exactly on the kink are structural and left out). kink_bound[grad|sgd|sam][param]: "
+             "first-order upper bound on ||change|| of the gradient / SGD update / SAM update when any subset of them "
+             "flips (float64; absent: 0; null: not computed, kink_bound_error says why). check.py excuses an engine's "
+             "out-of-tolerance tensor as a float32 kink only within tolerance + that bound")
+# at most this many near-kink elements per point (theta, theta+eps) get the flip bound (one backward each;
+# the theta ones one float64 SAM gradient each); more: the bound is not computed (None)
+KINK_BOUND_MAX_ELEMENTS = 64
+
+
+def _kink_points(mod):
+    """The kinks of an activation module: [(point, jump)], jump = f'(point+) - f'(point-) (where the
+    derivative jumps: a float32 value on the other side of the point takes the other derivative), or
+    None. Only modules can be hooked: functional calls (F.relu, torch.clamp, ...) are not seen."""
+    name = type(mod).__name__
+    if isinstance(mod, nn.Hardtanh):  # ReLU6 too
+        return [(float(mod.min_val), 1.0), (float(mod.max_val), -1.0)]
+    if isinstance(mod, nn.ReLU):
+        return [(0.0, 1.0)]
+    if isinstance(mod, nn.LeakyReLU):
+        return [(0.0, 1.0 - mod.negative_slope)]
+    if isinstance(mod, nn.PReLU):  # per channel: _flip_jump
+        return [(0.0, None)]
+    if isinstance(mod, nn.ELU) and mod.alpha != 1.0:
+        return [(0.0, 1.0 - mod.alpha)]
+    if isinstance(mod, nn.Threshold):
+        return [(float(mod.threshold), 1.0)]
+    if isinstance(mod, nn.Hardswish) or name in ("HardSwish", "HardSwishMe"):  # x * relu6(x + 3) / 6
+        return [(-3.0, -0.5), (3.0, -0.5)]
+    if isinstance(mod, nn.Hardsigmoid) or name in ("HardSigmoid", "HardSigmoidMe"):  # relu6(x + 3) / 6
+        return [(-3.0, 1.0 / 6.0), (3.0, -1.0 / 6.0)]
+    if name in ("HardMish", "HardMishMe"):  # 0.5 * x * clamp(x + 2, 0, 2)
+        return [(-2.0, -1.0)]
+    return None
+
+
+class _KinkProbe:
+    """Forward pre-hooks on every module with a kink (_kink_points) of a model: the input (pre-activation)
+    of each call, keyed by module name ('name#k' for the k-th call of a module called more than once).
+    ref (float64 pre-activations by key): store only max |x - ref| per key (the float32 runs). graph: keep
+    the pre-activation and the output in the autograd graph (the module gets a clone of its input, the
+    caller a clone of its output, so in-place activations and later in-place ops leave both intact)."""
+
+    def __init__(self, model, ref=None, graph=False):
+        self.ref, self.graph = ref, graph
+        self.x, self.y, self.err, self.points, self.mods = {}, {}, {}, {}, {}
+        self.calls, self.cur = collections.Counter(), {}
+        self.handles = []
+        for name, mod in model.named_modules():
+            pts = _kink_points(mod)
+            if pts and any(j != 0 for _, j in pts):
+                self.handles.append(mod.register_forward_pre_hook(partial(self._pre, name, pts)))
+                if graph:
+                    self.handles.append(mod.register_forward_hook(partial(self._post, name)))
+
+    def _pre(self, name, pts, mod, inp):
+        self.calls[name] += 1
+        key = name if self.calls[name] == 1 else f"{name}#{self.calls[name]}"
+        self.cur[name] = key
+        self.points[key], self.mods[key] = pts, mod
+        x = inp[0]
+        if self.ref is not None:
+            r = self.ref[key]
+            assert tuple(r.shape) == tuple(x.shape), f"{key}: {tuple(x.shape)} vs {tuple(r.shape)} in float64"
+            self.err[key] = float((x.detach().double() - r).abs().max()) if x.numel() else 0.0
+            return None
+        if not self.graph:
+            self.x[key] = x.detach().clone()
+            return None
+        self.x[key] = x
+        return (x.clone(),) + tuple(inp[1:])
+
+    def _post(self, name, mod, inp, out):
+        self.y[self.cur[name]] = out
+        return out.clone()
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _kink_copy(model, dtype, channels_last=False):
+    m = copy.deepcopy(model).to(dtype)
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+    return m.train()
+
+
+def _kink_input(x, dtype, channels_last=False):
+    if x.is_floating_point():
+        x = x.to(dtype)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _sam_perturb(m, g):
+    """theta + rho*g/(||g||+1e-12) in place, the same operations as _train_references' SAM step."""
+    norm = torch.sqrt(sum((gi * gi).sum() for gi in g))
+    with torch.no_grad():
+        for p, gi in zip(m.parameters(), g):
+            p.add_(HP["rho"] * gi / (norm + 1e-12))
+
+
+def _near_kinks(probe, err):
+    """{key: [(flat index, distance to the nearest kink, that kink, its jump)]} of the float64
+    pre-activations whose distance to a kink is <= err[key] (the layer's float32 error). An element
+    exactly ON a kink is structural (a ReLU of a ReLU, zero padding: float32 gets the same exact value),
+    not a rounding accident, and is left out."""
+    out = {}
+    for key, x in probe.x.items():
+        e = err.get(key, 0.0)
+        pts = [(k, j) for k, j in probe.points[key] if j != 0]
+        if e <= 0 or x.numel() == 0 or not pts:
+            continue
+        v = x.detach().reshape(-1)
+        d, which = torch.stack([(v - k).abs() for k, _ in pts]).min(0)
+        idx = ((d <= e) & (d > 0)).nonzero().reshape(-1)
+        if idx.numel():
+            out[key] = [(i, float(d[i]), pts[w][0], pts[w][1]) for i, w in zip(idx.tolist(), which[idx].tolist())]
+    return out
+
+
+def _flip_jump(probe, key, i, k, j):
+    """The change of the derivative when element i's decision flips: -jump on the right of the kink
+    (the derivative drops to the left one), +jump on the left; PReLU: jump 1 - weight[channel]."""
+    x = probe.x[key].detach().reshape(-1)
+    if j is None:  # PReLU
+        w = probe.mods[key].weight.detach().reshape(-1)
+        shape = probe.x[key].shape
+        c = 0 if w.numel() == 1 else (i // int(np.prod(shape[2:], dtype=np.int64))) % shape[1]
+        j = 1.0 - float(w[c])
+    return -j if float(x[i]) > k else j
+
+
+def _kink_summary(near, err):
+    return [[key, len(v), min(d for _, d, _, _ in v), err[key]] for key, v in near.items()]
+
+
+def _loss_of(m, x, y):
+    return F.cross_entropy(m(x), y)
+
+
+def kink_margins(model, x, y, r64, r32):
+    """The activation decisions of the float64 reference that PyTorch's own float32 rounding can flip, and
+    how far flipping them can move the gradients and steps.
+
+    kinks[point] = [[key, count, min distance, layer float32 error], ...] for point "grad" (the train
+    forward at theta: gradients and the SGD step) and "sam" (the SAM step's second forward, at theta+eps):
+    per call of an activation module with a kink (_kink_points: ReLU, ReLU6/Hardtanh, LeakyReLU, PReLU,
+    ELU(alpha != 1), Threshold, Hardswish, Hardsigmoid, timm's HardMish), the float64 pre-activation
+    elements whose distance to a kink is <= that layer's float32 error (max |x32 - x64| over the layer,
+    the worst of the F32_FORMATS runs: x32 at theta, or at theta+eps32 with float32's own eps, against
+    x64 at theta or theta+eps64); only layers with such elements.
+
+    bound[comparison][param] (comparison: grad, sgd, sam; only nonzero entries): an upper bound, to first
+    order, on ||change of that tensor|| when ANY subset of those decisions flips, in float64: a flip of
+    element i (pre-activation x_i, output y_i, derivative jump J) changes the gradient by
+    -+J * dL/dy_i * grad_theta x_i (the backward is linear in the activation derivatives; the forward
+    moves by at most |x_i|), so grad: sum over theta's elements of |J dL/dy_i| ||grad_p x_i||; sgd: lr x
+    that; sam: lr x (sum over theta's elements of ||g'(theta + eps(g + dg_i)) - g'(theta + eps(g))||,
+    the SAM gradient recomputed from the flipped first gradient, plus the grad-style sum over the
+    elements at theta+eps). bound[comparison] is None when a point it depends on (grad, sgd: theta;
+    sam: both) has more than KINK_BOUND_MAX_ELEMENTS such elements, or when the hooked forward does not
+    reproduce the reference gradient. Returns (kinks, bound, info): info["bound_error"] = {comparison:
+    why its bound is None}."""
+    names = [n for n, p in model.named_parameters()]
+    lr = HP["lr"]
+    x64 = _kink_input(x, torch.float64)
+    kinks, info = {}, {"bound_error": {}}
+
+    # float64 at theta, with the graph kept (the flip bound)
+    m = _kink_copy(model, torch.float64)
+    params = list(m.parameters())
+    probe = _KinkProbe(m, graph=True)
+    loss = _loss_of(m, x64, y)
+    probe.remove()
+    if not probe.x:
+        return {"grad": [], "sam": []}, {"grad": {}, "sgd": {}, "sam": {}}, info
+    g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g)]
+    same = all(torch.equal(a, b) for a, b in zip(g, r64["grads"]))
+    if not same:
+        dev = max(((a - b).norm() / b.norm().clamp_min(1e-300)).item() for a, b in zip(g, r64["grads"]))
+        if dev > 1e-9:
+            why = f"the hooked float64 forward's gradient differs from the reference's ({dev:.1e})"
+            info["bound_error"] = {c: why for c in ("grad", "sgd", "sam")}
+
+    # PyTorch's float32 error of every pre-activation at theta and at theta+eps32, per format
+    pre64 = {k: v.detach() for k, v in probe.x.items()}
+    err_theta, err_sam = {}, {}
+    # float64 at theta+eps64 (graph kept: the flip bound at the SAM point)
+    ms = _kink_copy(model, torch.float64)
+    _sam_perturb(ms, r64["grads"])
+    probe_s = _KinkProbe(ms, graph=True)
+    loss_s = _loss_of(ms, x64, y)
+    probe_s.remove()
+    pre64_s = {k: v.detach() for k, v in probe_s.x.items()}
+    for f, r in r32.items():
+        cl = f == "channels_last"
+        xf = _kink_input(x, torch.float32, cl)
+        for pre, err, grads in ((pre64, err_theta, None), (pre64_s, err_sam, r["grads"])):
+            mf = _kink_copy(model, torch.float32, cl)
+            if grads is not None:
+                _sam_perturb(mf, grads)
+            pf = _KinkProbe(mf, ref=pre)
+            mf(xf)  # with autograd on, as the training forward runs
+            pf.remove()
+            for key, e in pf.err.items():
+                err[key] = max(err.get(key, 0.0), e)
+
+    near = _near_kinks(probe, err_theta)
+    near_s = _near_kinks(probe_s, err_sam)
+    kinks = {"grad": _kink_summary(near, err_theta), "sam": _kink_summary(near_s, err_sam)}
+    n, n_s = sum(len(v) for v in near.values()), sum(len(v) for v in near_s.values())
+    cap = KINK_BOUND_MAX_ELEMENTS
+    if not info["bound_error"]:
+        for c, where, count in (("grad", "theta", n), ("sgd", "theta", n), ("sam", "theta", n),
+                                ("sam", "theta+eps", n_s)):
+            if count > cap and c not in info["bound_error"]:
+                info["bound_error"][c] = f"{count} near-kink elements at {where}: more than {cap}, not bounded"
+    bound = {c: None if c in info["bound_error"] else collections.defaultdict(float) for c in ("grad", "sgd", "sam")}
+
+    def flip_grads(pr, lo, ps, nr):
+        """(key, i, [d grad per param]) for every near-kink element: the gradient change of its flip."""
+        keys = [k for k in nr if pr.y[k].requires_grad]
+        if not keys:
+            return
+        a = torch.autograd.grad(lo, [pr.y[k] for k in keys], retain_graph=True, allow_unused=True)
+        for key, ak in zip(keys, a):
+            if ak is None:
+                continue
+            ak = ak.reshape(-1)
+            for i, d, k, j in nr[key]:
+                e = torch.zeros(pr.x[key].numel(), dtype=torch.float64)
+                e[i] = _flip_jump(pr, key, i, k, j) * ak[i]
+                if e[i] == 0:
+                    continue
+                dg = torch.autograd.grad(pr.x[key], ps, grad_outputs=e.reshape(pr.x[key].shape),
+                                         retain_graph=True, allow_unused=True)
+                yield key, i, [torch.zeros_like(p) if t is None else t for p, t in zip(ps, dg)]
+
+    if bound["grad"] is not None:
+        g_sam_ref = None
+        for key, i, dg in flip_grads(probe, loss, params, near):
+            for nme, t in zip(names, dg):
+                v = t.norm().item()
+                bound["grad"][nme] += v
+                bound["sgd"][nme] += lr * v
+            if bound["sam"] is None:
+                continue
+            # the SAM gradient at the perturbed point of the flipped first gradient
+            if g_sam_ref is None:
+                g_sam_ref = torch.autograd.grad(loss_s, list(ms.parameters()), retain_graph=True, allow_unused=True)
+                g_sam_ref = [torch.zeros_like(p) if t is None else t for p, t in zip(ms.parameters(), g_sam_ref)]
+            mi = _kink_copy(model, torch.float64)
+            _sam_perturb(mi, [a + b for a, b in zip(r64["grads"], dg)])
+            _, _, gi = _loss_grads(mi, x64, y)
+            for nme, a, b in zip(names, gi, g_sam_ref):
+                bound["sam"][nme] += lr * (a - b).norm().item()
+    if bound["sam"] is not None:
+        for key, i, dg in flip_grads(probe_s, loss_s, list(ms.parameters()), near_s):
+            for nme, t in zip(names, dg):
+                bound["sam"][nme] += lr * t.norm().item()
+    bound = {c: None if b is None else {p: v for p, v in b.items() if v > 0} for c, b in bound.items()}
+    return kinks, bound, info
+
+
 def references(model, x, y, store_f32=True):
     """Everything in reference.npz, from deep copies (model itself is not touched), and PyTorch's own
     float32 errors (float32 vs float64 references) for meta.json. The float32 references are computed
@@ -905,6 +1188,15 @@ def references(model, x, y, store_f32=True):
     err["by_format"] = {f: _f32_errors(model, names, r64, r32[f]) for f in F32_FORMATS}
     for k in F32_KINDS:
         err[k] = {t: max(err["by_format"][f][k][t] for f in F32_FORMATS) for t in err["by_format"][F32_FORMATS[0]][k]}
+
+    # the reference's activation decisions within PyTorch's float32 error of a kink (meta.json: kinks)
+    t0 = time.time()
+    try:
+        kinks, bound, info = kink_margins(model, x, y, r64, r32)
+        err["kinks"] = {"kinks": kinks, "kink_bound": bound, "kink_bound_error": info["bound_error"]}
+    except Exception as e:  # noqa: BLE001 (the analysis must not cost the zoo its references)
+        err["kinks"] = {"kinks": None, "kink_bound": None, "kink_bound_error": None, "kinks_error": _first_line(e)}
+    err["kinks"]["kink_seconds"] = round(time.time() - t0, 2)
     return out, err, sorted(set(unused))
 
 
@@ -1463,6 +1755,8 @@ def _fresh_references(model, arch, args, d, shape, dtype, desc, params, buffers)
                                  "the numerator); the maximum skips running_stats_with_negligible_value (float64 "
                                  "norm <= 1e-9 x the largest: structurally 0, compare those absolutely)",
         "f32_errors_by_format": {f: _f32_fields(err["by_format"][f], negligible, negligible_bn) for f in F32_FORMATS},
+        "kink_note": KINK_NOTE,
+        **err["kinks"],
         "reference_seconds": round(t_ref, 2),
         "settings": {},
     }
