@@ -180,12 +180,51 @@ pub fn broadcast(shapes: &[&Shape]) -> Option<Shape> {
                 (Dim::Sym(a), Dim::Sym(b)) if a == b => d.clone(),
                 // two different symbols: either may be 1 at run time, so the result is neither
                 // (`unbroadcast` must not take it for one of them)
-                (Dim::Sym(a), Dim::Sym(b)) => Dim::Sym(format!("{BROADCAST_SYM}({a},{b})")),
+                (Dim::Sym(a), Dim::Sym(b)) => broadcast_sym(a, b),
             };
         }
         out.push(d);
     }
     Some(out)
+}
+
+/// `max(a,b,…)` of two symbols, flattened, deduplicated and sorted: residual sums of symbols
+/// that are themselves broadcasts (x + f(x) in every block of a transformer whose sequence length
+/// the file computes) would otherwise nest, and the name double with each block.
+fn broadcast_sym(a: &str, b: &str) -> Dim {
+    let mut atoms: Vec<&str> = broadcast_atoms(a);
+    atoms.extend(broadcast_atoms(b));
+    atoms.sort_unstable();
+    atoms.dedup();
+    match atoms.as_slice() {
+        [one] => Dim::Sym(one.to_string()),
+        _ => Dim::Sym(format!("{BROADCAST_SYM}({})", atoms.join(","))),
+    }
+}
+
+/// The operands of a `max(…)` symbol (split at its top-level commas), or the symbol itself.
+fn broadcast_atoms(s: &str) -> Vec<&str> {
+    let inner = match s.strip_prefix(BROADCAST_SYM).and_then(|r| r.strip_prefix('(')).and_then(|r| r.strip_suffix(')')) {
+        Some(inner) => inner,
+        None => return vec![s],
+    };
+    let (mut out, mut depth, mut start) = (Vec::new(), 0i32, 0usize);
+    for (i, c) in inner.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&inner[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        if depth < 0 {
+            return vec![s]; // not one max(…): "max(a)(b)"
+        }
+    }
+    out.push(&inner[start..]);
+    out
 }
 
 pub(crate) fn conv_out(

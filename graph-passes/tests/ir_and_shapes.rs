@@ -173,3 +173,24 @@ fn transposes_and_reshapes_of_their_own_kind_fold_into_one() {
     assert_eq!(prod(&r3).input[0], r1, "a target with 0 copies a dimension of the inner result");
     assert!(g.nodes.iter().all(|n| n.output[0] != u1 && n.output[0] != u2), "the unread inner transposes are gone");
 }
+
+/// Residual sums of two different symbolic sizes, block after block (a transformer whose
+/// sequence length the file computes at run time): the broadcast symbol stays one flat
+/// `max(a,b)` instead of doubling with every block (vit_tiny's training-mode legacy export
+/// needed 24 GB for the name of one size before this).
+#[test]
+fn broadcast_symbols_stay_flat_through_residual_blocks() {
+    use graph_passes::shapes::broadcast;
+    let a = vec![Dim::Sym("batch".into()), Dim::Sym("a".into()), Dim::Known(192)];
+    let b = vec![Dim::Sym("batch".into()), Dim::Sym("b".into()), Dim::Known(192)];
+    let mut x = broadcast(&[&a, &b]).unwrap();
+    assert_eq!(x[1], Dim::Sym("max(a,b)".into()));
+    for _ in 0..40 {
+        let f = broadcast(&[&x, &b]).unwrap(); // f(x): a sum of x with another branch
+        x = broadcast(&[&x, &f]).unwrap(); // x + f(x)
+        x = broadcast(&[&a, &x]).unwrap();
+    }
+    assert_eq!(x, vec![Dim::Sym("batch".into()), Dim::Sym("max(a,b)".into()), Dim::Known(192)]);
+    let c = vec![Dim::Sym("max(c,conv(h))".into())];
+    assert_eq!(broadcast(&[&c, &vec![Dim::Sym("a".into())]]).unwrap()[0], Dim::Sym("max(a,c,conv(h))".into()));
+}
