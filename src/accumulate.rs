@@ -36,7 +36,7 @@ pub struct Draw<'a> {
 }
 
 fn load(backend: &dyn Backend, g: &StepGraph, what: &str) -> Result<Box<dyn Session>> {
-    backend.load(&crate::grad::session_proto(&g.model, &g.contract)).map_err(|e| anyhow!("loading the accumulation {what} graph: {e:#}"))
+    backend.load(&g.model.to_proto()).map_err(|e| anyhow!("loading the accumulation {what} graph: {e:#}"))
 }
 
 /// The sizes K micro-batches of a batch of `b` take (the first b mod K one larger).

@@ -206,27 +206,6 @@ pub struct FeedOptions<'a> {
     pub held: &'a [String],
 }
 
-/// The graph an engine loads for a compiled graph whose inputs `feeds_with` feeds: without the
-/// initial values of parameters and state (the written step file keeps them). Every run feeds
-/// those inputs, or the engine holds them from the last run, so a copy kept by the engine would
-/// never be read — at ResNet-18 with momentum, 90 MB less per session.
-pub fn session_proto(model: &graph_passes::ir::Model, c: &Contract) -> graph_passes::onnx::ModelProto {
-    let mut p = model.to_proto();
-    let fed: std::collections::HashSet<&str> = c
-        .params
-        .iter()
-        .chain(c.state_next.keys())
-        .chain(c.opt_state_next.keys())
-        .chain(&c.state)
-        .map(String::as_str)
-        .collect();
-    if let Some(g) = p.graph.as_mut() {
-        let inputs: std::collections::HashSet<String> = g.input.iter().map(|i| i.name.clone()).collect();
-        g.initializer.retain(|t| !(fed.contains(t.name.as_str()) && inputs.contains(&t.name)));
-    }
-    p
-}
-
 /// Every input of a compiled graph: data, labels, parameters, state, hyperparameters, random
 /// directions and noise.
 pub fn feeds_with(

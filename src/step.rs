@@ -51,7 +51,7 @@ impl PerSampleGrads {
     pub fn new(model: &Model, spec: &GradSpec, backend: &dyn Backend) -> Result<PerSampleGrads> {
         let spec = GradSpec { weighted: true, train_mode: true, ..spec.clone() };
         let (gm, contract) = step::grad_graph(model, &spec).map_err(|e| anyhow!("{e}"))?;
-        let session = backend.load(&g::session_proto(&gm, &contract))?;
+        let session = backend.load(&gm.to_proto())?;
         Ok(PerSampleGrads { contract, session })
     }
 
@@ -139,13 +139,9 @@ impl StepRunner {
         seed: u64,
     ) -> Result<StepRunner> {
         g::warn_import(&graphs.step.contract);
-        let session = backend
-            .load(&g::session_proto(&graphs.step.model, &graphs.step.contract))
-            .context("loading the step graph")?;
+        let session = backend.load(&graphs.step.model.to_proto()).context("loading the step graph")?;
         let apply_session = match &graphs.apply {
-            Some(a) => {
-                Some(backend.load(&g::session_proto(&a.model, &a.contract)).context("loading the m-SAM apply graph")?)
-            }
+            Some(a) => Some(backend.load(&a.model.to_proto()).context("loading the m-SAM apply graph")?),
             None => None,
         };
         let exact =
@@ -455,7 +451,7 @@ pub struct Evaluator {
 impl Evaluator {
     pub fn new(model: &Model, spec: &GradSpec, backend: &dyn Backend) -> Result<Evaluator> {
         let graph = step::eval_graph(model, spec).map_err(|e| anyhow!("{e}"))?;
-        let session = backend.load(&g::session_proto(&graph.model, &graph.contract))?;
+        let session = backend.load(&graph.model.to_proto())?;
         Ok(Evaluator { graph, session })
     }
 

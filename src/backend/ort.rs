@@ -24,7 +24,8 @@ fn environment(lib: &OrtLibrary) -> Result<&'static Environment> {
         // ONNX Runtime's own log lines (a failing kernel, initializers that are also inputs)
         // would precede onnxsam's one error line; the error itself comes back in the status
         env.set_log_level(ort::logging::LogLevel::Fatal);
-        share_cpu_arena(&env)?;
+        // without it each session keeps an arena of its own: more memory, nothing wrong
+        SHARED_ARENA.set(share_cpu_arena(&env).is_ok()).ok();
         Ok((env, lib.path.display().to_string()))
     });
     match r {
@@ -38,6 +39,9 @@ fn environment(lib: &OrtLibrary) -> Result<&'static Environment> {
 /// apply graphs, `--accumulate`'s ascent and descent graphs, evaluation — and an arena never
 /// returns memory: with one arena per session the peak is the sum of the sessions' peaks, with one
 /// shared arena it is the largest (ResNet-18, SAM, batch 128 in 4 micro-batches: docs/benchmarks.md).
+/// Whether the shared CPU arena is registered (sessions opt in only then).
+static SHARED_ARENA: OnceLock<bool> = OnceLock::new();
+
 fn share_cpu_arena(env: &Environment) -> std::result::Result<(), String> {
     use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
     use ort::AsPointer;
@@ -45,7 +49,7 @@ fn share_cpu_arena(env: &Environment) -> std::result::Result<(), String> {
         .map_err(|e| format!("{e}"))?;
     // the arena grows by what a run asks for (kSameAsRequested), not by doubling: the default
     // rounds each growth up to a power of two, and the blocks between go unused (ResNet-18 SAM
-    // step, batch 32: 77 MiB less peak, docs/benchmarks.md)
+    // step, batch 32: 75–130 MiB less peak, docs/benchmarks.md)
     let keys = [c"arena_extend_strategy".as_ptr()];
     let values = [1usize];
     let mut cfg: *mut ort::sys::OrtArenaCfg = std::ptr::null_mut();
@@ -210,7 +214,9 @@ impl OrtConfig {
             // graphs that is ~0.8 GB more peak memory at ResNet-18 / batch 32 and no faster
             // (docs/benchmarks.md); intermediates are freed after their last reader either way
             builder = builder.with_memory_pattern(false).map_err(map)?;
-            builder = builder.with_env_allocators().map_err(map)?;
+            if SHARED_ARENA.get().copied().unwrap_or(false) {
+                builder = builder.with_env_allocators().map_err(map)?;
+            }
         }
         for (name, size) in dims {
             builder = builder.with_dimension_override(name, *size).map_err(map)?;

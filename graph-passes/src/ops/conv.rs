@@ -231,10 +231,13 @@ fn conv(n: &NodeProto, dys: &[Option<String>], need: &[bool], c: &mut Ctx) -> Re
 }
 
 /// W [M, C/g, k…] with every spatial axis reversed. Reversing every axis of a C-ordered block of
-/// K = Πk cells reverses its flat index (i ↦ K − 1 − i), so for float32 weights the flip is one
-/// MatMul of W viewed as [M·C/g, K] with the K×K anti-identity: a GEMM ONNX Runtime runs about
-/// 5× faster than a Slice with negative steps (512×512×3×3: ~1.5 vs ~10 ms), exact (each output
-/// is one weight times 1 plus zeros). Other dtypes take the Slice; a 1×1 kernel needs neither.
+/// K = Πk cells reverses its flat index (i ↦ K − 1 − i), so for float32 weights with K ≤ 27 (up
+/// to 3×3×3) the flip is one MatMul of W viewed as [M·C/g, K] with the K×K anti-identity: a GEMM
+/// ONNX Runtime's CPU runs about 5× faster than a Slice with negative steps (512×512×3×3: ~1.5
+/// vs ~10 ms; a Gather is slower still), exact in float32 (each output is one weight times 1
+/// plus zeros). Where a GPU runs float32 MatMuls in TF32 (ONNX Runtime CUDA's use_tf32), the
+/// weights are rounded to TF32 as that convolution's own TF32 math rounds them. Larger kernels
+/// (the GEMM grows with K²) and other dtypes take the Slice; a 1×1 kernel needs neither.
 fn flip_kernel(c: &mut Ctx, w: &str, ws: &[i64]) -> String {
     let sp = ws.len() - 2;
     let cells: i64 = ws[2..].iter().product();
@@ -242,7 +245,7 @@ fn flip_kernel(c: &mut Ctx, w: &str, ws: &[i64]) -> String {
         return w.to_string();
     }
     let is_f32 = c.shapes.get(w).map(|t| t.dtype == dt::FLOAT).unwrap_or(false);
-    if is_f32 {
+    if is_f32 && cells <= 27 {
         let k = cells as usize;
         let mut anti = vec![0f32; k * k];
         for i in 0..k {
