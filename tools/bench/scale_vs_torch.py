@@ -150,28 +150,15 @@ def run_child(cmd):
 def torch_child(args):
     """The PyTorch side, in this process (called as a child): prints {"ms": …}."""
     import torch
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import reference_steps as R
+    sys.path.insert(0, HERE)
+    from train_vs_torch import step_times  # the same timed reference steps
     torch.set_num_threads(args.threads)
     dev = args.device
     torch.manual_seed(0)
     model = build(args.model).to(dev).train()
     x = torch.randn(args.batch, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (args.batch,), device=dev)
-    params = [p for _, p in model.named_parameters()]
-    cfg = OPTIMIZERS[args.optimizer][1]
-    bufs = [torch.zeros_like(p) for p in params]
-    times = []
-    for i in range(args.warmup + args.steps):
-        z = [torch.randint(0, 2, p.shape, device=dev).float() * 2 - 1 for p in params] if "lam" in cfg else None
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        bufs, _ = R.step(model, x, y, cfg, bufs, z)
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append((time.perf_counter() - t) * 1e3)
+    times = step_times(model, x, y, OPTIMIZERS[args.optimizer][1], dev, args.warmup, args.steps)
     out = {"ms": float(np.median(times))}
     if dev == "cuda":
         out["device_mib"] = torch.cuda.max_memory_allocated() / 2**20

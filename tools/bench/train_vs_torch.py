@@ -46,24 +46,27 @@ def torch_ms(name, steps, device):
     else:
         x = torch.randn(128, 1, 28, 28, device=device)
     y = torch.randint(0, 10, (128,), device=device)
+    return {opt: float(np.median(step_times(model, x, y, cfg, device, 3, steps))) for opt, cfg in CONFIGS.items()}
+
+
+def step_times(model, x, y, cfg, device, warmup, steps):
+    """ms of each of `steps` reference steps (tools/reference_steps.py) after `warmup` untimed ones;
+    momentum buffers start at zero, a fresh Rademacher direction each step (as onnxsam draws one),
+    drawn outside the timing."""
     params = [p for _, p in model.named_parameters()]
-    out = {}
-    for opt, cfg in CONFIGS.items():
-        bufs = [torch.zeros_like(p) for p in params]
-        times = []
-        for i in range(steps + 3):
-            # a fresh Rademacher direction each step, as onnxsam draws one
-            z = [torch.randint(0, 2, p.shape, device=device).float() * 2 - 1 for p in params] if "lam" in cfg else None
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            bufs, _ = R.step(model, x, y, cfg, bufs, z)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            if i >= 3:
-                times.append((time.perf_counter() - t) * 1e3)
-        out[opt] = float(np.median(times))
-    return out
+    bufs = [torch.zeros_like(p) for p in params]
+    times = []
+    for i in range(warmup + steps):
+        z = [torch.randint(0, 2, p.shape, device=device).float() * 2 - 1 for p in params] if "lam" in cfg else None
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        bufs, _ = R.step(model, x, y, cfg, bufs, z)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append((time.perf_counter() - t) * 1e3)
+    return times
 
 
 def onnxsam_ms(name, engine, steps, threads, device):
