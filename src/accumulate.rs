@@ -14,6 +14,7 @@ use graph_passes::passes::Contract;
 use graph_passes::step::{AccumulateGraphs, StepGraph, StepSpec};
 
 use crate::backend::{Backend, Session};
+use crate::distributed::{shares, Dist};
 use crate::grad::{feeds_with, Batch, FeedOptions};
 use crate::tensor::HostTensor;
 
@@ -59,6 +60,13 @@ impl AccRunner {
     /// One step over `batch` in `k` micro-batches: `values` (parameters, state) updated in
     /// place; returns the step's outputs as the one-graph step names them (loss, the metric,
     /// grad_norm, sharpness, loss_per_sample, RW-SAM's weights and their diagnostics).
+    ///
+    /// `dist`: this rank's part of a data-parallel step whose global batch has that many rows
+    /// (crate::distributed): shares are weighted by rows of the global batch and summed across
+    /// ranks before the base step (and, with --sync-ascent, before ε). Loss, metric and sharpness
+    /// come back over the global batch; grad_norm is the ascent gradient's (global where it is
+    /// summed: SGD, Adam, --sync-ascent); RW-SAM's weights and their diagnostics are this rank's
+    /// (over all ranks with --global-weights).
     pub fn step(
         &mut self,
         spec: &StepSpec,
@@ -66,13 +74,27 @@ impl AccRunner {
         batch: &Batch,
         k: usize,
         draw: &Draw,
+        mut dist: Option<(&mut Dist, usize)>,
     ) -> Result<BTreeMap<String, HostTensor>> {
         let b = batch.len();
         let sizes = micro_sizes(b, k)?;
         let starts: Vec<usize> = sizes.iter().scan(0, |s, &n| Some(std::mem::replace(s, *s + n))).collect();
-        let parts: Vec<Batch> = starts.iter().zip(&sizes).map(|(&s, &n)| crate::step::batch_rows(batch, s, n)).collect();
+        let parts: Vec<Batch> =
+            starts.iter().zip(&sizes).map(|(&s, &n)| crate::step::batch_rows(batch, s, n)).collect();
         let mut out = BTreeMap::new();
-        let noise_key = |j: usize| draw.step * k as u64 + j as u64;
+        // the global batch: its rows, every rank's share of them, this rank
+        let (global, rank_rows, rank, ranks) = match &dist {
+            Some((d, g)) => (*g, shares(*g, d.size()), d.rank(), d.size()),
+            None => (b, vec![b], 0, 1),
+        };
+        let sync = dist.as_ref().map(|(d, _)| d.opts.sync_ascent).unwrap_or(false);
+        let global_weights = dist.as_ref().map(|(d, _)| d.opts.global_weights).unwrap_or(false);
+        // the ascent gradient is summed across ranks (SGD's is the descent gradient; SAM's with
+        // --sync-ascent), else it is this rank's own (per-rank ε)
+        let summed_ascent = dist.is_some() && (sync || self.descent.is_none());
+        let ascent_rows = if summed_ascent { global } else { b };
+        // dropout noise of its own for every micro-batch of every rank (one rank: step·k + j)
+        let noise_key = |j: usize| (draw.step * ranks as u64 + rank as u64) * k as u64 + j as u64;
         let opts = |c: &Contract,
                     values: &BTreeMap<String, HostTensor>,
                     hyper: &BTreeMap<String, f32>,
@@ -98,14 +120,31 @@ impl AccRunner {
                 for (j, mb) in parts.iter().enumerate() {
                     let f = opts(&g.contract, values, draw.hyper, &[], j, mb)?;
                     let o: BTreeMap<String, HostTensor> = s.run(&f)?.into_iter().collect();
-                    let sc = g.contract.scores.as_ref().and_then(|n| o.get(n)).ok_or_else(|| anyhow!("no scores output"))?;
+                    let sc =
+                        g.contract.scores.as_ref().and_then(|n| o.get(n)).ok_or_else(|| anyhow!("no scores output"))?;
                     scores.extend(sc.to_f64());
                     if let Some(t) = o.get("trace_v") {
                         trace_v += t.to_f64()[0] * sizes[j] as f64 / b as f64;
                     }
                 }
                 let lambda = draw.hyper.get("lambda").copied().unwrap_or(r.lambda) as f64;
-                let p = gibbs(&scores, lambda, r.score_norm);
+                // the weights over this rank's samples, or over all ranks' (--global-weights),
+                // scaled so that their ascent shares sum to what the ascent gradient means: the
+                // weighted gradient of the global batch (summed ascent), else this rank's ε from
+                // its own samples — with global weights, their part of the global weights × B/b,
+                // so that λ = 0 is per-rank SAM (USAM's ε then grows with the rank's weight mass)
+                let offset: usize = rank_rows[..rank].iter().sum();
+                let (p, scale) = match dist.as_mut() {
+                    Some((d, _)) if global_weights => {
+                        let all = d.gather_f64(&scores, &rank_rows)?;
+                        let p = gibbs(&all, lambda, r.score_norm);
+                        (p, if summed_ascent { 1.0 } else { global as f64 / b as f64 })
+                    }
+                    _ => (
+                        gibbs(&scores, lambda, r.score_norm),
+                        if summed_ascent { b as f64 / global as f64 } else { 1.0 },
+                    ),
+                };
                 let ess = 1.0 / p.iter().map(|x| x * x).sum::<f64>();
                 let h = -p.iter().filter(|&&x| x > 0.0).map(|x| x * x.ln()).sum::<f64>();
                 let maxw = p.iter().cloned().fold(0.0, f64::max);
@@ -115,8 +154,9 @@ impl AccRunner {
                 out.insert("ess".into(), scalar(ess));
                 out.insert("weight_entropy".into(), scalar(h));
                 out.insert("max_weight".into(), scalar(maxw));
-                out.insert(WEIGHTS.into(), HostTensor::f32(&[b], p.iter().map(|&x| x as f32).collect()));
-                Some(p)
+                let own: Vec<f64> = if p.len() == b { p } else { p[offset..offset + b].to_vec() };
+                out.insert(WEIGHTS.into(), HostTensor::f32(&[b], own.iter().map(|&x| x as f32).collect()));
+                Some(own.iter().map(|x| x * scale).collect::<Vec<f64>>())
             }
             _ => None,
         };
@@ -128,7 +168,7 @@ impl AccRunner {
         let metric_name = ac.metric.as_ref().map(|(n, _)| n.clone());
         for (j, mb) in parts.iter().enumerate() {
             let mut hyper = draw.hyper.clone();
-            hyper.insert(MICRO_WEIGHT.into(), (sizes[j] as f64 / b as f64) as f32);
+            hyper.insert(MICRO_WEIGHT.into(), (sizes[j] as f64 / ascent_rows as f64) as f32);
             let mut extra = acc.clone();
             if let Some(p) = &weights {
                 let w: Vec<f32> = p[starts[j]..starts[j] + sizes[j]].iter().map(|&x| x as f32).collect();
@@ -151,6 +191,16 @@ impl AccRunner {
             }
         }
         let scalar = |v: f64| HostTensor::f32(&[], vec![v as f32]);
+        // data-parallel: loss and metric summed across ranks in the step's first round (with
+        // the not-finite flags, so that no rank goes on past a NaN on another)
+        let local_loss = loss;
+        let diagnostics = [loss * b as f64 / global as f64, metric];
+        let mut reduced = false;
+        if let Some((d, _)) = dist.as_mut().filter(|_| summed_ascent) {
+            let g = d.reduce_step(&mut acc, &diagnostics)?;
+            d.check_finite(draw.step + 1)?;
+            (loss, metric, reduced) = (g[0], g[1], true);
+        }
         out.insert("loss".into(), scalar(loss));
         if let Some(n) = &metric_name {
             out.insert(n.clone(), scalar(metric));
@@ -163,12 +213,13 @@ impl AccRunner {
             (Some(s), Some(g)) => {
                 let dc = &g.contract;
                 let names: Vec<String> = dc.opt_state_next.keys().cloned().collect();
-                let mut gacc: Vec<(String, HostTensor)> = names.iter().map(|a| (a.clone(), zeros_of(values, a))).collect();
+                let mut gacc: Vec<(String, HostTensor)> =
+                    names.iter().map(|a| (a.clone(), zeros_of(values, a))).collect();
                 let ascent: Vec<(String, HostTensor)> = acc.clone();
                 let mut at_eps = 0.0;
                 for (j, mb) in parts.iter().enumerate() {
                     let mut hyper = draw.hyper.clone();
-                    hyper.insert(MICRO_WEIGHT.into(), (sizes[j] as f64 / b as f64) as f32);
+                    hyper.insert(MICRO_WEIGHT.into(), (sizes[j] as f64 / global as f64) as f32);
                     let mut extra = gacc.clone();
                     extra.extend(ascent.iter().cloned());
                     let f = opts(dc, values, &hyper, &extra, j, mb)?;
@@ -181,7 +232,23 @@ impl AccRunner {
                         out.insert("grad_norm".into(), o["grad_norm"].clone());
                     }
                 }
-                out.insert("sharpness".into(), scalar(at_eps - loss));
+                if let Some((d, _)) = dist.as_mut() {
+                    // the gradient at θ + ε summed across ranks; the step's diagnostics with it
+                    // unless the ascent's round carried them
+                    let sharp = (at_eps - local_loss) * b as f64 / global as f64;
+                    let shares = if reduced { vec![sharp] } else { vec![sharp, diagnostics[0], diagnostics[1]] };
+                    let g = d.reduce_step(&mut gacc, &shares)?;
+                    d.check_finite(draw.step + 1)?;
+                    out.insert("sharpness".into(), scalar(g[0]));
+                    if !reduced {
+                        out.insert("loss".into(), scalar(g[1]));
+                        if let Some(n) = &metric_name {
+                            out.insert(n.clone(), scalar(g[2]));
+                        }
+                    }
+                } else {
+                    out.insert("sharpness".into(), scalar(at_eps - local_loss));
+                }
                 gacc
             }
             _ => {

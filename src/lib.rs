@@ -3,6 +3,7 @@ pub mod accumulate;
 pub mod backend;
 pub mod cli;
 pub mod data;
+pub mod distributed;
 pub mod error;
 pub mod grad;
 pub mod memory;

@@ -11,6 +11,7 @@ use graph_passes::passes::Contract;
 use graph_passes::step::{self, GradSpec, StepGraph, StepSpec};
 
 use crate::backend::{Backend, Session};
+use crate::distributed::Dist;
 use crate::grad::{self as g, feeds_with, Batch, FeedOptions};
 pub use crate::random::{rademacher, rademacher_signs};
 use crate::tensor::{Data, HostTensor};
@@ -119,8 +120,11 @@ pub struct StepRunner {
     /// brought up to date by `sync`. Engines that cannot (tract) ignore it.
     pub keep_on_device: bool,
     on_device: bool,
-    /// --accumulate K (K > 1): the accumulation graphs and their sessions.
+    /// --accumulate K (K > 1), or any data-parallel step but m-SAM's: the accumulation graphs
+    /// (split where ranks sum their shares) and their sessions.
     acc: Option<crate::accumulate::AccRunner>,
+    /// Data-parallel training: steps are split where ranks sum ([`StepRunner::distribute`]).
+    distributed: bool,
 }
 
 impl StepRunner {
@@ -189,7 +193,43 @@ impl StepRunner {
             keep_on_device: false,
             on_device: false,
             acc,
+            distributed: false,
         })
+    }
+
+    /// Makes this runner one rank of a data-parallel run: its steps then take this rank's rows of
+    /// each global batch ([`StepRunner::step_global`]) and sum gradients across ranks. Every step
+    /// but m-SAM's runs as the accumulation graphs (K = --accumulate, default 1), split where the
+    /// sums happen; m-SAM sums its micro-batches' gradients before its apply graph.
+    pub fn distribute(&mut self, model: &Model, backend: &dyn Backend) -> Result<()> {
+        if matches!(self.spec.reweight.map(|r| r.score), Some(step::Score::Exact)) {
+            bail!("data-parallel RW-SAM takes finite-difference scores (--score fd), not --score exact");
+        }
+        if self.spec.micro_batch.is_none() && self.acc.is_none() {
+            let ag = step::accumulate_graphs(model, &self.spec).map_err(|e| anyhow!("--distributed: {e}"))?;
+            for g in ag.scores.iter().chain(std::iter::once(&ag.ascent)).chain(ag.descent.iter()) {
+                for (k, v) in &g.contract.hyper {
+                    self.hyper.entry(k.clone()).or_insert(*v);
+                }
+            }
+            self.acc = Some(crate::accumulate::AccRunner::new(ag, backend)?);
+        }
+        self.distributed = true;
+        Ok(())
+    }
+
+    /// One optimizer step of a data-parallel run: `batch` is this rank's rows of a global batch
+    /// of `global_rows`; returns the outputs with loss and metric over the global batch.
+    pub fn step_global(
+        &mut self,
+        batch: &Batch,
+        global_rows: usize,
+        dist: &mut Dist,
+    ) -> Result<BTreeMap<String, HostTensor>> {
+        if !self.distributed {
+            bail!("internal: a data-parallel step on a runner not made distributed");
+        }
+        self.step_on(batch, Some((dist, global_rows)))
     }
 
     pub fn contract(&self) -> &Contract {
@@ -257,14 +297,19 @@ impl StepRunner {
     /// One optimizer step on `batch`; returns the step graph's outputs (m-SAM: diagnostics
     /// averaged over micro-batches, `correct` summed, per-sample outputs concatenated).
     pub fn step(&mut self, batch: &Batch) -> Result<BTreeMap<String, HostTensor>> {
+        self.step_on(batch, None)
+    }
+
+    fn step_on(&mut self, batch: &Batch, dist: Option<(&mut Dist, usize)>) -> Result<BTreeMap<String, HostTensor>> {
         let b = batch.len();
-        if let (true, Some(k)) = (self.acc.is_some(), self.spec.accumulate) {
+        if self.acc.is_some() {
+            let k = self.spec.accumulate.unwrap_or(1);
             self.sync()?;
             self.on_device = false;
             let draw =
                 crate::accumulate::Draw { seed: self.seed, step: self.step, hyper: &self.hyper, fixed: &self.fixed };
             let acc = self.acc.as_mut().expect("checked");
-            let out = acc.step(&self.spec, &mut self.values, batch, k.min(b), &draw)?;
+            let out = acc.step(&self.spec, &mut self.values, batch, k.min(b), &draw, dist)?;
             check_finite(&out, self.step + 1)?;
             self.step += 1;
             return Ok(out);
@@ -296,14 +341,14 @@ impl StepRunner {
                     out
                 }
             }
-            Some(m) => self.micro_step(batch, m)?,
+            Some(m) => self.micro_step(batch, m, dist.map(|(d, _)| d))?,
         };
         check_finite(&out, self.step + 1)?; // 1-based, as the metrics count steps
         self.step += 1;
         Ok(out)
     }
 
-    fn micro_step(&mut self, batch: &Batch, m: usize) -> Result<BTreeMap<String, HostTensor>> {
+    fn micro_step(&mut self, batch: &Batch, m: usize, dist: Option<&mut Dist>) -> Result<BTreeMap<String, HostTensor>> {
         let b = batch.len();
         if m == 0 || b % m != 0 {
             bail!("--micro-batch {m} does not divide the batch size {b}");
@@ -312,7 +357,7 @@ impl StepRunner {
         let c = self.graphs.step.contract.clone();
         let ac = self.graphs.apply.as_ref().expect("m-SAM has an apply graph").contract.clone();
         let mut apply = self.apply_session.take().expect("m-SAM has an apply session");
-        let r = self.micro_runs(batch, m, k, &c, &ac, apply.as_mut());
+        let r = self.micro_runs(batch, m, k, &c, &ac, apply.as_mut(), dist);
         self.apply_session = Some(apply);
         let (out, merged) = r?;
         let mut result: BTreeMap<String, HostTensor> = out;
@@ -347,8 +392,12 @@ impl StepRunner {
         c: &Contract,
         ac: &Contract,
         apply: &mut dyn Session,
+        dist: Option<&mut Dist>,
     ) -> Result<(Outputs, BTreeMap<String, Vec<HostTensor>>)> {
-        let on_device = self.keep_on_device && self.session.can_carry() && apply.can_carry();
+        // data-parallel: the accumulated gradient is summed across ranks on the host
+        let on_device = self.keep_on_device && self.session.can_carry() && apply.can_carry() && dist.is_none();
+        // data-parallel: dropout noise of its own for every rank's micro-batch (one rank: step·k + j)
+        let rank_of = dist.as_ref().map(|d| (d.rank() as u64, d.size() as u64));
         let acc_names: Vec<String> = c.opt_state_next.keys().cloned().collect();
         let zero_acc: Vec<(String, HostTensor)> =
             acc_names.iter().map(|a| (a.clone(), zeros_like(&self.values[state_param(a)]))).collect();
@@ -377,6 +426,8 @@ impl StepRunner {
                 self.session.run_carrying(&f, &micro_carry)?.into_iter().collect()
             } else {
                 let o = self.feed_options(self.step * k as u64 + j as u64, &self.hyper, &acc, &[]);
+                let noise_step = rank_of.map(|(r, n)| (self.step * n + r) * k as u64 + j as u64);
+                let o = FeedOptions { noise_step, ..o };
                 let f = feeds_with(c, Some(&mb), &self.values, &o)?;
                 let out: BTreeMap<String, HostTensor> = self.session.run(&f)?.into_iter().collect();
                 for (i, o) in &c.state_next {
@@ -392,7 +443,29 @@ impl StepRunner {
             }
         }
         let mut hyper = self.hyper.clone();
-        hyper.insert(graph_passes::passes::sam_update::MICRO_BATCHES.into(), k as f32);
+        let mut micro_batches = k;
+        if let Some(d) = dist {
+            // every rank's micro-batch gradients summed; the apply graph divides by their count
+            // (m-SAM drops partial batches, so every rank has k)
+            let n = d.size();
+            let losses: Vec<f64> =
+                merged.get("loss").map(|v| v.iter().map(|t| t.to_f64()[0]).collect()).unwrap_or_default();
+            let metric_name = c.metric.as_ref().map(|(n, _)| n.clone());
+            let metric: f64 = metric_name
+                .as_ref()
+                .and_then(|m| merged.get(m))
+                .map(|v| v.iter().map(|t| t.to_f64()[0]).sum())
+                .unwrap_or(0.0);
+            let loss_share = losses.iter().sum::<f64>() / (k * n) as f64;
+            let g = d.reduce_step(&mut acc, &[loss_share, metric])?;
+            d.check_finite(self.step + 1)?;
+            merged.insert("loss".into(), vec![HostTensor::f32(&[], vec![g[0] as f32]); k]);
+            if let Some(m) = metric_name {
+                merged.insert(m, vec![HostTensor::f32(&[], vec![(g[1] / k as f64) as f32]); k]);
+            }
+            micro_batches = k * n;
+        }
+        hyper.insert(graph_passes::passes::sam_update::MICRO_BATCHES.into(), micro_batches as f32);
         let out: BTreeMap<String, HostTensor> = if on_device {
             for name in acc_names.iter().chain(ac.params_next.keys()) {
                 if let Some(v) = self.session.take(name) {

@@ -45,6 +45,19 @@ fn specs() -> Vec<(&'static str, StepSpec)> {
                 ..sam.clone()
             },
         ),
+        (
+            "rw-sam, loss-mode decay",
+            StepSpec {
+                reweight: Some(ReweightSpec {
+                    lambda: 1.0,
+                    score: Score::Fd { q: 1, scheme: FdScheme::Forward },
+                    score_norm: ScoreNorm::Mean,
+                }),
+                weight_decay: 5e-2,
+                weight_decay_mode: WeightDecayMode::Loss,
+                ..sam.clone()
+            },
+        ),
         ("sam, clip, loss-mode decay", StepSpec { max_grad_norm: Some(0.5), weight_decay_mode: WeightDecayMode::Loss, ..sam }),
     ]
 }

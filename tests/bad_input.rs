@@ -273,3 +273,37 @@ fn padding_idx_that_cannot_be_taken() {
         assert!(!out.exists(), "nothing written for {flag}");
     }
 }
+
+/// Without the `mpi` feature, `--distributed mpi` and an MPI launcher's environment are refused
+/// with the rebuild command; nothing is written (N processes would otherwise share one run folder).
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn distributed_training_needs_the_mpi_feature() {
+    let t = tempdir();
+    let data = fixture("mlp/batch.npz");
+    let out = t.path().join("run");
+    let (m, d, o) = (model("mlp"), data.display().to_string(), out.display().to_string());
+    let m = m.display().to_string();
+    let args = ["train", &m, "--data", &d, "--max-steps", "1", "--out", &o];
+    let r = onnxsam(&[&args[..], &["--distributed", "mpi"]].concat());
+    assert_bad_input(&r, "", "--features mpi");
+    let r = onnxsam_env(&args, &[("OMPI_COMM_WORLD_SIZE", "2")]);
+    assert_bad_input(&r, "", "an MPI launcher started 2 processes");
+    let r = onnxsam(&[&args[..], &["--distributed", "nccl"]].concat());
+    assert_bad_input(&r, "", "--distributed nccl");
+    assert!(!out.exists());
+}
+
+/// The data-parallel definitions of SAM and RW-SAM are refused outside data-parallel training.
+#[test]
+fn data_parallel_options_need_data_parallel_training() {
+    let t = tempdir();
+    let data = fixture("mlp/batch.npz");
+    let out = t.path().join("run");
+    let (m, d, o) = (model("mlp").display().to_string(), data.display().to_string(), out.display().to_string());
+    for flag in ["--sync-ascent", "--global-weights"] {
+        let r = onnxsam(&["train", &m, "--data", &d, "--max-steps", "1", "--out", &o, "--optimizer", "sam", flag]);
+        assert_bad_input(&r, "", "--distributed mpi");
+        assert!(!out.exists());
+    }
+}

@@ -110,7 +110,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
     }
     let values = crate::grad::initial_values(&ev.graph.contract)?;
     let metric = crate::train::metric_of(&ev.graph.contract);
-    let e = crate::train::evaluate(&mut ev, &values, &d, a.batch_size)?;
+    let e = crate::train::evaluate(&mut ev, &values, &d, a.batch_size, None)?;
     let (loss, m) = (e.loss, e.metric);
     // per-class accuracy of a classifier with one label per sample
     let mut per_class = vec![];
@@ -231,8 +231,28 @@ pub struct TrainArgs {
     pub epochs: Option<usize>,
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// Samples per step (data-parallel: per rank; the global batch is --batch-size × ranks)
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
+    /// Data-parallel training over MPI: `mpirun -np N onnxsam train … --distributed mpi` (also
+    /// chosen when an MPI launcher starts several processes). Each rank reads its share of every
+    /// global batch; gradients are summed across ranks before the base optimizer
+    #[arg(long, value_name = "mpi")]
+    pub distributed: Option<String>,
+    /// Data-parallel SAM family: ε from the ascent gradient averaged over all ranks (SAM on the
+    /// global batch; two all-reduces a step) instead of each rank's own (m-SAM with m = --batch-size)
+    #[arg(long)]
+    pub sync_ascent: bool,
+    /// Data-parallel RW-SAM: Gibbs weights normalized over all ranks' samples instead of each rank's
+    #[arg(long)]
+    pub global_weights: bool,
+    /// Data-parallel: largest all-reduce bucket (MiB)
+    #[arg(long, value_name = "MiB", default_value_t = 4.0)]
+    pub bucket_mb: f64,
+    /// Data-parallel: compare parameters and optimizer state across ranks every N steps (0: only
+    /// at checkpoints)
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub check_every: u64,
     /// constant, cosine, step:0.3,0.6,0.8[@factor], warmup:STEPS[,SCHEDULE]
     #[arg(long, default_value = "constant")]
     pub lr_schedule: String,
@@ -287,7 +307,18 @@ fn config(mut a: TrainArgs, raw: Vec<String>) -> Result<TrainConfig> {
     let resume = a.resume.is_some();
     if let Some(r) = a.resume.clone() {
         // a resumed run keeps its configuration: only its length and the engine may change
-        let allowed = ["--resume", "--epochs", "--max-steps", "--backend", "--device", "--threads", "--ort-lib"];
+        let allowed = [
+            "--resume",
+            "--epochs",
+            "--max-steps",
+            "--backend",
+            "--device",
+            "--threads",
+            "--ort-lib",
+            "--distributed",
+            "--check-every",
+            "--bucket-mb",
+        ];
         let changed: Vec<&str> = raw
             .iter()
             .filter(|x| x.starts_with("--"))
@@ -304,7 +335,18 @@ fn config(mut a: TrainArgs, raw: Vec<String>) -> Result<TrainConfig> {
         let (raw_args, stored) = stored_run(&r, "no run to resume here")?;
         command_line = raw_args;
         let (epochs, max_steps, backend) = (a.epochs, a.max_steps, a.backend.clone());
+        let (check_every, bucket_mb, distributed) = (a.check_every, a.bucket_mb, a.distributed.clone());
         a = stored;
+        if distributed.is_some() {
+            a.distributed = distributed;
+        }
+        // how ranks communicate may change; what they compute may not
+        if raw.iter().any(|x| x.starts_with("--check-every")) {
+            a.check_every = check_every;
+        }
+        if raw.iter().any(|x| x.starts_with("--bucket-mb")) {
+            a.bucket_mb = bucket_mb;
+        }
         if epochs.is_some() || max_steps.is_some() {
             a.epochs = epochs;
             a.max_steps = max_steps;
@@ -330,6 +372,20 @@ fn config(mut a: TrainArgs, raw: Vec<String>) -> Result<TrainConfig> {
         "constant" => false,
         "lr" => true,
         other => bail!("--rho-schedule {other}: expected constant or lr"),
+    };
+    let distributed = match a.distributed.as_deref() {
+        None => false,
+        Some("mpi") => true,
+        Some(other) => bail!("--distributed {other}: the transport onnxsam has is mpi"),
+    };
+    if !(a.bucket_mb > 0.0 && a.bucket_mb.is_finite()) {
+        bail!("--bucket-mb {}: expected a size in MiB above 0", a.bucket_mb);
+    }
+    let dist_opts = crate::distributed::DistOptions {
+        sync_ascent: a.sync_ascent,
+        global_weights: a.global_weights,
+        bucket_bytes: ((a.bucket_mb * 1048576.0) as usize).max(4),
+        check_every: a.check_every,
     };
     let crop_flip = match a.augment.as_deref() {
         None => false,
@@ -362,6 +418,8 @@ fn config(mut a: TrainArgs, raw: Vec<String>) -> Result<TrainConfig> {
         run,
         resume,
         command_line,
+        distributed,
+        dist_opts,
     })
 }
 

@@ -28,6 +28,17 @@ pub fn batches_per_epoch(n: usize, batch_size: usize, drop_last: bool) -> usize 
     }
 }
 
+/// Global batches an epoch of `n` samples gives over `ranks` ranks (`batch_size`: the global
+/// batch): a last partial batch of fewer rows than ranks is dropped (some rank would have none).
+pub fn global_batches_per_epoch(n: usize, batch_size: usize, drop_last: bool, ranks: usize) -> usize {
+    let full = batches_per_epoch(n, batch_size, drop_last);
+    if !drop_last && n % batch_size != 0 && n % batch_size < ranks {
+        full - 1
+    } else {
+        full
+    }
+}
+
 /// Random crop with zero padding (`pad` pixels, the padding value being raw 0 after
 /// normalization, per channel) and horizontal flip, as torchvision's RandomCrop + RandomHorizontalFlip.
 #[derive(Clone, Debug)]
@@ -77,15 +88,29 @@ pub struct EpochSpec {
     pub augment: Option<CropFlip>,
     pub seed: u64,
     pub epoch: usize,
+    /// Data-parallel: (rank, ranks). `batch_size` is then the global batch, and this rank takes
+    /// its contiguous share of each global batch (crate::distributed::shares), so that the
+    /// ranks' batches together are the one-process batch of the same size, augmentation included.
+    pub shard: Option<(usize, usize)>,
 }
 
 impl Prefetch {
     pub fn start(data: Arc<Dataset>, spec: EpochSpec) -> Prefetch {
         let (tx, rx) = sync_channel(3);
         let handle = std::thread::spawn(move || {
-            let n = batches_per_epoch(spec.order.len(), spec.batch_size, spec.drop_last);
+            let ranks = spec.shard.map(|s| s.1).unwrap_or(1);
+            let n = global_batches_per_epoch(spec.order.len(), spec.batch_size, spec.drop_last, ranks);
             for b in spec.skip..n {
-                let idx = &spec.order[b * spec.batch_size..((b + 1) * spec.batch_size).min(spec.order.len())];
+                let global = &spec.order[b * spec.batch_size..((b + 1) * spec.batch_size).min(spec.order.len())];
+                // this rank's rows of the global batch
+                let (from, idx) = match spec.shard {
+                    Some((rank, ranks)) => {
+                        let s = crate::distributed::shares(global.len(), ranks);
+                        let from: usize = s[..rank].iter().sum();
+                        (from, &global[from..from + s[rank]])
+                    }
+                    None => (0, global),
+                };
                 let mut batch = match data.try_batch(idx) {
                     Ok(b) => b,
                     Err(e) => {
@@ -99,7 +124,8 @@ impl Prefetch {
                     if let Some((_, t)) =
                         batch.data.iter_mut().find(|(_, t)| t.shape.len() == 4 && t.as_f32().is_some())
                     {
-                        let r = random_words(spec.seed, &format!("augment/{}/{b}", spec.epoch), idx.len());
+                        let r = random_words(spec.seed, &format!("augment/{}/{b}", spec.epoch), global.len());
+                        let r = &r[from..from + idx.len()];
                         let sample = t.shape[1..].to_vec();
                         let s: usize = sample.iter().product();
                         let src = t.as_f32().unwrap_or(&[]).to_vec();

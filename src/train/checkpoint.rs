@@ -24,6 +24,13 @@ pub struct Position {
     /// reports the same epoch averages as an uninterrupted one).
     #[serde(default)]
     pub epoch_sums: (f64, f64, usize),
+    /// Data-parallel ranks the run trains on (1: one process); a resumed run needs as many.
+    #[serde(default = "one")]
+    pub ranks: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 pub fn dir(run: &Path) -> PathBuf {

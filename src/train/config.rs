@@ -50,4 +50,8 @@ pub struct TrainConfig {
     pub resume: bool,
     /// How the run was asked for (stored in config.json so that it can be resumed).
     pub command_line: Vec<String>,
+    /// --distributed mpi: one rank of a data-parallel run (also when an MPI launcher started
+    /// several processes).
+    pub distributed: bool,
+    pub dist_opts: crate::distributed::DistOptions,
 }

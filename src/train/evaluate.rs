@@ -90,6 +90,7 @@ pub(crate) fn evaluate(
     values: &BTreeMap<String, HostTensor>,
     d: &Dataset,
     bs: usize,
+    dist: Option<&mut crate::distributed::Dist>,
 ) -> Result<Evaluation> {
     let metric = metric_of(&ev.graph.contract).map(|m| m.0);
     let logits = ev.graph.contract.logits.clone();
@@ -98,9 +99,18 @@ pub(crate) fn evaluate(
     let mut confusion: Option<ConfusionMatrix> = None;
     let (mut loss, mut sum) = (0.0, 0.0);
     let n = d.len();
-    let mut i = 0;
-    while i < n {
-        let idx: Vec<usize> = (i..(i + bs).min(n)).collect();
+    // data-parallel: each rank evaluates its contiguous share of the set; the sums are summed
+    let (from, to) = match dist.as_ref().filter(|x| n >= x.size()) {
+        Some(x) => {
+            let s = crate::distributed::shares(n, x.size());
+            let from: usize = s[..x.rank()].iter().sum();
+            (from, from + s[x.rank()])
+        }
+        None => (0, n),
+    };
+    let mut i = from;
+    while i < to {
+        let idx: Vec<usize> = (i..(i + bs).min(to)).collect();
         let b = d.try_batch(&idx)?;
         let out = ev.run(values, &b)?;
         loss += out["loss"].to_f64()[0] * idx.len() as f64;
@@ -127,6 +137,17 @@ pub(crate) fn evaluate(
             }
         }
         i += bs;
+    }
+    if let Some(x) = dist.filter(|x| n >= x.size()) {
+        let mut v = vec![loss, sum];
+        if let Some(c) = &confusion {
+            v.extend(c.counts.iter().map(|&k| k as f64));
+        }
+        x.sum_f64(&mut v)?;
+        (loss, sum) = (v[0], v[1]);
+        if let Some(c) = confusion.as_mut() {
+            c.counts.iter_mut().zip(&v[2..]).for_each(|(k, &t)| *k = t as u64);
+        }
     }
     Ok(Evaluation { loss: loss / n as f64, metric: sum / n as f64, mean_iou: confusion.map(|c| c.mean_iou()) })
 }

@@ -26,6 +26,9 @@ pub const COLUMNS: &[&str] = &[
     "test_loss",
     "test_acc",
     "data_wait",
+    "allreduce_mib",
+    "allreduce_ms",
+    "allreduce_wait_ms",
     "seconds",
 ];
 
@@ -33,6 +36,8 @@ pub struct Metrics {
     jsonl: PathBuf,
     csv: PathBuf,
     pub lines: usize,
+    /// False on data-parallel ranks other than 0: rows are counted, not written.
+    writes: bool,
 }
 
 fn csv_line(row: &Map<String, Value>) -> String {
@@ -66,10 +71,19 @@ impl Metrics {
         }
         std::fs::write(&jsonl, j).with_context(|| format!("cannot write {}", jsonl.display()))?;
         std::fs::write(&csv, c).with_context(|| format!("cannot write {}", csv.display()))?;
-        Ok(Metrics { jsonl, csv, lines: rows.len() })
+        Ok(Metrics { jsonl, csv, lines: rows.len(), writes: true })
+    }
+
+    /// The metrics of a data-parallel rank other than 0: counted as rank 0 writes them.
+    pub fn counted(run: &Path, keep: usize) -> Metrics {
+        Metrics { jsonl: run.join("metrics.jsonl"), csv: run.join("metrics.csv"), lines: keep, writes: false }
     }
 
     pub fn write(&mut self, row: &Map<String, Value>) -> Result<()> {
+        if !self.writes {
+            self.lines += 1;
+            return Ok(());
+        }
         let mut f = std::fs::OpenOptions::new().append(true).open(&self.jsonl)?;
         writeln!(f, "{}", Value::Object(row.clone()))?;
         let mut f = std::fs::OpenOptions::new().append(true).open(&self.csv)?;

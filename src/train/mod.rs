@@ -22,6 +22,7 @@ use serde_json::{json, Map, Value};
 
 use crate::backend;
 use crate::data::{self, loader, Dataset, InputSpec, LoadOptions, Normalize, TargetSpec};
+use crate::distributed::{self as distributed, Dist};
 use crate::grad::Batch;
 use crate::step::{Evaluator, StepRunner};
 use crate::tensor::HostTensor;
@@ -37,9 +38,31 @@ fn scalar(out: &BTreeMap<String, HostTensor>, k: &str) -> Value {
 }
 
 /// Trains as `cfg` says. Returns the exit code: 0 done, 130 interrupted (checkpoint written).
+///
+/// Data-parallel (crate::distributed): every rank runs this. An error every rank reached
+/// together (a NaN on some rank, ranks that disagree) is reported by rank 0 and ends the others
+/// quietly; an error only one rank saw (its data, its engine) is reported with its rank, and
+/// ends every rank's process at once (MPI_Abort), so none waits for it in a collective.
 pub fn train(cfg: &TrainConfig) -> Result<i32> {
     let existed = cfg.run.exists();
-    let mut t = Trainer::set_up(cfg)?;
+    let mut dist = crate::distributed::connect(cfg.distributed, cfg.dist_opts.clone())?;
+    let result = train_on(cfg, dist.as_mut(), existed);
+    let (Some(d), Err(e)) = (&dist, &result) else { return result };
+    let code = e.downcast_ref::<crate::error::Failure>().map(|f| f.code).unwrap_or(2);
+    match e.downcast_ref::<crate::distributed::Stopped>() {
+        // every rank stops here together: one of them says why
+        Some(s) if s.report => Err(crate::error::Failure { code: s.code, message: format!("{e:#}") }.into()),
+        Some(s) => Ok(s.code),
+        None => {
+            eprintln!("onnxsam: error: rank {} of {}: {}", d.rank(), d.size(), format!("{e:#}").replace('\n', " "));
+            d.abort(code)
+        }
+    }
+}
+
+fn train_on(cfg: &TrainConfig, dist: Option<&mut crate::distributed::Dist>, existed: bool) -> Result<i32> {
+    let rank0 = dist.as_ref().map(|d| d.rank() == 0).unwrap_or(true);
+    let mut t = Trainer::set_up(cfg, dist)?;
     let result = (|| {
         while t.pos.epoch < t.epochs && (t.pos.step as usize) < t.total {
             let Some(tally) = t.train_epoch()? else { return Ok(130) };
@@ -49,7 +72,7 @@ pub fn train(cfg: &TrainConfig) -> Result<i32> {
         }
         t.finish()
     })();
-    if result.is_err() && !cfg.resume && checkpoint::list(&cfg.run).map(|l| l.is_empty()).unwrap_or(false) {
+    if rank0 && result.is_err() && !cfg.resume && checkpoint::list(&cfg.run).map(|l| l.is_empty()).unwrap_or(false) {
         // a run that stopped before its first checkpoint leaves nothing to resume: its folder goes,
         // so that the same command can be run again
         remove_unstarted_run(&cfg.run, existed);
@@ -64,7 +87,15 @@ fn remove_unstarted_run(run: &std::path::Path, existed: bool) {
         let _ = std::fs::remove_dir_all(run);
         return;
     }
-    for f in ["config.json", "source.onnx", "normalization.json", "classes.json", "labels.npz", "metrics.jsonl", "metrics.csv"] {
+    for f in [
+        "config.json",
+        "source.onnx",
+        "normalization.json",
+        "classes.json",
+        "labels.npz",
+        "metrics.jsonl",
+        "metrics.csv",
+    ] {
         let _ = std::fs::remove_file(run.join(f));
     }
     let _ = std::fs::remove_dir(checkpoint::dir(run));
@@ -95,6 +126,16 @@ struct Tally {
 /// A run in progress.
 pub struct Trainer<'a> {
     cfg: &'a TrainConfig,
+    /// Data-parallel: this rank's communicator (None: one process).
+    dist: Option<&'a mut Dist>,
+    /// A data-parallel rank other than 0: it writes and prints nothing (errors aside).
+    quiet: bool,
+    /// Rows of a step's global batch (--batch-size × ranks).
+    global_batch: usize,
+    /// Running statistics (averaged across ranks at evaluations and checkpoints).
+    state_names: Vec<String>,
+    /// The running statistics were averaged after the last step.
+    state_averaged: bool,
     shown: String,
     model: Model,
     runner: StepRunner,
@@ -121,87 +162,174 @@ impl<'a> Trainer<'a> {
     /// Everything before the first step: the model and its graphs, the data, the run folder
     /// (config.json, source.onnx; or the checkpoint to resume from), the engine. A model or
     /// dataset onnxsam cannot train gets its one error line before anything is written.
-    pub fn set_up(cfg: &'a TrainConfig) -> Result<Trainer<'a>> {
+    pub fn set_up(cfg: &'a TrainConfig, mut dist: Option<&'a mut Dist>) -> Result<Trainer<'a>> {
         let run = &cfg.run;
-        if !cfg.resume && run.join("config.json").exists() {
-            bail!(
-                "{}: this folder already holds a run; pass --resume {} to continue it, or choose another --out",
-                run.display(),
-                run.display()
-            );
-        }
-        let shown = cfg.model.display().to_string();
-        let model = Model::load(&cfg.model)?;
-        let spec = &cfg.spec;
-        if cfg.batch_size == 0 {
-            bail!("--batch-size must be at least 1");
-        }
-        let mut drop_last = cfg.drop_last;
-        if let Some(m) = spec.micro_batch {
-            if cfg.batch_size % m != 0 {
-                bail!("--micro-batch {m} does not divide --batch-size {}", cfg.batch_size);
+        let ranks = dist.as_ref().map(|d| (d.rank(), d.size()));
+        // what each rank does on its own (model, graphs, data, engine): every rank gets through
+        // it, or every rank stops with one error (Dist::settle)
+        let local = (|| {
+            if !cfg.resume && run.join("config.json").exists() {
+                bail!(
+                    "{}: this folder already holds a run; pass --resume {} to continue it, or choose another --out",
+                    run.display(),
+                    run.display()
+                );
             }
-            drop_last = true; // m-SAM needs whole batches
-        }
-        let graphs = graph_passes::step::step_graphs(&model, spec).map_err(|e| anyhow!("{shown}: {e}"))?;
-        // the class count the labels are checked against: the loss's own, else the output's axis 1
-        let classes = match graphs.step.contract.cross_entropy.as_ref().map(|x| x.classes) {
-            Some(c) => Some(c as usize),
-            None => output_classes(&model, &shown)?,
-        };
-        let (inputs, target) = binding(&graphs.step.model, &graphs.step.contract, classes);
-        let metric = metric_of(&graphs.step.contract);
-        let (d, clean, flipped) = load_data(cfg, &inputs, &target, classes, &shown, drop_last)?;
-        // what a user should know once, before the run (said when the run starts): the network
-        // trains as the file says
-        let mut notes = Vec::new();
-        if !cfg.resume {
-            if let Some(note) = crate::grad::dropout_note(&model) {
-                notes.push(note);
+            let o = &cfg.dist_opts;
+            if ranks.is_none() && (o.sync_ascent || o.global_weights) {
+                bail!("--sync-ascent and --global-weights define SAM and RW-SAM across ranks; train data-parallel with mpirun -np N onnxsam train … --distributed mpi, or leave them out");
             }
-            let ce = graphs.step.contract.cross_entropy.as_ref().map(|x| x.classes as usize);
-            // the classes the data has: named (folders, table categories), else the labels' max + 1
-            // (train.classes is raised to the model's count for label noise)
-            let seen = if d.train.class_names.is_empty() {
-                d.train.labels().and_then(|l| l.iter().copied().max()).map(|m| (m.max(-1) + 1) as usize).unwrap_or(0)
-            } else {
-                d.train.class_names.len()
+            if o.sync_ascent && cfg.spec.micro_batch.is_some() {
+                bail!("--sync-ascent gives the global batch one ε, while m-SAM (--micro-batch) perturbs each micro-batch; choose one");
+            }
+            if o.global_weights && cfg.spec.reweight.is_none() {
+                bail!("--global-weights normalizes RW-SAM's weights over all ranks; it needs --reweight λ");
+            }
+            let shown = cfg.model.display().to_string();
+            let model = Model::load(&cfg.model)?;
+            let spec = &cfg.spec;
+            if cfg.batch_size == 0 {
+                bail!("--batch-size must be at least 1");
+            }
+            let mut drop_last = cfg.drop_last;
+            if let Some(m) = spec.micro_batch {
+                if cfg.batch_size % m != 0 {
+                    bail!("--micro-batch {m} does not divide --batch-size {}", cfg.batch_size);
+                }
+                drop_last = true; // m-SAM needs whole batches
+            }
+            let graphs = graph_passes::step::step_graphs(&model, spec).map_err(|e| anyhow!("{shown}: {e}"))?;
+            // the class count the labels are checked against: the loss's own, else the output's axis 1
+            let classes = match graphs.step.contract.cross_entropy.as_ref().map(|x| x.classes) {
+                Some(c) => Some(c as usize),
+                None => output_classes(&model, &shown)?,
             };
-            if let Some(c) = ce.filter(|&c| seen > 0 && seen < c) {
-                let named = if d.train.class_names.is_empty() {
-                    format!("labels 0…{}", seen - 1)
+            let (inputs, target) = binding(&graphs.step.model, &graphs.step.contract, classes);
+            let metric = metric_of(&graphs.step.contract);
+            let (d, clean, flipped) = load_data(cfg, &inputs, &target, classes, &shown, drop_last)?;
+            // what a user should know once, before the run (said when the run starts): the network
+            // trains as the file says
+            let mut notes = Vec::new();
+            if !cfg.resume {
+                if let Some(note) = crate::grad::dropout_note(&model) {
+                    notes.push(note);
+                }
+                let ce = graphs.step.contract.cross_entropy.as_ref().map(|x| x.classes as usize);
+                // the classes the data has: named (folders, table categories), else the labels' max + 1
+                // (train.classes is raised to the model's count for label noise)
+                let seen = if d.train.class_names.is_empty() {
+                    d.train
+                        .labels()
+                        .and_then(|l| l.iter().copied().max())
+                        .map(|m| (m.max(-1) + 1) as usize)
+                        .unwrap_or(0)
                 } else {
-                    graph_passes::import::summary(&d.train.class_names, 4)
+                    d.train.class_names.len()
                 };
-                notes.push(format!(
+                if let Some(c) = ce.filter(|&c| seen > 0 && seen < c) {
+                    let named = if d.train.class_names.is_empty() {
+                        format!("labels 0…{}", seen - 1)
+                    } else {
+                        graph_passes::import::summary(&d.train.class_names, 4)
+                    };
+                    notes.push(format!(
                     "the model has {c} class outputs and {} has {seen} classes ({named}); outputs {seen}…{} are only ever trained towards never being the answer",
                     d.train.source,
                     c - 1
                 ));
+                }
             }
-        }
-        if let Some(bn) = &graphs.step.contract.batch_norm_over_batch_only {
-            if !drop_last && d.train.len() % cfg.batch_size == 1 {
-                bail!(
+            // data-parallel: a global batch of --batch-size × ranks; the last global batch's rows are
+            // shared out, and a share of fewer rows than ranks is dropped
+            let n_ranks = ranks.map(|r| r.1).unwrap_or(1);
+            let global_batch = cfg.batch_size * n_ranks;
+            let rest = d.train.len() % global_batch;
+            let one_row = !drop_last && rest >= n_ranks && distributed::shares(rest, n_ranks).contains(&1);
+            if let Some(bn) = &graphs.step.contract.batch_norm_over_batch_only {
+                if n_ranks > 1 && one_row {
+                    bail!(
+                        "{}: {} samples in global batches of {n_ranks} × {} leave a last batch that gives some rank one sample, and {bn} cannot normalize one value per channel (PyTorch refuses it too); pass --drop-last or another --batch-size",
+                        d.train.source,
+                        d.train.len(),
+                        cfg.batch_size
+                    );
+                }
+                if n_ranks == 1 && !drop_last && d.train.len() % cfg.batch_size == 1 {
+                    bail!(
                     "{}: {} samples in batches of {} leave a last batch of one sample, and {bn} cannot normalize one value per channel (PyTorch refuses it too); pass --drop-last or another --batch-size",
                     d.train.source,
                     d.train.len(),
                     cfg.batch_size
                 );
+                }
             }
+            let per_epoch = loader::global_batches_per_epoch(d.train.len(), global_batch, drop_last, n_ranks);
+            if per_epoch == 0 {
+                bail!(
+                    "{}: {} samples make no whole global batch of {n_ranks} ranks × --batch-size {}; lower --batch-size or use fewer ranks",
+                    d.train.source,
+                    d.train.len(),
+                    cfg.batch_size
+                );
+            }
+            let total = match (cfg.max_steps, cfg.epochs) {
+                (Some(s), _) => s,
+                (None, Some(e)) => e * per_epoch,
+                (None, None) => bail!("give --epochs N or --max-steps N"),
+            };
+            // the engine loads both graphs before anything is written: a graph it cannot run leaves no run
+            let be = backend::select(&cfg.backend, ranks.map(|r| r.0 == 0).unwrap_or(true))?;
+            let mut runner =
+                StepRunner::from_graphs(graphs, &model, spec, be.as_ref(), cfg.seed).with_context(|| shown.clone())?;
+            let eval = Evaluator::new(&model, &spec.grad, be.as_ref()).with_context(|| shown.clone())?;
+            if ranks.is_some() {
+                runner.distribute(&model, be.as_ref()).with_context(|| shown.clone())?;
+            }
+            // a resumed run's checkpoint, read by every rank
+            let resumed = if cfg.resume { Some(checkpoint::load(run, None)?) } else { None };
+            if let (Some((p, _)), Some((_, n))) = (&resumed, ranks) {
+                if p.ranks != n {
+                    bail!(
+                    "{}: this run trained on {} rank{}; resume it on as many (mpirun -np {}), as {n} would change its global batch",
+                    run.display(),
+                    p.ranks,
+                    if p.ranks == 1 { "" } else { "s" },
+                    p.ranks
+                );
+                }
+            } else if let Some((p, _)) = resumed.as_ref().filter(|(p, _)| p.ranks > 1) {
+                bail!(
+                    "{}: this run trained on {} ranks; resume it with mpirun -np {} onnxsam train --resume {}",
+                    run.display(),
+                    p.ranks,
+                    p.ranks,
+                    run.display()
+                );
+            }
+            Ok((shown, model, metric, d, clean, flipped, notes, be, runner, eval, (per_epoch, total), resumed))
+        })();
+        let (shown, model, metric, d, clean, flipped, notes, be, mut runner, eval, (per_epoch, total), resumed) =
+            match dist.as_deref_mut() {
+                Some(x) => x.settle(local)?,
+                None => local?,
+            };
+        let (rank, n_ranks) = ranks.unwrap_or((0, 1));
+        if let Some(x) = dist.as_deref_mut() {
+            // ranks that would train different things stop before the first step
+            let sizes = [total, d.val.as_ref().map(|v| v.len()).unwrap_or(0), d.test.as_ref().map(|v| v.len()).unwrap_or(0)];
+            let fp = start_fingerprint(cfg, &d.train, &runner.values, &sizes);
+            x.agree("the model, the command line or the training data", fp)?;
         }
-        // the engine loads both graphs before anything is written: a graph it cannot run leaves no run
-        let be = backend::select(&cfg.backend, true)?;
-        let mut runner =
-            StepRunner::from_graphs(graphs, &model, spec, be.as_ref(), cfg.seed).with_context(|| shown.clone())?;
-        let eval = Evaluator::new(&model, &spec.grad, be.as_ref()).with_context(|| shown.clone())?;
-        start_run_folder(cfg, &model, &d.train, &clean, &flipped, d.standardized.as_ref())?;
-        let per_epoch = loader::batches_per_epoch(d.train.len(), cfg.batch_size, drop_last);
-        let total = match (cfg.max_steps, cfg.epochs) {
-            (Some(s), _) => s,
-            (None, Some(e)) => e * per_epoch,
-            (None, None) => bail!("give --epochs N or --max-steps N"),
+        let written = if rank == 0 {
+            start_run_folder(cfg, &model, &d.train, &clean, &flipped, d.standardized.as_ref())
+        } else {
+            Ok(())
         };
+        match dist.as_deref_mut() {
+            Some(x) => x.settle(written)?,
+            None => written?,
+        }
+        let global_batch = cfg.batch_size * n_ranks;
         let epochs = total.div_ceil(per_epoch.max(1));
         let mut pos = Position {
             step: 0,
@@ -210,24 +338,32 @@ impl<'a> Trainer<'a> {
             metrics_lines: 0,
             seconds: 0.0,
             epoch_sums: (0.0, 0.0, 0),
+            ranks: n_ranks,
         };
-        if cfg.resume {
-            let (p, values) = checkpoint::load(run, None)?;
+        let quiet = rank != 0;
+        if let Some((p, values)) = resumed {
             for (k, v) in values {
                 runner.values.insert(k, v);
             }
             runner.step = p.step;
-            println!(
-                "resuming {} at step {} (epoch {}, batch {})",
-                run.display(),
-                p.step,
-                p.epoch + 1,
-                p.batch_in_epoch
-            );
+            if !quiet {
+                println!(
+                    "resuming {} at step {} (epoch {}, batch {})",
+                    run.display(),
+                    p.step,
+                    p.epoch + 1,
+                    p.batch_in_epoch
+                );
+            }
             pos = p;
         }
         runner.keep_on_device = true;
-        let metrics = metrics::Metrics::open(run, pos.metrics_lines)?;
+        let metrics = if quiet {
+            metrics::Metrics::counted(run, pos.metrics_lines)
+        } else {
+            metrics::Metrics::open(run, pos.metrics_lines)?
+        };
+        let spec = &cfg.spec;
         let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
         // f32 → f64 through the decimal the user wrote (0.05, not 0.05000000074505806)
         let lr0: f64 = spec.lr.to_string().parse().unwrap_or(spec.lr as f64);
@@ -238,22 +374,33 @@ impl<'a> Trainer<'a> {
             (o, Some(m)) => format!("m-{} (m = {m}) with {base}", format!("{o:?}").to_lowercase()),
             (o, None) => format!("{} with {base}", format!("{o:?}").to_lowercase()),
         };
-        println!(
-            "training {} on {} ({} samples, {} steps/epoch, {} steps) with {}{}; {}",
-            shown,
-            cfg.data.display(),
-            d.train.len(),
-            per_epoch,
-            total,
-            method,
-            spec.reweight.map(|r| format!(" + reweight λ = {}", r.lambda)).unwrap_or_default(),
-            be.describe()
-        );
-        for n in notes {
-            eprintln!("onnxsam: note: {n}");
+        if !quiet {
+            println!(
+                "training {} on {} ({} samples, {} steps/epoch, {} steps) with {}{}; {}",
+                shown,
+                cfg.data.display(),
+                d.train.len(),
+                per_epoch,
+                total,
+                method,
+                spec.reweight.map(|r| format!(" + reweight λ = {}", r.lambda)).unwrap_or_default(),
+                be.describe()
+            );
+            if let Some(x) = dist.as_deref() {
+                println!("{}", distributed_plan(cfg, x));
+            }
+            for n in notes {
+                eprintln!("onnxsam: note: {n}");
+            }
         }
         let base_seconds = pos.seconds;
+        let state_names: Vec<String> = runner.contract().state_next.keys().cloned().collect();
         Ok(Trainer {
+            dist,
+            quiet,
+            global_batch,
+            state_names,
+            state_averaged: false,
             cfg,
             shown,
             model,
@@ -293,18 +440,19 @@ impl<'a> Trainer<'a> {
             self.train.clone(),
             loader::EpochSpec {
                 order,
-                batch_size: cfg.batch_size,
+                batch_size: self.global_batch,
                 drop_last: self.drop_last(),
                 skip: self.pos.batch_in_epoch,
                 augment: cfg.crop_flip.then(|| loader::CropFlip { pad: 4, fill: self.fill.clone() }),
                 seed: cfg.seed,
                 epoch: self.pos.epoch,
+                shard: self.dist.as_ref().map(|d| (d.rank(), d.size())),
             },
         )
     }
 
     fn progress_bar(&self) -> Option<indicatif::ProgressBar> {
-        self.tty.then(|| {
+        (self.tty && !self.quiet).then(|| {
             let b = indicatif::ProgressBar::new(self.per_epoch as u64);
             b.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -352,17 +500,24 @@ impl<'a> Trainer<'a> {
                 }
                 return Err(e);
             }
-            if INTERRUPTED.load(Ordering::SeqCst) {
+            // data-parallel: every rank stops after the step in whose round some rank said so
+            let interrupted = match &self.dist {
+                Some(d) => d.agreement.interrupted,
+                None => INTERRUPTED.load(Ordering::SeqCst),
+            };
+            if interrupted {
                 self.pos.epoch_sums = (tally.loss, tally.correct, tally.n);
                 self.checkpoint()?;
                 if let Some(b) = &bar {
                     b.abandon();
                 }
-                println!(
-                    "interrupted at step {}: checkpoint written; continue with --resume {}",
-                    self.pos.step,
-                    self.cfg.run.display()
-                );
+                if !self.quiet {
+                    println!(
+                        "interrupted at step {}: checkpoint written; continue with --resume {}",
+                        self.pos.step,
+                        self.cfg.run.display()
+                    );
+                }
                 return Ok(None);
             }
         }
@@ -382,16 +537,41 @@ impl<'a> Trainer<'a> {
         if runner.hyper.contains_key("rho") {
             runner.hyper.insert("rho".into(), rho as f32);
         }
-        let n = batch.len();
-        let out = match runner.step(batch) {
+        // data-parallel: this rank's rows of a global batch of n rows (the epoch's last may be short)
+        let n = match self.dist.as_deref_mut() {
+            Some(d) => {
+                if std::env::var("ONNXSAM_TEST_KILL").ok() == Some(format!("{}:{}", d.rank(), self.pos.step)) {
+                    // tests: RANK:STEP, that rank's process dies (SIGABRT) before that step
+                    std::process::abort();
+                }
+                let start = self.pos.batch_in_epoch * self.global_batch;
+                d.interrupted = INTERRUPTED.load(Ordering::SeqCst);
+                self.global_batch.min(self.train.len() - start)
+            }
+            None => batch.len(),
+        };
+        let result = match self.dist.as_deref_mut() {
+            Some(d) => runner.step_global(batch, n, d),
+            None => runner.step(batch),
+        };
+        let out = match result {
             Ok(o) => o,
             Err(e) => {
-                return Err(crate::error::check_failed(format!("training stopped: {e:#}; {}", self.last_good()?)));
+                let message = format!("training stopped: {e:#}; {}", self.last_good()?);
+                return Err(match e.downcast::<distributed::Stopped>() {
+                    Ok(s) => distributed::Stopped { message, ..s }.into(),
+                    Err(_) => crate::error::check_failed(message),
+                });
             }
         };
+        self.state_averaged = false;
         self.pos.step += 1;
         self.pos.batch_in_epoch += 1;
         tally.steps += 1;
+        let every = self.dist.as_ref().map(|d| d.opts.check_every).unwrap_or(0);
+        if every > 0 && self.pos.step % every == 0 {
+            self.check_identical()?;
+        }
         let loss = out["loss"].to_f64()[0];
         let correct = self.metric.and_then(|m| out.get(m.0)).map(|c| c.to_f64()[0]).unwrap_or(f64::NAN);
         tally.loss += loss * n as f64;
@@ -429,7 +609,7 @@ impl<'a> Trainer<'a> {
             }
             None => {
                 let every = (self.per_epoch / 5).max(1);
-                if self.pos.batch_in_epoch % every == 0 {
+                if self.pos.batch_in_epoch % every == 0 && !self.quiet {
                     println!(
                         "epoch {}/{} step {}/{}: loss {loss:.4}{}, {rate:.1} steps/s",
                         self.pos.epoch + 1,
@@ -471,9 +651,16 @@ impl<'a> Trainer<'a> {
             line += &format!(", train {}", show(tally.loss / tally.n as f64, tally.correct / tally.n as f64));
         }
         self.runner.sync()?;
+        self.average_state()?;
         for (name, d) in [("val", &self.val), ("test", &self.test)] {
             if let Some(d) = d {
-                let e = evaluate(&mut self.eval, &self.runner.values, d, self.cfg.eval_batch_size)?;
+                let e = evaluate(
+                    &mut self.eval,
+                    &self.runner.values,
+                    d,
+                    self.cfg.eval_batch_size,
+                    self.dist.as_deref_mut(),
+                )?;
                 row.insert(format!("{name}_loss"), json!(e.loss));
                 if let Some(mn) = metric_name {
                     row.insert(format!("{name}_{mn}"), json!(e.metric));
@@ -487,18 +674,36 @@ impl<'a> Trainer<'a> {
         }
         let seconds = self.seconds();
         row.insert("seconds".into(), json!(seconds));
+        let mut comm = String::new();
+        if let Some(d) = self.dist.as_deref_mut() {
+            // this rank's all-reduce traffic in the epoch, per step
+            let t = std::mem::take(&mut d.traffic);
+            let steps = tally.steps.max(1) as f64;
+            row.insert("allreduce_mib".into(), json!(t.bytes as f64 / steps / 1048576.0));
+            row.insert("allreduce_ms".into(), json!(1e3 * t.seconds / steps));
+            row.insert("allreduce_wait_ms".into(), json!(1e3 * t.wait_seconds / steps));
+            comm = format!(
+                "; all-reduce {:.1} MiB in {:.1} calls, {:.1} ms a step, {:.1} ms waiting for other ranks",
+                t.bytes as f64 / steps / 1048576.0,
+                t.calls as f64 / steps,
+                1e3 * t.seconds / steps,
+                1e3 * t.wait_seconds / steps
+            );
+        }
         // the process's peak resident memory so far (MiB)
         let peak = crate::memory::peak_rss_bytes().map(crate::memory::mib);
         if let Some(p) = peak {
             row.insert("peak_rss_mib".into(), json!(p.round()));
         }
         self.metrics.write(&row)?;
-        println!(
-            "{line} ({seconds:.1} s; waiting for data {:.1}% of the epoch{})",
-            100.0 * tally.data_wait / epoch_s.max(1e-9),
-            peak.map(|p| format!("; peak memory {p:.0} MiB")).unwrap_or_default()
-        );
-        if let Some(w) = tally.last_weights {
+        if !self.quiet {
+            println!(
+                "{line} ({seconds:.1} s; waiting for data {:.1}% of the epoch{}{comm})",
+                100.0 * tally.data_wait / epoch_s.max(1e-9),
+                peak.map(|p| format!("; peak memory {p:.0} MiB")).unwrap_or_default()
+            );
+        }
+        if let Some(w) = tally.last_weights.filter(|_| !self.quiet) {
             crate::tensor::write_npz(&self.cfg.run.join("sample_weights.npz"), &[("sample_weights".into(), w)])?;
         }
         if self.pos.batch_in_epoch >= self.per_epoch || (self.pos.step as usize) < self.total {
@@ -524,22 +729,90 @@ impl<'a> Trainer<'a> {
     }
 
     /// Writes a checkpoint of where the run stands (parameters, optimizer state, statistics).
+    /// Data-parallel: running statistics averaged and parameters compared across ranks first;
+    /// rank 0 writes; every rank stops if the write failed.
     fn checkpoint(&mut self) -> Result<()> {
         self.pos.metrics_lines = self.metrics.lines;
         self.pos.seconds = self.seconds();
         self.runner.sync()?;
-        checkpoint::save(&self.cfg.run, &self.pos, &self.runner.values, self.cfg.keep_checkpoints)?;
+        self.average_state()?;
+        if self.dist.is_some() {
+            self.check_identical()?;
+        }
+        let written = if self.quiet {
+            Ok(())
+        } else {
+            checkpoint::save(&self.cfg.run, &self.pos, &self.runner.values, self.cfg.keep_checkpoints).map(|_| ())
+        };
+        match self.dist.as_deref_mut() {
+            Some(d) => d.settle(written),
+            None => written,
+        }
+    }
+
+    /// Data-parallel: every rank's running statistics replaced by their average over ranks
+    /// (once after a step: evaluation and checkpoint see the same values).
+    fn average_state(&mut self) -> Result<()> {
+        if let (Some(d), false) = (self.dist.as_deref_mut(), self.state_averaged) {
+            d.average_state(&mut self.runner.values, &self.state_names)?;
+            self.state_averaged = true;
+        }
         Ok(())
+    }
+
+    /// Data-parallel: parameters and optimizer state must be bit-identical on every rank (the
+    /// same summed gradient, the same update); a rank that drifted stops every rank.
+    fn check_identical(&mut self) -> Result<()> {
+        let Some(d) = self.dist.as_deref_mut() else { return Ok(()) };
+        self.runner.sync()?;
+        if let Ok(spec) = std::env::var("ONNXSAM_TEST_DRIFT") {
+            // tests: RANK:STEP nudges one parameter on that rank after that step
+            let v: Vec<u64> = spec.split(':').filter_map(|x| x.parse().ok()).collect();
+            if v.len() == 2 && v[0] == d.rank() as u64 && v[1] == self.pos.step {
+                if let Some(p) = self.runner.contract().params.first().cloned() {
+                    if let Some(crate::tensor::Data::F32(x)) = self.runner.values.get_mut(&p).map(|t| &mut t.data) {
+                        x[0] += 1e-3;
+                    }
+                }
+            }
+        }
+        let state = &self.state_names;
+        let fp = distributed::fingerprint(self.runner.values.iter().filter(|(k, _)| !state.contains(k)));
+        d.agree(&format!("after step {}, parameters and optimizer state", self.pos.step), fp).map_err(|e| {
+            match e.downcast::<distributed::Stopped>() {
+                Ok(s) => distributed::Stopped {
+                    message: format!(
+                        "{} (an all-reduce that does not give every rank the same sum, or a rank whose engine computes differently); {}",
+                        s.message,
+                        self.last_good().unwrap_or_default()
+                    ),
+                    ..s
+                }
+                .into(),
+                Err(e) => e,
+            }
+        })
     }
 
     /// The trained model: the original graph with the trained values, RUN_DIR/model.onnx.
     fn finish(mut self) -> Result<i32> {
         self.runner.sync()?;
-        let trained = export::export(&self.model, &self.cfg.spec.grad, &self.runner.values)
-            .with_context(|| self.shown.clone())?;
+        self.average_state()?;
         let path = self.cfg.run.join("model.onnx");
-        trained.save(&path, &Default::default())?;
-        println!("wrote {} (the trained model)", path.display());
+        let written = if self.quiet {
+            Ok(())
+        } else {
+            export::export(&self.model, &self.cfg.spec.grad, &self.runner.values)
+                .with_context(|| self.shown.clone())
+                .and_then(|trained| Ok(trained.save(&path, &Default::default())?))
+        };
+        match self.dist.as_deref_mut() {
+            Some(d) => d.settle(written)?,
+            None => written?,
+        }
+        if !self.quiet {
+            println!("wrote {} (the trained model)", path.display());
+        }
         Ok(0)
     }
 }
@@ -706,4 +979,54 @@ fn start_run_folder(
         );
     }
     Ok(())
+}
+
+/// What every rank of a data-parallel run must agree on before its first step: the command
+/// line, the model's initial values and the training data (count, labels, a sample of features).
+fn start_fingerprint(cfg: &TrainConfig, train: &Dataset, values: &BTreeMap<String, HostTensor>, sizes: &[usize]) -> u64 {
+    let o = &cfg.dist_opts;
+    // (a resumed run's stored command line aside, what decides the collectives each rank calls)
+    let comm = format!("{} {} {} {} {sizes:?}", o.sync_ascent, o.global_weights, o.bucket_bytes, o.check_every);
+    let mut parts = vec![
+        distributed::fingerprint_bytes(cfg.command_line.join("\u{1f}").as_bytes()),
+        distributed::fingerprint_bytes(comm.as_bytes()),
+        distributed::fingerprint(values.iter()),
+        train.len() as u64,
+    ];
+    if let Some(l) = train.labels() {
+        parts.push(l.iter().fold(0u64, |h, &x| (h ^ x as u64).wrapping_mul(0x100_0000_01b3)));
+    }
+    if let Some((x, _)) = train.float_samples() {
+        let step = (x.len() / 4096).max(1);
+        parts.push(x.iter().step_by(step).fold(0u64, |h, v| (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01b3)));
+    }
+    let bytes: Vec<u8> = parts.iter().flat_map(|p| p.to_le_bytes()).collect();
+    distributed::fingerprint_bytes(&bytes)
+}
+
+/// The log line that says how a data-parallel run splits its work.
+fn distributed_plan(cfg: &TrainConfig, d: &Dist) -> String {
+    let n = d.size();
+    let spec = &cfg.spec;
+    let sam = spec.optimizer != graph_passes::passes::sam_update::Optimizer::Sgd;
+    let ascent = match (sam, spec.micro_batch, d.opts.sync_ascent) {
+        (false, _, _) => String::new(),
+        (true, Some(m), _) => format!("; m-SAM micro-batches of {m} within each rank"),
+        (true, None, true) => "; one ε from the all-reduced ascent gradient (--sync-ascent)".into(),
+        (true, None, false) => format!(
+            "; each rank's ε from its own gradient (m-SAM with m = {}; --sync-ascent for one ε)",
+            cfg.batch_size
+        ),
+    };
+    let weights = match (spec.reweight.is_some(), d.opts.global_weights) {
+        (false, _) => "",
+        (true, false) => "; RW-SAM weights normalized within each rank",
+        (true, true) => "; RW-SAM weights normalized over all ranks (--global-weights)",
+    };
+    format!(
+        "distributed: {n} ranks × --batch-size {} per rank = global batch {}{ascent}{weights}; gradients averaged across ranks in buckets of {:.1} MiB; BatchNorm running statistics averaged across ranks at each evaluation and checkpoint",
+        cfg.batch_size,
+        cfg.batch_size * n,
+        d.opts.bucket_bytes as f64 / 1048576.0
+    )
 }

@@ -90,6 +90,8 @@ pub fn rows(run: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
             r.remove("seconds");
             r.remove("data_wait");
             r.remove("peak_rss_mib");
+            r.remove("allreduce_ms");
+            r.remove("allreduce_wait_ms");
             r
         })
         .collect()

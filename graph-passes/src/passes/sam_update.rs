@@ -172,9 +172,21 @@ impl Pass for SamUpdate {
         let wd = wd.as_deref();
         match self.stage {
             Stage::AccAscent => {
-                let (ga, _) = self.ascent_gradient(m, c, wd)?;
-                // a weighted ascent loss (the logical batch's Gibbs weights) is its share already
-                let scaled = if c.ascent_loss.is_some() { ga } else { self.scaled(m, c, &ga)? };
+                // a weighted ascent loss (the logical batch's Gibbs weights) is its share already;
+                // its decay term (mode `loss`) is not: Σ over shares of micro_weight·wd·θ = wd·θ
+                let weighted = c.ascent_loss.is_some();
+                let decay_apart = weighted && self.weight_decay_mode == WeightDecayMode::Loss;
+                let (ga, _) = self.ascent_gradient(m, c, if decay_apart { None } else { wd })?;
+                let scaled = if !weighted {
+                    self.scaled(m, c, &ga)?
+                } else if let (true, Some(wd)) = (decay_apart, wd) {
+                    let w = hyper(m, c, MICRO_WEIGHT, 1.0)?;
+                    let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), 0);
+                    let share = ctx.mul(wd, &w);
+                    self.add_decay(&mut ctx, c, &params, &params, &ga, Some(&share))
+                } else {
+                    ga
+                };
                 let into = if self.optimizer == Optimizer::Sgd { GRAD_ACC } else { ASCENT_ACC };
                 accumulate(m, c, &params, &scaled, into);
                 return m.graph.topo_sort();
