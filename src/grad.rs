@@ -298,7 +298,7 @@ pub fn feeds(
 /// not quite PyTorch's must never be silent.
 pub fn warn_import(c: &Contract) {
     for w in &c.import.warnings {
-        eprintln!("onnxsam: warning: {w}");
+        crate::error::say(format!("onnxsam: warning: {w}"));
     }
 }
 

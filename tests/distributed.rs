@@ -233,6 +233,51 @@ fn faults_stop_every_rank_with_one_error() {
     let e = error_lines(&o);
     assert!(e.len() == 1 && e[0].contains("differ across ranks: rank 1 from rank 0"), "{e:?}");
     assert!(!run.join("config.json").exists(), "nothing is written before the ranks agree");
+    // ranks that see different files at the same paths (each rank in its own folder): test labels
+    // that differ, then checkpoints that differ, stop every rank before the first step
+    let (a, b) = (t.path().join("host-a"), t.path().join("host-b"));
+    let mut arrays = read_npz(&data).unwrap();
+    for (dir, label) in [(&a, 1i64), (&b, 2)] {
+        std::fs::create_dir_all(dir).unwrap();
+        if let Some(onnxsam::tensor::Data::I64(y)) = arrays.get_mut("y_test").map(|t| &mut t.data) {
+            y[0] = label;
+        }
+        let list: Vec<(String, HostTensor)> = arrays.clone().into_iter().collect();
+        write_npz(&dir.join("data.npz"), &list).unwrap();
+    }
+    let on_hosts = |args: &[&str]| {
+        let mut c = Command::new("mpirun");
+        c.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+        for dir in [&a, &b] {
+            c.args(["--oversubscribe", "-np", "1", "-wdir", dir.to_str().unwrap(), env!("CARGO_BIN_EXE_onnxsam")]).args(args);
+            if dir == &a {
+                c.arg(":");
+            }
+        }
+        c.output().unwrap()
+    };
+    let args = ["train", &m, "--data", "data.npz", "--out", "run", "--batch-size", "32", "--max-steps", "2", "--backend", "tract"];
+    let o = on_hosts(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = error_lines(&o);
+    assert!(e.len() == 1 && e[0].contains("differ across ranks: rank 1 from rank 0"), "{e:?}");
+    // the same data, but a stale run folder on one host: it resumes from another step
+    std::fs::copy(a.join("data.npz"), b.join("data.npz")).unwrap();
+    let in_dir = |dir: &Path, args: &[&str]| {
+        let mut c = Command::new("mpirun");
+        c.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+        c.args(["--oversubscribe", "-np", "2", "-wdir", dir.to_str().unwrap(), env!("CARGO_BIN_EXE_onnxsam")]).args(args);
+        ok(&c.output().unwrap(), "a run to resume");
+    };
+    // the same command line (relative paths) in each folder; one host's run went on to step 4
+    for dir in [&a, &b] {
+        in_dir(dir, &["train", &m, "--data", "data.npz", "--out", "run", "--batch-size", "32", "--max-steps", "2", "--backend", "tract"]);
+    }
+    in_dir(&b, &["train", "--resume", "run", "--max-steps", "4"]);
+    let o = on_hosts(&["train", "--resume", "run", "--max-steps", "6"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = error_lines(&o);
+    assert!(e.len() == 1 && e[0].contains("the checkpoint resumed from differ across ranks"), "{e:?}");
     // a global batch larger than the data: refused before anything is written, naming it
     let small = mnist_subset(&t.path().join("small"), 40);
     let run = t.path().join("too-few");

@@ -140,7 +140,7 @@ pub fn select(req: &BackendRequest, announce: bool) -> Result<Box<dyn Backend>> 
         },
     };
     if announce {
-        eprintln!("backend: {}", backend.describe());
+        crate::error::say(format!("backend: {}", backend.describe()));
     }
     Ok(backend)
 }

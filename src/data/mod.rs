@@ -298,21 +298,21 @@ fn load_image_folder(path: &Path, opts: &LoadOptions) -> Result<(Dataset, Option
         let bytes = (n * c * h * w * 4) as u64;
         let (x, lazy, scan) = if bytes <= limit {
             let (x, scan) = image_folder::load(root, c, h, w, threads)?;
-            eprintln!(
+            crate::error::say(format!(
                 "{}: decoded {n} images to {c}×{h}×{w} in {:.2} s on {threads} threads",
                 root.display(),
                 t0.elapsed().as_secs_f64()
-            );
+            ));
             (Some(x), None, scan)
         } else {
             image_folder::check_headers(&found.files, threads)?;
-            eprintln!(
+            crate::error::say(format!(
                 "{}: {n} images ({} MB decoded, over the {} MB cache) are decoded batch by batch on the prefetch thread; headers checked in {:.2} s",
                 root.display(),
                 bytes >> 20,
                 limit >> 20,
                 t0.elapsed().as_secs_f64()
-            );
+            ));
             (None, Some(found.files.clone()), found)
         };
         let (y, class_names) = match names {

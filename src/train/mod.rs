@@ -46,6 +46,10 @@ fn scalar(out: &BTreeMap<String, HostTensor>, k: &str) -> Value {
 pub fn train(cfg: &TrainConfig) -> Result<i32> {
     let existed = cfg.run.exists();
     let mut dist = crate::distributed::connect(cfg.distributed, cfg.dist_opts.clone())?;
+    if dist.as_ref().is_some_and(|d| d.rank() != 0) {
+        // rank 0 says what every rank would; a rank's own error is still said (with its rank)
+        crate::error::QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let result = train_on(cfg, dist.as_mut(), existed);
     let (Some(d), Err(e)) = (&dist, &result) else { return result };
     let code = e.downcast_ref::<crate::error::Failure>().map(|f| f.code).unwrap_or(2);
@@ -182,6 +186,9 @@ impl<'a> Trainer<'a> {
             if o.sync_ascent && cfg.spec.micro_batch.is_some() {
                 bail!("--sync-ascent gives the global batch one ε, while m-SAM (--micro-batch) perturbs each micro-batch; choose one");
             }
+            if o.sync_ascent && cfg.spec.optimizer == graph_passes::passes::sam_update::Optimizer::Sgd {
+                bail!("--sync-ascent chooses how the SAM family's ε is taken across ranks; --optimizer sgd, adam and adamw have no ascent step (their gradient is averaged across ranks anyway)");
+            }
             if o.global_weights && cfg.spec.reweight.is_none() {
                 bail!("--global-weights normalizes RW-SAM's weights over all ranks; it needs --reweight λ");
             }
@@ -316,9 +323,8 @@ impl<'a> Trainer<'a> {
         let (rank, n_ranks) = ranks.unwrap_or((0, 1));
         if let Some(x) = dist.as_deref_mut() {
             // ranks that would train different things stop before the first step
-            let sizes = [total, d.val.as_ref().map(|v| v.len()).unwrap_or(0), d.test.as_ref().map(|v| v.len()).unwrap_or(0)];
-            let fp = start_fingerprint(cfg, &d.train, &runner.values, &sizes);
-            x.agree("the model, the command line or the training data", fp)?;
+            let fp = start_fingerprint(cfg, &d, &runner.values, resumed.as_ref(), total);
+            x.agree("the model, the command line, the data or the checkpoint resumed from", fp)?;
         }
         let written = if rank == 0 {
             start_run_folder(cfg, &model, &d.train, &clean, &flipped, d.standardized.as_ref())
@@ -387,7 +393,8 @@ impl<'a> Trainer<'a> {
                 be.describe()
             );
             if let Some(x) = dist.as_deref() {
-                println!("{}", distributed_plan(cfg, x));
+                let has_state = !runner.contract().state_next.is_empty();
+                println!("{}", distributed_plan(cfg, x, d.train.len(), has_state));
             }
             for n in notes {
                 eprintln!("onnxsam: note: {n}");
@@ -420,7 +427,8 @@ impl<'a> Trainer<'a> {
             base_seconds,
             lr0,
             rho0,
-            tty: std::io::stdout().is_terminal(),
+            // the progress bar draws on stderr, which mpirun does not give a terminal
+            tty: std::io::stdout().is_terminal() && std::io::stderr().is_terminal(),
         })
     }
 
@@ -682,10 +690,11 @@ impl<'a> Trainer<'a> {
             row.insert("allreduce_mib".into(), json!(t.bytes as f64 / steps / 1048576.0));
             row.insert("allreduce_ms".into(), json!(1e3 * t.seconds / steps));
             row.insert("allreduce_wait_ms".into(), json!(1e3 * t.wait_seconds / steps));
+            let calls = t.calls as f64 / steps;
+            let calls = if (calls - calls.round()).abs() < 0.05 { format!("{calls:.0}") } else { format!("{calls:.1}") };
             comm = format!(
-                "; all-reduce {:.1} MiB in {:.1} calls, {:.1} ms a step, {:.1} ms waiting for other ranks",
+                "; all-reduce {:.1} MiB in {calls} calls, {:.1} ms a step, {:.1} ms waiting for other ranks",
                 t.bytes as f64 / steps / 1048576.0,
-                t.calls as f64 / steps,
                 1e3 * t.seconds / steps,
                 1e3 * t.wait_seconds / steps
             );
@@ -981,31 +990,37 @@ fn start_run_folder(
     Ok(())
 }
 
-/// What every rank of a data-parallel run must agree on before its first step: the command
-/// line, the model's initial values and the training data (count, labels, a sample of features).
-fn start_fingerprint(cfg: &TrainConfig, train: &Dataset, values: &BTreeMap<String, HostTensor>, sizes: &[usize]) -> u64 {
+/// What every rank of a data-parallel run must agree on before its first step: the command line
+/// (and what decides which collectives a rank calls), the model file, its initial values, the
+/// checkpoint resumed from, and the training, validation and test data in full.
+fn start_fingerprint(
+    cfg: &TrainConfig,
+    d: &RunData,
+    values: &BTreeMap<String, HostTensor>,
+    resumed: Option<&(Position, BTreeMap<String, HostTensor>)>,
+    total: usize,
+) -> u64 {
     let o = &cfg.dist_opts;
-    // (a resumed run's stored command line aside, what decides the collectives each rank calls)
-    let comm = format!("{} {} {} {} {sizes:?}", o.sync_ascent, o.global_weights, o.bucket_bytes, o.check_every);
+    let comm = format!("{} {} {} {} {total}", o.sync_ascent, o.global_weights, o.bucket_bytes, o.check_every);
     let mut parts = vec![
         distributed::fingerprint_bytes(cfg.command_line.join("\u{1f}").as_bytes()),
         distributed::fingerprint_bytes(comm.as_bytes()),
+        std::fs::read(&cfg.model).map(|b| distributed::fingerprint_bytes(&b)).unwrap_or(0),
         distributed::fingerprint(values.iter()),
-        train.len() as u64,
     ];
-    if let Some(l) = train.labels() {
-        parts.push(l.iter().fold(0u64, |h, &x| (h ^ x as u64).wrapping_mul(0x100_0000_01b3)));
+    if let Some((p, v)) = resumed {
+        parts.extend([p.step, p.epoch as u64, p.batch_in_epoch as u64, distributed::fingerprint(v.iter())]);
     }
-    if let Some((x, _)) = train.float_samples() {
-        let step = (x.len() / 4096).max(1);
-        parts.push(x.iter().step_by(step).fold(0u64, |h, v| (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01b3)));
+    for set in std::iter::once(&d.train).chain(d.val.as_ref()).chain(d.test.as_ref()) {
+        parts.push(set.len() as u64);
+        parts.push(distributed::fingerprint(set.columns.iter().map(|(k, v)| (k, v)).chain(set.y.as_ref().map(|y| (&set.source, y)))));
     }
     let bytes: Vec<u8> = parts.iter().flat_map(|p| p.to_le_bytes()).collect();
     distributed::fingerprint_bytes(&bytes)
 }
 
 /// The log line that says how a data-parallel run splits its work.
-fn distributed_plan(cfg: &TrainConfig, d: &Dist) -> String {
+fn distributed_plan(cfg: &TrainConfig, d: &Dist, samples: usize, has_state: bool) -> String {
     let n = d.size();
     let spec = &cfg.spec;
     let sam = spec.optimizer != graph_passes::passes::sam_update::Optimizer::Sgd;
@@ -1023,8 +1038,16 @@ fn distributed_plan(cfg: &TrainConfig, d: &Dist) -> String {
         (true, false) => "; RW-SAM weights normalized within each rank",
         (true, true) => "; RW-SAM weights normalized over all ranks (--global-weights)",
     };
+    let bn = if has_state { "; BatchNorm running statistics averaged across ranks at each evaluation and checkpoint" } else { "" };
+    let rest = samples % (cfg.batch_size * n);
+    let dropped = if rest > 0 && rest < n && !cfg.drop_last {
+        format!("; each epoch's last {rest} sample{} (fewer than the ranks) are left out", if rest == 1 { "" } else { "s" })
+    } else {
+        String::new()
+    };
     format!(
-        "distributed: {n} ranks × --batch-size {} per rank = global batch {}{ascent}{weights}; gradients averaged across ranks in buckets of {:.1} MiB; BatchNorm running statistics averaged across ranks at each evaluation and checkpoint",
+        "distributed: {n} rank{} × --batch-size {} per rank = global batch {}{ascent}{weights}; gradients averaged across ranks in buckets of {:.1} MiB{bn}{dropped}",
+        if n == 1 { "" } else { "s" },
         cfg.batch_size,
         cfg.batch_size * n,
         d.opts.bucket_bytes as f64 / 1048576.0
