@@ -285,7 +285,7 @@ impl<'a> Trainer<'a> {
                 (None, None) => bail!("give --epochs N or --max-steps N"),
             };
             // the engine loads both graphs before anything is written: a graph it cannot run leaves no run
-            let be = backend::select(&cfg.backend, ranks.map(|r| r.0 == 0).unwrap_or(true))?;
+            let be = backend::select(&rank_device(cfg, ranks.is_some()), ranks.map(|r| r.0 == 0).unwrap_or(true))?;
             let mut runner =
                 StepRunner::from_graphs(graphs, &model, spec, be.as_ref(), cfg.seed).with_context(|| shown.clone())?;
             let eval = Evaluator::new(&model, &spec.grad, be.as_ref()).with_context(|| shown.clone())?;
@@ -1017,6 +1017,24 @@ fn start_fingerprint(
     }
     let bytes: Vec<u8> = parts.iter().flat_map(|p| p.to_le_bytes()).collect();
     distributed::fingerprint_bytes(&bytes)
+}
+
+/// The engine request of this rank: data-parallel with `--device cuda` (no index), each rank takes
+/// the GPU of its rank on its node (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, SLURM_LOCALID),
+/// as torchrun's LOCAL_RANK; `--device cuda:N` is taken as given.
+fn rank_device(cfg: &TrainConfig, distributed: bool) -> backend::BackendRequest {
+    let mut req = cfg.backend.clone();
+    let bare = cfg.command_line.windows(2).any(|w| w[0] == "--device" && w[1] == "cuda")
+        || cfg.command_line.iter().any(|a| a == "--device=cuda");
+    if distributed && bare {
+        let local = ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().and_then(|s| s.parse::<i32>().ok()));
+        if let Some(l) = local {
+            req.device = backend::Device::Cuda(l);
+        }
+    }
+    req
 }
 
 /// The log line that says how a data-parallel run splits its work.
