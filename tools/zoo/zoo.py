@@ -24,7 +24,8 @@ strip empties those values and changes nothing else).
 
 Architectures (folder names): resnet18 preact_wrn mobilenet_v2 mobilenet_v3_small efficientnet_b0
 shufflenet_v2 squeezenet densenet convnext regnet vit transformer_encoder mlp_mixer norm_cnn lstm gru
-conv1d bn_batchstats (BatchNorm with track_running_stats=False: batch statistics in train and eval, no
+conv1d mixconv (MixNet-style uneven torch.split groups with their own depthwise kernels, chained
+twice) bn_batchstats (BatchNorm with track_running_stats=False: batch statistics in train and eval, no
 running-statistics buffers) tied_embedding (token ids in [0, 10), Embedding(10, d), mean, Linear-GELU-LayerNorm,
 Linear(d, 10) whose weight IS the embedding's: one Parameter used twice, named embed.weight)
 unet (small U-Net classifier: MaxPool2d down x2; up by F.interpolate bilinear align_corners=False, nn.Upsample
@@ -374,6 +375,33 @@ class TwinGroupNorm(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class MixConvNet(nn.Module):
+    """timm's MixNet mixed-kernel convolution in small: the channels split unevenly (torch.split with
+    sizes), each group through a depthwise convolution of its own kernel size, concatenated,
+    BatchNorm, ReLU; twice in a chain, so that the second split reads what the first made (the
+    dynamo exporter without its optimizer writes each as SplitToSequence + SequenceAt)."""
+
+    def __init__(self, splits=(3, 5), splits2=(5, 3), num_classes=NUM_CLASSES):
+        super().__init__()
+        width = sum(splits)
+        assert sum(splits2) == width
+        self.splits, self.splits2 = list(splits), list(splits2)
+        self.stem, self.bn0 = nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+        self.mix1 = nn.ModuleList(nn.Conv2d(c, c, 2 * i + 3, padding=i + 1, groups=c, bias=False)
+                                  for i, c in enumerate(self.splits))
+        self.bn1 = nn.BatchNorm2d(width)
+        self.mix2 = nn.ModuleList(nn.Conv2d(c, c, 2 * i + 3, padding=i + 1, groups=c, bias=False)
+                                  for i, c in enumerate(self.splits2))
+        self.bn2 = nn.BatchNorm2d(width)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn0(self.stem(x)))
+        x = F.relu(self.bn1(torch.cat([m(t) for m, t in zip(self.mix1, torch.split(x, self.splits, 1))], 1)))
+        x = F.relu(self.bn2(torch.cat([m(t) for m, t in zip(self.mix2, torch.split(x, self.splits2, 1))], 1)))
+        return self.fc(x.mean((2, 3)))
+
+
 class RNNClassifier(nn.Module):
     """Token ids [N, T] -> nn.Embedding -> nn.LSTM / nn.GRU (batch_first) -> last hidden state of the
     last layer (both directions concatenated if bidirectional) -> Linear."""
@@ -655,6 +683,13 @@ def build_twin_groupnorm(narrow):
         f"conv-GroupNorm-ReLU twice at width {width} (fresh, equal affines the exporters store once), pool, fc"
 
 
+def build_mixconv(narrow):
+    kw = dict(splits=(3, 5), splits2=(5, 3)) if narrow else dict(splits=(24, 40), splits2=(40, 24))
+    shape = (3, 8, 8) if narrow else (3, 32, 32)
+    return MixConvNet(**kw), shape, torch.float32, \
+        f"MixNet-style mixed-kernel depthwise convolutions over uneven torch.split groups, twice chained {kw}"
+
+
 def build_lstm(narrow):
     kw = dict(emb=8, hidden=12, layers=1) if narrow else dict(emb=32, hidden=64, layers=2)
     return RNNClassifier(nn.LSTM, **kw), (12,), torch.int64, f"Embedding(64) + nn.LSTM {kw} + last hidden -> Linear"
@@ -710,6 +745,7 @@ ARCHS = {
     "mlp_mixer": build_mlp_mixer,
     "norm_cnn": build_norm_cnn,
     "twin_groupnorm": build_twin_groupnorm,
+    "mixconv": build_mixconv,
     "lstm": build_lstm,
     "gru": build_gru,
     "conv1d": build_conv1d,

@@ -6,8 +6,22 @@ use crate::ir::{constant_ints, Graph, NodeExt};
 use crate::shapes::{self, Dim};
 use crate::Result;
 
-/// Rewrites every such SplitToSequence; returns how many.
+/// Rewrites every such SplitToSequence; returns how many. A split whose input's size is known
+/// only once an earlier split is a `Split` (a chain of them, as timm's mixnet and efficientvit
+/// write: SequenceAt has no shape rule) is rewritten in a later round, with the shapes inferred
+/// again, until a round rewrites none.
 pub fn split_sequences_to_split(g: &mut Graph) -> Result<usize> {
+    let mut done = 0;
+    loop {
+        match rewrite_round(g)? {
+            0 => return Ok(done),
+            k => done += k,
+        }
+    }
+}
+
+/// One round over the graph with the shapes as inferred at its start.
+fn rewrite_round(g: &mut Graph) -> Result<usize> {
     let candidates: Vec<usize> =
         g.nodes.iter().enumerate().filter(|(_, n)| n.op_type == "SplitToSequence").map(|(i, _)| i).collect();
     if candidates.is_empty() {
