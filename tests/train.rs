@@ -465,3 +465,62 @@ fn ctrl_c_checkpoints_mid_epoch_and_resume_continues_identically() {
     assert_eq!(rows(&straight), rows(&run), "metrics of an uninterrupted run vs Ctrl-C + resume");
     assert_eq!(std::fs::read(straight.join("model.onnx")).unwrap(), std::fs::read(run.join("model.onnx")).unwrap());
 }
+
+/// The PyTorch docs' default export writes the example's batch (1) into the file: `inspect` says
+/// so in its verdict, `train` at another batch size is refused with the re-export before anything
+/// runs, and at --batch-size 1 it trains and evaluates one sample at a time, on both engines and
+/// from both exporters.
+#[test]
+fn a_file_with_a_fixed_batch_is_explained_and_trains_at_that_batch() {
+    let t = tempdir();
+    let n = 12;
+    let x: Vec<f32> = (0..n * 16).map(|i| ((i * 37 % 23) as f32) / 23.0 - 0.5).collect();
+    let y: Vec<i64> = (0..n as i64).map(|i| i % 3).collect();
+    let data = t.path().join("data.npz");
+    write_npz(
+        &data,
+        &[
+            ("x".into(), HostTensor::f32(&[n, 1, 4, 4], x.clone())),
+            ("y".into(), HostTensor::i64(&[n], y.clone())),
+            ("x_test".into(), HostTensor::f32(&[4, 1, 4, 4], x[..64].to_vec())),
+            ("y_test".into(), HostTensor::i64(&[4], y[..4].to_vec())),
+        ],
+    )
+    .unwrap();
+    for export in ["dynamo", "legacy"] {
+        let m = fixture(&format!("fixed_batch/{export}.onnx"));
+        let m = m.to_str().unwrap();
+        let o = onnxsam(&["inspect", m]);
+        let verdict = stdout(&o).lines().find(|l| l.starts_with("verdict:")).unwrap_or_default().to_string();
+        assert!(verdict.contains("only at --batch-size 1") && verdict.contains("dynamic_shapes"), "{export}: {verdict}");
+        let out = t.path().join(format!("{export}-8"));
+        let o = train_cmd(&[m, "--data", data.to_str().unwrap(), "--batch-size", "4", "--max-steps", "2", "--out", out.to_str().unwrap()]);
+        assert_bad_input(&o, m, "fixes the batch at 1");
+        assert!(stderr(&o).contains("--batch-size 1"));
+        assert!(!out.exists());
+        for backend in ["tract", "ort"] {
+            let out = t.path().join(format!("{export}-{backend}"));
+            let o = train_cmd(&[
+                m,
+                "--data",
+                data.to_str().unwrap(),
+                "--batch-size",
+                "1",
+                "--epochs",
+                "1",
+                "--optimizer",
+                "sam",
+                "--lr",
+                "0.1",
+                "--backend",
+                backend,
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+            assert!(o.status.success(), "{export} on {backend}: {}", stderr(&o));
+            let last = rows(&out).into_iter().rev().find(|r| r.contains_key("test_loss")).unwrap();
+            assert!(last["test_loss"].as_f64().unwrap().is_finite());
+            assert_eq!(rows(&out).iter().filter(|r| r["kind"] == "step").count(), n);
+        }
+    }
+}

@@ -158,6 +158,14 @@ fn verdict(a: &InspectArgs, model: &Model, spec: &GradSpec, imported: &ImportRep
             if imported.padding_unknown.len() == 1 { "has" } else { "have" }
         )
     };
+    // a batch the file fixes: the engines ran the probe at that batch, training at another stops
+    let base = match crate::train::fixed_batch(model, &c) {
+        Some((input, b, dims)) => format!(
+            "{base} only at --batch-size {b}: the file fixes the batch (input '{input}' is [{dims}]); {}",
+            crate::train::dynamic_batch_hint(&input)
+        ),
+        None => base,
+    };
     let verdict = match failed.first() {
         Some((e, why)) => format!(
             "{base} on {} only; {} cannot run it: {why}",

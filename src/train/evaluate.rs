@@ -65,6 +65,26 @@ pub(crate) fn binding(
     (inputs, target)
 }
 
+/// The batch size the file fixes in a data input's first axis, with that input and its dims: the
+/// PyTorch docs' default `torch.onnx.export(model, (x,), path)` writes the example's batch there
+/// (and in the Reshape constants after it) unless the batch axis is declared dynamic.
+pub(crate) fn fixed_batch(g: &Model, c: &graph_passes::passes::Contract) -> Option<(String, i64, String)> {
+    c.data.iter().find_map(|n| {
+        let v = g.graph.inputs.iter().find(|v| &v.name == n)?;
+        let dims = shapes::value_type_of(&v.r#type)?.shape?;
+        let b = dims.first()?.known()?;
+        let shown: Vec<String> = dims.iter().map(|d| d.known().map(|k| k.to_string()).unwrap_or_else(|| "?".into())).collect();
+        Some((n.clone(), b, shown.join(", ")))
+    })
+}
+
+/// How to re-export a file whose batch is fixed (`fixed_batch`), as one clause.
+pub(crate) fn dynamic_batch_hint(input: &str) -> String {
+    format!(
+        "re-export with a dynamic batch: torch.onnx.export(..., dynamic_shapes=({{0: torch.export.Dim(\"batch\")}},)) (dynamo=True) or dynamic_axes={{\"{input}\": {{0: \"batch\"}}}} (dynamo=False)"
+    )
+}
+
 /// How a task's metric reads: the diagnostic the graph exposes (summed over a batch), the name
 /// of its per-sample mean in metrics (acc: accuracy, per position for per-token/pixel labels;
 /// mae: mean absolute error).

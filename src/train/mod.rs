@@ -28,7 +28,7 @@ use crate::step::{Evaluator, StepRunner};
 use crate::tensor::HostTensor;
 use checkpoint::Position;
 pub use config::TrainConfig;
-pub(crate) use evaluate::{binding, evaluate, metric_of, output_classes};
+pub(crate) use evaluate::{binding, dynamic_batch_hint, evaluate, fixed_batch, metric_of, output_classes};
 
 /// Stopped by Ctrl-C: checkpoint and exit.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -130,6 +130,8 @@ struct Tally {
 /// A run in progress.
 pub struct Trainer<'a> {
     cfg: &'a TrainConfig,
+    /// Evaluation's batch size (--eval-batch-size; 1 for a file that fixes the batch at 1).
+    eval_batch: usize,
     /// Data-parallel: this rank's communicator (None: one process).
     dist: Option<&'a mut Dist>,
     /// A data-parallel rank other than 0: it writes and prints nothing (errors aside).
@@ -211,6 +213,17 @@ impl<'a> Trainer<'a> {
                 Some(c) => Some(c as usize),
                 None => output_classes(&model, &shown)?,
             };
+            if let Some((input, b, dims)) = evaluate::fixed_batch(&model, &graphs.step.contract) {
+                // the engines would stop at the first step in their own words; a batch of one
+                // trains (and evaluates) one sample at a time
+                if b != 1 || cfg.batch_size != 1 {
+                    let one = if b == 1 { ", or train with --batch-size 1" } else { "" };
+                    bail!(
+                        "{shown}: the file fixes the batch at {b} (input '{input}' is [{dims}]); {}{one}",
+                        evaluate::dynamic_batch_hint(&input)
+                    );
+                }
+            }
             let (inputs, target) = binding(&graphs.step.model, &graphs.step.contract, classes);
             let metric = metric_of(&graphs.step.contract);
             let (d, clean, flipped) = load_data(cfg, &inputs, &target, classes, &shown, drop_last)?;
@@ -401,8 +414,12 @@ impl<'a> Trainer<'a> {
             }
         }
         let base_seconds = pos.seconds;
+        // a file that fixes the batch at one sample is evaluated one sample at a time
+        let eval_batch =
+            if evaluate::fixed_batch(&model, runner.contract()).is_some() { 1 } else { cfg.eval_batch_size };
         let state_names: Vec<String> = runner.contract().state_next.keys().cloned().collect();
         Ok(Trainer {
+            eval_batch,
             dist,
             quiet,
             global_batch,
@@ -666,7 +683,7 @@ impl<'a> Trainer<'a> {
                     &mut self.eval,
                     &self.runner.values,
                     d,
-                    self.cfg.eval_batch_size,
+                    self.eval_batch,
                     self.dist.as_deref_mut(),
                 )?;
                 row.insert(format!("{name}_loss"), json!(e.loss));
