@@ -522,5 +522,16 @@ fn a_file_with_a_fixed_batch_is_explained_and_trains_at_that_batch() {
             assert!(last["test_loss"].as_f64().unwrap().is_finite());
             assert_eq!(rows(&out).iter().filter(|r| r["kind"] == "step").count(), n);
         }
+        // eval evaluates it one sample at a time (its default batch would not fit)
+        let o = onnxsam(&["eval", m, "--data", data.to_str().unwrap()]);
+        assert!(o.status.success(), "{export} eval: {}", stderr(&o));
     }
+    // a legacy export given dynamic_axes for its input alone keeps the output's batch of 1
+    let m = fixture("fixed_batch/legacy_input_only.onnx");
+    let m = m.to_str().unwrap();
+    let verdict = stdout(&onnxsam(&["inspect", m])).lines().find(|l| l.starts_with("verdict:")).unwrap_or_default().to_string();
+    assert!(verdict.contains("output '") && verdict.contains("output_names"), "{verdict}");
+    let out = t.path().join("input-only");
+    let o = train_cmd(&[m, "--data", data.to_str().unwrap(), "--batch-size", "4", "--max-steps", "2", "--out", out.to_str().unwrap()]);
+    assert_bad_input(&o, m, "fixes the batch at 1 (output '");
 }

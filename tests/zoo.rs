@@ -207,7 +207,11 @@ fn check_family_architecture(family: &str, arch: &str) {
                 args.extend(flags.iter().map(|s| s.as_str()));
                 let o = onnxsam(&args);
                 let v = stdout(&o).lines().find(|l| l.starts_with("verdict: ")).unwrap_or("").to_string();
+                // the legacy exporter writes the example's batch into BatchNorm without running
+                // statistics (batch statistics in eval too): those files train only at batch 8
+                let fixed_at_8 = arch == "bn_batchstats" && setting.starts_with("legacy");
                 let consistent = match expect {
+                    None if fixed_at_8 => v.starts_with("verdict: trains as PyTorch on batches of 8 only"),
                     None => v == "verdict: trains as PyTorch",
                     Some(_) => v.starts_with("verdict: cannot: "),
                 };

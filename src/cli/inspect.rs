@@ -111,10 +111,23 @@ fn io_list(vs: &[&onnx::ValueInfoProto]) -> Vec<Io> {
 fn verdict(a: &InspectArgs, model: &Model, spec: &GradSpec, imported: &ImportReport) -> (String, BTreeMap<String, String>) {
     use crate::backend::{select, BackendKind, BackendRequest, Device};
     let mut engines = BTreeMap::new();
+    let fixed = crate::train::fixed_batch(model);
     let (m, c) = match step::grad_graph(model, spec) {
         Ok(g) => g,
-        Err(e) => return (format!("cannot: {e}"), engines),
+        Err(e) => {
+            // an export that fixed the batch may have folded what a dynamic one keeps
+            let also = fixed
+                .map(|f| format!("; the file also fixes the batch at {} ({}): {}", f.batch, f.what, crate::train::dynamic_batch_hint()))
+                .unwrap_or_default();
+            return (format!("cannot: {e}{also}"), engines);
+        }
     };
+    if let Some(why) =
+        fixed.as_ref().filter(|f| f.batch == 1).and_then(|f| crate::train::fixed_batch_refusal(f, Some(1), c.batch_norm_over_batch_only.as_deref()))
+    {
+        // a batch of one is all the file allows, and BatchNorm cannot train on it
+        return (format!("cannot: {why}"), engines);
+    }
     let mut ok: Vec<&str> = Vec::new();
     let mut failed: Vec<(&str, String)> = Vec::new();
     if !a.no_engine_check {
@@ -159,10 +172,15 @@ fn verdict(a: &InspectArgs, model: &Model, spec: &GradSpec, imported: &ImportRep
         )
     };
     // a batch the file fixes: the engines ran the probe at that batch, training at another stops
-    let base = match crate::train::fixed_batch(model, &c) {
-        Some((input, b, dims)) => format!(
-            "{base} only at --batch-size {b}: the file fixes the batch (input '{input}' is [{dims}]); {}",
-            crate::train::dynamic_batch_hint(&input)
+    let base = match fixed {
+        Some(f) if f.batch == 1 => {
+            format!("{base}; only at --batch-size 1: the file fixes the batch ({}); {}", f.what, crate::train::dynamic_batch_hint())
+        }
+        Some(f) => format!(
+            "{base} on batches of {b} only (grad, step, eval --batch-size {b}); train needs a dynamic batch: the file fixes it at {b} ({}); {}",
+            f.what,
+            crate::train::dynamic_batch_hint(),
+            b = f.batch
         ),
         None => base,
     };

@@ -110,7 +110,21 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
     }
     let values = crate::grad::initial_values(&ev.graph.contract)?;
     let metric = crate::train::metric_of(&ev.graph.contract);
-    let e = crate::train::evaluate(&mut ev, &values, &d, a.batch_size, None)?;
+    // a file that fixes its batch is evaluated in batches of that size
+    let batch_size = match crate::train::fixed_batch(&model) {
+        Some(f) if f.batch == 1 => 1,
+        Some(f) if f.batch as usize == a.batch_size && d.len() % a.batch_size == 0 => a.batch_size,
+        Some(f) => bail!(
+            "{shown}: the file fixes the batch at {} ({}); evaluate {} samples with --batch-size {} when they divide, or {}",
+            f.batch,
+            f.what,
+            d.len(),
+            f.batch,
+            crate::train::dynamic_batch_hint()
+        ),
+        None => a.batch_size,
+    };
+    let e = crate::train::evaluate(&mut ev, &values, &d, batch_size, None)?;
     let (loss, m) = (e.loss, e.metric);
     // per-class accuracy of a classifier with one label per sample
     let mut per_class = vec![];
@@ -121,7 +135,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         let (mut hit, mut count) = (vec![0usize; classes], vec![0usize; classes]);
         let mut i = 0;
         while i < d.len() {
-            let idx: Vec<usize> = (i..(i + a.batch_size).min(d.len())).collect();
+            let idx: Vec<usize> = (i..(i + batch_size).min(d.len())).collect();
             let out = ev.run(&values, &d.try_batch(&idx)?)?;
             let logits = out.values().find(|t| t.shape.len() == 2 && t.shape[0] == idx.len()).map(|t| t.to_f64());
             if let Some(l) = logits {
@@ -138,7 +152,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
                     }
                 }
             }
-            i += a.batch_size;
+            i += batch_size;
         }
         per_class = hit.iter().zip(&count).map(|(&h, &c)| (c > 0).then(|| h as f64 / c as f64)).collect();
     }

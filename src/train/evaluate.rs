@@ -65,24 +65,51 @@ pub(crate) fn binding(
     (inputs, target)
 }
 
-/// The batch size the file fixes in a data input's first axis, with that input and its dims: the
-/// PyTorch docs' default `torch.onnx.export(model, (x,), path)` writes the example's batch there
-/// (and in the Reshape constants after it) unless the batch axis is declared dynamic.
-pub(crate) fn fixed_batch(g: &Model, c: &graph_passes::passes::Contract) -> Option<(String, i64, String)> {
-    c.data.iter().find_map(|n| {
-        let v = g.graph.inputs.iter().find(|v| &v.name == n)?;
+/// A batch size the file fixes: the PyTorch docs' default `torch.onnx.export(model, (x,), path)`
+/// writes the example's batch into the data input's first axis (and the Reshape constants after
+/// it) unless the batch axis is declared dynamic; a legacy export given `dynamic_axes` for its
+/// input alone leaves the output's.
+pub(crate) struct FixedBatch {
+    /// "input 'x' is [1, 3, 32, 32]" or "output 'logits' is [1, 10]".
+    pub what: String,
+    pub batch: i64,
+}
+
+pub(crate) fn fixed_batch(g: &Model) -> Option<FixedBatch> {
+    let stored: std::collections::HashSet<&str> = g.graph.initializers.iter().map(|t| t.name.as_str()).collect();
+    let first = |v: &graph_passes::onnx::ValueInfoProto, kind: &str| {
         let dims = shapes::value_type_of(&v.r#type)?.shape?;
         let b = dims.first()?.known()?;
         let shown: Vec<String> = dims.iter().map(|d| d.known().map(|k| k.to_string()).unwrap_or_else(|| "?".into())).collect();
-        Some((n.clone(), b, shown.join(", ")))
+        Some(FixedBatch { what: format!("{kind} '{}' is [{}]", v.name, shown.join(", ")), batch: b })
+    };
+    let inputs = g.graph.inputs.iter().filter(|v| !stored.contains(v.name.as_str()));
+    inputs.clone().find_map(|v| first(v, "input")).or_else(|| {
+        // the inputs' batch is dynamic (or there is none to see): an output's fixed batch still
+        // stops the step graph at another size
+        (inputs.count() > 0).then_some(())?;
+        g.graph.outputs.iter().find_map(|v| first(v, "output"))
     })
 }
 
-/// How to re-export a file whose batch is fixed (`fixed_batch`), as one clause.
-pub(crate) fn dynamic_batch_hint(input: &str) -> String {
-    format!(
-        "re-export with a dynamic batch: torch.onnx.export(..., dynamic_shapes=({{0: torch.export.Dim(\"batch\")}},)) (dynamo=True) or dynamic_axes={{\"{input}\": {{0: \"batch\"}}}} (dynamo=False)"
-    )
+/// How to re-export a file whose batch is fixed, as one clause.
+pub(crate) fn dynamic_batch_hint() -> String {
+    "re-export with a dynamic batch: torch.onnx.export(..., dynamic_shapes=({0: torch.export.Dim(\"batch\")},)) (dynamo=True), or torch.onnx.export(..., dynamo=False, input_names=[\"x\"], output_names=[\"logits\"], dynamic_axes={\"x\": {0: \"batch\"}, \"logits\": {0: \"batch\"}})".to_string()
+}
+
+/// Why a file that fixes its batch cannot train as asked, or None where it can (--batch-size 1
+/// on a file fixed at 1 with no BatchNorm over the batch).
+pub(crate) fn fixed_batch_refusal(f: &FixedBatch, batch_size: Option<usize>, batch_norm: Option<&str>) -> Option<String> {
+    let hint = dynamic_batch_hint();
+    match (f.batch, batch_norm) {
+        (1, Some(bn)) => Some(format!(
+            "the file fixes the batch at 1 ({}), and {bn} cannot normalize one sample per channel (PyTorch refuses it too); {hint}",
+            f.what
+        )),
+        (1, None) if batch_size == Some(1) => None,
+        (1, None) => Some(format!("the file fixes the batch at 1 ({}); {hint}, or train with --batch-size 1", f.what)),
+        (b, _) => Some(format!("the file fixes the batch at {b} ({}); {hint}", f.what)),
+    }
 }
 
 /// How a task's metric reads: the diagnostic the graph exposes (summed over a batch), the name

@@ -28,7 +28,7 @@ use crate::step::{Evaluator, StepRunner};
 use crate::tensor::HostTensor;
 use checkpoint::Position;
 pub use config::TrainConfig;
-pub(crate) use evaluate::{binding, dynamic_batch_hint, evaluate, fixed_batch, metric_of, output_classes};
+pub(crate) use evaluate::{binding, dynamic_batch_hint, evaluate, fixed_batch, fixed_batch_refusal, metric_of, output_classes};
 
 /// Stopped by Ctrl-C: checkpoint and exit.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -207,21 +207,24 @@ impl<'a> Trainer<'a> {
                 }
                 drop_last = true; // m-SAM needs whole batches
             }
-            let graphs = graph_passes::step::step_graphs(&model, spec).map_err(|e| anyhow!("{shown}: {e}"))?;
+            let graphs = graph_passes::step::step_graphs(&model, spec).map_err(|e| {
+                // an export that fixed the batch may have folded what a dynamic one keeps
+                let fixed = evaluate::fixed_batch(&model)
+                    .map(|f| format!("; the file also fixes the batch at {} ({}): {}", f.batch, f.what, evaluate::dynamic_batch_hint()))
+                    .unwrap_or_default();
+                anyhow!("{shown}: {e}{fixed}")
+            })?;
             // the class count the labels are checked against: the loss's own, else the output's axis 1
             let classes = match graphs.step.contract.cross_entropy.as_ref().map(|x| x.classes) {
                 Some(c) => Some(c as usize),
                 None => output_classes(&model, &shown)?,
             };
-            if let Some((input, b, dims)) = evaluate::fixed_batch(&model, &graphs.step.contract) {
+            if let Some(f) = evaluate::fixed_batch(&model) {
                 // the engines would stop at the first step in their own words; a batch of one
                 // trains (and evaluates) one sample at a time
-                if b != 1 || cfg.batch_size != 1 {
-                    let one = if b == 1 { ", or train with --batch-size 1" } else { "" };
-                    bail!(
-                        "{shown}: the file fixes the batch at {b} (input '{input}' is [{dims}]); {}{one}",
-                        evaluate::dynamic_batch_hint(&input)
-                    );
+                let bn = graphs.step.contract.batch_norm_over_batch_only.as_deref();
+                if let Some(why) = evaluate::fixed_batch_refusal(&f, Some(cfg.batch_size), bn) {
+                    bail!("{shown}: {why}");
                 }
             }
             let (inputs, target) = binding(&graphs.step.model, &graphs.step.contract, classes);
@@ -416,7 +419,7 @@ impl<'a> Trainer<'a> {
         let base_seconds = pos.seconds;
         // a file that fixes the batch at one sample is evaluated one sample at a time
         let eval_batch =
-            if evaluate::fixed_batch(&model, runner.contract()).is_some() { 1 } else { cfg.eval_batch_size };
+            if evaluate::fixed_batch(&model).is_some() { 1 } else { cfg.eval_batch_size };
         let state_names: Vec<String> = runner.contract().state_next.keys().cloned().collect();
         Ok(Trainer {
             eval_batch,
