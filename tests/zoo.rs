@@ -668,3 +668,27 @@ fn rw_sam_scores_do_not_see_the_padding_row() {
         assert!(diff(&base, &moved) > 1e-4, "{kind:?}: row {used}'s direction should move the scores");
     }
 }
+
+/// A parameter split by a list of sizes (`torch.split(W, [2, 3, 4])`, as nn.MultiheadAttention
+/// splits in_proj_weight for cross-attention), exported by dynamo without its optimizer
+/// (SplitToSequence + SequenceAt, which import rewrites as Split): the parameter keeps its PyTorch
+/// name, and the gradient equals PyTorch's float64 one (tools/make_param_split.py) on both engines.
+#[test]
+fn a_parameter_split_by_sizes_trains_under_its_name() {
+    let dir = fixture("param_split");
+    let want = read_npz(&dir.join("grads.npz")).unwrap();
+    for backend in ["tract", "ort"] {
+        let t = tempdir();
+        let out = t.path().join("g.npz");
+        let o = grad_cmd(&dir.join("model.onnx"), &dir.join("batch.npz"), &out, &["--backend", backend]);
+        assert!(o.status.success(), "{backend}: {}", stderr(&o));
+        let got = read_npz(&out).unwrap();
+        for (name, w) in &want {
+            let g = got.get(name).unwrap_or_else(|| panic!("{backend}: no gradient for '{name}'"));
+            let (g, w) = (g.to_f64(), w.to_f64());
+            let err = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            let scale = w.iter().map(|b| b.abs()).fold(1e-12, f64::max);
+            assert!(err <= 1e-5 * scale.max(1.0), "{backend}: '{name}' off by {err:e}");
+        }
+    }
+}

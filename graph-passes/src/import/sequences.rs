@@ -73,6 +73,11 @@ fn rewrite_round(g: &mut Graph) -> Result<usize> {
         let pieces: Vec<String> = (0..count).map(|k| g.fresh(&format!("{seq}_{k}"))).collect();
         let refs: Vec<&str> = pieces.iter().map(|p| p.as_str()).collect();
         g.add("Split", &[&n.input[0], &split_sizes]).int("axis", axis).exact_outputs(&refs);
+        // the exporter's record of the split (its FX call names the parameter it splits, as
+        // nn.MultiheadAttention splits in_proj_weight) goes with it
+        if let Some(split) = g.nodes.last_mut() {
+            split.metadata_props.extend(n.metadata_props.iter().filter(|p| p.key.starts_with("pkg.")).cloned());
+        }
         for (j, p) in positions {
             let out = g.nodes[j].output[0].clone();
             let piece = pieces[p as usize].clone();
