@@ -212,14 +212,15 @@ fn report(a: &InspectArgs, path: &std::path::Path) -> Result<Report> {
     a.import.apply(&mut spec)?;
     // the import report also where the verdict is a refusal (folded BatchNorm)
     let lenient = GradSpec { allow_folded_bn: true, ..spec.clone() };
-    let (report, trainable, untrainable) = match step::imported(&model, &lenient, false) {
+    let (report, trainable, untrainable, imported) = match step::imported(&model, &lenient, false) {
         Ok((m, c)) => {
             let ops = step::untrainable_ops(&m.graph, &c.params).unwrap_or_default();
-            (c.import.clone(), c.params.iter().filter_map(|p| c.init.get(p).cloned()).collect::<Vec<_>>(), ops)
+            let trainable = c.params.iter().filter_map(|p| c.init.get(p).cloned()).collect::<Vec<_>>();
+            (c.import.clone(), trainable, ops, Some(m))
         }
         // a flag the file contradicts (--padding-idx) is the command line's error
         Err(e) if e.0.starts_with("--") => bail!("{}: {e}", path.display()),
-        Err(_) => (ImportReport::default(), vec![], vec![]),
+        Err(_) => (ImportReport::default(), vec![], vec![], None),
     };
     let (verdict, engines) = verdict(a, &model, &spec, &report);
     let mut import = Vec::new();
@@ -318,7 +319,9 @@ fn report(a: &InspectArgs, path: &std::path::Path) -> Result<Report> {
     for u in untrainable {
         limitations.push(format!("{u} (training through it is not possible)"));
     }
-    match shapes::infer(g) {
+    // shapes as training sees them: after the import pass (which turns the exporters' sequence
+    // plumbing into tensors), else the file's
+    match shapes::infer(imported.as_ref().map(|m| &m.graph).unwrap_or(g)) {
         Ok(s) => {
             for op in s.unknown_ops {
                 limitations.push(format!("op {op}: no shape rule; shapes after it are unknown to onnxsam"));
