@@ -191,6 +191,11 @@ impl Dist {
         self.comm.size()
     }
 
+    /// Waits until every rank is here.
+    pub fn barrier(&mut self) -> Result<()> {
+        self.comm.barrier()
+    }
+
     pub fn abort(&self, code: i32) -> ! {
         self.comm.abort(code)
     }

@@ -51,12 +51,18 @@ pub fn train(cfg: &TrainConfig) -> Result<i32> {
         crate::error::QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let result = train_on(cfg, dist.as_mut(), existed);
-    let (Some(d), Err(e)) = (&dist, &result) else { return result };
+    let (Some(d), Err(e)) = (dist.as_mut(), &result) else { return result };
     let code = e.downcast_ref::<crate::error::Failure>().map(|f| f.code).unwrap_or(2);
     match e.downcast_ref::<crate::distributed::Stopped>() {
-        // every rank stops here together: one of them says why
-        Some(s) if s.report => Err(crate::error::Failure { code: s.code, message: format!("{e:#}") }.into()),
-        Some(s) => Ok(s.code),
+        // every rank stops here together: one of them says why, and no rank exits before that
+        // line is out (the launcher ends the job when the first rank exits with an error)
+        Some(s) => {
+            if s.report {
+                eprintln!("onnxsam: error: {}", format!("{e:#}").replace('\n', " "));
+            }
+            let _ = d.barrier();
+            Ok(s.code)
+        }
         None => {
             eprintln!("onnxsam: error: rank {} of {}: {}", d.rank(), d.size(), format!("{e:#}").replace('\n', " "));
             d.abort(code)
