@@ -87,12 +87,30 @@ impl AccRunner {
             Some((d, g)) => (*g, shares(*g, d.size()), d.rank(), d.size()),
             None => (b, vec![b], 0, 1),
         };
+        // what each micro-batch weighs (its rows, or its kept positions where each graph run's
+        // loss is the mean over its kept positions: then shares combine as the mean over the
+        // kept positions of the global batch, F.cross_entropy's reduction='mean'); rel[j]: a
+        // micro-batch's kept positions per row against the global batch's (1 by rows), which
+        // turns its per-sample losses into the whole batch's
+        let ac = &self.graphs.ascent.contract;
+        let mass: Vec<f64> = parts.iter().map(|mb| crate::grad::batch_weight(ac, mb)).collect();
+        let local_mass: f64 = mass.iter().sum();
+        let global_mass = match dist.as_mut() {
+            Some((d, _)) if ac.position_mean => d.gather_f64(&[local_mass], &vec![1; d.size()])?.iter().sum(),
+            Some((_, g)) if !ac.position_mean => *g as f64,
+            _ => local_mass,
+        };
+        let per_row = |m: f64, rows: usize| if rows == 0 { 1.0 } else { m / rows as f64 };
+        let rel_to = |reference: f64| -> Vec<f64> {
+            (0..parts.len()).map(|j| per_row(mass[j], sizes[j]) / reference.max(f64::MIN_POSITIVE)).collect()
+        };
+        let rel = if ac.position_mean { rel_to(per_row(global_mass, global)) } else { vec![1.0; parts.len()] };
         let sync = dist.as_ref().map(|(d, _)| d.opts.sync_ascent).unwrap_or(false);
         let global_weights = dist.as_ref().map(|(d, _)| d.opts.global_weights).unwrap_or(false);
         // the ascent gradient is summed across ranks (SGD's is the descent gradient; SAM's with
         // --sync-ascent), else it is this rank's own (per-rank ε)
         let summed_ascent = dist.is_some() && (sync || self.descent.is_none());
-        let ascent_rows = if summed_ascent { global } else { b };
+        let ascent_mass = if summed_ascent { global_mass } else { local_mass };
         // dropout noise of its own for every micro-batch of every rank (one rank: step·k + j)
         let noise_key = |j: usize| (draw.step * ranks as u64 + rank as u64) * k as u64 + j as u64;
         let opts = |c: &Contract,
@@ -112,6 +130,9 @@ impl AccRunner {
             };
             feeds_with(c, Some(mb), values, &o)
         };
+        // each micro-batch's per-sample losses (so its scores) as the batch RW-SAM's weights
+        // are over forms them: this rank's, or all ranks' with --global-weights
+        let over = if ac.position_mean && !global_weights { rel_to(per_row(local_mass, b)) } else { rel.clone() };
         // 1. RW-SAM: scores of every micro-batch, weights over the logical batch
         let weights = match (&mut self.scores, &self.graphs.scores, &spec.reweight) {
             (Some(s), Some(g), Some(r)) => {
@@ -122,7 +143,7 @@ impl AccRunner {
                     let o: BTreeMap<String, HostTensor> = s.run(&f)?.into_iter().collect();
                     let sc =
                         g.contract.scores.as_ref().and_then(|n| o.get(n)).ok_or_else(|| anyhow!("no scores output"))?;
-                    scores.extend(sc.to_f64());
+                    scores.extend(sc.to_f64().into_iter().map(|x| x * over[j]));
                     if let Some(t) = o.get("trace_v") {
                         trace_v += t.to_f64()[0] * sizes[j] as f64 / b as f64;
                     }
@@ -156,19 +177,19 @@ impl AccRunner {
                 out.insert("max_weight".into(), scalar(maxw));
                 let own: Vec<f64> = if p.len() == b { p } else { p[offset..offset + b].to_vec() };
                 out.insert(WEIGHTS.into(), HostTensor::f32(&[b], own.iter().map(|&x| x as f32).collect()));
-                Some(own.iter().map(|x| x * scale).collect::<Vec<f64>>())
+                let row_rel: Vec<f64> = (0..parts.len()).flat_map(|j| std::iter::repeat(over[j]).take(sizes[j])).collect();
+                Some(own.iter().zip(&row_rel).map(|(x, r)| x * scale * r).collect::<Vec<f64>>())
             }
             _ => None,
         };
         // 2. the ascent gradient's shares at θ (the clean pass: running statistics move)
-        let ac = &self.graphs.ascent.contract;
         let acc_names: Vec<String> = ac.opt_state_next.keys().cloned().collect();
         let mut acc: Vec<(String, HostTensor)> = acc_names.iter().map(|a| (a.clone(), zeros_of(values, a))).collect();
         let (mut loss, mut metric, mut lps) = (0.0f64, 0.0f64, Vec::with_capacity(b));
         let metric_name = ac.metric.as_ref().map(|(n, _)| n.clone());
         for (j, mb) in parts.iter().enumerate() {
             let mut hyper = draw.hyper.clone();
-            hyper.insert(MICRO_WEIGHT.into(), (sizes[j] as f64 / ascent_rows as f64) as f32);
+            hyper.insert(MICRO_WEIGHT.into(), (mass[j] / ascent_mass.max(f64::MIN_POSITIVE)) as f32);
             let mut extra = acc.clone();
             if let Some(p) = &weights {
                 let w: Vec<f32> = p[starts[j]..starts[j] + sizes[j]].iter().map(|&x| x as f32).collect();
@@ -182,19 +203,19 @@ impl AccRunner {
             for (i, n) in &ac.state_next {
                 values.insert(i.clone(), o[n].clone());
             }
-            loss += o["loss"].to_f64()[0] * sizes[j] as f64 / b as f64;
+            loss += o["loss"].to_f64()[0] * mass[j] / local_mass.max(f64::MIN_POSITIVE);
             if let Some(m) = metric_name.as_ref().and_then(|n| o.get(n)) {
-                metric += m.to_f64()[0];
+                metric += m.to_f64()[0] * rel[j];
             }
             if let Some(l) = o.get("loss_per_sample") {
-                lps.extend(l.to_f64());
+                lps.extend(l.to_f64().into_iter().map(|x| x * rel[j]));
             }
         }
         let scalar = |v: f64| HostTensor::f32(&[], vec![v as f32]);
         // data-parallel: loss and metric summed across ranks in the step's first round (with
         // the not-finite flags, so that no rank goes on past a NaN on another)
         let local_loss = loss;
-        let diagnostics = [loss * b as f64 / global as f64, metric];
+        let diagnostics = [loss * local_mass / global_mass.max(f64::MIN_POSITIVE), metric];
         let mut reduced = false;
         if let Some((d, _)) = dist.as_mut().filter(|_| summed_ascent) {
             let g = d.reduce_step(&mut acc, &diagnostics)?;
@@ -219,7 +240,7 @@ impl AccRunner {
                 let mut at_eps = 0.0;
                 for (j, mb) in parts.iter().enumerate() {
                     let mut hyper = draw.hyper.clone();
-                    hyper.insert(MICRO_WEIGHT.into(), (sizes[j] as f64 / global as f64) as f32);
+                    hyper.insert(MICRO_WEIGHT.into(), (mass[j] / global_mass.max(f64::MIN_POSITIVE)) as f32);
                     let mut extra = gacc.clone();
                     extra.extend(ascent.iter().cloned());
                     let f = opts(dc, values, &hyper, &extra, j, mb)?;
@@ -227,7 +248,7 @@ impl AccRunner {
                     for (a, t) in gacc.iter_mut() {
                         *t = o[&dc.opt_state_next[a]].clone();
                     }
-                    at_eps += o[LOSS_AT_EPS].to_f64()[0] * sizes[j] as f64 / b as f64;
+                    at_eps += o[LOSS_AT_EPS].to_f64()[0] * mass[j] / local_mass.max(f64::MIN_POSITIVE);
                     if j == 0 {
                         out.insert("grad_norm".into(), o["grad_norm"].clone());
                     }
@@ -235,7 +256,7 @@ impl AccRunner {
                 if let Some((d, _)) = dist.as_mut() {
                     // the gradient at θ + ε summed across ranks; the step's diagnostics with it
                     // unless the ascent's round carried them
-                    let sharp = (at_eps - local_loss) * b as f64 / global as f64;
+                    let sharp = (at_eps - local_loss) * local_mass / global_mass.max(f64::MIN_POSITIVE);
                     let shares = if reduced { vec![sharp] } else { vec![sharp, diagnostics[0], diagnostics[1]] };
                     let g = d.reduce_step(&mut gacc, &shares)?;
                     d.check_finite(draw.step + 1)?;

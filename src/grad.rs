@@ -59,6 +59,34 @@ fn check_ids(model: &Model, c: &Contract, arrays: &[(String, HostTensor)], sourc
     Ok(())
 }
 
+/// What a batch weighs where batches are combined (evaluation batches, micro-batches, ranks):
+/// its kept positions where each graph run's loss is the mean over the kept positions of its
+/// batch (Contract::position_mean), else its rows.
+pub fn batch_weight(c: &Contract, b: &Batch) -> f64 {
+    match (c.position_mean, c.ignore_index, &b.labels) {
+        (true, Some(ii), Some(HostTensor { data: crate::tensor::Data::I64(y), .. })) => {
+            y.iter().filter(|&&l| l != ii).count() as f64
+        }
+        _ => b.len() as f64,
+    }
+}
+
+/// A shape as users read it: [24, 16].
+fn dims_of(shape: &[usize]) -> String {
+    format!("[{}]", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+/// The sample dims of a batch .npz's labels (`y`, `labels` or `targets`), which choose
+/// cross-entropy's class axis; None without labels.
+pub fn labels_shape(path: &std::path::Path) -> Result<Option<Vec<usize>>> {
+    for k in ["y", "labels", "targets"] {
+        if let Some(t) = crate::tensor::read_npz_array(path, k)? {
+            return Ok(Some(t.shape.get(1..).unwrap_or(&[]).to_vec()));
+        }
+    }
+    Ok(None)
+}
+
 /// Matches a batch .npz to the graph's contract and checks labels against the logits.
 pub fn batch_from_npz(
     source: &str,
@@ -130,15 +158,17 @@ pub fn batch_from_npz(
     let logits = c.logits.as_deref().and_then(|l| s.shape(l)).cloned();
     match labels.data {
         Data::I64(ref v) => {
+            // the logits' class axis: 1, or the last (language models)
+            let axis = c.class_axis.unwrap_or(1) as usize;
             let rank = logits.as_ref().map(|l| l.len().saturating_sub(1)).unwrap_or(1).max(1);
             if labels.shape.len() != rank {
                 bail!(
-                    "{source}: labels 'y' must be [batch] for logits [batch, classes], or [batch, d1, …] per position for [batch, classes, d1, …]; got shape {:?}",
-                    labels.shape
+                    "{source}: labels 'y' must be [batch] for logits [batch, classes], or [batch, d1, …] per position for [batch, classes, d1, …] or [batch, d1, …, classes]; got shape {}",
+                    dims_of(&labels.shape)
                 );
             }
             if let Some(l) = &logits {
-                let want: Vec<&Dim> = l.iter().enumerate().filter(|(k, _)| *k != 1).map(|(_, d)| d).collect();
+                let want: Vec<&Dim> = l.iter().enumerate().filter(|(k, _)| *k != axis).map(|(_, d)| d).collect();
                 let ok = want
                     .iter()
                     .zip(&labels.shape)
@@ -146,13 +176,13 @@ pub fn batch_from_npz(
                     .all(|(d, &n)| d.known().map(|k| k as usize == n).unwrap_or(true));
                 if !ok {
                     bail!(
-                        "{source}: labels 'y' have shape {:?} but the model's output is {}",
-                        labels.shape,
+                        "{source}: labels 'y' have shape {} but the model's output is {}",
+                        dims_of(&labels.shape),
                         shapes::shape_string(&Some(l.clone()))
                     );
                 }
             }
-            if let Some(Some(classes)) = logits.as_ref().map(|l| l.get(1).and_then(Dim::known)) {
+            if let Some(Some(classes)) = logits.as_ref().map(|l| l.get(axis).and_then(Dim::known)) {
                 if let Some((i, &bad)) =
                     v.iter().enumerate().find(|(_, &l)| Some(l) != c.ignore_index && (l < 0 || l >= classes))
                 {
@@ -174,8 +204,8 @@ pub fn batch_from_npz(
                         .all(|(d, &n)| d.known().map(|k| k as usize == n).unwrap_or(true));
                 if !ok {
                     bail!(
-                        "{source}: targets 'y' have shape {:?} but the model's output is {}",
-                        labels.shape,
+                        "{source}: targets 'y' have shape {} but the model's output is {}",
+                        dims_of(&labels.shape),
                         shapes::shape_string(&Some(l.clone()))
                     );
                 }
@@ -359,9 +389,9 @@ pub fn check_feeds(
                     });
                 if !ok {
                     bail!(
-                        "{source}: array '{}' has shape {:?} but the model's input '{}' is {}",
+                        "{source}: array '{}' has shape {} but the model's input '{}' is {}",
                         v.name,
-                        t.shape,
+                        dims_of(&t.shape),
                         v.name,
                         shape_string(&vt.shape)
                     );

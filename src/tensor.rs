@@ -96,6 +96,19 @@ pub fn read_npz(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
     Ok(out)
 }
 
+/// One array of a .npz file by name (without `.npy`), None when the file has no such array;
+/// the other arrays are not read.
+pub fn read_npz_array(path: &Path, key: &str) -> Result<Option<HostTensor>> {
+    let shown = path.display();
+    let file = open(path)?;
+    let mut npz = NpzReader::new(file).map_err(|e| anyhow!("{shown}: not a valid .npz file ({e})"))?;
+    let names = npz.names().map_err(|e| anyhow!("{shown}: not a valid .npz file ({e})"))?;
+    let Some(name) = names.into_iter().find(|n| n.trim_end_matches(".npy") == key) else {
+        return Ok(None);
+    };
+    Ok(Some(read_entry(&mut npz, &name).with_context(|| format!("{shown}: array '{key}'"))?))
+}
+
 /// Tries `$read` with `$t` standing for each element type onnxsam stores, in order; the first
 /// that reads is the answer (.npy/.npz files carry their dtype, but ndarray-npy reads by type).
 macro_rules! read_any_dtype {

@@ -152,6 +152,40 @@ fn two_ranks_step_as_one_process_of_twice_the_batch() {
     equal_over_5_steps(&data, &msam, &msam, 1e-5);
 }
 
+/// A language model's padded sequences (tests/fixtures/tasks/gpt2): the global batch's loss is
+/// the mean over all its kept tokens, so ranks weigh by their kept tokens, not their rows, and 2
+/// ranks × 12 step as 1 process × 24 (the ranks' shares keep different numbers of tokens).
+#[test]
+fn language_model_ranks_weigh_by_kept_tokens() {
+    let t = tempdir();
+    let data = fixture("tasks/gpt2_sam/data.npz").display().to_string();
+    let m = fixture("tasks/gpt2/dynamo.onnx").display().to_string();
+    let run = |n: usize, out: &Path, extra: &[&str]| -> Output {
+        let b = (24 / n).to_string();
+        let o = out.display().to_string();
+        let mut a = vec!["train", &m, "--data", &data, "--out", &o, "--batch-size", &b, "--ignore-index", "-100"];
+        a.extend(["--backend", "tract", "--threads", "1", "--max-steps", "3", "--lr", "0.1"]);
+        a.extend(extra);
+        if n == 1 {
+            onnxsam(&a)
+        } else {
+            mpirun(n, &a, &[])
+        }
+    };
+    let sam = ["--optimizer", "sam", "--rho", "0.05"];
+    let rw = ["--optimizer", "sam", "--rho", "0.05", "--reweight", "1"];
+    let sync: Vec<&str> = [&sam[..], &["--sync-ascent"]].concat();
+    let rw_sync: Vec<&str> = [&rw[..], &["--sync-ascent", "--global-weights"]].concat();
+    for (name, two, one) in [("sgd", &[][..], &[][..]), ("sam", &sync[..], &sam[..]), ("rw-sam", &rw_sync[..], &rw[..])] {
+        let (r2, r1) = (t.path().join(format!("{name}-2")), t.path().join(format!("{name}-1")));
+        ok(&run(2, &r2, two), &format!("{name} on 2 ranks"));
+        ok(&run(1, &r1, one), &format!("{name} in 1 process"));
+        let (worst, shared) = max_rel(&checkpoint(&r2, 3), &checkpoint(&r1, 3));
+        assert!(shared >= 16, "{name}: {shared} tensors shared");
+        assert!(worst <= 2e-5, "{name}: 2 ranks × 12 vs 1 × 24: worst relative difference {worst:e}");
+    }
+}
+
 #[test]
 fn a_resumed_run_continues_the_same_trajectory() {
     let t = tempdir();

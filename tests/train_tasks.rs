@@ -22,7 +22,8 @@ fn rel(got: &[f64], want: &[f64]) -> f64 {
     d / n
 }
 
-/// (task, model, options): the optimizer settings of tools/reference_tasks.py.
+/// (task, model, options): the optimizer settings of tools/reference_tasks.py. A task's data and
+/// reference are tests/fixtures/tasks/<task>/ (<task> up to an '@': the same task on another file).
 fn tasks() -> Vec<(&'static str, PathBuf, Vec<&'static str>)> {
     let linreg = fixture("linreg/model.onnx");
     let mut t = vec![(
@@ -47,6 +48,36 @@ fn tasks() -> Vec<(&'static str, PathBuf, Vec<&'static str>)> {
         vec!["--ignore-index", "-100", "--optimizer", "sam", "--rho", "0.05", "--lr", "0.1", "--batch-size", "24"],
     ));
     t.push((
+        "tagger_sam_sample",
+        fixture("tasks/tagger/model.onnx"),
+        vec![
+            "--ignore-index",
+            "-100",
+            "--loss-reduction",
+            "sample-mean",
+            "--optimizer",
+            "sam",
+            "--rho",
+            "0.05",
+            "--lr",
+            "0.1",
+            "--batch-size",
+            "24",
+        ],
+    ));
+    // a causal language model (tied embeddings, classes last, padded sequences) as both
+    // exporters write it, with the default reduction and with sample-mean
+    for (task, file, extra) in [
+        ("gpt2_sam@dynamo", "dynamo", vec![]),
+        ("gpt2_sam@legacy", "legacy", vec!["--padding-idx", "transformer.wte.weight=none"]),
+        ("gpt2_sam_sample@dynamo", "dynamo", vec!["--loss-reduction", "sample-mean"]),
+    ] {
+        let mut a = vec!["--ignore-index", "-100", "--optimizer", "sam", "--rho", "0.05", "--lr", "0.1"];
+        a.extend(["--batch-size", "24"]);
+        a.extend(extra);
+        t.push((task, fixture(&format!("tasks/gpt2/{file}.onnx")), a));
+    }
+    t.push((
         "seg_sgd",
         fixture("tasks/seg/model.onnx"),
         vec!["--ignore-index", "-100", "--lr", "0.1", "--batch-size", "16"],
@@ -64,8 +95,9 @@ fn first_steps_equal_pytorch(engine: &str) {
     let tmp = tempdir();
     let mut errors = Vec::new();
     for (task, m, opts) in tasks() {
-        let run = tmp.path().join(format!("{task}-{engine}"));
-        let data = fixture(&format!("tasks/{task}/data.npz"));
+        let run = tmp.path().join(format!("{}-{engine}", task.replace('@', "-")));
+        let dir = task.split('@').next().unwrap();
+        let data = fixture(&format!("tasks/{dir}/data.npz"));
         let mut a = vec![m.to_str().unwrap(), "--data", data.to_str().unwrap(), "--max-steps", "1"];
         a.extend(opts.iter().copied());
         a.extend(["--backend", engine, "--out", run.to_str().unwrap()]);
@@ -74,7 +106,7 @@ fn first_steps_equal_pytorch(engine: &str) {
             errors.push(format!("{task}: exit {:?}: {}", o.status.code(), stderr(&o)));
             continue;
         }
-        let want = read_npz(&fixture(&format!("tasks/{task}/ref.npz"))).unwrap();
+        let want = read_npz(&fixture(&format!("tasks/{dir}/ref.npz"))).unwrap();
         let ckpt = onnxsam::train::checkpoint::list(&run).unwrap().last().unwrap().1.with_extension("npz");
         let got = read_npz(&ckpt).unwrap();
         for (k, w) in &want {

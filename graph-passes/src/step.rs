@@ -22,6 +22,9 @@ pub struct GradSpec {
     pub padding_idx: crate::import::conventions::PaddingRows,
     /// How Clip nodes the file does not describe pass the gradient at their bounds.
     pub clip_at_bounds: Option<crate::import::conventions::ClipConvention>,
+    /// The labels' sample dims (without the batch axis), when the data is known: they choose
+    /// cross-entropy's class axis (per_sample_loss::ClassAxis::Auto).
+    pub labels_shape: Option<Vec<usize>>,
 }
 
 impl GradSpec {
@@ -44,7 +47,12 @@ impl GradSpec {
 impl Default for GradSpec {
     fn default() -> Self {
         GradSpec {
-            loss: Loss::CrossEntropy { label_smoothing: 0.0, ignore_index: None },
+            loss: Loss::CrossEntropy {
+                label_smoothing: 0.0,
+                ignore_index: None,
+                class_axis: Default::default(),
+                reduction: Default::default(),
+            },
             train_mode: true,
             freeze: vec![],
             sharing: Sharing::Auto,
@@ -52,6 +60,7 @@ impl Default for GradSpec {
             weighted: false,
             padding_idx: vec![],
             clip_at_bounds: None,
+            labels_shape: None,
         }
     }
 }
@@ -109,7 +118,7 @@ pub fn imported(model: &Model, spec: &GradSpec, differentiable: bool) -> Result<
 /// forward + per-sample loss + gradients of every trainable parameter.
 pub fn grad_graph(model: &Model, spec: &GradSpec) -> Result<(Model, Contract)> {
     let (mut m, mut c) = imported(model, spec, true)?;
-    let loss = PerSampleLoss { loss: spec.loss, weighted: spec.weighted };
+    let loss = PerSampleLoss { loss: spec.loss, weighted: spec.weighted, labels_shape: spec.labels_shape.clone() };
     let ad = Autodiff { weighted: spec.weighted };
     let mode: &dyn Pass = if spec.train_mode { &TrainMode } else { &EvalMode };
     run_all(&mut m, &mut c, &[mode, &loss, &ad])?;
@@ -124,7 +133,7 @@ pub fn grad_graph(model: &Model, spec: &GradSpec) -> Result<(Model, Contract)> {
 /// forward + per-sample loss only (no gradients): what gradcheck evaluates.
 pub fn loss_graph(model: &Model, spec: &GradSpec) -> Result<(Model, Contract)> {
     let (mut m, mut c) = imported(model, spec, false)?;
-    let loss = PerSampleLoss { loss: spec.loss, weighted: spec.weighted };
+    let loss = PerSampleLoss { loss: spec.loss, weighted: spec.weighted, labels_shape: spec.labels_shape.clone() };
     let mode: &dyn Pass = if spec.train_mode { &TrainMode } else { &EvalMode };
     run_all(&mut m, &mut c, &[mode, &loss])?;
     m.graph.value_info.clear();
@@ -335,7 +344,7 @@ pub struct StepGraphs {
 /// import + lift-params + train-mode + per-sample-loss, with the forward recorded for copies.
 fn training_forward(model: &Model, spec: &GradSpec) -> Result<(Model, Contract)> {
     let (mut m, mut c) = imported(model, spec, true)?;
-    let loss = PerSampleLoss { loss: spec.loss, weighted: false };
+    let loss = PerSampleLoss { loss: spec.loss, weighted: false, labels_shape: spec.labels_shape.clone() };
     run_all(&mut m, &mut c, &[&TrainMode, &loss])?;
     m.graph.value_info.clear();
     let order = m.graph.topo_order()?;
@@ -463,7 +472,7 @@ pub fn accumulate_graphs(model: &Model, spec: &StepSpec) -> Result<AccumulateGra
 /// The evaluation graph: eval-mode forward, per-sample loss, correct count.
 pub fn eval_graph(model: &Model, spec: &GradSpec) -> Result<StepGraph> {
     let (mut m, mut c) = imported(model, spec, false)?;
-    let loss = PerSampleLoss { loss: spec.loss, weighted: false };
+    let loss = PerSampleLoss { loss: spec.loss, weighted: false, labels_shape: spec.labels_shape.clone() };
     run_all(&mut m, &mut c, &[&EvalMode, &loss, &EvalGraph, &Cleanup])?;
     Ok(StepGraph { model: m, contract: c })
 }

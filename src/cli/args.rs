@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
 use graph_passes::import::Sharing;
 use graph_passes::passes::fd_branch::FdScheme;
-use graph_passes::passes::per_sample_loss::Loss;
+use graph_passes::passes::per_sample_loss::{ClassAxis, Loss, Reduction};
 use graph_passes::passes::reweight::ScoreNorm;
 use graph_passes::passes::sam_update::{BaseOptimizer, Optimizer, WeightDecayMode};
 use graph_passes::step::{GradSpec, ReweightSpec, Score, StepSpec};
@@ -41,9 +41,19 @@ pub struct GradGraphArgs {
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f32,
     /// Cross-entropy: positions with this label count in no loss or accuracy (F.cross_entropy's
-    /// ignore_index, e.g. -100 for padding tokens); averaged within each sample
+    /// ignore_index, e.g. -100 for padding tokens)
     #[arg(long, allow_hyphen_values = true)]
     ignore_index: Option<i64>,
+    /// Cross-entropy with per-position labels: the logits' class axis, 1 ([N, C, d1, …], as
+    /// F.cross_entropy takes them) or -1 ([N, d1, …, C], language models). Default: the one the
+    /// labels' shape fits (said in the log)
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_class_axis)]
+    class_axis: Option<ClassAxis>,
+    /// Cross-entropy with per-position labels: mean (F.cross_entropy's reduction='mean' over all
+    /// kept positions of the batch) or sample-mean (each sample's mean, then the mean over
+    /// samples: every sample weighs the same)
+    #[arg(long, value_enum, default_value = "mean")]
+    loss_reduction: LossReduction,
     /// huber's delta, smooth-l1's beta (default 1)
     #[arg(long, allow_hyphen_values = true)]
     huber_delta: Option<f32>,
@@ -71,6 +81,23 @@ pub struct GradGraphArgs {
     allow_folded_bn: bool,
     #[command(flatten)]
     pub import: ImportArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
+pub enum LossReduction {
+    /// F.cross_entropy(reduction='mean'): the mean over every kept position of the batch
+    Mean,
+    /// the mean over samples of each sample's mean over its kept positions
+    SampleMean,
+}
+
+/// `--class-axis`: 1, or -1 (the last axis).
+fn parse_class_axis(s: &str) -> std::result::Result<ClassAxis, String> {
+    match s.trim() {
+        "1" => Ok(ClassAxis::Second),
+        "-1" | "last" => Ok(ClassAxis::Last),
+        other => Err(format!("'{other}': the class axis is 1 (logits [N, C, d1, …]) or -1 (logits [N, d1, …, C])")),
+    }
 }
 
 /// What the file may not say about the PyTorch model, told by the user.
@@ -144,6 +171,12 @@ impl GradGraphArgs {
         if !ce && self.ignore_index.is_some() {
             bail!("--ignore-index applies to cross-entropy only");
         }
+        if !ce && self.class_axis.is_some() {
+            bail!("--class-axis applies to cross-entropy only");
+        }
+        if !ce && self.loss_reduction != LossReduction::Mean {
+            bail!("--loss-reduction applies to cross-entropy with per-position labels only");
+        }
         let huber = matches!(self.loss, LossKind::Huber | LossKind::SmoothL1);
         if !huber && self.huber_delta.is_some() {
             bail!("--huber-delta applies to --loss huber and smooth-l1 only");
@@ -154,7 +187,15 @@ impl GradGraphArgs {
         }
         let loss = match self.loss {
             LossKind::CrossEntropy => {
-                Loss::CrossEntropy { label_smoothing: self.label_smoothing, ignore_index: self.ignore_index }
+                Loss::CrossEntropy {
+                    label_smoothing: self.label_smoothing,
+                    ignore_index: self.ignore_index,
+                    class_axis: self.class_axis.unwrap_or_default(),
+                    reduction: match self.loss_reduction {
+                        LossReduction::Mean => Reduction::Mean,
+                        LossReduction::SampleMean => Reduction::SampleMean,
+                    },
+                }
             }
             LossKind::Mse => Loss::Mse,
             LossKind::L1 => Loss::L1,
@@ -178,6 +219,7 @@ impl GradGraphArgs {
             weighted: false,
             padding_idx: vec![],
             clip_at_bounds: None,
+            labels_shape: None,
         };
         self.import.apply(&mut spec)?;
         Ok(spec)
@@ -444,8 +486,11 @@ impl StepArgs {
 /// The loss as the command line names it, with its settings.
 fn loss_name(l: Loss) -> String {
     match l {
-        Loss::CrossEntropy { label_smoothing, ignore_index } => {
+        Loss::CrossEntropy { label_smoothing, ignore_index, reduction, .. } => {
             let mut s = "cross-entropy".to_string();
+            if reduction == Reduction::SampleMean {
+                s += " (sample-mean)";
+            }
             if label_smoothing > 0.0 {
                 s += &format!(" (label smoothing {label_smoothing})");
             }

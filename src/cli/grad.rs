@@ -34,7 +34,8 @@ pub struct GradInput {
 impl GradInput {
     /// The gradient graph's session and the checked batch.
     fn open(&self) -> Result<(GradRun, Batch)> {
-        let spec = self.graph.spec()?;
+        let mut spec = self.graph.spec()?;
+        spec.labels_shape = g::labels_shape(&self.batch)?;
         // the batch is checked against the graph before an engine is chosen, so that bad data
         // gets its one error line and nothing else
         let (gm, contract, shown) = GradRun::build(&self.model, &spec, false)?;
@@ -141,7 +142,8 @@ pub struct StepOnceArgs {
 /// it changes written out (to compare with PyTorch, or to look at one step closely).
 pub fn step_once(a: StepOnceArgs) -> Result<i32> {
     let i = &a.input;
-    let spec = a.step.spec(&i.graph)?;
+    let mut spec = a.step.spec(&i.graph)?;
+    spec.grad.labels_shape = g::labels_shape(&i.batch)?;
     let model = Model::load(&i.model)?;
     let shown = i.model.display().to_string();
     let graphs = step::step_graphs(&model, &spec).map_err(|e| anyhow!("{shown}: {e}"))?;

@@ -58,6 +58,10 @@ struct EvalReport {
     /// Per-position labels (tokens, pixels): mean intersection over union of the classes.
     #[serde(skip_serializing_if = "Option::is_none")]
     mean_iou: Option<f64>,
+    /// Language models (classes on the last axis of per-token logits): exp(loss), the loss being
+    /// the mean over kept tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    perplexity: Option<f64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     per_class_accuracy: Vec<Option<f64>>,
 }
@@ -70,7 +74,8 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
             "eval evaluates in eval mode, as model.eval() (BatchNorm's running statistics, no dropout); --train-mode does not apply to it"
         );
     }
-    let spec = a.graph.spec()?;
+    let mut spec = a.graph.spec()?;
+    spec.labels_shape = data::label_dims(&a.data, a.data_format)?;
     let be = backend::select(&a.backend.request(), true)?;
     let mut ev = Evaluator::new(&model, &spec, be.as_ref()).map_err(|e| anyhow!("{shown}: {e:#}"))?;
     let classes = crate::train::output_classes(&model, &shown)?;
@@ -164,6 +169,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         accuracy: (metric.map(|m| m.1) == Some("acc")).then_some(m),
         mae: (metric.map(|m| m.1) == Some("mae")).then_some(m),
         mean_iou: e.mean_iou,
+        perplexity: ev.graph.contract.class_axis.filter(|&a| a > 1).map(|_| loss.exp()),
         per_class_accuracy: per_class,
     };
     if a.json {
@@ -178,6 +184,9 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         }
         if let Some(iou) = r.mean_iou {
             line += &format!(", mean IoU {iou:.4}");
+        }
+        if let Some(p) = r.perplexity {
+            line += &format!(", perplexity {p:.3}");
         }
         println!("{line}");
         if !r.per_class_accuracy.is_empty() {
@@ -380,7 +389,8 @@ fn config(mut a: TrainArgs, raw: Vec<String>) -> Result<TrainConfig> {
     }
     let model = a.model.clone().ok_or_else(|| anyhow!("train needs a MODEL"))?;
     let data = a.data.clone().ok_or_else(|| anyhow!("train needs --data DATASET"))?;
-    let spec = a.step.spec(&a.graph)?;
+    let mut spec = a.step.spec(&a.graph)?;
+    spec.grad.labels_shape = data::label_dims(&data, a.data_format)?;
     let lr_schedule: Schedule = a.lr_schedule.parse()?;
     let rho_follows_lr = match a.rho_schedule.as_str() {
         "constant" => false,

@@ -40,6 +40,10 @@ fn dims_match(shape: &[usize], want: &[Option<i64>]) -> bool {
         && shape.iter().zip(want).all(|(&n, w)| w.map(|w| w <= 0 || w as usize == n).unwrap_or(true))
 }
 
+fn shape_of(shape: &[usize]) -> String {
+    format!("[{}]", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+}
+
 fn dims_string(want: &[Option<i64>]) -> String {
     let w: Vec<String> = want.iter().map(|d| d.map(|x| x.to_string()).unwrap_or("?".into())).collect();
     format!("[N, {}]", w.join(", "))
@@ -120,8 +124,8 @@ impl Dataset {
             })?;
             if !dims_match(&t.shape[1..], &want.dims) {
                 bail!(
-                    "{src}: samples of '{name}' have shape {:?} and do not fit the model's input '{}' {} ({model}); use data of that shape",
-                    &t.shape[1..],
+                    "{src}: samples of '{name}' have shape {} and do not fit the model's input '{}' {} ({model}); use data of that shape",
+                    shape_of(&t.shape[1..]),
                     want.name,
                     dims_string(&want.dims)
                 );
@@ -172,8 +176,8 @@ impl Dataset {
                 }
                 if !dims_match(&y.shape[1..], dims) {
                     bail!(
-                        "{src}: labels 'y' have shape {:?} but the model's output needs {} ({model}: [N] for logits [N, C], [N, d1, …] per position for [N, C, d1, …])",
-                        y.shape,
+                        "{src}: labels 'y' have shape {} but the model's output needs {} ({model}: [N] for logits [N, C], [N, d1, …] per position for [N, C, d1, …] or [N, d1, …, C])",
+                        shape_of(&y.shape),
                         dims_string(dims)
                     );
                 }
@@ -206,8 +210,8 @@ impl Dataset {
                 };
                 if !dims_match(&y.shape[1..], dims) {
                     bail!(
-                        "{src}: targets 'y' have shape {:?} but the model's output is {} ({model}); targets must be shaped as the output",
-                        y.shape,
+                        "{src}: targets 'y' have shape {} but the model's output is {} ({model}); targets must be shaped as the output",
+                        shape_of(&y.shape),
                         dims_string(dims)
                     );
                 }

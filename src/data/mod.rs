@@ -230,6 +230,31 @@ pub fn load(path: &Path, format: Option<Format>, opts: &LoadOptions) -> Result<L
     Ok(Loaded { train, test, kind, format })
 }
 
+/// The sample dims of a dataset's labels (without the batch axis), read before the dataset is:
+/// an .npz's `y` (a folder's y.npy), [] for the formats with one label per sample (IDX, CIFAR,
+/// ImageFolder, a table); None where there are none (an .npz without `y`). They choose
+/// cross-entropy's class axis before the graph is built.
+pub fn label_dims(path: &Path, format: Option<Format>) -> Result<Option<Vec<usize>>> {
+    let format = match format {
+        Some(f) => f,
+        None => detect(path)?,
+    };
+    if format != Format::Npz {
+        return Ok(Some(vec![]));
+    }
+    let y = if path.is_dir() {
+        let p = path.join("y.npy");
+        if p.exists() {
+            Some(crate::tensor::read_npy(&p).with_context(|| format!("{}", p.display()))?)
+        } else {
+            None
+        }
+    } else {
+        crate::tensor::read_npz_array(path, "y")?
+    };
+    Ok(y.map(|t| t.shape.get(1..).unwrap_or(&[]).to_vec()))
+}
+
 /// A table's feature columns as one float32 array `x` [N, F] and its target as `y`: class
 /// indices (a non-numeric column; `names` fixes the mapping, e.g. the training split's) or
 /// float32 values.

@@ -155,17 +155,24 @@ pub(crate) fn evaluate(
         }
         None => (0, n),
     };
-    let mut i = from;
+    // what each batch weighs: its rows, or its kept positions where the loss is the mean over
+    // the kept positions of each batch (F.cross_entropy's reduction='mean' with ignore_index)
+    let (mut i, mut weight) = (from, 0.0);
+    let class_last = ev.graph.contract.class_axis.map(|a| a > 1).unwrap_or(false);
     while i < to {
         let idx: Vec<usize> = (i..(i + bs).min(to)).collect();
         let b = d.try_batch(&idx)?;
         let out = ev.run(values, &b)?;
-        loss += out["loss"].to_f64()[0] * idx.len() as f64;
-        sum += metric.and_then(|m| out.get(m)).map(|c| c.to_f64()[0]).unwrap_or(f64::NAN);
+        let w = crate::grad::batch_weight(&ev.graph.contract, &b);
+        weight += w;
+        loss += out["loss"].to_f64()[0] * w;
+        sum += metric.and_then(|m| out.get(m)).map(|c| c.to_f64()[0] / idx.len() as f64 * w).unwrap_or(f64::NAN);
         if let (true, Some(l), Some(HostTensor { data: crate::tensor::Data::I64(y), .. })) =
             (dense, logits.as_ref().and_then(|l| out.get(l)), b.labels.as_ref())
         {
-            if l.shape.len() >= 3 {
+            // per-position logits [N, C, d…] (language models' class-last logits get perplexity,
+            // not a mean IoU)
+            if l.shape.len() >= 3 && !class_last {
                 let classes = l.shape[1];
                 let positions: usize = l.shape[2..].iter().product();
                 let cm = confusion.get_or_insert_with(|| ConfusionMatrix::new(classes, ignore));
@@ -186,17 +193,18 @@ pub(crate) fn evaluate(
         i += bs;
     }
     if let Some(x) = dist.filter(|x| n >= x.size()) {
-        let mut v = vec![loss, sum];
+        let mut v = vec![loss, sum, weight];
         if let Some(c) = &confusion {
             v.extend(c.counts.iter().map(|&k| k as f64));
         }
         x.sum_f64(&mut v)?;
-        (loss, sum) = (v[0], v[1]);
+        (loss, sum, weight) = (v[0], v[1], v[2]);
         if let Some(c) = confusion.as_mut() {
-            c.counts.iter_mut().zip(&v[2..]).for_each(|(k, &t)| *k = t as u64);
+            c.counts.iter_mut().zip(&v[3..]).for_each(|(k, &t)| *k = t as u64);
         }
     }
-    Ok(Evaluation { loss: loss / n as f64, metric: sum / n as f64, mean_iou: confusion.map(|c| c.mean_iou()) })
+    let weight = weight.max(f64::MIN_POSITIVE);
+    Ok(Evaluation { loss: loss / weight, metric: sum / weight, mean_iou: confusion.map(|c| c.mean_iou()) })
 }
 
 /// Counts of (label, prediction) pairs over the positions of a dense-prediction dataset.

@@ -414,6 +414,9 @@ impl<'a> Trainer<'a> {
                 spec.reweight.map(|r| format!(" + reweight λ = {}", r.lambda)).unwrap_or_default(),
                 be.describe()
             );
+            if let Some(n) = &runner.contract().loss_note {
+                println!("{n}");
+            }
             if let Some(x) = dist.as_deref() {
                 let has_state = !runner.contract().state_next.is_empty();
                 println!("{}", distributed_plan(cfg, x, d.train.len(), has_state));
@@ -608,9 +611,15 @@ impl<'a> Trainer<'a> {
         }
         let loss = out["loss"].to_f64()[0];
         let correct = self.metric.and_then(|m| out.get(m.0)).map(|c| c.to_f64()[0]).unwrap_or(f64::NAN);
-        tally.loss += loss * n as f64;
-        tally.correct += correct;
-        tally.n += n;
+        // an epoch's train loss weighs each step by its rows, or by its kept positions where
+        // the loss is the mean over kept positions (one process; data-parallel steps by rows)
+        let w = match self.dist.as_deref() {
+            None => crate::grad::batch_weight(self.runner.contract(), batch) as usize,
+            Some(_) => n,
+        };
+        tally.loss += loss * w as f64;
+        tally.correct += correct / n as f64 * w as f64;
+        tally.n += w;
         let mut row = Map::new();
         row.insert("kind".into(), json!("step"));
         row.insert("step".into(), json!(self.pos.step));
@@ -667,8 +676,12 @@ impl<'a> Trainer<'a> {
         row.insert("step".into(), json!(self.pos.step));
         row.insert("epoch".into(), json!(self.pos.epoch + 1));
         let metric_name = self.metric.map(|m| m.1);
+        let ppl = self.runner.contract().class_axis.map(|a| a > 1).unwrap_or(false);
         if tally.n > 0 {
             row.insert("train_loss".into(), json!(tally.loss / tally.n as f64));
+            if ppl {
+                row.insert("train_ppl".into(), json!((tally.loss / tally.n as f64).exp()));
+            }
             if let Some(mn) = metric_name {
                 row.insert(format!("train_{mn}"), json!(tally.correct / tally.n as f64));
             }
@@ -700,6 +713,11 @@ impl<'a> Trainer<'a> {
                     row.insert(format!("{name}_{mn}"), json!(e.metric));
                 }
                 line += &format!(", {name} {}", show(e.loss, e.metric));
+                if ppl {
+                    // a language model's perplexity: exp of the mean loss per kept token
+                    row.insert(format!("{name}_ppl"), json!(e.loss.exp()));
+                    line += &format!(" ppl {:.2}", e.loss.exp());
+                }
                 if let Some(iou) = e.mean_iou {
                     row.insert(format!("{name}_miou"), json!(iou));
                     line += &format!(" mIoU {iou:.4}");

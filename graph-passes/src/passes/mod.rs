@@ -34,6 +34,18 @@ pub struct Contract {
     /// Cross-entropy's ignore_index: labels of this value are padding, not classes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ignore_index: Option<i64>,
+    /// Cross-entropy's class axis in the logits: 1, or the last axis (classes last: language
+    /// models).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_axis: Option<i64>,
+    /// Per-position labels with ignore_index under the default reduction: each graph run's loss
+    /// is the mean over the kept positions of its batch, so batches (micro-batches, ranks,
+    /// evaluation batches) combine in proportion to their kept positions, not their rows.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub position_mean: bool,
+    /// How the loss reads per-position logits, for the log: the class axis and why, the reduction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_note: Option<String>,
     /// Trainable parameters, as graph inputs, in order.
     pub params: Vec<String>,
     /// What the import pass found: PyTorch parameters and buffers, merges undone, layouts.
