@@ -49,15 +49,6 @@ impl Batch {
     }
 }
 
-/// Token ids of `arrays` (model inputs by name) against the tables they index (see [`index_range`]).
-fn check_ids(model: &Model, c: &Contract, arrays: &[(String, HostTensor)], source: &str) -> Result<()> {
-    for (name, t) in arrays {
-        if let Some(r) = index_range(model, c, name) {
-            r.check(source, name, t)?;
-        }
-    }
-    Ok(())
-}
 
 /// What a batch weighs where batches are combined (evaluation batches, micro-batches, ranks):
 /// its kept positions where each graph run's loss is the mean over the kept positions of its
@@ -87,133 +78,33 @@ pub fn labels_shape(path: &std::path::Path) -> Result<Option<Vec<usize>>> {
     Ok(None)
 }
 
-/// Matches a batch .npz to the graph's contract and checks labels against the logits.
+/// Matches a batch .npz to the graph's contract: the one binding path datasets take
+/// (data::Dataset::bind: arrays by input name or a lone array, dtypes converted, sample shapes,
+/// token ids and labels checked against the loss), the labels found under `y`, `labels`,
+/// `targets` or the graph's own label name.
 pub fn batch_from_npz(
     source: &str,
     model: &Model,
     c: &Contract,
     mut arrays: BTreeMap<String, HostTensor>,
 ) -> Result<Batch> {
-    let Some(label_name) = c.labels.clone() else {
-        // the model computes its own loss: every array is a model input
-        let inputs: Vec<&graph_passes::onnx::ValueInfoProto> =
-            model.graph.inputs.iter().filter(|v| c.data.contains(&v.name)).collect();
-        let checked = check_feeds(&inputs, arrays, source)?;
-        check_ids(model, c, &checked, source)?;
-        if checked.first().map(|(_, t)| t.shape.first().copied().unwrap_or(0)).unwrap_or(0) == 0 {
-            bail!("{source}: the batch has no samples");
-        }
-        return Ok(Batch { data: checked, labels: None });
+    let y = c.labels.as_deref().and_then(|l| ["y", "labels", "targets", l].iter().find_map(|k| arrays.remove(*k)));
+    let d = crate::data::Dataset {
+        columns: arrays.into_iter().collect(),
+        y,
+        classes: 0,
+        class_names: vec![],
+        source: source.to_string(),
+        lazy: None,
     };
-    let labels = ["y", "labels", "targets", label_name.as_str()]
-        .iter()
-        .find_map(|k| arrays.remove(*k))
-        .ok_or_else(|| anyhow!("{source}: no labels: add an array 'y' (int64 class labels or float targets)"))?;
-    let mut data = Vec::new();
-    for name in &c.data {
-        let present = arrays.keys().cloned().collect::<Vec<_>>().join(", ");
-        let t = match arrays.remove(name) {
-            Some(t) => t,
-            None if c.data.len() == 1 && name != "x" => arrays.remove("x").ok_or_else(|| {
-                anyhow!("{source}: no array '{name}' (or 'x') for the model's input '{name}'; the file has: {present}")
-            })?,
-            None => bail!("{source}: no array '{name}' for the model's input '{name}'; the file has: {present}"),
-        };
-        if let Some(i) = t.to_f64().iter().position(|v| !v.is_finite()) {
-            bail!("{source}: '{name}' holds a NaN or infinite value (element {i}); clean the data first");
-        }
-        data.push((name.clone(), t));
-    }
-    // dtypes and shapes of data inputs
-    let inputs: Vec<&graph_passes::onnx::ValueInfoProto> =
-        model.graph.inputs.iter().filter(|v| c.data.contains(&v.name)).collect();
-    let checked = check_feeds(&inputs, data.iter().cloned().collect(), source)?;
-    check_ids(model, c, &checked, source)?;
-    let batch = checked.first().map(|(_, t)| t.shape.first().copied().unwrap_or(0)).unwrap_or(0);
-    if batch == 0 {
-        bail!("{source}: the batch has no samples");
-    }
-    if labels.shape.first().copied() != Some(batch) {
-        bail!(
-            "{source}: 'y' has {} rows but the batch has {batch} samples",
-            labels.shape.first().copied().unwrap_or(0)
-        );
-    }
-    if c.labels.is_some() {
-        let want_int = model
-            .graph
-            .inputs
-            .iter()
-            .find(|v| Some(&v.name) == c.labels.as_ref())
-            .and_then(|v| shapes::value_type_of(&v.r#type))
-            .map(|t| t.dtype == dt::INT64);
-        if want_int == Some(true) && !matches!(labels.data, Data::I64(_)) {
-            bail!("{source}: the loss needs int64 class labels in 'y', got {}", labels.dtype_name());
-        }
-        if want_int == Some(false) && !matches!(labels.data, Data::F32(_)) {
-            bail!("{source}: the loss needs float32 targets in 'y', got {}", labels.dtype_name());
-        }
-    }
+    // the class count the labels are checked against: the logits' class axis
     let s = shapes::infer(&model.graph).map_err(|e| anyhow!("{e}"))?;
-    let logits = c.logits.as_deref().and_then(|l| s.shape(l)).cloned();
-    match labels.data {
-        Data::I64(ref v) => {
-            // the logits' class axis: 1, or the last (language models)
-            let axis = c.class_axis.unwrap_or(1) as usize;
-            let rank = logits.as_ref().map(|l| l.len().saturating_sub(1)).unwrap_or(1).max(1);
-            if labels.shape.len() != rank {
-                bail!(
-                    "{source}: labels 'y' must be [batch] for logits [batch, classes], or [batch, d1, …] per position for [batch, classes, d1, …] or [batch, d1, …, classes]; got shape {}",
-                    dims_of(&labels.shape)
-                );
-            }
-            if let Some(l) = &logits {
-                let want: Vec<&Dim> = l.iter().enumerate().filter(|(k, _)| *k != axis).map(|(_, d)| d).collect();
-                let ok = want
-                    .iter()
-                    .zip(&labels.shape)
-                    .skip(1)
-                    .all(|(d, &n)| d.known().map(|k| k as usize == n).unwrap_or(true));
-                if !ok {
-                    bail!(
-                        "{source}: labels 'y' have shape {} but the model's output is {}",
-                        dims_of(&labels.shape),
-                        shapes::shape_string(&Some(l.clone()))
-                    );
-                }
-            }
-            if let Some(Some(classes)) = logits.as_ref().map(|l| l.get(axis).and_then(Dim::known)) {
-                if let Some((i, &bad)) =
-                    v.iter().enumerate().find(|(_, &l)| Some(l) != c.ignore_index && (l < 0 || l >= classes))
-                {
-                    let per = (v.len() / batch.max(1)).max(1);
-                    bail!(
-                        "{source}: label {bad} (sample {}) is out of range: the model has {classes} classes (0..{})",
-                        i / per,
-                        classes - 1
-                    );
-                }
-            }
-        }
-        Data::F32(_) => {
-            if let Some(l) = &logits {
-                let ok = l.len() == labels.shape.len()
-                    && l.iter()
-                        .zip(&labels.shape)
-                        .skip(1)
-                        .all(|(d, &n)| d.known().map(|k| k as usize == n).unwrap_or(true));
-                if !ok {
-                    bail!(
-                        "{source}: targets 'y' have shape {} but the model's output is {}",
-                        dims_of(&labels.shape),
-                        shapes::shape_string(&Some(l.clone()))
-                    );
-                }
-            }
-        }
-        _ => bail!("{source}: labels 'y' must be int64 (classes) or float32 (targets), got {}", labels.dtype_name()),
-    }
-    Ok(Batch { data: checked, labels: Some(labels) })
+    let axis = c.class_axis.unwrap_or(1) as usize;
+    let classes = c.logits.as_deref().and_then(|l| s.shape(l)).and_then(|l| l.get(axis)?.known()).map(|k| k as usize);
+    let (inputs, target) = crate::train::binding(model, c, classes);
+    let d = d.bind(&inputs, &target, "the model")?;
+    let all: Vec<usize> = (0..d.len()).collect();
+    d.try_batch(&all)
 }
 
 /// How `feeds_with` fills the inputs besides data, labels, parameters and state.
@@ -437,22 +328,40 @@ impl IndexRange {
 /// Cast, from a parameter or constant table) and the table's size along the gathered axis.
 pub fn index_range(g: &Model, c: &graph_passes::passes::Contract, input: &str) -> Option<IndexRange> {
     use graph_passes::ir::NodeExt;
+    // the ids as they reach the table: through casts and shape-only ops (GPT-2 views its ids
+    // as [-1, seq] first)
     let mut names = vec![input.to_string()];
-    for n in &g.graph.nodes {
-        if n.op_type == "Cast" && n.input.first().map(|i| i == input).unwrap_or(false) {
-            names.extend(n.output.iter().cloned());
+    loop {
+        let before = names.len();
+        for n in &g.graph.nodes {
+            let moves = matches!(n.op_type.as_str(), "Cast" | "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity");
+            if moves && n.input.first().map(|i| names.contains(i)).unwrap_or(false) {
+                for o in &n.output {
+                    if !names.contains(o) {
+                        names.push(o.clone());
+                    }
+                }
+            }
+        }
+        if names.len() == before {
+            break;
         }
     }
     g.graph.nodes.iter().find_map(|n| {
         if n.op_type != "Gather" || !n.input.get(1).map(|i| names.contains(i)).unwrap_or(false) {
             return None;
         }
-        let table = &n.input[0];
+        // the table, through the Identity that keeps a tied table's other name
+        let mut table = &n.input[0];
+        while let Some(p) = g.graph.nodes.iter().find(|p| p.op_type == "Identity" && p.output.first() == Some(table)) {
+            table = &p.input[0];
+        }
         let dims = c
             .init
             .get(table)
             .map(|t| t.dims.clone())
-            .or_else(|| g.graph.initializers.iter().find(|t| &t.name == table).map(|t| t.dims.clone()))?;
+            .or_else(|| g.graph.initializers.iter().find(|t| &t.name == table).map(|t| t.dims.clone()))
+?;
         let axis = n.attr_i("axis", 0);
         let axis = if axis < 0 { axis + dims.len() as i64 } else { axis };
         let size = *dims.get(axis as usize)?;

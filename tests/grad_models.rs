@@ -118,7 +118,7 @@ fn bad_batches_are_refused() {
             ("y".into(), HostTensor::i64(&[8], vec![0; 8])),
         ],
     );
-    assert_bad_input(&run(&shape), "shape.npz", "shape [8, 784]");
+    assert_bad_input(&run(&shape), "shape.npz", "samples of 'input' have shape [784]");
     let float_labels = write("float.npz", vec![("input".into(), x), ("y".into(), HostTensor::f32(&[8], vec![0.0; 8]))]);
     assert_bad_input(&run(&float_labels), "float.npz", "int64");
 }

@@ -615,3 +615,42 @@ fn dense_evaluation_reports_pixel_accuracy_and_mean_iou() {
     let acc = epoch["test_acc"].as_f64().unwrap();
     assert!((acc - acc_sum / n as f64).abs() < 1e-6, "pixel accuracy {acc} vs {}", acc_sum / n as f64);
 }
+
+/// A language model's labels must give one label per token: labels shorter than the sequence
+/// (which GatherElements would silently read as the first positions) are refused naming the
+/// file, and padding labels without --ignore-index get the flag named.
+#[test]
+fn language_model_labels_are_one_per_token() {
+    use onnxsam::tensor::write_npz;
+    let m = fixture("tasks/gpt2/dynamo.onnx");
+    let d = read_npz(&fixture("tasks/gpt2_sam/data.npz")).unwrap();
+    let ids = d["input_ids"].clone();
+    let y = d["y"].to_f64();
+    let t = tempdir();
+    let short: Vec<i64> = (0..24).flat_map(|r| (0..10).map(move |c| (r, c))).map(|(r, c)| y[r * 16 + c] as i64).collect();
+    let p = t.path().join("short.npz");
+    write_npz(&p, &[("input_ids".into(), ids.clone()), ("y".into(), HostTensor::i64(&[24, 10], short))]).unwrap();
+    let g = t.path().join("g.npz");
+    for backend in ["tract", "ort"] {
+        let o = grad_cmd(&m, &p, &g, &["--ignore-index", "-100", "--backend", backend]);
+        assert_bad_input(&o, "short.npz", "one label per position");
+    }
+    let o = grad_cmd(&m, &fixture("tasks/gpt2_sam/data.npz"), &g, &["--backend", "tract"]);
+    assert_bad_input(&o, "data.npz", "pass --ignore-index -100");
+    // ids beyond the vocabulary, found through GPT-2's view of its ids and the tied table's
+    // other name (the dynamo file reads lm_head.weight)
+    let mut big = ids.clone();
+    if let onnxsam::tensor::Data::I64(v) = &mut big.data {
+        v[3] = 40;
+    }
+    let p = t.path().join("big.npz");
+    write_npz(&p, &[("input_ids".into(), big), ("y".into(), d["y"].clone())]).unwrap();
+    for file in ["dynamo", "legacy"] {
+        let m = fixture(&format!("tasks/gpt2/{file}.onnx"));
+        let mut a = vec!["--ignore-index", "-100", "--backend", "tract"];
+        if file == "legacy" {
+            a.extend(["--padding-idx", "transformer.wte.weight=none"]);
+        }
+        assert_bad_input(&grad_cmd(&m, &p, &g, &a), "big.npz", "outside the 32 rows");
+    }
+}

@@ -78,7 +78,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
     spec.labels_shape = data::label_dims(&a.data, a.data_format)?;
     let be = backend::select(&a.backend.request(), true)?;
     let mut ev = Evaluator::new(&model, &spec, be.as_ref()).map_err(|e| anyhow!("{shown}: {e:#}"))?;
-    let classes = crate::train::output_classes(&model, &shown)?;
+    let classes = crate::train::output_classes(&model, &shown, &ev.graph.contract)?;
     let (inputs, target) = crate::train::binding(&ev.graph.model, &ev.graph.contract, classes);
     let image_shape = crate::data::image_shape(&inputs);
     let opts =

@@ -27,8 +27,10 @@ pub fn image_shape(inputs: &[InputSpec]) -> Option<Vec<usize>> {
 
 /// What the loss expects of `y`.
 pub enum TargetSpec {
-    /// int64 class labels shaped [N, …dims] with values in 0..classes (or `ignore`).
-    Classes { dims: Vec<Option<i64>>, classes: Option<usize>, ignore: Option<i64> },
+    /// int64 class labels shaped [N, …dims] with values in 0..classes (or `ignore`); `ties`:
+    /// (label axis, model input, its axis) whose sizes must be equal (a sequence length the
+    /// file leaves symbolic: one label per token).
+    Classes { dims: Vec<Option<i64>>, classes: Option<usize>, ignore: Option<i64>, ties: Vec<(usize, String, usize)> },
     /// float32 targets shaped [N, …dims].
     Values { dims: Vec<Option<i64>> },
     /// No labels (the model computes its loss).
@@ -163,11 +165,16 @@ impl Dataset {
         }
         let y = match (target, self.y) {
             (TargetSpec::None, _) => None,
-            (_, None) => bail!("{src}: no array 'y' (labels or targets); add one, or --loss output for a model that computes its own per-sample loss"),
-            (TargetSpec::Classes { dims, classes, ignore }, Some(y)) => {
+            (_, None) => bail!("{src}: no labels: add an array 'y' (class labels or float targets), or --loss output for a model that computes its own per-sample loss"),
+            (TargetSpec::Classes { dims, classes, ignore, ties }, Some(y)) => {
+                // int32 and uint8 class labels are int64's values
+                let y = match y.data {
+                    Data::I32(_) | Data::U8(_) => convert(y, graph_passes::onnx::data_type::INT64).unwrap_or_else(|| unreachable!()),
+                    _ => y,
+                };
                 let Data::I64(v) = &y.data else {
                     bail!(
-                        "{src}: labels 'y' are {} but cross-entropy needs integer class labels; for float targets choose a regression loss (--loss mse|l1|huber|smooth-l1|bce-with-logits)",
+                        "{src}: labels 'y' are {} but cross-entropy needs int64 class labels (y.astype(np.int64)); for float targets choose a regression loss (--loss mse|l1|huber|smooth-l1|bce-with-logits)",
                         y.dtype_name()
                     )
                 };
@@ -181,13 +188,30 @@ impl Dataset {
                         dims_string(dims)
                     );
                 }
+                for (axis, input, at) in ties {
+                    let Some((name, t)) = bound.iter().find(|(n, _)| n == input) else { continue };
+                    let (want, have) = (t.shape.get(*at).copied(), y.shape.get(*axis).copied());
+                    if want.is_some() && want != have {
+                        bail!(
+                            "{src}: labels 'y' have shape {} but '{name}' is {}: {model} takes one label per position of its axis {at}; make 'y' [N, …] with {} positions there (padding labelled with --ignore-index)",
+                            shape_of(&y.shape),
+                            shape_of(&t.shape),
+                            want.unwrap_or(0)
+                        );
+                    }
+                }
                 if let Some(c) = classes {
                     let per = v.len() / y.shape[0].max(1);
                     if let Some((i, &bad)) =
                         v.iter().enumerate().find(|(_, &l)| Some(l) != *ignore && (l < 0 || l as usize >= *c))
                     {
+                        let hint = if bad < 0 && ignore.is_none() {
+                            format!("; labels of padding positions? pass --ignore-index {bad}")
+                        } else {
+                            String::new()
+                        };
                         bail!(
-                            "{src}: label {bad} (sample {}) is out of range: {model} has {c} classes (0..{})",
+                            "{src}: label {bad} (sample {}) is out of range: {model} has {c} classes (0..{}){hint}",
                             i / per.max(1),
                             c - 1
                         );

@@ -11,16 +11,19 @@ use crate::data::{Dataset, InputSpec, TargetSpec};
 use crate::step::Evaluator;
 use crate::tensor::HostTensor;
 
-/// The class count of a classifier: axis 1 of the model's output, when known.
-pub(crate) fn output_classes(model: &Model, source: &str) -> Result<Option<usize>> {
+/// The class count of a classifier: the size of the model output's class axis (1, or the last for
+/// classes-last logits), when known.
+pub(crate) fn output_classes(model: &Model, source: &str, c: &graph_passes::passes::Contract) -> Result<Option<usize>> {
     let s = shapes::infer(&model.graph).map_err(|e| anyhow!("{source}: {e}"))?;
+    // the class axis the loss reads: 1, or the last (classes-last logits)
+    let last = c.class_axis.map(|a| a > 1).unwrap_or(false);
     Ok(model
         .graph
         .outputs
         .first()
         .and_then(|o| s.shape(&o.name))
         .filter(|sh| sh.len() >= 2)
-        .and_then(|sh| sh.get(1).and_then(Dim::known))
+        .and_then(|sh| sh.get(if last { sh.len() - 1 } else { 1 }).and_then(Dim::known))
         .map(|c| c as usize))
 }
 
@@ -58,11 +61,43 @@ pub(crate) fn binding(
             if t.as_ref().map(|t| t.dtype) == Some(graph_passes::onnx::data_type::FLOAT) {
                 TargetSpec::Values { dims: dims(&t) }
             } else {
-                TargetSpec::Classes { dims: dims(&t), classes, ignore: c.ignore_index }
+                TargetSpec::Classes { dims: dims(&t), classes, ignore: c.ignore_index, ties: label_ties(g, c) }
             }
         }
     };
     (inputs, target)
+}
+
+/// Per-position labels' axes whose size the file leaves symbolic and ties to a data input's axis
+/// (the logits [batch, seq, V] of input_ids [batch, seq]): (label axis, input, its axis).
+fn label_ties(g: &Model, c: &graph_passes::passes::Contract) -> Vec<(usize, String, usize)> {
+    let (Some(logits), Some(axis)) = (c.logits.as_deref(), c.class_axis) else { return vec![] };
+    let Ok(s) = shapes::infer(&g.graph) else { return vec![] };
+    let Some(shape) = s.shape(logits) else { return vec![] };
+    if shape.len() < 3 {
+        return vec![];
+    }
+    let label_dims: Vec<&Dim> = shape.iter().enumerate().filter(|&(i, _)| i != axis as usize).map(|(_, d)| d).collect();
+    let mut ties = vec![];
+    for (k, d) in label_dims.iter().enumerate().skip(1) {
+        if !matches!(d, Dim::Sym(_)) {
+            continue;
+        }
+        for input in &c.data {
+            let dims = g
+                .graph
+                .inputs
+                .iter()
+                .find(|v| &v.name == input)
+                .and_then(|v| shapes::value_type_of(&v.r#type))
+                .and_then(|t| t.shape);
+            if let Some(at) = dims.and_then(|ds| ds.iter().skip(1).position(|x| x == *d).map(|p| p + 1)) {
+                ties.push((k, input.clone(), at));
+                break;
+            }
+        }
+    }
+    ties
 }
 
 /// A batch size the file fixes: the PyTorch docs' default `torch.onnx.export(model, (x,), path)`
@@ -203,7 +238,8 @@ pub(crate) fn evaluate(
             c.counts.iter_mut().zip(&v[3..]).for_each(|(k, &t)| *k = t as u64);
         }
     }
-    let weight = weight.max(f64::MIN_POSITIVE);
+    // nothing kept (every label ignore_index): no loss to report, as PyTorch's NaN
+    let weight = if weight > 0.0 { weight } else { f64::NAN };
     Ok(Evaluation { loss: loss / weight, metric: sum / weight, mean_iou: confusion.map(|c| c.mean_iou()) })
 }
 

@@ -223,7 +223,7 @@ impl<'a> Trainer<'a> {
             // the class count the labels are checked against: the loss's own, else the output's axis 1
             let classes = match graphs.step.contract.cross_entropy.as_ref().map(|x| x.classes) {
                 Some(c) => Some(c as usize),
-                None => output_classes(&model, &shown)?,
+                None => output_classes(&model, &shown, &graphs.step.contract)?,
             };
             if let Some(f) = evaluate::fixed_batch(&model) {
                 // the engines would stop at the first step in their own words; a batch of one
