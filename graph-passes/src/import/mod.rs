@@ -604,8 +604,9 @@ impl Pass for Import {
 
 /// The dynamo exporter's optimizer drops a Conv, ConvTranspose or Gemm bias that is all zeros
 /// (onnxscript `RemoveOptionalBiasFrom*`; a fresh layer's bias often is). PyTorch trains that
-/// bias, and the node's metadata still names it (`aten.conv2d(x, p_w, p_b, …)`): it comes back
-/// as a zero initializer under that name. Returns the names given back.
+/// bias, and the node's metadata still names it (`aten.conv2d(x, p_w, p_b, …)`,
+/// `aten.addmm(p_b, x, p_w)`): it comes back as a zero initializer under that name. Returns the
+/// names given back.
 fn restore_removed_biases(g: &mut Graph) -> Vec<String> {
     let mut out = Vec::new();
     let known: Vec<String> = g.initializers.iter().map(|t| t.name.clone()).collect();
@@ -621,11 +622,13 @@ fn restore_removed_biases(g: &mut Graph) -> Vec<String> {
         let Some(call) = fx_call(n) else { continue };
         let conv = n.op_type == "Conv" && (call.op.starts_with("conv") || call.op == "convolution");
         let convt = n.op_type == "ConvTranspose" && call.op.starts_with("conv_transpose");
-        let gemm = n.op_type == "Gemm" && call.op == "linear";
+        // nn.Linear: linear(x, w, b); torch.addmm(b, x, w) (Hugging Face's Conv1D: GPT-2)
+        let gemm = n.op_type == "Gemm" && (call.op == "linear" || call.op == "addmm");
         if !(conv || convt || gemm) {
             continue;
         }
-        let Some(p) = call.placeholder(2).filter(|p| p.starts_with("p_")) else { continue };
+        let bias_arg = if call.op == "addmm" { 0 } else { 2 };
+        let Some(p) = call.placeholder(bias_arg).filter(|p| p.starts_with("p_")) else { continue };
         let Some(w) = n.input.get(1).and_then(|w| g.initializer(w)) else { continue };
         let len = if conv {
             w.dims[0]
