@@ -117,7 +117,7 @@ fn verdict(a: &InspectArgs, model: &Model, spec: &GradSpec, imported: &ImportRep
         Err(e) => {
             // an export that fixed the batch may have folded what a dynamic one keeps
             let also = fixed
-                .map(|f| format!("; the file also fixes the batch at {} ({}): {}", f.batch, f.what, crate::train::dynamic_batch_hint()))
+                .map(|f| format!("; the file also fixes the batch at {} ({}): {}", f.batch, f.what, f.hint))
                 .unwrap_or_default();
             return (format!("cannot: {e}{also}"), engines);
         }
@@ -174,12 +174,12 @@ fn verdict(a: &InspectArgs, model: &Model, spec: &GradSpec, imported: &ImportRep
     // a batch the file fixes: the engines ran the probe at that batch, training at another stops
     let base = match fixed {
         Some(f) if f.batch == 1 => {
-            format!("{base}; only at --batch-size 1: the file fixes the batch ({}); {}", f.what, crate::train::dynamic_batch_hint())
+            format!("{base}; only at --batch-size 1: the file fixes the batch ({}); {}", f.what, f.hint)
         }
         Some(f) => format!(
             "{base} on batches of {b} only (grad, step, eval --batch-size {b}); train needs a dynamic batch: the file fixes it at {b} ({}); {}",
             f.what,
-            crate::train::dynamic_batch_hint(),
+            f.hint,
             b = f.batch
         ),
         None => base,

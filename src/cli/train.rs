@@ -125,7 +125,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
             f.what,
             d.len(),
             f.batch,
-            crate::train::dynamic_batch_hint()
+            f.hint
         ),
         None => a.batch_size,
     };

@@ -108,6 +108,8 @@ pub(crate) struct FixedBatch {
     /// "input 'x' is [1, 3, 32, 32]" or "output 'logits' is [1, 10]".
     pub what: String,
     pub batch: i64,
+    /// The re-export that makes it dynamic, with the file's input and output names.
+    pub hint: String,
 }
 
 pub(crate) fn fixed_batch(g: &Model) -> Option<FixedBatch> {
@@ -116,7 +118,11 @@ pub(crate) fn fixed_batch(g: &Model) -> Option<FixedBatch> {
         let dims = shapes::value_type_of(&v.r#type)?.shape?;
         let b = dims.first()?.known()?;
         let shown: Vec<String> = dims.iter().map(|d| d.known().map(|k| k.to_string()).unwrap_or_else(|| "?".into())).collect();
-        Some(FixedBatch { what: format!("{kind} '{}' is [{}]", v.name, shown.join(", ")), batch: b })
+        Some(FixedBatch {
+            what: format!("{kind} '{}' is [{}]", v.name, shown.join(", ")),
+            batch: b,
+            hint: dynamic_batch_hint(g),
+        })
     };
     let inputs = g.graph.inputs.iter().filter(|v| !stored.contains(v.name.as_str()));
     inputs.clone().find_map(|v| first(v, "input")).or_else(|| {
@@ -128,14 +134,39 @@ pub(crate) fn fixed_batch(g: &Model) -> Option<FixedBatch> {
 }
 
 /// How to re-export a file whose batch is fixed, as one clause.
-pub(crate) fn dynamic_batch_hint() -> String {
-    "re-export with a dynamic batch: torch.onnx.export(..., dynamic_shapes=({0: torch.export.Dim(\"batch\")},)) (dynamo=True), or torch.onnx.export(..., dynamo=False, input_names=[\"x\"], output_names=[\"logits\"], dynamic_axes={\"x\": {0: \"batch\"}, \"logits\": {0: \"batch\"}})".to_string()
+fn dynamic_batch_hint(g: &Model) -> String {
+    // the file's own input and output names, each with its batch axis dynamic
+    // (names the legacy exporter made up, `onnx::Flatten_0`, `8`, become x and logits)
+    let chosen = |n: &str| !(n.starts_with("onnx::") || n.chars().all(|c| c.is_ascii_digit()));
+    let data = g.graph.data_inputs();
+    let inputs: Vec<String> = data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match (chosen(&v.name), data.len()) {
+            (true, _) => v.name.clone(),
+            (false, 1) => "x".into(),
+            (false, _) => format!("x{i}"),
+        })
+        .collect();
+    let output =
+        g.graph.outputs.first().map(|o| o.name.clone()).filter(|o| chosen(o)).unwrap_or_else(|| "logits".into());
+    let inputs = if inputs.is_empty() { vec!["x".to_string()] } else { inputs };
+    let shapes: Vec<String> = inputs.iter().map(|_| "{0: torch.export.Dim(\"batch\")}".to_string()).collect();
+    let names: Vec<String> = inputs.iter().map(|n| format!("\"{n}\"")).collect();
+    let axes: Vec<String> =
+        inputs.iter().chain(std::iter::once(&output)).map(|n| format!("\"{n}\": {{0: \"batch\"}}")).collect();
+    format!(
+        "re-export with a dynamic batch: torch.onnx.export(..., dynamic_shapes=({},)) (dynamo=True), or torch.onnx.export(..., dynamo=False, input_names=[{}], output_names=[\"{output}\"], dynamic_axes={{{}}})",
+        shapes.join(", "),
+        names.join(", "),
+        axes.join(", ")
+    )
 }
 
 /// Why a file that fixes its batch cannot train as asked, or None where it can (--batch-size 1
 /// on a file fixed at 1 with no BatchNorm over the batch).
 pub(crate) fn fixed_batch_refusal(f: &FixedBatch, batch_size: Option<usize>, batch_norm: Option<&str>) -> Option<String> {
-    let hint = dynamic_batch_hint();
+    let hint = &f.hint;
     match (f.batch, batch_norm) {
         (1, Some(bn)) => Some(format!(
             "the file fixes the batch at 1 ({}), and {bn} cannot normalize one sample per channel (PyTorch refuses it too); {hint}",

@@ -28,7 +28,7 @@ use crate::step::{Evaluator, StepRunner};
 use crate::tensor::HostTensor;
 use checkpoint::Position;
 pub use config::TrainConfig;
-pub(crate) use evaluate::{binding, dynamic_batch_hint, evaluate, fixed_batch, fixed_batch_refusal, metric_of, output_classes};
+pub(crate) use evaluate::{binding, evaluate, fixed_batch, fixed_batch_refusal, metric_of, output_classes};
 
 /// Stopped by Ctrl-C: checkpoint and exit.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -216,7 +216,7 @@ impl<'a> Trainer<'a> {
             let graphs = graph_passes::step::step_graphs(&model, spec).map_err(|e| {
                 // an export that fixed the batch may have folded what a dynamic one keeps
                 let fixed = evaluate::fixed_batch(&model)
-                    .map(|f| format!("; the file also fixes the batch at {} ({}): {}", f.batch, f.what, evaluate::dynamic_batch_hint()))
+                    .map(|f| format!("; the file also fixes the batch at {} ({}): {}", f.batch, f.what, f.hint))
                     .unwrap_or_default();
                 anyhow!("{shown}: {e}{fixed}")
             })?;
