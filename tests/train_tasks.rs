@@ -656,3 +656,78 @@ fn language_model_labels_are_one_per_token() {
         assert_bad_input(&grad_cmd(&m, &p, &g, &a), "big.npz", "outside the 32 rows");
     }
 }
+
+/// `export --format safetensors`: PyTorch's state_dict names and layouts, a tied parameter under
+/// both of its names (GPT-2's legacy file names one), the trained values of the checkpoint, and
+/// BatchNorm's num_batches_tracked (tools/check_safetensors.py loads these into the PyTorch models
+/// strictly and compares their forward with the trained ONNX file's).
+#[test]
+fn safetensors_export_is_pytorchs_state_dict() {
+    let t = tempdir();
+    let read = |p: &Path| -> std::collections::BTreeMap<String, (Vec<usize>, Vec<u8>)> {
+        let bytes = std::fs::read(p).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.tensors().into_iter().map(|(n, v)| (n, (v.shape().to_vec(), v.data().to_vec()))).collect()
+    };
+    let f32s = |b: &[u8]| -> Vec<f64> { b.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect() };
+    // GPT-2, legacy file: the tied table stored twice (one transposed), named once
+    let run = t.path().join("gpt2");
+    let m = fixture("tasks/gpt2/legacy.onnx");
+    let data = fixture("tasks/gpt2_sam/data.npz");
+    let o = train(&[
+        m.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--ignore-index",
+        "-100",
+        "--padding-idx",
+        "transformer.wte.weight=none",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "12",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let st = t.path().join("gpt2.safetensors");
+    let o = onnxsam(&["export", run.to_str().unwrap(), "--format", "safetensors", "-o", st.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let got = read(&st);
+    let ckpt = read_npz(&onnxsam::train::checkpoint::list(&run).unwrap().last().unwrap().1.with_extension("npz")).unwrap();
+    let (wte, head) = (&got["transformer.wte.weight"], &got["lm_head.weight"]);
+    assert_eq!(wte.0, vec![32, 16]);
+    assert_eq!(wte, head, "the tied weight under both names");
+    assert_eq!(f32s(&wte.1), ckpt["transformer.wte.weight"].to_f64(), "the trained values");
+    assert_eq!(got["transformer.h.0.attn.c_attn.weight"].0, vec![16, 48], "Conv1D's [in, out] layout");
+    assert_eq!(got.len(), 17);
+    // BatchNorm: running statistics and num_batches_tracked (2 steps × --accumulate 2)
+    let run = t.path().join("bn");
+    let z = fixture("zoo/resnet18");
+    let (m, data) = (z.join("dynamo_noopt.onnx"), z.join("batch.npz"));
+    let o = train(&[
+        m.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--accumulate",
+        "2",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let st = t.path().join("bn.safetensors");
+    let o = onnxsam(&["export", run.to_str().unwrap(), "--format", "safetensors", "-o", st.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let got = read(&st);
+    let tracked: Vec<&String> = got.keys().filter(|k| k.ends_with(".num_batches_tracked")).collect();
+    assert!(!tracked.is_empty(), "{:?}", got.keys().collect::<Vec<_>>());
+    for k in tracked {
+        assert_eq!(got[k].1, 4i64.to_le_bytes().to_vec(), "{k}");
+        let bn = k.strip_suffix(".num_batches_tracked").unwrap();
+        assert!(got.contains_key(&format!("{bn}.running_mean")) && got.contains_key(&format!("{bn}.weight")), "{bn}");
+    }
+}

@@ -209,13 +209,40 @@ pub struct ExportArgs {
     /// The checkpoint's step (default: the newest)
     #[arg(long)]
     step: Option<u64>,
-    #[arg(short = 'o', long = "output", value_name = "ONNX")]
+    /// onnx: the original graph with the trained tensors; safetensors: the trained parameters and
+    /// buffers under PyTorch's state_dict() names and layouts, for
+    /// model.load_state_dict(safetensors.torch.load_file(PATH), strict=True)
+    #[arg(long, value_enum, default_value = "onnx")]
+    format: ExportFormat,
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: PathBuf,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum, Debug, PartialEq)]
+pub enum ExportFormat {
+    /// The original graph with the trained tensors (loadable by any ONNX runtime)
+    Onnx,
+    /// PyTorch's state_dict (safetensors.torch.load_file)
+    Safetensors,
+}
+
 pub fn export(a: ExportArgs) -> Result<i32> {
-    let (model, spec) = run_source(&a.run)?;
+    let (model, spec, micro) = run_source_with_micro_batches(&a.run)?;
     let (pos, values) = crate::train::checkpoint::load(&a.run, a.step)?;
+    if a.format == ExportFormat::Safetensors {
+        // the forwards that moved BatchNorm's running statistics: one a step, one a micro-batch
+        // with --accumulate
+        let batches = pos.step as i64 * micro as i64;
+        let t = crate::train::export::state_dict(&model, &spec, &values, batches)?;
+        crate::train::export::write_safetensors(&a.output, &t)?;
+        eprintln!(
+            "wrote {} ({} tensors under PyTorch's state_dict names; checkpoint at step {})",
+            a.output.display(),
+            t.len(),
+            pos.step
+        );
+        return Ok(0);
+    }
     let m = crate::train::export::export(&model, &spec, &values)?;
     m.save(&a.output, &Default::default())?;
     eprintln!("wrote {} (checkpoint at step {})", a.output.display(), pos.step);
@@ -479,10 +506,11 @@ fn parse_normalize(arg: Option<&str>) -> Result<Normalize> {
 }
 
 /// The run folder's source model and its training spec (for export).
-pub fn run_source(run: &Path) -> Result<(Model, graph_passes::step::GradSpec)> {
+/// The run's model, how its graph was built, and its micro-batches per step (--accumulate).
+fn run_source_with_micro_batches(run: &Path) -> Result<(Model, graph_passes::step::GradSpec, usize)> {
     let (_, stored) = stored_run(run, "not a run folder")?;
     let model = Model::load(&run.join("source.onnx"))?;
-    Ok((model, stored.graph.spec()?))
+    Ok((model, stored.graph.spec()?, stored.step.accumulate.unwrap_or(1).max(1)))
 }
 
 /// The command-line arguments a run was started with (RUN_DIR/config.json), and as parsed.
