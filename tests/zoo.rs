@@ -24,8 +24,11 @@ const SETTINGS: [&str; 5] = ["legacy", "legacy_nofold", "dynamo", "dynamo_noopt"
 /// contains this text.
 fn expected(arch: &str, setting: &str) -> Option<&'static str> {
     const FOLDED: &str = "folded";
-    // eval-mode exports with the defaults fold BatchNorm into the convolution before it
-    let folds_bn = matches!(setting, "legacy" | "dynamo");
+    // eval-mode exports with the defaults fold BatchNorm into the convolution before it; the zoo's
+    // models are freshly built (BatchNorm at PyTorch's initial state), and a dynamo file names the
+    // layers, so they come back from it (import/fresh_bn.rs): only the legacy default stays folded
+    // — and conv1d's, whose convolutions have biases (--assume-fresh-batchnorm would say it)
+    let folds_bn = setting == "legacy" || (setting == "dynamo" && arch == "conv1d");
     match arch {
         "resnet18" | "preact_wrn" | "mobilenet_v2" | "efficientnet_b0" | "densenet" | "regnet" | "shufflenet_v2"
             if folds_bn =>
@@ -41,6 +44,8 @@ fn expected(arch: &str, setting: &str) -> Option<&'static str> {
         "mobilenet_v3_small" if folds_bn => Some(FOLDED),
         "mobilenet_v3_small" => None,
         "conv1d" | "unet" if folds_bn => Some(FOLDED),
+        // the dynamo optimizer's bilinear upsampling reads a constant computed at export
+        "unet" if setting == "dynamo" => Some("computed at export"),
         "unet" => None,
         "conv1d" => None,
         // constant folding stores the recurrent weights in ONNX's gate order and GroupNorm's
@@ -376,9 +381,10 @@ fn trained_model_keeps_the_files_names_and_layouts() {
 /// folded convolutions' tensors after the convolutions (legacy `onnx::Conv_N` tensors included).
 #[test]
 fn allow_folded_bn_trains_the_folded_network_with_a_warning() {
-    let dir = fixture("zoo/resnet18");
     let tmp = tempdir();
-    for setting in ["legacy", "dynamo"] {
+    // the legacy default export of a fresh ResNet (names gone), and a dynamo file whose conv2 has
+    // a bias (its fresh BatchNorm unproven; bn1 comes back)
+    for (setting, dir) in [("legacy", fixture("zoo/resnet18")), ("dynamo", fixture("fresh_bn"))] {
         let out = tmp.path().join(format!("{setting}.npz"));
         let o = grad_cmd(
             &dir.join(format!("{setting}.onnx")),
@@ -392,8 +398,12 @@ fn allow_folded_bn_trains_the_folded_network_with_a_warning() {
         assert_eq!(warnings.len(), 1, "{setting}: {err}");
         assert!(warnings[0].contains("folded") && warnings[0].contains("do_constant_folding=False"), "{err}");
         let g = read_npz(&out).unwrap();
-        assert!(g.contains_key("conv1.weight") && g.contains_key("layer1.0.conv1.weight"), "{setting}: {:?}", g.keys());
-        assert!(!g.keys().any(|k| k.contains("bn") && !k.starts_with("bn_after")), "{setting}: {:?}", g.keys());
+        let names: &[&str] =
+            if setting == "legacy" { &["conv1.weight", "layer1.0.conv1.weight"] } else { &["conv1.weight", "bn1.weight", "conv2.weight"] };
+        assert!(names.iter().all(|n| g.contains_key(*n)), "{setting}: {:?}", g.keys());
+        // no BatchNorm tensor of a folded layer (the restored bn1's are PyTorch's)
+        let folded = if setting == "legacy" { "bn" } else { "bn2" };
+        assert!(!g.keys().any(|k| k.contains(folded) && !k.starts_with("bn_after")), "{setting}: {:?}", g.keys());
         assert!(!g.keys().any(|k| k.starts_with("onnx::") || k.starts_with("val_")), "{setting}: {:?}", g.keys());
     }
 }
@@ -501,9 +511,13 @@ fn inspect_gives_a_verdict_and_what_import_did() {
         stdout(&o)
     };
     let verdict = |text: &str| text.lines().find(|l| l.starts_with("verdict: ")).unwrap_or("").to_string();
-    let text = inspect("resnet18", "dynamo");
-    assert!(verdict(&text).starts_with("verdict: cannot: the exporter folded the BatchNorm layers bn1,"), "{text}");
+    let text = inspect("resnet18", "legacy");
+    assert!(verdict(&text).starts_with("verdict: cannot: the exporter folded BatchNorm into the convolutions conv1,"), "{text}");
     assert!(verdict(&text).contains("optimize=False"), "{text}");
+    // the fresh model's dynamo default export: its BatchNorm layers come back
+    let text = inspect("resnet18", "dynamo");
+    assert_eq!(verdict(&text), "verdict: trains as PyTorch", "{text}");
+    assert!(text.contains("BatchNorm bn1, layer1.0.bn1,") && text.contains("at PyTorch's initial state"), "{text}");
     let text = inspect("resnet18", "legacy_nofold");
     assert_eq!(verdict(&text), "verdict: trains as PyTorch", "{text}");
     assert!(
@@ -564,6 +578,7 @@ fn folded_recurrent_and_group_norm_tensors_are_pytorchs_parameters() {
         Import {
             sharing: Default::default(),
             allow_folded_bn: false,
+            assume_fresh_bn: false,
             freeze: vec![],
             padding_idx: vec![],
             clip_at_bounds: None,
@@ -695,4 +710,56 @@ fn a_parameter_split_by_sizes_trains_under_its_name() {
             assert!(err <= 1e-5 * scale.max(1.0), "{backend}: '{name}' off by {err:e}");
         }
     }
+}
+
+/// A freshly built CNN's default exports (tools/make_fresh_bn.py), which fold BatchNorm into the
+/// convolutions: the dynamo file's layers come back under their PyTorch names — bn1 proven fresh
+/// by its convolution's zero folded bias, bn2 (after a convolution with a bias; eps 1e-3,
+/// momentum 0.2) by --assume-fresh-batchnorm — and the gradients and running statistics equal
+/// PyTorch's float64 train-mode ones on both engines. Without the flag bn2 is refused naming it;
+/// the legacy file (BatchNorm names gone) stays refused.
+#[test]
+fn fresh_batchnorm_folded_by_the_default_export_comes_back() {
+    let dir = fixture("fresh_bn");
+    let f = dir.join("dynamo.onnx");
+    let batch = dir.join("batch.npz");
+    let reference = read_npz(&dir.join("reference.npz")).unwrap();
+    let t = tempdir();
+    let o = grad_cmd(&f, &batch, &t.path().join("g.npz"), &["--backend", "tract"]);
+    assert_bad_input(&o, "dynamo.onnx", "--assume-fresh-batchnorm");
+    assert!(stderr(&o).contains("layers bn2 into"), "only bn2 is unproven: {}", stderr(&o));
+    for backend in ["tract", "ort"] {
+        let out = t.path().join(format!("{backend}.npz"));
+        let o = grad_cmd(&f, &batch, &out, &["--backend", backend, "--assume-fresh-batchnorm"]);
+        assert_eq!(o.status.code(), Some(0), "{backend}: {}", stderr(&o));
+        let got = read_npz(&out).unwrap();
+        let (l, lr) = (got["loss"].to_f64()[0], reference["loss"].to_f64()[0]);
+        assert!((l - lr).abs() < 1e-5, "{backend}: loss {l} vs PyTorch {lr}");
+        let mut names: Vec<String> = vec![];
+        // a floor: conv2.bias before a train-mode BatchNorm has a gradient of exactly 0 in exact
+        // arithmetic (the batch mean removes it), float rounding elsewhere
+        let floor = 1e-3 * reference.values().map(|v| norm(&v.to_f64())).fold(0.0, f64::max);
+        for (k, want) in &reference {
+            let key = match (k.strip_prefix("grad/"), k.strip_prefix("bn_after/")) {
+                (Some(p), _) => {
+                    names.push(p.to_string());
+                    p.to_string()
+                }
+                (_, Some(_)) => k.clone(),
+                _ => continue,
+            };
+            let g = got.get(&key).unwrap_or_else(|| panic!("{backend}: no '{key}' (PyTorch's)")).to_f64();
+            let w = want.to_f64();
+            let e = norm(&g.iter().zip(&w).map(|(a, b)| a - b).collect::<Vec<_>>()) / norm(&w).max(floor);
+            assert!(e < 1e-4, "{backend}: '{key}' off by {e:.2e}");
+        }
+        let trained: Vec<&String> =
+            got.keys().filter(|k| !k.starts_with("bn_after/") && !k.starts_with("loss")).collect();
+        assert_eq!(trained.len(), names.len(), "{backend}: {trained:?} vs PyTorch's {names:?}");
+    }
+    let v = stdout(&onnxsam(&["inspect", f.to_str().unwrap(), "--assume-fresh-batchnorm"]));
+    assert!(v.contains("BatchNorm bn1, bn2 folded into the convolutions at PyTorch's initial state"), "{v}");
+    assert!(v.lines().any(|l| l == "verdict: trains as PyTorch"), "{v}");
+    let o = grad_cmd(&dir.join("legacy.onnx"), &batch, &t.path().join("l.npz"), &["--backend", "tract"]);
+    assert_bad_input(&o, "legacy.onnx", "folded BatchNorm");
 }

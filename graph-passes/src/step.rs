@@ -16,6 +16,8 @@ pub struct GradSpec {
     pub sharing: Sharing,
     /// Train a graph whose BatchNorm layers the exporter folded into convolutions.
     pub allow_folded_bn: bool,
+    /// The model was freshly built: restore every folded BatchNorm layer (import::fresh_bn).
+    pub assume_fresh_bn: bool,
     /// Differentiate Σ wᵢ·ℓᵢ with a `sample_weights` input instead of the mean loss.
     pub weighted: bool,
     /// Padding rows of embedding tables the file does not record (`--padding-idx`).
@@ -35,6 +37,7 @@ impl GradSpec {
             Import {
                 sharing: self.sharing,
                 allow_folded_bn: self.allow_folded_bn,
+                assume_fresh_bn: self.assume_fresh_bn,
                 freeze: self.freeze.clone(),
                 padding_idx: self.padding_idx.clone(),
                 clip_at_bounds: self.clip_at_bounds,
@@ -57,6 +60,7 @@ impl Default for GradSpec {
             freeze: vec![],
             sharing: Sharing::Auto,
             allow_folded_bn: false,
+            assume_fresh_bn: false,
             weighted: false,
             padding_idx: vec![],
             clip_at_bounds: None,

@@ -112,12 +112,18 @@ pub struct ImportArgs {
     /// For Clip nodes the file does not describe (legacy exports)
     #[arg(long, value_enum, value_name = "CONVENTION")]
     clip_at_bounds: Option<ClipAtBounds>,
+    /// The model was freshly built, never trained (PyTorch's initial BatchNorm: weight 1, bias 0,
+    /// running mean 0, variance 1): BatchNorm layers a dynamo export folded into convolutions with
+    /// biases are given back too (without biases the file proves it, and they come back anyway)
+    #[arg(long)]
+    pub assume_fresh_batchnorm: bool,
 }
 
 impl ImportArgs {
     /// Sets the spec's padding rows and Clip convention.
     pub fn apply(&self, spec: &mut GradSpec) -> Result<()> {
         spec.padding_idx = self.padding_idx.iter().map(|s| padding_row(s)).collect::<Result<_>>()?;
+        spec.assume_fresh_bn = self.assume_fresh_batchnorm;
         spec.clip_at_bounds = self.clip_at_bounds.map(|c| match c {
             ClipAtBounds::Zero => graph_passes::import::conventions::ClipConvention::Zero,
             ClipAtBounds::Pass => graph_passes::import::conventions::ClipConvention::Pass,
@@ -216,6 +222,7 @@ impl GradGraphArgs {
                 Sharing::Auto
             },
             allow_folded_bn: self.allow_folded_bn,
+            assume_fresh_bn: false,
             weighted: false,
             padding_idx: vec![],
             clip_at_bounds: None,

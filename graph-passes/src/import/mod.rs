@@ -23,6 +23,7 @@
 //! layout). Parameters and buffers come out listed in `Contract::import`.
 pub mod conventions;
 pub mod fold;
+pub mod fresh_bn;
 pub mod metadata;
 pub mod sequences;
 pub mod views;
@@ -56,6 +57,9 @@ pub struct Import {
     pub sharing: Sharing,
     /// Train a graph whose BatchNorm layers the exporter folded into convolutions (with a warning).
     pub allow_folded_bn: bool,
+    /// The model was freshly built (PyTorch's initial BatchNorm state) where the file cannot prove
+    /// it: folded layers whose convolution has a bias are restored too (fresh_bn).
+    pub assume_fresh_bn: bool,
     /// Parameters lift-params will keep constant (glob patterns): no warning about training them.
     pub freeze: Vec<String>,
     /// The user's padding rows of embedding tables (`--padding-idx TABLE=ROW|none`).
@@ -160,7 +164,21 @@ impl Pass for Import {
             .into(),
             ..Default::default()
         };
+        let mut unproven_fresh = vec![];
         if dynamo {
+            // fresh BatchNorm layers first: their convolution's zero bias is the fold's, not a
+            // bias of its own
+            let fresh = fresh_bn::restore_fresh_batch_norms(g, self.assume_fresh_bn)?;
+            if !fresh.layers.is_empty() {
+                report.notes.push(format!(
+                    "BatchNorm {} folded into the convolutions at PyTorch's initial state ({}; weight 1 and running variance 1 assumed, as a freshly built model has them): restored under {} names and trained as PyTorch trains {}",
+                    summary(&fresh.layers, 6),
+                    if self.assume_fresh_bn { "--assume-fresh-batchnorm" } else { "the folded biases are exactly zero: bias 0, running mean 0" },
+                    if fresh.layers.len() == 1 { "its" } else { "their" },
+                    if fresh.layers.len() == 1 { "it" } else { "them" }
+                ));
+            }
+            unproven_fresh = fresh.unproven;
             report.restored = restore_removed_biases(g);
         }
         g.pass = Some(self.name().into());
@@ -326,6 +344,11 @@ impl Pass for Import {
             } else {
                 "re-export with torch.onnx.export(..., dynamo=False, do_constant_folding=False) or torch.onnx.export(..., dynamo=True, optimize=False)"
             };
+            let fresh_hint = if unproven_fresh.is_empty() {
+                String::new()
+            } else {
+                " (a freshly built model, never trained: --assume-fresh-batchnorm gives them back; their convolutions have biases, so the file cannot show it)".to_string()
+            };
             let what = if dynamo {
                 format!("the exporter folded the BatchNorm layers {list} into the preceding convolutions")
             } else {
@@ -333,7 +356,7 @@ impl Pass for Import {
             };
             if !self.allow_folded_bn {
                 bail!(
-                    "{what}: PyTorch trains those BatchNorm layers and this file no longer has them; {fix}, or pass --allow-folded-bn to train the folded network anyway"
+                    "{what}: PyTorch trains those BatchNorm layers and this file no longer has them; {fix}{fresh_hint}, or pass --allow-folded-bn to train the folded network anyway"
                 );
             }
             report.warnings.push(format!(

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""tests/fixtures/fresh_bn: a freshly built CNN (PyTorch's initial BatchNorm: weight 1, bias 0,
+running mean 0, variance 1) exported with the defaults people use, which fold BatchNorm into the
+convolutions, and its float64 train-mode reference, for the restoration of fresh BatchNorm layers
+(graph-passes/src/import/fresh_bn.rs; tests/zoo.rs):
+  dynamo.onnx   torch.onnx.export(model, (x,), path, dynamo=True, dynamic_shapes=batch): the dynamo
+                exporter's optimizer folds bn1 (conv1 has no bias: the folded bias is exactly zero
+                and is removed, which proves the fresh state) and bn2 (conv2 has a bias: only
+                --assume-fresh-batchnorm can say so; eps 1e-3, momentum 0.2)
+  legacy.onnx   the legacy exporter's default (constant folding): the BatchNorm names are gone
+  batch.npz     x [8, 3, 8, 8], y [8]
+  reference.npz loss, grad/<param> (mean cross-entropy, train mode, float64) and bn_after/<buffer>
+                (the running statistics after that forward)
+Needs torch and onnxscript:  .venv/bin/python tools/make_fresh_bn.py
+"""
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "tests", "fixtures", "fresh_bn")
+
+
+class FreshCnn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1, bias=True)
+        self.bn2 = nn.BatchNorm2d(6, eps=1e-3, momentum=0.2)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def main():
+    torch.manual_seed(0)
+    os.makedirs(OUT, exist_ok=True)
+    m = FreshCnn().eval()
+    ex = torch.randn(2, 3, 8, 8)
+    prog = torch.onnx.export(m, (ex,), dynamo=True, input_names=["x"], output_names=["logits"],
+                             dynamic_shapes=({0: torch.export.Dim("batch")},))
+    prog.save(os.path.join(OUT, "dynamo.onnx"), external_data=False)
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "tools", "zoo"))
+    from zoo import strip_stack_traces  # noqa: E402
+    strip_stack_traces(os.path.join(OUT, "dynamo.onnx"))
+    torch.onnx.export(m, (ex,), os.path.join(OUT, "legacy.onnx"), dynamo=False, input_names=["x"],
+                      output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 3, 8, 8, generator=g)
+    y = torch.randint(0, 5, (8,), generator=g)
+    np.savez(os.path.join(OUT, "batch.npz"), x=x.numpy(), y=y.numpy())
+    r = m.double().train()
+    loss = F.cross_entropy(r(x.double()), y)
+    names = [n for n, _ in r.named_parameters()]
+    grads = torch.autograd.grad(loss, [p for _, p in r.named_parameters()])
+    ref = {"loss": np.float64(loss.item())}
+    for n, gr in zip(names, grads):
+        ref[f"grad/{n}"] = gr.numpy()
+    for n, b in r.named_buffers():
+        if n.endswith("running_mean") or n.endswith("running_var"):
+            ref[f"bn_after/{n}"] = b.detach().numpy()
+    np.savez(os.path.join(OUT, "reference.npz"), **ref)
+    print(f"loss {loss.item():.6f}; {len(names)} parameters")
+
+
+if __name__ == "__main__":
+    main()
