@@ -26,9 +26,9 @@ fn expected(arch: &str, setting: &str) -> Option<&'static str> {
     const FOLDED: &str = "folded";
     // eval-mode exports with the defaults fold BatchNorm into the convolution before it; the zoo's
     // models are freshly built (BatchNorm at PyTorch's initial state), and a dynamo file names the
-    // layers, so they come back from it (import/fresh_bn.rs): only the legacy default stays folded
-    // — and conv1d's, whose convolutions have biases (--assume-fresh-batchnorm would say it)
-    let folds_bn = setting == "legacy" || (setting == "dynamo" && arch == "conv1d");
+    // layers, so they come back from it with --assume-fresh-batchnorm (import/fresh_bn.rs; see
+    // user_flags): only the legacy default stays folded
+    let folds_bn = setting == "legacy";
     match arch {
         "resnet18" | "preact_wrn" | "mobilenet_v2" | "efficientnet_b0" | "densenet" | "regnet" | "shufflenet_v2"
             if folds_bn =>
@@ -108,10 +108,16 @@ fn f64s(m: &BTreeMap<String, HostTensor>, prefix: &str) -> BTreeMap<String, Vec<
 /// What a user passes after reading onnxsam's warning (legacy files drop padding_idx): meta.json's
 /// per-setting onnxsam_flags.
 fn user_flags(meta: &Value, setting: &str) -> Vec<String> {
-    meta["settings"][setting]["onnxsam_flags"]
+    let mut flags: Vec<String> = meta["settings"][setting]["onnxsam_flags"]
         .as_array()
         .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // the team's zoo models are freshly built (BatchNorm at PyTorch's defaults), which their users
+    // say of a dynamo default export; the foreign family's are randomized, not fresh
+    if setting == "dynamo" && meta["family"].as_str() != Some("foreign") {
+        flags.push("--assume-fresh-batchnorm".into());
+    }
+    flags
 }
 
 /// grad, step (SGD) and step (SAM) on one file; Ok(()) when it trains as PyTorch.
@@ -232,7 +238,10 @@ fn check_family_architecture(family: &str, arch: &str) {
                 }
                 Some(reason) => {
                     let tmp = tempdir();
-                    let o = grad_cmd(&file, &dir.join("batch.npz"), &tmp.path().join("g.npz"), &["--backend", backend]);
+                    let mut a = vec!["--backend", backend];
+                    let flags = user_flags(&meta, setting);
+                    a.extend(flags.iter().map(|s| s.as_str()));
+                    let o = grad_cmd(&file, &dir.join("batch.npz"), &tmp.path().join("g.npz"), &a);
                     let err = stderr(&o);
                     let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("backend:")).collect();
                     let ok = o.status.code() == Some(2)
@@ -382,8 +391,8 @@ fn trained_model_keeps_the_files_names_and_layouts() {
 #[test]
 fn allow_folded_bn_trains_the_folded_network_with_a_warning() {
     let tmp = tempdir();
-    // the legacy default export of a fresh ResNet (names gone), and a dynamo file whose conv2 has
-    // a bias (its fresh BatchNorm unproven; bn1 comes back)
+    // the legacy default export of a fresh ResNet (names gone), and a dynamo default export
+    // (without --assume-fresh-batchnorm its layers stay folded)
     for (setting, dir) in [("legacy", fixture("zoo/resnet18")), ("dynamo", fixture("fresh_bn"))] {
         let out = tmp.path().join(format!("{setting}.npz"));
         let o = grad_cmd(
@@ -399,11 +408,9 @@ fn allow_folded_bn_trains_the_folded_network_with_a_warning() {
         assert!(warnings[0].contains("folded") && warnings[0].contains("do_constant_folding=False"), "{err}");
         let g = read_npz(&out).unwrap();
         let names: &[&str] =
-            if setting == "legacy" { &["conv1.weight", "layer1.0.conv1.weight"] } else { &["conv1.weight", "bn1.weight", "conv2.weight"] };
+            if setting == "legacy" { &["conv1.weight", "layer1.0.conv1.weight"] } else { &["conv1.weight", "conv2.weight"] };
         assert!(names.iter().all(|n| g.contains_key(*n)), "{setting}: {:?}", g.keys());
-        // no BatchNorm tensor of a folded layer (the restored bn1's are PyTorch's)
-        let folded = if setting == "legacy" { "bn" } else { "bn2" };
-        assert!(!g.keys().any(|k| k.contains(folded) && !k.starts_with("bn_after")), "{setting}: {:?}", g.keys());
+        assert!(!g.keys().any(|k| k.contains("bn") && !k.starts_with("bn_after")), "{setting}: {:?}", g.keys());
         assert!(!g.keys().any(|k| k.starts_with("onnx::") || k.starts_with("val_")), "{setting}: {:?}", g.keys());
     }
 }
@@ -514,10 +521,14 @@ fn inspect_gives_a_verdict_and_what_import_did() {
     let text = inspect("resnet18", "legacy");
     assert!(verdict(&text).starts_with("verdict: cannot: the exporter folded BatchNorm into the convolutions conv1,"), "{text}");
     assert!(verdict(&text).contains("optimize=False"), "{text}");
-    // the fresh model's dynamo default export: its BatchNorm layers come back
+    // the fresh model's dynamo default export: refused, naming the flag that gives its BatchNorm
+    // layers back on the user's word (the file cannot show weight 1 and variance 1)
     let text = inspect("resnet18", "dynamo");
+    assert!(verdict(&text).contains("--assume-fresh-batchnorm gives them back"), "{text}");
+    let o = onnxsam(&["inspect", fixture("zoo/resnet18/dynamo.onnx").to_str().unwrap(), "--assume-fresh-batchnorm"]);
+    let text = stdout(&o);
     assert_eq!(verdict(&text), "verdict: trains as PyTorch", "{text}");
-    assert!(text.contains("BatchNorm bn1, layer1.0.bn1,") && text.contains("at PyTorch's initial state"), "{text}");
+    assert!(text.contains("BatchNorm bn1, layer1.0.bn1,") && text.contains("restored at PyTorch's initial state"), "{text}");
     let text = inspect("resnet18", "legacy_nofold");
     assert_eq!(verdict(&text), "verdict: trains as PyTorch", "{text}");
     assert!(
@@ -727,7 +738,7 @@ fn fresh_batchnorm_folded_by_the_default_export_comes_back() {
     let t = tempdir();
     let o = grad_cmd(&f, &batch, &t.path().join("g.npz"), &["--backend", "tract"]);
     assert_bad_input(&o, "dynamo.onnx", "--assume-fresh-batchnorm");
-    assert!(stderr(&o).contains("layers bn2 into"), "only bn2 is unproven: {}", stderr(&o));
+    assert!(stderr(&o).contains("layers bn1, bn2 into"), "{}", stderr(&o));
     for backend in ["tract", "ort"] {
         let out = t.path().join(format!("{backend}.npz"));
         let o = grad_cmd(&f, &batch, &out, &["--backend", backend, "--assume-fresh-batchnorm"]);
@@ -758,7 +769,7 @@ fn fresh_batchnorm_folded_by_the_default_export_comes_back() {
         assert_eq!(trained.len(), names.len(), "{backend}: {trained:?} vs PyTorch's {names:?}");
     }
     let v = stdout(&onnxsam(&["inspect", f.to_str().unwrap(), "--assume-fresh-batchnorm"]));
-    assert!(v.contains("BatchNorm bn1, bn2 folded into the convolutions at PyTorch's initial state"), "{v}");
+    assert!(v.contains("BatchNorm bn1, bn2 folded into the convolutions: restored at PyTorch's initial state"), "{v}");
     assert!(v.lines().any(|l| l == "verdict: trains as PyTorch"), "{v}");
     let o = grad_cmd(&dir.join("legacy.onnx"), &batch, &t.path().join("l.npz"), &["--backend", "tract"]);
     assert_bad_input(&o, "legacy.onnx", "folded BatchNorm");

@@ -112,9 +112,10 @@ pub struct ImportArgs {
     /// For Clip nodes the file does not describe (legacy exports)
     #[arg(long, value_enum, value_name = "CONVENTION")]
     clip_at_bounds: Option<ClipAtBounds>,
-    /// The model was freshly built, never trained (PyTorch's initial BatchNorm: weight 1, bias 0,
-    /// running mean 0, variance 1): BatchNorm layers a dynamo export folded into convolutions with
-    /// biases are given back too (without biases the file proves it, and they come back anyway)
+    /// The model was freshly built and never trained, its BatchNorm layers at PyTorch's defaults
+    /// (weight 1, bias 0, running mean 0, variance 1): the layers a dynamo default export folded
+    /// into convolutions are given back (the file cannot show weight and variance; layers it shows
+    /// trained are refused anyway)
     #[arg(long)]
     pub assume_fresh_batchnorm: bool,
 }

@@ -9,28 +9,30 @@
 //! conv, p_bn1_weight, p_bn1_bias, b_bn1_running_mean, b_bn1_running_var, momentum, eps)`): its
 //! parameter and buffer names, momentum and ε.
 //!
-//! The file proves the initial state only partly: a convolution without bias has the folded bias
-//! b′ = β − μ·γ/√(σ² + ε), exactly 0 at PyTorch's initial state (the optimizer then removes it,
-//! `RemoveOptionalBiasFromConv`). Where the folded bias is absent or exactly zero, the layer is
-//! restored; where the convolution has a bias of its own, only the user can say that the model was
-//! fresh (`--assume-fresh-batchnorm`). γ = 1 and σ² = 1 are PyTorch's initial values and are
-//! assumed (inspect's note says so); a γ of 0 (torchvision's `zero_init_residual`) shows as a
-//! filter of zeros and is never restored. Anything not restored stays folded (import refuses it).
+//! The file cannot prove the initial state: W′ = W·γ/√(σ² + ε) looks the same for any γ and σ²
+//! (a weight drawn around 1, as DCGAN initializes BatchNorm, folds like a weight of 1), so only the
+//! user's word restores a layer (`--assume-fresh-batchnorm`: the model was built and never
+//! trained, its BatchNorm layers at PyTorch's defaults). What the file can show is used to refuse
+//! the word where it is wrong: a convolution without bias has the folded bias
+//! b′ = β − μ·γ/√(σ² + ε), exactly 0 at the initial state (the optimizer then removes it), so a
+//! nonzero bias the fold made up (named `val_…`) shows a trained layer; a γ of 0 (torchvision's
+//! `zero_init_residual`) shows as a filter of zeros. Neither is restored, and import refuses them.
 use super::metadata::{self, fx_call, module_paths, placeholder_name, FxArg};
 use crate::ir::Graph;
 use crate::onnx::tensor;
 use crate::Result;
 
-/// What was restored, and which folded layers the file cannot prove fresh.
+/// What was restored, and which folded layers could be restored on the user's word.
 #[derive(Default)]
 pub struct Restored {
     /// BatchNorm layers given back (PyTorch module paths).
     pub layers: Vec<String>,
-    /// Folded layers whose convolution has a bias: fresh only by the user's word.
+    /// Folded layers the file does not show to be trained: restored with --assume-fresh-batchnorm.
     pub unproven: Vec<String>,
 }
 
-/// Gives back the folded BatchNorm layers the file proves fresh (`assume`: every folded layer).
+/// Gives back the folded BatchNorm layers, with `assume` (the user's word that the model is
+/// freshly built), where the file does not show them trained.
 pub fn restore_fresh_batch_norms(g: &mut Graph, assume: bool) -> Result<Restored> {
     let mut out = Restored::default();
     let known: Vec<String> = g.initializers.iter().map(|t| t.name.clone()).collect();
@@ -80,7 +82,9 @@ pub fn restore_fresh_batch_norms(g: &mut Graph, assume: bool) -> Result<Restored
             i += 1;
             continue;
         }
-        if !proven && !assume {
+        // the file cannot show a weight of 1 and a running variance of 1 (a weight drawn around
+        // 1, DCGAN's init, folds the same way): only the user's word restores a layer
+        if !assume {
             out.unproven.push(layer);
             i += 1;
             continue;

@@ -171,9 +171,8 @@ impl Pass for Import {
             let fresh = fresh_bn::restore_fresh_batch_norms(g, self.assume_fresh_bn)?;
             if !fresh.layers.is_empty() {
                 report.notes.push(format!(
-                    "BatchNorm {} folded into the convolutions at PyTorch's initial state ({}; weight 1 and running variance 1 assumed, as a freshly built model has them): restored under {} names and trained as PyTorch trains {}",
+                    "BatchNorm {} folded into the convolutions: restored at PyTorch's initial state (--assume-fresh-batchnorm: weight 1, bias 0, running mean 0, variance 1) under {} names and trained as PyTorch trains {}",
                     summary(&fresh.layers, 6),
-                    if self.assume_fresh_bn { "--assume-fresh-batchnorm" } else { "the folded biases are exactly zero: bias 0, running mean 0" },
                     if fresh.layers.len() == 1 { "its" } else { "their" },
                     if fresh.layers.len() == 1 { "it" } else { "them" }
                 ));
@@ -347,7 +346,14 @@ impl Pass for Import {
             let fresh_hint = if unproven_fresh.is_empty() {
                 String::new()
             } else {
-                " (a freshly built model, never trained: --assume-fresh-batchnorm gives them back; their convolutions have biases, so the file cannot show it)".to_string()
+                format!(
+                    " (a freshly built model, never trained, its BatchNorm at PyTorch's defaults: --assume-fresh-batchnorm gives {})",
+                    if unproven_fresh.len() == report.folded_bn.len() {
+                        "them back".to_string()
+                    } else {
+                        format!("back {}", summary(&unproven_fresh, 4))
+                    }
+                )
             };
             let what = if dynamo {
                 format!("the exporter folded the BatchNorm layers {list} into the preceding convolutions")
