@@ -97,8 +97,9 @@ pub fn restore_fresh_batch_norms(g: &mut Graph, assume: bool) -> Result<Restored
         };
         let channels = w.dims[0];
         let mut new = vec![scale(&w)?];
+        // the convolution's own bias (PyTorch's name) stays its parameter, zero or not
         match &bias {
-            Some(b) if !proven => new.push(scale(b)?),
+            Some(b) if own_bias => new.push(scale(b)?),
             _ => {}
         }
         let c = channels.max(0) as usize;
@@ -116,7 +117,7 @@ pub fn restore_fresh_batch_norms(g: &mut Graph, assume: bool) -> Result<Restored
         let out_name = g.nodes[i].output[0].clone();
         let conv_out = g.fresh(&format!("{out_name}_conv"));
         let n = &mut g.nodes[i];
-        if proven {
+        if !own_bias {
             n.input.truncate(2);
         }
         let meta = std::mem::take(&mut n.metadata_props);
