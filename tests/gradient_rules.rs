@@ -1858,3 +1858,178 @@ fn integer_and_boolean_ops_on_index_paths() {
         },
     )]);
 }
+
+/// What import does to a graph before autodiff: integer arithmetic known before running folded
+/// to constants, sequences written as the tensors they hold. The sequence cases go through it,
+/// as every imported model does.
+fn as_imported(g: &mut Graph, out: &str) {
+    use onnxsam::graph_passes::import::{fold, sequences};
+    // the graph's output, so that the passes keep what computes it
+    g.outputs.push(onnxsam::graph_passes::passes::value_info_untyped_shape(out, dt::FLOAT));
+    let before = g.clone();
+    fold::fold_integer_constants(g).unwrap();
+    sequences::sequences_to_tensors(g).unwrap();
+    fold::fold_integer_constants(g).unwrap();
+    assert!(
+        !g.nodes.iter().any(|n| n.op_type.contains("Sequence")),
+        "a sequence op was left: {:?}",
+        g.nodes.iter().map(|n| n.op_type.as_str()).collect::<Vec<_>>()
+    );
+    // the rewrite keeps the values: ONNX Runtime runs the sequence ops as written
+    let feeds: Vec<(String, HostTensor)> = g
+        .inputs
+        .iter()
+        .map(|v| {
+            let dims: Vec<usize> = onnxsam::graph_passes::shapes::value_type_of(&v.r#type)
+                .and_then(|t| t.shape)
+                .unwrap()
+                .iter()
+                .map(|d| d.known().unwrap_or(3) as usize)
+                .collect();
+            (v.name.clone(), rnd(&format!("fwd {}", v.name), &dims, -1.0, 1.0))
+        })
+        .collect();
+    let forward = |graph: &Graph| {
+        let meta = ModelProto {
+            ir_version: 10,
+            opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: 17 }],
+            ..Default::default()
+        };
+        let m = Model { meta, graph: graph.clone() };
+        let be = backend::select(
+            &BackendRequest { kind: BackendKind::Ort, ort_lib: None, device: Device::Cpu, threads: Some(1) },
+            false,
+        )
+        .unwrap();
+        let mut s = be.load(&m.to_proto()).unwrap();
+        let outs: BTreeMap<String, HostTensor> = s.run(&feeds).unwrap().into_iter().collect();
+        outs[out].to_f64()
+    };
+    let (want, got) = (forward(&before), forward(g));
+    assert_eq!(want.len(), got.len(), "the rewrite changed the output's size");
+    assert!(want.iter().zip(&got).all(|(a, b)| (a - b).abs() <= 1e-6), "the rewrite changed the output's values");
+    g.outputs.pop();
+}
+
+/// Split/chunk/unbind/tensor_split and cat/stack of lists, as the exporters write them with
+/// sequence ops (dynamo without its optimizer, legacy for tensor_split): gradients through the
+/// tensors import writes them as, checked by finite differences on both engines.
+#[test]
+fn sequence_rules() {
+    check_all(vec![
+        case("SplitToSequence sizes [1,2,3] + SequenceAt", 17, vec![("x", rnd("sq1", &[2, 6], -1.0, 1.0))], &["x"], |g| {
+            let sizes = ints(g, "sizes", &[1, 2, 3]);
+            let seq = g.add("SplitToSequence", &["x", &sizes]).int("axis", 1).output();
+            let at = |g: &mut Graph, p: i64| {
+                let p = g.add_initializer("p", tensor::from_i64("", &[], &[p]));
+                g.add("SequenceAt", &[&seq, &p]).output()
+            };
+            let (a, b, c) = (at(g, 0), at(g, 1), at(g, -1));
+            let bb = g.add("Mul", &[&b, &b]).output();
+            let out = g.add("Concat", &[&c, &bb, &a]).int("axis", 1).output();
+            as_imported(g, &out);
+            out
+        }),
+        case(
+            "SplitToSequence keepdims 0 + ConcatFromSequence new_axis (unbind, stack)",
+            17,
+            vec![("x", rnd("sq2", &[2, 3, 2], -1.0, 1.0))],
+            &["x"],
+            |g| {
+                let seq = g.add("SplitToSequence", &["x"]).int("axis", 1).int("keepdims", 0).output();
+                let p = g.add_initializer("p", tensor::from_i64("", &[], &[1]));
+                let e = g.add("SequenceErase", &[&seq, &p]).output();
+                let st = g.add("ConcatFromSequence", &[&e]).int("axis", -1).int("new_axis", 1).output();
+                let out = g.add("Mul", &[&st, &st]).output();
+                as_imported(g, &out);
+                out
+            },
+        ),
+        case(
+            "SequenceConstruct/Insert/Length + ConcatFromSequence",
+            17,
+            vec![("a", rnd("sq3", &[2, 2], -1.0, 1.0)), ("b", rnd("sq4", &[2, 3], -1.0, 1.0))],
+            &["a", "b"],
+            |g| {
+                let aa = g.add("Mul", &["a", "a"]).output();
+                let seq = g.add("SequenceConstruct", &["a", "b"]).output();
+                let p = g.add_initializer("p", tensor::from_i64("", &[], &[-1]));
+                let ins = g.add("SequenceInsert", &[&seq, &aa, &p]).output();
+                let len = g.add("SequenceLength", &[&ins]).output();
+                let lf = g.add("Cast", &[&len]).int("to", dt::FLOAT as i64).output();
+                let cat = g.add("ConcatFromSequence", &[&ins]).int("axis", 1).output();
+                let out = g.add("Mul", &[&cat, &lf]).output();
+                as_imported(g, &out);
+                out
+            },
+        ),
+        // torch.tensor_split(x, 3, dim=1) as the legacy exporter writes it: the sizes computed
+        // from the input's shape (Shape, Gather, Div, Mod, Tile, Concat); the sizes along other
+        // axes left to run time
+        case(
+            "SplitToSequence with computed sizes (tensor_split, legacy export)",
+            17,
+            vec![("x", rnd("sq5", &[2, 7, 2], -1.0, 1.0))],
+            &["x"],
+            |g| {
+                let shape = g.add("Shape", &["x"]).output();
+                let one = g.add_initializer("one", tensor::from_i64("", &[1], &[1]));
+                let len = g.add("Gather", &[&shape, &one]).int("axis", 0).output();
+                let three = g.add_initializer("three", tensor::from_i64("", &[], &[3]));
+                let q = g.add("Div", &[&len, &three]).output();
+                let q1 = g.add("Add", &[&q, &one]).output();
+                let r = g.add("Mod", &[&len, &three]).output();
+                let big = g.add("Tile", &[&q1, &r]).output();
+                let three1 = g.add_initializer("three1", tensor::from_i64("", &[1], &[3]));
+                let rest = g.add("Sub", &[&three1, &r]).output();
+                let small = g.add("Tile", &[&q, &rest]).output();
+                let sizes = g.add("Concat", &[&big, &small]).int("axis", 0).output();
+                let seq = g.add("SplitToSequence", &["x", &sizes]).int("axis", 1).output();
+                let p = g.add_initializer("p", tensor::from_i64("", &[], &[1]));
+                let mid = g.add("SequenceAt", &[&seq, &p]).output();
+                let sq = g.add("Mul", &[&mid, &mid]).output();
+                // over the axis left to run time: y of known shape [2, 2]
+                let a2 = ints(g, "a2", &[2]);
+                let out = g.add("ReduceSum", &[&sq, &a2]).int("keepdims", 0).output();
+                as_imported(g, &out);
+                out
+            },
+        )
+        .with_symbolic_spatial(),
+    ]);
+}
+
+/// F.pad(x, [1, 2]) as the legacy exporter writes it without constant folding: the pads go
+/// through ConstantOfShape, Concat, Reshape to [-1, 2], a reversing Slice, Transpose, Reshape and
+/// Cast (timm's "same" padding, hgnetv2). Import computes them once; Pad's rule then has them.
+#[test]
+fn pad_with_pads_computed_from_a_list() {
+    check_all(vec![case("Pad, pads computed (legacy F.pad)", 17, vec![("x", rnd("pl", &[2, 3, 4], -1.0, 1.0))], &["x"], |g| {
+        let shape = g.add("Shape", &["x"]).output();
+        let rank = g.add("Size", &[&shape]).output();
+        let list = ints(g, "list", &[1, 2]);
+        let two = g.add_initializer("two", tensor::from_i64("", &[], &[2]));
+        let twice = g.add("Mul", &[&rank, &two]).output();
+        let two_l = g.add_initializer("two_l", tensor::from_i64("", &[], &[2]));
+        let missing = g.add("Sub", &[&twice, &two_l]).output();
+        let ax0 = ints(g, "ax0", &[0]);
+        let missing1 = g.add("Unsqueeze", &[&missing, &ax0]).output();
+        let zeros = g
+            .add("ConstantOfShape", &[&missing1])
+            .tensor("value", tensor::from_i64("", &[1], &[0]))
+            .output();
+        let all = g.add("Concat", &[&list, &zeros]).int("axis", 0).output();
+        let m12 = ints(g, "m12", &[-1, 2]);
+        let pairs = g.add("Reshape", &[&all, &m12]).output();
+        let (s, e, a, st) = (ints(g, "s", &[-1]), ints(g, "e", &[i64::MIN + 1]), ints(g, "a", &[0]), ints(g, "st", &[-1]));
+        let rev = g.add("Slice", &[&pairs, &s, &e, &a, &st]).output();
+        let tr = g.add("Transpose", &[&rev]).ints("perm", &[1, 0]).output();
+        let m1 = ints(g, "m1", &[-1]);
+        let flat = g.add("Reshape", &[&tr, &m1]).output();
+        let pads = g.add("Cast", &[&flat]).int("to", dt::INT64 as i64).output();
+        let out = g.add("Pad", &["x", &pads]).output();
+        as_imported(g, &out);
+        assert!(!g.nodes.iter().any(|n| n.op_type == "Transpose"), "the pads were not folded");
+        out
+    })]);
+}

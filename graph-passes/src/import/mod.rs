@@ -181,7 +181,10 @@ impl Pass for Import {
             report.restored = restore_removed_biases(g);
         }
         g.pass = Some(self.name().into());
-        let canonical = sequences::split_sequences_to_split(g).and_then(|_| fold::fold_known_integer_inputs(g));
+        let canonical = fold::fold_integer_constants(g)
+            .and_then(|_| sequences::sequences_to_tensors(g))
+            .and_then(|_| fold::fold_integer_constants(g))
+            .and_then(|_| fold::fold_known_integer_inputs(g));
         g.pass = None;
         canonical?;
         if dynamo || legacy {

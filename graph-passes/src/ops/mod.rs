@@ -8,7 +8,8 @@
 //! (BatchNorm, LayerNorm, GroupNorm, InstanceNorm…), reduce (Reduce*, CumSum, TopK, ArgMax),
 //! shape (Reshape, Transpose, Slice, Concat, Pad, DepthToSpace…), gather (Gather*, Scatter*),
 //! softmax_loss, source (Constant, Shape, Range…), recurrent (LSTM, GRU, RNN), resize, attention
-//! (Attention, RotaryEmbedding).
+//! (Attention, RotaryEmbedding), sequence (SplitToSequence, ConcatFromSequence…: written as
+//! tensors at import).
 pub mod activation;
 pub mod attention;
 pub mod conv;
@@ -20,6 +21,7 @@ pub mod pool;
 pub mod recurrent;
 pub mod reduce;
 pub mod resize;
+pub mod sequence;
 pub mod shape;
 pub mod softmax_loss;
 pub mod source;
@@ -161,6 +163,7 @@ pub const FAMILIES: &[Family] = &[
     recurrent::FAMILY,
     resize::FAMILY,
     attention::FAMILY,
+    sequence::FAMILY,
 ];
 
 fn registry() -> &'static HashMap<&'static str, (&'static str, OpDef)> {

@@ -510,7 +510,7 @@ fn split(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> Resu
 
 /// The indices along one axis that Slice(start, end, step) picks from `dim` (ONNX Slice-13's
 /// clamping; negative steps walk backwards).
-fn slice_indices(start: i64, end: i64, step: i64, dim: i64) -> Vec<i64> {
+pub(crate) fn slice_indices(start: i64, end: i64, step: i64, dim: i64) -> Vec<i64> {
     let (b, e, _) = slice_bounds(start, end, step, dim);
     let mut out = Vec::new();
     let mut i = b;
