@@ -1864,17 +1864,25 @@ fn integer_and_boolean_ops_on_index_paths() {
 /// as every imported model does.
 fn as_imported(g: &mut Graph, out: &str) {
     use onnxsam::graph_passes::import::{fold, sequences};
+    keeps_values(g, out, |g| {
+        fold::fold_integer_constants(g).unwrap();
+        sequences::sequences_to_tensors(g).unwrap();
+        fold::fold_integer_constants(g).unwrap();
+        assert!(
+            !g.nodes.iter().any(|n| n.op_type.contains("Sequence")),
+            "a sequence op was left: {:?}",
+            g.nodes.iter().map(|n| n.op_type.as_str()).collect::<Vec<_>>()
+        );
+    });
+}
+
+/// Rewrites `g` with `rewrite` and checks that ONNX Runtime computes the same `out` before and
+/// after (random inputs; symbolic sizes taken as 3).
+fn keeps_values(g: &mut Graph, out: &str, rewrite: impl FnOnce(&mut Graph)) {
     // the graph's output, so that the passes keep what computes it
     g.outputs.push(onnxsam::graph_passes::passes::value_info_untyped_shape(out, dt::FLOAT));
     let before = g.clone();
-    fold::fold_integer_constants(g).unwrap();
-    sequences::sequences_to_tensors(g).unwrap();
-    fold::fold_integer_constants(g).unwrap();
-    assert!(
-        !g.nodes.iter().any(|n| n.op_type.contains("Sequence")),
-        "a sequence op was left: {:?}",
-        g.nodes.iter().map(|n| n.op_type.as_str()).collect::<Vec<_>>()
-    );
+    rewrite(g);
     // the rewrite keeps the values: ONNX Runtime runs the sequence ops as written
     let feeds: Vec<(String, HostTensor)> = g
         .inputs
@@ -2030,6 +2038,25 @@ fn pad_with_pads_computed_from_a_list() {
         let out = g.add("Pad", &["x", &pads]).output();
         as_imported(g, &out);
         assert!(!g.nodes.iter().any(|n| n.op_type == "Transpose"), "the pads were not folded");
+        out
+    })]);
+}
+
+/// A strided Slice after a Reshape (LeViT's subsampling `x.view(B, r, r, C)[:, ::2, ::2]`) is
+/// taken as Gathers for tract's sake (ops::shape::canonical_strided_slice): the same values, and
+/// the gradient through them, on both engines.
+#[test]
+fn strided_slice_after_reshape_rule() {
+    check_all(vec![case("Reshape + Slice steps 2, -2", 17, vec![("x", rnd("ss", &[2, 16, 3], -1.0, 1.0))], &["x"], |g| {
+        let shape = ints(g, "shape", &[2, 4, 4, 3]);
+        let v = g.add("Reshape", &["x", &shape]).output();
+        let (s, e, a, st) =
+            (ints(g, "s", &[0, -1]), ints(g, "e", &[i64::MAX, i64::MIN]), ints(g, "a", &[1, 2]), ints(g, "st", &[2, -2]));
+        let out = g.add("Slice", &[&v, &s, &e, &a, &st]).output();
+        keeps_values(g, &out, |g| {
+            onnxsam::graph_passes::ops::lower_graph(g, 17).unwrap();
+            assert!(!g.nodes.iter().any(|n| n.op_type == "Slice"), "the strided Slice stayed");
+        });
         out
     })]);
 }

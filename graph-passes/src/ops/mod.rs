@@ -247,7 +247,7 @@ pub fn lower(m: &mut Model) -> Result<usize> {
 
 /// `lower` on a graph of the given default-domain opset. Also gives ops the one form on which
 /// the engines agree where they read an op differently (`resize::canonical_form`,
-/// `reduce::canonical_cumsum`).
+/// `reduce::canonical_cumsum`, `shape::canonical_strided_slice`).
 pub fn lower_graph(g: &mut Graph, opset: i64) -> Result<usize> {
     let targets: Vec<NodeProto> = g
         .nodes
@@ -256,11 +256,12 @@ pub fn lower_graph(g: &mut Graph, opset: i64) -> Result<usize> {
         .cloned()
         .collect();
     let mut changed = 0;
-    if g.nodes.iter().any(|n| n.op_type == "Resize" || n.op_type == "CumSum") {
+    if g.nodes.iter().any(|n| matches!(n.op_type.as_str(), "Resize" | "CumSum" | "Slice")) {
         let s = crate::shapes::infer(g)?;
         for i in 0..g.nodes.len() {
             changed += resize::canonical_form(g, &s, i) as usize;
             changed += reduce::canonical_cumsum(g, &s, i) as usize;
+            changed += shape::canonical_strided_slice(g, &s, i) as usize;
         }
     }
     if targets.is_empty() {

@@ -744,3 +744,68 @@ fn space_to_depth(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx
     let mid = [0, b, b, ch, h / b, w / b];
     Ok(first_only(undo_blocks(c, &d, &n.input[0], &mid, &[0, 3, 5, 1, 2, 4]), n))
 }
+
+/// tract 0.23 turns a Slice with a step into its Downsample op and moves that above a Reshape
+/// ("Pulling Downsample over Reshape: Invalid axis", LeViT's attention subsampling
+/// `x.view(B, r, r, C)[:, ::2, ::2]`). Where a strided Slice reads a Reshape (or such a Slice),
+/// each strided axis is taken with a Gather of the picked indices instead: the same values, and a
+/// form both engines run. True when node `idx` was rewritten.
+pub(crate) fn canonical_strided_slice(g: &mut Graph, s: &Shapes, idx: usize) -> bool {
+    let n = &g.nodes[idx];
+    if n.op_type != "Slice" || n.input.len() < 5 || n.input[4].is_empty() {
+        return false;
+    }
+    let after_reshape = |v: &str| {
+        let mut v = v.to_string();
+        loop {
+            match g.nodes.iter().find(|m| m.output.first() == Some(&v)) {
+                Some(m) if m.op_type == "Reshape" => return true,
+                Some(m) if m.op_type == "Slice" || m.op_type == "Gather" => v = m.input[0].clone(),
+                _ => return false,
+            }
+        }
+    };
+    if !after_reshape(&n.input[0]) {
+        return false;
+    }
+    let ints = |i: usize| crate::ir::constant_ints(g, &n.input[i]);
+    let (Some(starts), Some(ends), Some(axes), Some(steps)) = (ints(1), ints(2), ints(3), ints(4)) else {
+        return false;
+    };
+    let Some(xs) = s.shape(&n.input[0]) else { return false };
+    let r = xs.len();
+    if steps.iter().all(|&st| st == 1) || [ends.len(), axes.len(), steps.len()].iter().any(|&l| l != starts.len()) {
+        return false;
+    }
+    let mut picks = Vec::new();
+    for k in 0..starts.len() {
+        let Some(a) = (if axes[k] < 0 { axes[k] + r as i64 } else { axes[k] }).try_into().ok().filter(|&a: &usize| a < r)
+        else {
+            return false;
+        };
+        let Some(dim) = xs[a].known() else { return false };
+        if steps[k] == 0 {
+            return false;
+        }
+        picks.push((a, slice_indices(starts[k], ends[k], steps[k], dim)));
+    }
+    // the node itself becomes the first Gather; the others follow it
+    let out = g.nodes[idx].output[0].clone();
+    let name = g.nodes[idx].name.clone();
+    let mut v = g.nodes[idx].input[0].clone();
+    for (k, (a, picked)) in picks.iter().enumerate() {
+        let i = g.add_initializer("slice_indices", crate::onnx::tensor::from_i64("", &[picked.len() as i64], picked));
+        let o = if k + 1 == picks.len() { out.clone() } else { g.fresh(&format!("{out}.gather{k}")) };
+        if k == 0 {
+            let n = &mut g.nodes[idx];
+            n.op_type = "Gather".into();
+            n.input = vec![v.clone(), i];
+            n.output = vec![o.clone()];
+            n.attribute = vec![crate::ir::attr_int("axis", *a as i64)];
+        } else {
+            g.add("Gather", &[&v, &i]).int("axis", *a as i64).name(&format!("{name}/gather{k}")).exact_outputs(&[&o]);
+        }
+        v = o;
+    }
+    true
+}
