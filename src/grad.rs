@@ -368,3 +368,82 @@ pub fn index_range(g: &Model, c: &graph_passes::passes::Contract, input: &str) -
         Some(IndexRange { node: n.describe(), size })
     })
 }
+
+/// The sizes a graph runs at, by data input: each input's array in `path` (a .npz by input
+/// name, or a lone input's `x`; a folder of .npy files likewise), with the batch axis set to
+/// `batch` where given (train's per-step batch). None where the data does not say.
+pub fn data_input_dims(
+    path: &std::path::Path,
+    model: &Model,
+    batch: Option<usize>,
+) -> Result<Option<BTreeMap<String, Vec<i64>>>> {
+    let inputs: Vec<String> = model.graph.data_inputs().iter().map(|v| v.name.clone()).collect();
+    let read = |key: &str| -> Result<Option<HostTensor>> {
+        if path.is_dir() {
+            let p = path.join(format!("{key}.npy"));
+            return if p.exists() { crate::tensor::read_npy(&p).map(Some) } else { Ok(None) };
+        }
+        if path.extension().and_then(|e| e.to_str()) != Some("npz") {
+            return Ok(None);
+        }
+        crate::tensor::read_npz_array(path, key)
+    };
+    let mut out = BTreeMap::new();
+    for name in &inputs {
+        let t = match read(name)? {
+            Some(t) => t,
+            None if inputs.len() == 1 => match read("x")? {
+                Some(t) => t,
+                None => return Ok(None),
+            },
+            None => return Ok(None),
+        };
+        let mut dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        if let (Some(b), Some(d0)) = (batch, dims.first_mut()) {
+            *d0 = b as i64;
+        }
+        out.insert(name.clone(), dims);
+    }
+    Ok(Some(out))
+}
+
+/// A graph compiled at the sizes it runs at, because a rule needs a size the file leaves to run
+/// time (graph_passes::sizes).
+pub struct FixedSizes {
+    /// The model with those sizes in its inputs.
+    pub model: Model,
+    /// The rule's error at the file's own sizes.
+    pub why: String,
+    pub dims: BTreeMap<String, Vec<i64>>,
+}
+
+impl FixedSizes {
+    /// What the log says about it.
+    pub fn note(&self) -> String {
+        format!(
+            "sizes: {}, a size the file computes from its inputs' shape; compiled for {} (the data's), and every step runs at exactly these sizes",
+            self.why,
+            graph_passes::sizes::describe(&self.dims)
+        )
+    }
+}
+
+/// Compiles the model as the file gives it; where that fails and it compiles at `sizes` (the
+/// data's, read only then), those graphs and how they were made. The file's own error where the
+/// sizes do not help.
+pub fn compile_at_sizes<T>(
+    model: &Model,
+    sizes: impl FnOnce() -> Result<Option<BTreeMap<String, Vec<i64>>>>,
+    compile: impl Fn(&Model) -> graph_passes::Result<T>,
+) -> std::result::Result<(T, Option<FixedSizes>), graph_passes::Error> {
+    let first = match compile(model) {
+        Ok(t) => return Ok((t, None)),
+        Err(e) => e,
+    };
+    let Ok(Some(dims)) = sizes() else { return Err(first) };
+    let fixed = graph_passes::sizes::specialize(model, &dims);
+    match compile(&fixed) {
+        Ok(t) => Ok((t, Some(FixedSizes { model: fixed, why: first.to_string(), dims }))),
+        Err(_) => Err(first),
+    }
+}

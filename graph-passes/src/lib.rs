@@ -8,6 +8,7 @@ pub mod onnx;
 pub mod ops;
 pub mod passes;
 pub mod shapes;
+pub mod sizes;
 pub mod step;
 
 pub use error::{Error, Result};

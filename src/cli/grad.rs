@@ -38,7 +38,7 @@ impl GradInput {
         spec.labels_shape = g::labels_shape(&self.batch)?;
         // the batch is checked against the graph before an engine is chosen, so that bad data
         // gets its one error line and nothing else
-        let (gm, contract, shown) = GradRun::build(&self.model, &spec, false)?;
+        let (gm, contract, shown) = GradRun::build_at(&self.model, &spec, false, Some(&self.batch))?;
         let arrays = read_npz(&self.batch)?;
         let batch = g::batch_from_npz(&self.batch.display().to_string(), &gm, &contract, arrays)?;
         Ok((GradRun::start(gm, contract, shown, &self.backend)?, batch))
@@ -71,10 +71,28 @@ impl GradRun {
 
     /// The gradient (or loss) graph of the model at `path`, with its contract and how to name the file.
     pub fn build(path: &Path, spec: &GradSpec, loss_only: bool) -> Result<(Model, Contract, String)> {
+        GradRun::build_at(path, spec, loss_only, None)
+    }
+
+    /// `build`, at the sizes of the arrays in `batch` where a rule needs sizes the file leaves
+    /// to run time (grad::compile_at_sizes).
+    pub fn build_at(
+        path: &Path,
+        spec: &GradSpec,
+        loss_only: bool,
+        batch: Option<&Path>,
+    ) -> Result<(Model, Contract, String)> {
         let model = Model::load(path)?;
         let shown = path.display().to_string();
-        let (gm, contract) = if loss_only { step::loss_graph(&model, spec) } else { step::grad_graph(&model, spec) }
-            .map_err(|e| anyhow!("{shown}: {e}"))?;
+        let sizes = || match batch {
+            Some(b) => g::data_input_dims(b, &model, None),
+            None => Ok(None),
+        };
+        let compile = |m: &Model| if loss_only { step::loss_graph(m, spec) } else { step::grad_graph(m, spec) };
+        let ((gm, contract), fixed) = g::compile_at_sizes(&model, sizes, compile).map_err(|e| anyhow!("{shown}: {e}"))?;
+        if let Some(f) = fixed {
+            crate::error::say(format!("onnxsam: note: {shown}: {}", f.note()));
+        }
         Ok((gm, contract, shown))
     }
 
@@ -144,9 +162,18 @@ pub fn step_once(a: StepOnceArgs) -> Result<i32> {
     let i = &a.input;
     let mut spec = a.step.spec(&i.graph)?;
     spec.grad.labels_shape = g::labels_shape(&i.batch)?;
-    let model = Model::load(&i.model)?;
+    let file_model = Model::load(&i.model)?;
     let shown = i.model.display().to_string();
-    let graphs = step::step_graphs(&model, &spec).map_err(|e| anyhow!("{shown}: {e}"))?;
+    let sizes = || g::data_input_dims(&i.batch, &file_model, None);
+    let (graphs, fixed) = g::compile_at_sizes(&file_model, sizes, |m| step::step_graphs(m, &spec))
+        .map_err(|e| anyhow!("{shown}: {e}"))?;
+    let model = match fixed {
+        Some(f) => {
+            crate::error::say(format!("onnxsam: note: {shown}: {}", f.note()));
+            f.model
+        }
+        None => file_model,
+    };
     // the batch is checked before an engine is chosen: bad data gets one error line
     let source = i.batch.display().to_string();
     let batch = g::batch_from_npz(&source, &graphs.step.model, &graphs.step.contract, read_npz(&i.batch)?)?;

@@ -117,8 +117,21 @@ fn verdict(a: &InspectArgs, model: &Model, spec: &GradSpec, imported: &ImportRep
         Err(e) => {
             // an export that fixed the batch may have folded what a dynamic one keeps
             let also = fixed
+                .as_ref()
                 .map(|f| format!("; the file also fixes the batch at {} ({}): {}", f.batch, f.what, f.hint))
                 .unwrap_or_default();
+            // a size the file computes from its inputs' shape: train, grad and step compile
+            // at the data's sizes (grad::compile_at_sizes)
+            let probe = graph_passes::sizes::probe_dims(model);
+            if fixed.is_none() && step::grad_graph(&graph_passes::sizes::specialize(model, &probe), spec).is_ok() {
+                return (
+                    format!(
+                        "trains at the data's sizes only: {e}, a size the file computes from its inputs' shape; train, grad and step compile the graph for the data's shape and --batch-size (tried here at {}; train then drops a smaller last batch, and runs without --accumulate or --distributed)",
+                        graph_passes::sizes::describe(&probe)
+                    ),
+                    engines,
+                );
+            }
             return (format!("cannot: {e}{also}"), engines);
         }
     };

@@ -148,6 +148,8 @@ pub struct Trainer<'a> {
     state_names: Vec<String>,
     /// The running statistics were averaged after the last step.
     state_averaged: bool,
+    /// Only whole batches: --drop-last, m-SAM, or a step compiled at the data's sizes.
+    drop_last: bool,
     shown: String,
     model: Model,
     runner: StepRunner,
@@ -213,13 +215,35 @@ impl<'a> Trainer<'a> {
                 }
                 drop_last = true; // m-SAM needs whole batches
             }
-            let graphs = graph_passes::step::step_graphs(&model, spec).map_err(|e| {
+            // where a rule needs sizes the file leaves to run time, the step is compiled for the
+            // data's sample shape and --batch-size (one process, no accumulation: the step then
+            // runs at one size), and the last, smaller batch is dropped
+            let one_size = ranks.is_none() && spec.accumulate.unwrap_or(1) <= 1;
+            let sizes = || crate::grad::data_input_dims(&cfg.data, &model, Some(cfg.batch_size));
+            let compiled = crate::grad::compile_at_sizes(&model, sizes, |m| graph_passes::step::step_graphs(m, spec));
+            let (graphs, fixed_sizes) = compiled.map_err(|e| {
                 // an export that fixed the batch may have folded what a dynamic one keeps
                 let fixed = evaluate::fixed_batch(&model)
                     .map(|f| format!("; the file also fixes the batch at {} ({}): {}", f.batch, f.what, f.hint))
                     .unwrap_or_default();
                 anyhow!("{shown}: {e}{fixed}")
             })?;
+            // the model the step graphs were compiled from (the file's, or at the data's sizes)
+            let step_model = match fixed_sizes {
+                Some(f) if !one_size => bail!(
+                    "{shown}: {}, a size the file computes from its inputs' shape: onnxsam compiles such a model for one batch size, and --accumulate and --distributed run several; train without them",
+                    f.why
+                ),
+                Some(f) => {
+                    drop_last = true;
+                    crate::error::say(format!(
+                        "onnxsam: note: {shown}: {} (a last batch smaller than --batch-size is dropped)",
+                        f.note()
+                    ));
+                    f.model
+                }
+                None => model.clone(),
+            };
             // the class count the labels are checked against: the loss's own, else the output's axis 1
             let classes = match graphs.step.contract.cross_entropy.as_ref().map(|x| x.classes) {
                 Some(c) => Some(c as usize),
@@ -309,10 +333,10 @@ impl<'a> Trainer<'a> {
             // the engine loads both graphs before anything is written: a graph it cannot run leaves no run
             let be = backend::select(&rank_device(cfg, ranks.is_some()), ranks.map(|r| r.0 == 0).unwrap_or(true))?;
             let mut runner =
-                StepRunner::from_graphs(graphs, &model, spec, be.as_ref(), cfg.seed).with_context(|| shown.clone())?;
+                StepRunner::from_graphs(graphs, &step_model, spec, be.as_ref(), cfg.seed).with_context(|| shown.clone())?;
             let eval = Evaluator::new(&model, &spec.grad, be.as_ref()).with_context(|| shown.clone())?;
             if ranks.is_some() {
-                runner.distribute(&model, be.as_ref()).with_context(|| shown.clone())?;
+                runner.distribute(&step_model, be.as_ref()).with_context(|| shown.clone())?;
             }
             // a resumed run's checkpoint, read by every rank
             let resumed = if cfg.resume { Some(checkpoint::load(run, None)?) } else { None };
@@ -335,9 +359,9 @@ impl<'a> Trainer<'a> {
                     run.display()
                 );
             }
-            Ok((shown, model, metric, d, clean, flipped, notes, be, runner, eval, (per_epoch, total), resumed))
+            Ok((shown, model, metric, d, clean, flipped, notes, be, runner, eval, (per_epoch, total, drop_last), resumed))
         })();
-        let (shown, model, metric, d, clean, flipped, notes, be, mut runner, eval, (per_epoch, total), resumed) =
+        let (shown, model, metric, d, clean, flipped, notes, be, mut runner, eval, (per_epoch, total, drop_last), resumed) =
             match dist.as_deref_mut() {
                 Some(x) => x.settle(local)?,
                 None => local?,
@@ -437,6 +461,7 @@ impl<'a> Trainer<'a> {
             global_batch,
             state_names,
             state_averaged: false,
+            drop_last,
             cfg,
             shown,
             model,
@@ -462,7 +487,7 @@ impl<'a> Trainer<'a> {
     }
 
     fn drop_last(&self) -> bool {
-        self.cfg.drop_last || self.cfg.spec.micro_batch.is_some()
+        self.drop_last
     }
 
     fn seconds(&self) -> f64 {
