@@ -1,5 +1,6 @@
 //! graph-passes: reads, rewrites and writes ONNX graphs for onnxsam. It never executes anything.
 pub mod autodiff;
+pub mod ctx;
 pub mod diff;
 pub mod error;
 pub mod import;

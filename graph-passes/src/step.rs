@@ -438,7 +438,7 @@ pub fn accumulate_graphs(model: &Model, spec: &StepSpec) -> Result<AccumulateGra
         if spec.reweight.is_some() {
             let lps = c.loss_per_sample.clone().expect("per-sample-loss ran");
             m.graph.inputs.push(crate::passes::value_info(crate::passes::reweight::WEIGHTS, crate::onnx::data_type::FLOAT, &[-1]));
-            let mut ctx = crate::autodiff::Ctx::new(&mut m.graph, crate::shapes::Shapes::default(), 0);
+            let mut ctx = crate::ctx::Ctx::new(&mut m.graph, crate::shapes::Shapes::default(), 0);
             let wl = ctx.mul(&lps, crate::passes::reweight::WEIGHTS);
             let wl = ctx.reduce_sum(&wl, &[0], false);
             c.weights = Some(crate::passes::reweight::WEIGHTS.to_string());

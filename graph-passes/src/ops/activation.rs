@@ -4,7 +4,7 @@
 use std::f32::consts::PI;
 
 use super::{dy, one, op, Family, Gradient as G, OpDef};
-use crate::autodiff::{Ctx, Grads};
+use crate::ctx::{Ctx, Grads};
 use crate::ir::NodeExt;
 use crate::onnx::NodeProto;
 use crate::shapes::same_as_input;

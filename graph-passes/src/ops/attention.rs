@@ -8,7 +8,7 @@
 //! 1/√D), softcap. Not covered: past_key/past_value (a KV cache is inference), the present_* and
 //! qk_matmul_output outputs.
 use super::{op, Family, Gradient as G, OpDef};
-use crate::autodiff::Ctx;
+use crate::ctx::Ctx;
 use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::{data_type as dt, NodeProto};
 use crate::shapes::{input_type, set, Dim, Shapes};

@@ -3,7 +3,7 @@
 //! output gradient; ConvTranspose is Conv's adjoint, so its gradients are the same two forms
 //! swapped (BACKEND-NOTES.md: all run correctly on ORT and tract).
 use super::{dy, op, Family, Gradient as G, OpDef};
-use crate::autodiff::{Ctx, Grads};
+use crate::ctx::{Ctx, Grads};
 use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::{data_type as dt, NodeProto};
 use crate::shapes::{conv_out, input_type, set, Dim, Shapes};

@@ -2,7 +2,7 @@
 //! is summed back to its shape; comparisons and logic carry no gradient; Floor, Ceil, Round and
 //! Sign are piecewise constant (gradient zero, as PyTorch).
 use super::{dy, one, op, Family, Gradient as G, OpDef};
-use crate::autodiff::{Ctx, Grads};
+use crate::ctx::{Ctx, Grads};
 use crate::import::conventions::{self, ClipConvention};
 use crate::ir::{constant_value, node_error, Graph, NodeExt};
 use crate::onnx::{data_type as dt, tensor, NodeProto};

@@ -1,7 +1,7 @@
 //! Gather (embeddings), GatherElements, GatherND: gradients scatter-add back, so repeated indices
 //! accumulate. ScatterElements, ScatterND: the written cells' gradient goes to the updates.
 use super::{dy, op, Family, Gradient as G, OpDef};
-use crate::autodiff::{Ctx, Grads};
+use crate::ctx::{Ctx, Grads};
 use crate::import::conventions;
 use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::NodeProto;

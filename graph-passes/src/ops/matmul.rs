@@ -1,6 +1,6 @@
 //! Gemm, MatMul and Einsum.
 use super::{dy, op, Family, Gradient as G, OpDef};
-use crate::autodiff::{Ctx, Grads};
+use crate::ctx::{Ctx, Grads};
 use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::NodeProto;
 use crate::shapes::{input_type, matmul_shape, set, shape_string, Dim, Shapes};

@@ -29,7 +29,7 @@ pub mod source;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use crate::autodiff::{Ctx, Grads};
+use crate::ctx::{Ctx, Grads};
 use crate::ir::{Graph, Model};
 use crate::onnx::NodeProto;
 use crate::shapes::Shapes;

@@ -3,7 +3,7 @@
 //! before autodiff (InstanceNormalization, GroupNormalization, LpNormalization,
 //! MeanVarianceNormalization).
 use super::{dy, op, Family, Gradient as G, OpDef};
-use crate::autodiff::{Ctx, Grads};
+use crate::ctx::{Ctx, Grads};
 use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::{data_type as dt, NodeProto};
 use crate::shapes::{input_type, same_as_input, set, Dim, Shape, Shapes};

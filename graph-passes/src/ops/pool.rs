@@ -4,7 +4,7 @@
 //! window in scan order gets the gradient; overlapping windows add up.
 use super::conv::{dims_but_batch, geometry, window_shape};
 use super::{dy, op, Family, Gradient as G, OpDef};
-use crate::autodiff::{Ctx, Grads};
+use crate::ctx::{Ctx, Grads};
 use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::NodeProto;
 use crate::shapes::{input_type, set, Dim, Shapes};

@@ -14,7 +14,7 @@
 //! The sequence length T must be known (the unrolled graph has T steps): export with a fixed
 //! sequence length.
 use super::{op, Family, Gradient as G, OpDef};
-use crate::autodiff::Ctx;
+use crate::ctx::Ctx;
 use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::{data_type as dt, NodeProto};
 use crate::shapes::{input_type, set, Dim, Shapes};

@@ -1,6 +1,6 @@
 //! Reductions (Reduce*), ArgMax/ArgMin, CumSum, TopK, Hardmax.
 use super::{dy, op, Family, Gradient as G, OpDef};
-use crate::autodiff::{Ctx, Grads};
+use crate::ctx::{Ctx, Grads};
 use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::{data_type as dt, NodeProto};
 use crate::shapes::{axes_of, input_type, ints_of, reduce_shape, same_as_input, set, Dim, Shapes};

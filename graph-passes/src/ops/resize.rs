@@ -12,7 +12,7 @@
 //! Not covered (refused with the reason): tf_crop_and_resize, keep_aspect_ratio_policy other
 //! than stretch, non-constant scales/sizes.
 use super::{dy, op, Family, Gradient as G, OpDef};
-use crate::autodiff::{Ctx, Grads};
+use crate::ctx::{Ctx, Grads};
 use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::{tensor, NodeProto};
 use crate::shapes::{input_type, ints_of, set, Dim, Shapes};

@@ -1,7 +1,7 @@
 //! Ops that move elements without changing them: Reshape, Flatten, Squeeze, Unsqueeze,
 //! Transpose, Concat, Split, Slice, Expand, Tile, Pad, DepthToSpace, SpaceToDepth, Trilu.
 use super::{dy, op, Family, Gradient as G, OpDef};
-use crate::autodiff::{Ctx, Grads};
+use crate::ctx::{Ctx, Grads};
 use crate::ir::{node_error, Graph, NodeExt};
 use crate::onnx::NodeProto;
 use crate::shapes::{

@@ -1,7 +1,7 @@
 //! eval-graph: the evaluation graph's extra outputs: besides `loss` and `loss_per_sample`, the
 //! task metric summed over the batch: `correct` (classification) or `abs_error` (regression).
 use super::{expose_metric, Contract, Pass};
-use crate::autodiff::Ctx;
+use crate::ctx::Ctx;
 use crate::ir::Model;
 use crate::shapes::Shapes;
 use crate::Result;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use super::forward::copy_forward_with;
 use super::{expose, hyper, value_info, Contract, Direction, Pass};
-use crate::autodiff::Ctx;
+use crate::ctx::Ctx;
 use crate::ir::Model;
 use crate::onnx::data_type as dt;
 use crate::shapes;

@@ -83,7 +83,7 @@ pub fn copy_forward_with(
             m.output[0] = perturbed.clone();
             let ids = m.input[1].clone();
             g.nodes.push(m);
-            let mut ctx = crate::autodiff::Ctx::new(g, crate::shapes::Shapes::default(), 0);
+            let mut ctx = crate::ctx::Ctx::new(g, crate::shapes::Shapes::default(), 0);
             let held = ctx.g.add("Gather", &[&n.input[0], &ids]).int("axis", 0).output();
             let row = ctx.const_i64(&[k]);
             let row = ctx.op("CastLike", &[&row, &ids]);

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::autodiff::Ctx;
+use crate::ctx::Ctx;
 use crate::ir::Model;
 use crate::onnx::{data_type as dt, NodeProto, TensorProto, ValueInfoProto};
 use crate::{bail, Result};

@@ -18,7 +18,7 @@
 //!
 //! Cross-entropy uses the formulation both engines run: −GatherElements(LogSoftmax(x), labels).
 use super::{value_info, Contract, CrossEntropyRegion, Pass};
-use crate::autodiff::Ctx;
+use crate::ctx::Ctx;
 use crate::ir::{node_error, Model, NodeExt};
 use crate::onnx::{data_type as dt, NodeProto};
 use crate::shapes::{self, value_type_of};

@@ -3,7 +3,7 @@
 //! treated as constants for the gradient, and the ascent loss Σ pᵢ·ℓᵢ. With λ = 0, pᵢ = 1/b and
 //! the ascent gradient is SAM's. Diagnostics: entropy H(p), effective sample size 1/Σpᵢ², max pᵢ.
 use super::{expose, hyper, value_info, Contract, Pass};
-use crate::autodiff::Ctx;
+use crate::ctx::Ctx;
 use crate::ir::Model;
 use crate::onnx::data_type as dt;
 use crate::shapes;

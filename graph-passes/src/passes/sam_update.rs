@@ -19,7 +19,8 @@ use std::collections::HashMap;
 
 use super::forward::copy_forward;
 use super::{expose, hyper, sum_of_squares, value_info, Contract, Pass};
-use crate::autodiff::{gradients_with, Ctx};
+use crate::autodiff::gradients_with;
+use crate::ctx::Ctx;
 use crate::ir::Model;
 use crate::onnx::data_type as dt;
 use crate::shapes::Shapes;

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::{value_info, value_info_untyped_shape, BatchNormRegion, Contract, Pass};
-use crate::autodiff::Ctx;
+use crate::ctx::Ctx;
 use crate::ir::{node_error, Model, NodeExt};
 use crate::onnx::{data_type as dt, NodeProto};
 use crate::shapes::{self, Dim};

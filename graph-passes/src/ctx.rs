@@ -1,12 +1,16 @@
-//! The builder gradient rules write with: `c.mul(a, b)` emits a Mul node and returns its output.
-//! Constants are initializers, shared by value; axes are always constant initializers (tract
-//! requires them constant).
+//! The node builder gradient rules, lowerings and passes write with: `c.mul(a, b)` emits a Mul
+//! node and returns its output. Constants are initializers, shared by value; axes are always
+//! constant initializers (tract requires them constant). It sits below both ops/ (the rules) and
+//! autodiff (the sweep that calls them), so neither depends on the other for it.
 use std::collections::HashMap;
 
 use crate::ir::Graph;
 use crate::onnx::{data_type as dt, tensor};
 use crate::shapes::{shape_string, Dim, Shape, Shapes};
 use crate::{bail, Result};
+
+/// A rule's answer: one optional gradient per node input (None: no gradient flows there).
+pub type Grads = Vec<Option<String>>;
 
 pub struct Ctx<'g> {
     pub g: &'g mut Graph,

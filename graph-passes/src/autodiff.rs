@@ -1,8 +1,8 @@
 //! Reverse-mode autodiff over standard ONNX. The sweep walks the forward graph backwards from a
 //! scalar loss, sums gradient contributions where a value has several consumers, and asks each
-//! op's rule (rules/, one file per family) for the vector-Jacobian product in ONNX ops that both
-//! ONNX Runtime and tract execute (BACKEND-NOTES.md).
-pub mod builder;
+//! op's rule (ops/, one file per family) for the vector-Jacobian product in ONNX ops that both
+//! ONNX Runtime and tract execute (BACKEND-NOTES.md), written with the node builder `Ctx`
+//! (ctx.rs, below both ops/ and autodiff).
 
 use std::collections::{HashMap, HashSet};
 
@@ -11,10 +11,7 @@ use crate::onnx::{data_type as dt, NodeProto};
 use crate::shapes::{self, Shapes};
 use crate::{bail, Result};
 
-pub use builder::Ctx;
-
-/// A rule's answer: one optional gradient per node input (None: no gradient flows there).
-pub type Grads = Vec<Option<String>>;
+use crate::ctx::Ctx;
 
 /// A gradient rule (ops/: one per op, beside its shape rule).
 pub type Rule = crate::ops::GradRule;
