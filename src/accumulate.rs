@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, bail, Result};
 use graph_passes::passes::reweight::{ScoreNorm, WEIGHTS};
 use graph_passes::passes::sam_update::{state_param, GRAD_ACC, LOSS_AT_EPS, MICRO_BATCHES, MICRO_WEIGHT};
-use graph_passes::passes::Contract;
+use graph_passes::pass::Contract;
 use graph_passes::step::{AccumulateGraphs, StepGraph, StepSpec};
 
 use crate::backend::{Backend, Session};

@@ -6,7 +6,7 @@ use graph_passes::ir::Model;
 use graph_passes::onnx::tensor::dtype_name;
 use graph_passes::onnx::ValueInfoProto;
 use graph_passes::onnx::{data_type as dt, tensor, TensorProto};
-use graph_passes::passes::Contract;
+use graph_passes::pass::Contract;
 use graph_passes::shapes::{self, shape_string, value_type_of, Dim};
 
 pub use crate::random::{random_words, uniform};
@@ -227,7 +227,7 @@ pub fn warn_import(c: &Contract) {
 /// so the network trains without it; said once by `inspect` and `train`.
 pub fn dropout_note(model: &Model) -> Option<String> {
     let g = &model.graph;
-    let random = |op: &str| op == "Dropout" || graph_passes::passes::train_mode::RANDOM_OPS.contains(&op);
+    let random = |op: &str| op == "Dropout" || graph_passes::ops::RANDOM_OPS.contains(&op);
     if g.nodes.iter().any(|n| random(&n.op_type)) || model.meta.producer_name != "pytorch" {
         return None;
     }
@@ -326,7 +326,7 @@ impl IndexRange {
 
 /// The table an integer input indexes (a Gather reading it as indices, directly or through a
 /// Cast, from a parameter or constant table) and the table's size along the gathered axis.
-pub fn index_range(g: &Model, c: &graph_passes::passes::Contract, input: &str) -> Option<IndexRange> {
+pub fn index_range(g: &Model, c: &graph_passes::pass::Contract, input: &str) -> Option<IndexRange> {
     use graph_passes::ir::NodeExt;
     // the ids as they reach the table: through casts and shape-only ops (GPT-2 views its ids
     // as [-1, seq] first)

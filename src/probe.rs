@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use graph_passes::ir::Model;
 use graph_passes::onnx::data_type as dt;
-use graph_passes::passes::Contract;
+use graph_passes::pass::Contract;
 use graph_passes::shapes::{value_type_of, Dim};
 
 use crate::backend::Backend;

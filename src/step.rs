@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, bail, Context, Result};
 use graph_passes::ir::Model;
 use graph_passes::passes::sam_update::{state_param, STEP_COUNT};
-use graph_passes::passes::Contract;
+use graph_passes::pass::Contract;
 use graph_passes::step::{self, GradSpec, StepGraph, StepSpec};
 
 use crate::backend::{Backend, Session};

@@ -572,7 +572,7 @@ fn folded_recurrent_and_group_norm_tensors_are_pytorchs_parameters() {
     use onnxsam::graph_passes::import::{fold_views, Import};
     use onnxsam::graph_passes::ir::Model;
     use onnxsam::graph_passes::onnx::tensor;
-    use onnxsam::graph_passes::passes::{Contract, Pass};
+    use onnxsam::graph_passes::pass::{Contract, Pass};
     for (arch, setting, expect) in [
         ("lstm", "legacy", &["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "rnn.bias_hh_l0"][..]),
         ("gru", "dynamo", &["rnn.weight_ih_l0", "rnn.weight_ih_l0_reverse", "rnn.bias_hh_l0_reverse"][..]),

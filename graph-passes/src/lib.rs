@@ -7,6 +7,7 @@ pub mod import;
 pub mod ir;
 pub mod onnx;
 pub mod ops;
+pub mod pass;
 pub mod passes;
 pub mod shapes;
 pub mod sizes;

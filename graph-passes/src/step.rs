@@ -4,7 +4,8 @@ use crate::ir::Model;
 use crate::passes::lift_params::LiftParams;
 use crate::passes::per_sample_loss::{Loss, PerSampleLoss};
 use crate::passes::train_mode::{EvalMode, TrainMode};
-use crate::passes::{autodiff::Autodiff, run_all, Contract, Pass};
+use crate::pass::{run_all, Contract, Pass};
+use crate::passes::autodiff::Autodiff;
 use crate::Result;
 
 #[derive(Clone, Debug)]

@@ -46,7 +46,7 @@ pub struct BenchArgs {
 }
 
 /// The logits' class count of a compiled graph (10 when unknown), for synthetic labels.
-fn classes_of(m: &Model, c: &graph_passes::passes::Contract) -> Result<usize> {
+fn classes_of(m: &Model, c: &graph_passes::pass::Contract) -> Result<usize> {
     let s = shapes::infer(&m.graph).map_err(|e| anyhow!("{e}"))?;
     let known = c.logits.as_deref().and_then(|l| s.shape(l)).and_then(|sh| sh.get(1).and_then(|d| d.known()));
     Ok(known.unwrap_or(10) as usize)

@@ -6,7 +6,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use graph_passes::ir::Model;
 use graph_passes::onnx::SaveOptions;
-use graph_passes::passes::Contract;
+use graph_passes::pass::Contract;
 use graph_passes::step::{self, GradSpec};
 
 use super::{check_failed, BackendArgs, GradGraphArgs};

@@ -13,7 +13,7 @@ use crate::tensor::HostTensor;
 
 /// The class count of a classifier: the size of the model output's class axis (1, or the last for
 /// classes-last logits), when known.
-pub(crate) fn output_classes(model: &Model, source: &str, c: &graph_passes::passes::Contract) -> Result<Option<usize>> {
+pub(crate) fn output_classes(model: &Model, source: &str, c: &graph_passes::pass::Contract) -> Result<Option<usize>> {
     let s = shapes::infer(&model.graph).map_err(|e| anyhow!("{source}: {e}"))?;
     // the class axis the loss reads: 1, or the last (classes-last logits)
     let last = c.class_axis.map(|a| a > 1).unwrap_or(false);
@@ -31,7 +31,7 @@ pub(crate) fn output_classes(model: &Model, source: &str, c: &graph_passes::pass
 /// sample dims) and its labels (int64 class labels with their dims, or float targets).
 pub(crate) fn binding(
     g: &Model,
-    c: &graph_passes::passes::Contract,
+    c: &graph_passes::pass::Contract,
     classes: Option<usize>,
 ) -> (Vec<InputSpec>, TargetSpec) {
     let ty = |name: &str| g.graph.inputs.iter().find(|v| v.name == name).and_then(|v| shapes::value_type_of(&v.r#type));
@@ -70,7 +70,7 @@ pub(crate) fn binding(
 
 /// Per-position labels' axes whose size the file leaves symbolic and ties to a data input's axis
 /// (the logits [batch, seq, V] of input_ids [batch, seq]): (label axis, input, its axis).
-fn label_ties(g: &Model, c: &graph_passes::passes::Contract) -> Vec<(usize, String, usize)> {
+fn label_ties(g: &Model, c: &graph_passes::pass::Contract) -> Vec<(usize, String, usize)> {
     let (Some(logits), Some(axis)) = (c.logits.as_deref(), c.class_axis) else { return vec![] };
     let Ok(s) = shapes::infer(&g.graph) else { return vec![] };
     let Some(shape) = s.shape(logits) else { return vec![] };
@@ -181,7 +181,7 @@ pub(crate) fn fixed_batch_refusal(f: &FixedBatch, batch_size: Option<usize>, bat
 /// How a task's metric reads: the diagnostic the graph exposes (summed over a batch), the name
 /// of its per-sample mean in metrics (acc: accuracy, per position for per-token/pixel labels;
 /// mae: mean absolute error).
-pub(crate) fn metric_of(c: &graph_passes::passes::Contract) -> Option<(&'static str, &'static str)> {
+pub(crate) fn metric_of(c: &graph_passes::pass::Contract) -> Option<(&'static str, &'static str)> {
     match c.metric.as_ref().map(|(n, _)| n.as_str()) {
         Some("correct") => Some(("correct", "acc")),
         Some("abs_error") => Some(("abs_error", "mae")),

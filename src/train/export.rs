@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Result};
 use graph_passes::ir::Model;
-use graph_passes::passes::{run_all, Contract};
+use graph_passes::pass::{run_all, Contract};
 use graph_passes::step::GradSpec;
 
 use crate::grad::proto_from_host;

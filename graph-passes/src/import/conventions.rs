@@ -134,7 +134,7 @@ fn randomness(g: &Graph, report: &mut ImportReport, dynamo: bool) {
     let random: Vec<String> = g
         .nodes
         .iter()
-        .filter(|n| crate::passes::train_mode::RANDOM_OPS.contains(&n.op_type.as_str()))
+        .filter(|n| crate::ops::RANDOM_OPS.contains(&n.op_type.as_str()))
         .map(|n| n.describe())
         .collect();
     if !random.is_empty() {

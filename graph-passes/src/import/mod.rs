@@ -34,7 +34,8 @@ use serde::Serialize;
 
 use crate::ir::{Graph, Model, NodeExt};
 use crate::onnx::{data_type as dt, tensor, TensorProto};
-use crate::passes::{Contract, Pass};
+use crate::pass::{Contract, Pass};
+pub use crate::pass::{ImportReport, Stored};
 use crate::{bail, Result};
 use metadata::{fx_call, is_dynamo_export, module_paths, placeholder_name, sanitize, FxCall};
 
@@ -68,56 +69,6 @@ pub struct Import {
     pub clip_at_bounds: Option<conventions::ClipConvention>,
 }
 
-/// How the file stores a PyTorch tensor when not under its name and in its layout.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Stored {
-    /// The initializer (or Identity alias) in the file.
-    pub name: String,
-    /// The file holds PyTorch's tensor transposed by this permutation (empty: same layout).
-    pub perm: Vec<i64>,
-}
-
-/// What import found and did; `inspect` prints it.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ImportReport {
-    /// dynamo, legacy (TorchScript) or other.
-    pub exporter: String,
-    /// Parameters (trainable), by PyTorch name, in the order the graph first reads them.
-    pub params: Vec<String>,
-    /// Buffers (BatchNorm running statistics and others PyTorch does not train).
-    pub buffers: Vec<String>,
-    /// Stored tensor → the distinct PyTorch tensors it stood for, now apart.
-    pub untied: BTreeMap<String, Vec<String>>,
-    /// Parameter → the nodes that read it, for tensors PyTorch itself uses several times (or all
-    /// shared tensors with `Sharing::KeepTied`).
-    pub tied: BTreeMap<String, Vec<String>>,
-    /// PyTorch tensor → how the file stores it, where not under its own name and layout.
-    pub stored_as: BTreeMap<String, Vec<Stored>>,
-    /// A tied parameter named after its first use → the name the exporter gave it (both are its
-    /// names in PyTorch's state_dict; named_parameters() lists the first).
-    pub aliases: BTreeMap<String, String>,
-    /// BatchNorm layers the exporter folded into convolutions.
-    pub folded_bn: Vec<String>,
-    /// Zero biases the dynamo exporter's optimizer removed (`RemoveOptionalBiasFromConv`/`Gemm`),
-    /// given back to their layers: PyTorch trains them.
-    pub restored: Vec<String>,
-    /// What is worth knowing about the file (inspect prints these; nothing is wrong).
-    pub notes: Vec<String>,
-    /// Float initializers computed at export that name no PyTorch tensor (kept constant).
-    pub unnamed: Vec<String>,
-    /// Embedding table → its padding row (nn.Embedding's padding_idx: never trained).
-    pub padding_rows: BTreeMap<String, i64>,
-    /// Embedding tables whose padding row the file does not say (legacy exports).
-    pub padding_unknown: Vec<String>,
-    /// Embedding tables whose gradient is scaled by inverse index frequency (scale_grad_by_freq).
-    pub scale_grad_by_freq: Vec<String>,
-    /// How Clip nodes the file does not describe were read (the gradient at a bound).
-    pub clip: Option<String>,
-    /// What onnxsam knows it trains differently from PyTorch, and cannot help (the exporter
-    /// dropped it): each also a warning.
-    pub differences: Vec<String>,
-    pub warnings: Vec<String>,
-}
 
 /// One input slot of one node that reads a stored float tensor.
 #[derive(Clone, Debug)]
@@ -600,7 +551,7 @@ impl Pass for Import {
                 .iter()
                 .filter(|p| {
                     let last = p.rsplit('.').next().unwrap_or(p);
-                    let frozen = self.freeze.iter().any(|f| crate::passes::lift_params::glob_match(f, p));
+                    let frozen = self.freeze.iter().any(|f| crate::pass::glob_match(f, p));
                     // weight, bias, and the recurrent layers' weight_ih_l0, bias_hh_l0_reverse…
                     let named = ["weight", "bias"].iter().any(|w| last.ends_with(w) || last.starts_with(w));
                     !(named || frozen)

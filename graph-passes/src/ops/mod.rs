@@ -81,6 +81,11 @@ pub struct Family {
     pub ops: fn() -> Vec<OpDef>,
 }
 
+/// Ops that draw random numbers in the engine (the dynamo exporter writes Dropout2d, AlphaDropout
+/// and other aten.bernoulli uses of a train-mode model with them): unseeded there, so onnxsam
+/// draws them itself from the run's seeded counter-based RNG, as Dropout's masks.
+pub const RANDOM_OPS: &[&str] = &["RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli"];
+
 /// The standard-domain ops ONNX Runtime training registers a gradient for (onnxruntime 1.19.2,
 /// its last training release: orttraining/core/graph/gradient_builder_registry.cc, ops of the
 /// default ONNX domain). onnxsam's coverage is a superset (a test checks it; `onnxsam ops` says so).

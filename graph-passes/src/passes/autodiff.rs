@@ -1,7 +1,8 @@
 //! autodiff: the gradient of the loss (or of the weighted loss Σ wᵢ·ℓᵢ) with respect to every
 //! lifted parameter, as graph outputs `grad/<parameter>`.
-use super::{value_info_untyped_shape, Contract, Pass};
-use super::{BatchNormRegion, CrossEntropyRegion};
+use super::value_info_untyped_shape;
+use crate::pass::{Contract, Pass};
+use crate::pass::{BatchNormRegion, CrossEntropyRegion};
 use crate::autodiff::{gradients_with, Shortcut};
 use crate::ir::Model;
 use crate::onnx::data_type as dt;

@@ -3,7 +3,7 @@
 //! pass, op and a counter), so the same spec always gives the same graph.
 use std::collections::HashSet;
 
-use super::{Contract, Pass};
+use crate::pass::{Contract, Pass};
 use crate::ir::Model;
 use crate::Result;
 

@@ -1,6 +1,7 @@
 //! eval-graph: the evaluation graph's extra outputs: besides `loss` and `loss_per_sample`, the
 //! task metric summed over the batch: `correct` (classification) or `abs_error` (regression).
-use super::{expose_metric, Contract, Pass};
+use super::expose_metric;
+use crate::pass::{Contract, Pass};
 use crate::ctx::Ctx;
 use crate::ir::Model;
 use crate::shapes::Shapes;

@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 
 use super::forward::copy_forward_with;
-use super::{expose, hyper, value_info, Contract, Direction, Pass};
+use super::{expose, hyper, value_info};
+use crate::pass::{Contract, Direction, Pass};
 use crate::ctx::Ctx;
 use crate::ir::Model;
 use crate::onnx::data_type as dt;

@@ -4,7 +4,7 @@
 //! pass at θ updates BatchNorm statistics (METHOD.md).
 use std::collections::HashMap;
 
-use super::{BatchNormRegion, Contract, CrossEntropyRegion};
+use crate::pass::{BatchNormRegion, Contract, CrossEntropyRegion};
 use crate::import::conventions::padding_idx;
 use crate::ir::{Graph, PASS_KEY};
 use crate::onnx::StringStringEntryProto;

@@ -1,7 +1,8 @@
 //! lift-params: the PyTorch parameters the import pass found become graph inputs under their
 //! names (trainable), except those `--freeze` keeps constant. Buffers (BatchNorm running
 //! statistics) stay initializers; the train-mode and eval-mode passes make them state.
-use super::{value_info, Contract, Pass};
+use super::value_info;
+use crate::pass::{glob_match, Contract, Pass};
 use crate::ir::Model;
 use crate::{bail, Result};
 
@@ -9,21 +10,6 @@ use crate::{bail, Result};
 pub struct LiftParams {
     /// Glob patterns (`*`, `?`) of parameter names to keep constant.
     pub freeze: Vec<String>,
-}
-
-/// `*` matches any run, `?` one character.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    fn rec(p: &[char], s: &[char]) -> bool {
-        match (p.first(), s.first()) {
-            (None, None) => true,
-            (Some('*'), _) => rec(&p[1..], s) || (!s.is_empty() && rec(p, &s[1..])),
-            (Some('?'), Some(_)) => rec(&p[1..], &s[1..]),
-            (Some(a), Some(b)) if a == b => rec(&p[1..], &s[1..]),
-            _ => false,
-        }
-    }
-    let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    rec(&p, &s)
 }
 
 impl Pass for LiftParams {

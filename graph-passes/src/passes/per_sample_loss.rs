@@ -17,7 +17,8 @@
 //!   per-sample vector is exposed and the scalar stays equal.
 //!
 //! Cross-entropy uses the formulation both engines run: −GatherElements(LogSoftmax(x), labels).
-use super::{value_info, Contract, CrossEntropyRegion, Pass};
+use super::value_info;
+use crate::pass::{Contract, CrossEntropyRegion, Pass};
 use crate::ctx::Ctx;
 use crate::ir::{node_error, Model, NodeExt};
 use crate::onnx::{data_type as dt, NodeProto};

@@ -2,7 +2,8 @@
 //!   pᵢ = softmax(λ·sᵢ/c),  c = mean_j s_j (score-norm mean, scale-free λ) or 1 (none)
 //! treated as constants for the gradient, and the ascent loss Σ pᵢ·ℓᵢ. With λ = 0, pᵢ = 1/b and
 //! the ascent gradient is SAM's. Diagnostics: entropy H(p), effective sample size 1/Σpᵢ², max pᵢ.
-use super::{expose, hyper, value_info, Contract, Pass};
+use super::{expose, hyper, value_info};
+use crate::pass::{Contract, Pass};
 use crate::ctx::Ctx;
 use crate::ir::Model;
 use crate::onnx::data_type as dt;

@@ -18,7 +18,8 @@
 use std::collections::HashMap;
 
 use super::forward::copy_forward;
-use super::{expose, hyper, sum_of_squares, value_info, Contract, Pass};
+use super::{expose, hyper, sum_of_squares, value_info};
+use crate::pass::{Contract, Pass};
 use crate::autodiff::gradients_with;
 use crate::ctx::Ctx;
 use crate::ir::Model;

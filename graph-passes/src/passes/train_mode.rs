@@ -7,7 +7,8 @@
 //! momentum is 1 − m); the running variance takes the unbiased batch variance, as PyTorch does.
 use std::collections::BTreeMap;
 
-use super::{value_info, value_info_untyped_shape, BatchNormRegion, Contract, Pass};
+use super::{value_info, value_info_untyped_shape};
+use crate::pass::{BatchNormRegion, Contract, Pass};
 use crate::ctx::Ctx;
 use crate::ir::{node_error, Model, NodeExt};
 use crate::onnx::{data_type as dt, NodeProto};
@@ -27,14 +28,10 @@ impl Pass for TrainMode {
             "BatchNormalization" => batch_norm(n, ctx, c),
             _ => dropout(n, ctx, c),
         })?;
-        rewrite_each(m, RANDOM_OPS, |n, ctx| random_op(n, ctx, c))
+        rewrite_each(m, crate::ops::RANDOM_OPS, |n, ctx| random_op(n, ctx, c))
     }
 }
 
-/// Ops that draw random numbers in the engine (the dynamo exporter writes Dropout2d, AlphaDropout
-/// and other aten.bernoulli uses of a train-mode model with them): unseeded there, so onnxsam
-/// draws them itself from the run's seeded counter-based RNG, as Dropout's masks.
-pub const RANDOM_OPS: &[&str] = &["RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli"];
 
 /// A random op as uniform noise inputs the runtime feeds: RandomUniform(Like) = low + (high −
 /// low)·u; RandomNormal(Like) = mean + scale·√(−2 ln(1 − u₁))·cos(2π·u₂) (Box–Muller); Bernoulli(p)
@@ -236,7 +233,7 @@ impl Pass for EvalMode {
         })?;
         // random ops cannot be told from the model's other computation, so evaluation draws them
         // too (from the seeded RNG, reproducibly; import warns)
-        rewrite_each(m, RANDOM_OPS, |n, ctx| random_op(n, ctx, c))
+        rewrite_each(m, crate::ops::RANDOM_OPS, |n, ctx| random_op(n, ctx, c))
     }
 }
 
