@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use onnxsam::backend::{self, BackendKind, BackendRequest, Device};
 use onnxsam::graph_passes::autodiff::gradients;
 use onnxsam::graph_passes::import::conventions::{CLIP_CONVENTION, PADDING_IDX, SCALE_GRAD_BY_FREQ};
-use onnxsam::graph_passes::import::metadata::FX_NODE;
+use onnxsam::graph_passes::onnx::metadata::FX_NODE;
 use onnxsam::graph_passes::ir::{Graph, Model};
 use onnxsam::graph_passes::onnx::{data_type as dt, tensor, ModelProto, OperatorSetIdProto};
 use onnxsam::graph_passes::passes::{value_info, value_info_untyped_shape};

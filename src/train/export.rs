@@ -74,7 +74,7 @@ pub fn state_dict(
     for (p, nodes) in &r.tied {
         let attr = p.rsplit('.').next().unwrap_or(p);
         for n in nodes {
-            if let Some(module) = graph_passes::import::metadata::legacy_module_path(n) {
+            if let Some(module) = graph_passes::onnx::metadata::legacy_module_path(n) {
                 other_names.push((p.clone(), format!("{module}.{attr}")));
             }
         }

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
 
-use super::metadata::fx_call;
+use crate::onnx::metadata::fx_call;
 use super::ImportReport;
 use crate::ir::{constant_value, Graph, NodeExt};
 use crate::onnx::{NodeProto, StringStringEntryProto};
@@ -97,10 +97,10 @@ fn is_clamp(aten: &str) -> bool {
 
 /// A clamp whose bounds are tensors of the program (a parameter, a computed value), not numbers the
 /// exporter wrapped (`aten.scalar_tensor`, literals).
-fn tensor_bounds(c: &super::metadata::FxCall) -> bool {
+fn tensor_bounds(c: &crate::onnx::metadata::FxCall) -> bool {
     c.args.iter().skip(1).any(|a| match a {
-        super::metadata::FxArg::Value(v) => !v.starts_with("scalar_tensor"),
-        super::metadata::FxArg::Literal(_) => false,
+        crate::onnx::metadata::FxArg::Value(v) => !v.starts_with("scalar_tensor"),
+        crate::onnx::metadata::FxArg::Literal(_) => false,
     })
 }
 
@@ -155,16 +155,16 @@ fn randomness(g: &Graph, report: &mut ImportReport, dynamo: bool) {
         }
         // aten.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, …)
         let p = match call.args.get(4) {
-            Some(super::metadata::FxArg::Literal(l)) => l.trim().parse::<f64>().unwrap_or(0.0),
+            Some(crate::onnx::metadata::FxArg::Literal(l)) => l.trim().parse::<f64>().unwrap_or(0.0),
             _ => 0.0,
         };
         // one FX node, several ONNX nodes: named by the FX node (`%scaled_dot_product_attention_3`)
-        let fx_name = meta(n, super::metadata::FX_NODE)
+        let fx_name = meta(n, crate::onnx::metadata::FX_NODE)
             .and_then(|v| v.split_whitespace().next())
             .unwrap_or("")
             .trim_start_matches('%')
             .to_string();
-        let layer = match super::metadata::module_paths(n).first() {
+        let layer = match crate::onnx::metadata::module_paths(n).first() {
             Some(m) => format!("{m} ({fx_name})"),
             None => fx_name,
         };
@@ -321,11 +321,11 @@ fn padding_rows(g: &mut Graph, report: &mut ImportReport, dynamo: bool, given: &
 /// aten.embedding(weight, indices, padding_idx = −1, scale_grad_by_freq, sparse): a padding row
 /// where the third argument is a row of the table (−1, the default, is none); anything else in
 /// the file is an error naming the node.
-fn call_padding(n: &NodeProto, call: &super::metadata::FxCall, rows: i64) -> Result<Option<i64>> {
+fn call_padding(n: &NodeProto, call: &crate::onnx::metadata::FxCall, rows: i64) -> Result<Option<i64>> {
     let lit = match call.args.get(2) {
         None => return Ok(None),
-        Some(super::metadata::FxArg::Literal(l)) => l.trim(),
-        Some(super::metadata::FxArg::Value(v)) => {
+        Some(crate::onnx::metadata::FxArg::Literal(l)) => l.trim(),
+        Some(crate::onnx::metadata::FxArg::Value(v)) => {
             bail!("{}: its padding_idx is a value of the program ('{v}'), not a number; onnxsam cannot honour it", n.describe())
         }
     };
@@ -341,8 +341,8 @@ fn call_padding(n: &NodeProto, call: &super::metadata::FxCall, rows: i64) -> Res
     Ok(Some(v))
 }
 
-fn call_flag(call: &super::metadata::FxCall, i: usize) -> bool {
-    matches!(call.args.get(i), Some(super::metadata::FxArg::Literal(l)) if l.trim() == "True")
+fn call_flag(call: &crate::onnx::metadata::FxCall, i: usize) -> bool {
+    matches!(call.args.get(i), Some(crate::onnx::metadata::FxArg::Literal(l)) if l.trim() == "True")
 }
 
 fn clip_conventions(g: &mut Graph, report: &mut ImportReport, dynamo: bool, given: Option<ClipConvention>) {

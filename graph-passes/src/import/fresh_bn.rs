@@ -17,7 +17,7 @@
 //! b′ = β − μ·γ/√(σ² + ε), exactly 0 at the initial state (the optimizer then removes it), so a
 //! nonzero bias the fold made up (named `val_…`) shows a trained layer; a γ of 0 (torchvision's
 //! `zero_init_residual`) shows as a filter of zeros. Neither is restored, and import refuses them.
-use super::metadata::{self, fx_call, module_paths, placeholder_name, FxArg};
+use crate::onnx::metadata::{self, fx_call, module_paths, placeholder_name, FxArg};
 use crate::ir::Graph;
 use crate::onnx::tensor;
 use crate::Result;

@@ -24,7 +24,6 @@
 pub mod conventions;
 pub mod fold;
 pub mod fresh_bn;
-pub mod metadata;
 pub mod sequences;
 pub mod views;
 
@@ -37,7 +36,7 @@ use crate::onnx::{data_type as dt, tensor, TensorProto};
 use crate::pass::{Contract, Pass};
 pub use crate::pass::{ImportReport, Stored};
 use crate::{bail, Result};
-use metadata::{fx_call, is_dynamo_export, module_paths, placeholder_name, sanitize, FxCall};
+use crate::onnx::metadata::{self, fx_call, is_dynamo_export, module_paths, placeholder_name, sanitize, FxCall};
 
 /// How tensors that several nodes read are trained.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

@@ -24,7 +24,7 @@ use crate::ir::{Graph, NodeExt};
 use crate::onnx::{data_type as dt, tensor, NodeProto, TensorProto};
 use crate::{bail, Result};
 
-use super::metadata::{fx_call, legacy_module_path, module_paths};
+use crate::onnx::metadata::{fx_call, legacy_module_path, module_paths};
 
 /// ONNX gate block j holds PyTorch's gate block `ORDER[j]`.
 fn gate_order(op: &str) -> &'static [usize] {
@@ -154,7 +154,7 @@ fn unfold_recurrent(
         let call = fx_call(n);
         let ph: Vec<String> =
             call.map(|c| c.placeholders().iter().map(|p| p.to_string()).collect()).unwrap_or_default();
-        let want = super::metadata::sanitize(&format!("{module}.weight_ih_l{layer}{}", suffix(0)));
+        let want = crate::onnx::metadata::sanitize(&format!("{module}.weight_ih_l{layer}{}", suffix(0)));
         if !ph.iter().any(|p| p.get(2..) == Some(want.as_str())) {
             return Ok(());
         }
@@ -259,7 +259,7 @@ fn unfold_group_norm(
         // aten.group_norm(input, num_groups, weight, bias, eps, cudnn_enabled)
         let Some(p) = call.placeholder(if what == "weight" { 2 } else { 3 }) else { return };
         let mods = module_paths(&n);
-        super::metadata::placeholder_name(p, &mods, &[])
+        crate::onnx::metadata::placeholder_name(p, &mods, &[])
     } else {
         let Some(module) = legacy_module_path(&n.name) else { return };
         let has_in = g

@@ -1,4 +1,5 @@
 //! ONNX files: load (with external data, confined to the model's folder), checks, save.
+pub mod metadata;
 pub mod proto;
 pub mod tensor;
 

@@ -144,7 +144,7 @@ fn reduce_max_min(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx
     let y = spread(n, &n.output[0], &ax, c)?;
     let eq = c.op("Equal", &[&x, &y]);
     let mask = c.mask(&eq);
-    let by_index = crate::import::metadata::fx_call(n)
+    let by_index = crate::onnx::metadata::fx_call(n)
         .is_some_and(|call| matches!(call.op.as_str(), "max" | "min") && call.args.len() >= 2);
     let dx = if by_index && ax.len() == 1 {
         // the first maximum along the axis: mask minus every tie after an earlier one

@@ -326,7 +326,7 @@ fn batch_norm(n: &NodeProto, ctx: &mut Ctx, c: &mut Contract) -> Result<()> {
     let spatial_one = ctx.shape(x)?.iter().skip(2).all(|d| d.known() == Some(1));
     if spatial_one && c.batch_norm_over_batch_only.is_none() {
         c.batch_norm_over_batch_only =
-            Some(format!("the BatchNorm layer {}", crate::import::metadata::describe_layer(n)));
+            Some(format!("the BatchNorm layer {}", crate::onnx::metadata::describe_layer(n)));
     }
     if !state && n.attr_i("training_mode", 0) == 0 {
         // the graph computes the statistics it normalizes with (dynamo, track_running_stats=False)
