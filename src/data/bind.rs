@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail, Result};
 
 use super::{Dataset, LazyImages};
-use crate::grad::IndexRange;
+use graph_passes::ir::Model;
 use crate::tensor::{Data, HostTensor};
 
 /// A model input a dataset is bound to: its name, dtype (ONNX data type) and sample dims (None: any).
@@ -256,4 +256,79 @@ impl Dataset {
             lazy: lazy_bound,
         })
     }
+}
+
+/// Ids that index a table of `size` rows through `node` (an embedding): valid in 0..size, as
+/// torch.nn.Embedding requires (ONNX Gather would wrap negative ids from the end).
+pub struct IndexRange {
+    pub node: String,
+    pub size: i64,
+}
+
+impl IndexRange {
+    /// Checks every id of `t` (int64/int32 [N, …]; other dtypes pass) against 0..size. Errors:
+    /// the first id outside, with its sample, the table and what to do.
+    pub fn check(&self, src: &str, name: &str, t: &HostTensor) -> Result<()> {
+        let vals: Vec<i64> = match &t.data {
+            Data::I64(v) => v.clone(),
+            Data::I32(v) => v.iter().map(|&a| a as i64).collect(),
+            _ => return Ok(()),
+        };
+        let per = vals.len() / t.shape.first().copied().unwrap_or(1).max(1);
+        if let Some((i, bad)) = vals.iter().enumerate().find(|(_, &v)| v < 0 || v >= self.size) {
+            bail!(
+                "{src}: '{name}' holds id {bad} (sample {}), outside the {} rows of the table that {} reads (ids 0..{}); fix the data or the vocabulary size",
+                i / per.max(1),
+                self.size,
+                self.node,
+                self.size - 1
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The table an integer input indexes (a Gather reading it as indices, directly or through a
+/// Cast, from a parameter or constant table) and the table's size along the gathered axis.
+pub fn index_range(g: &Model, c: &graph_passes::pass::Contract, input: &str) -> Option<IndexRange> {
+    use graph_passes::ir::NodeExt;
+    // the ids as they reach the table: through casts and shape-only ops (GPT-2 views its ids
+    // as [-1, seq] first)
+    let mut names = vec![input.to_string()];
+    loop {
+        let before = names.len();
+        for n in &g.graph.nodes {
+            let moves = matches!(n.op_type.as_str(), "Cast" | "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity");
+            if moves && n.input.first().map(|i| names.contains(i)).unwrap_or(false) {
+                for o in &n.output {
+                    if !names.contains(o) {
+                        names.push(o.clone());
+                    }
+                }
+            }
+        }
+        if names.len() == before {
+            break;
+        }
+    }
+    g.graph.nodes.iter().find_map(|n| {
+        if n.op_type != "Gather" || !n.input.get(1).map(|i| names.contains(i)).unwrap_or(false) {
+            return None;
+        }
+        // the table, through the Identity that keeps a tied table's other name
+        let mut table = &n.input[0];
+        while let Some(p) = g.graph.nodes.iter().find(|p| p.op_type == "Identity" && p.output.first() == Some(table)) {
+            table = &p.input[0];
+        }
+        let dims = c
+            .init
+            .get(table)
+            .map(|t| t.dims.clone())
+            .or_else(|| g.graph.initializers.iter().find(|t| &t.name == table).map(|t| t.dims.clone()))
+?;
+        let axis = n.attr_i("axis", 0);
+        let axis = if axis < 0 { axis + dims.len() as i64 } else { axis };
+        let size = *dims.get(axis as usize)?;
+        Some(IndexRange { node: n.describe(), size })
+    })
 }

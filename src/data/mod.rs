@@ -13,9 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::grad::Batch;
-pub use crate::grad::IndexRange;
 use crate::tensor::{Data, HostTensor};
-pub use bind::{image_shape, InputSpec, TargetSpec};
+pub use bind::{image_shape, index_range, IndexRange, InputSpec, TargetSpec};
 
 /// A dataset in memory: sample arrays [N, …] of any dtype, each named for the model input it
 /// feeds (`x` where a lone array feeds a lone input), and labels or targets `y` [N, …] (int64

@@ -50,7 +50,7 @@ pub(crate) fn binding(
                 name: n.clone(),
                 dtype: t.as_ref().map(|t| t.dtype).unwrap_or(0),
                 dims: dims(&t),
-                index_range: crate::grad::index_range(g, c, n),
+                index_range: crate::data::index_range(g, c, n),
             }
         })
         .collect();
