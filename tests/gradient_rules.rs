@@ -2060,3 +2060,39 @@ fn strided_slice_after_reshape_rule() {
         out
     })]);
 }
+
+/// A confident wrong prediction: a class whose probability underflows float32 (logits 100
+/// apart). tract computes LogSoftmax as log(softmax), −inf there; the tract backend writes it
+/// max-shifted (ops::softmax_loss::max_shifted_log_softmax), so both engines give PyTorch's
+/// finite value, and the finite-difference check still holds.
+#[test]
+fn log_softmax_of_far_apart_logits_is_finite_on_both_engines() {
+    let x = HostTensor::f32(&[2, 3], vec![0.0, 100.0, 1.0, -60.0, 40.0, -55.0]);
+    let want: Vec<f64> = {
+        let v = x.to_f64();
+        v.chunks(3)
+            .flat_map(|r| {
+                let m = r.iter().cloned().fold(f64::MIN, f64::max);
+                let lse = m + r.iter().map(|a| (a - m).exp()).sum::<f64>().ln();
+                r.iter().map(move |a| a - lse).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let c = case("LogSoftmax, logits 100 apart", 17, vec![("x", x)], &["x"], |g| {
+        g.add("LogSoftmax", &["x"]).int("axis", 1).output()
+    });
+    for engine in [BackendKind::Tract, BackendKind::Ort] {
+        let mut m = build_model(&c);
+        let y = m.graph.nodes.iter().find(|n| n.op_type == "LogSoftmax").unwrap().output[0].clone();
+        m.graph.outputs.push(onnxsam::graph_passes::passes::value_info_untyped_shape(&y, dt::FLOAT));
+        let be = backend::select(&BackendRequest { kind: engine, ort_lib: None, device: Device::Cpu, threads: Some(1) }, false)
+            .unwrap();
+        let mut s = be.load(&m.to_proto()).unwrap();
+        let out: BTreeMap<String, HostTensor> = s.run(&c.inputs).unwrap().into_iter().collect();
+        let got = out[&y].to_f64();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-4 * w.abs().max(1.0), "{engine:?}: log-softmax {got:?}, want {want:?}");
+        }
+    }
+    check_all(vec![c]);
+}

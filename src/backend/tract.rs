@@ -75,6 +75,14 @@ impl Backend for TractBackend {
                 }
             }
         }
+        // LogSoftmax as tract computes it is wrong for classes whose probability underflows
+        // (ops::softmax_loss::max_shifted_log_softmax)
+        if model.graph.as_ref().is_some_and(|g| g.node.iter().any(|n| n.op_type == "LogSoftmax")) {
+            let mut m = graph_passes::ir::Model::from_proto(model);
+            let opset = m.opset();
+            graph_passes::ops::softmax_loss::max_shifted_log_softmax(&mut m.graph, opset);
+            model = m.to_proto();
+        }
         let model = &model;
         let bytes = model.encode_to_vec();
         let inference = guarded("load the model", || tract_onnx::onnx().model_for_read(&mut bytes.as_slice()))?;

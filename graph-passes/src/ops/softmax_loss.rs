@@ -151,3 +151,36 @@ fn nll_loss(n: &NodeProto, dys: &[Option<String>], _: &[bool], c: &mut Ctx) -> R
     let t = c.mul(&oh, &w);
     Ok(vec![Some(c.neg(&t)), None])
 }
+
+/// tract 0.23's LogSoftmax is wrong for a class whose probability underflows float32 (a logit
+/// more than ~87 below the largest: a confident wrong prediction): about −87.5 where PyTorch
+/// gives x − logsumexp(x) = −100, and an infinite cross-entropy in a model's loss. Written as
+/// (x − max) − log Σ exp(x − max) instead: the same values, finite wherever they are, in ops
+/// every engine runs. The gradient graph is unchanged (its rule reads only the output). For the
+/// tract backend (opset ≥ 13, one axis); returns how many nodes it rewrote.
+pub fn max_shifted_log_softmax(g: &mut Graph, opset: i64) -> usize {
+    if opset < 13 {
+        return 0;
+    }
+    let targets: Vec<usize> =
+        g.nodes.iter().enumerate().filter(|(_, n)| n.op_type == "LogSoftmax" && n.domain.is_empty()).map(|(i, _)| i).collect();
+    for &i in &targets {
+        let x = g.nodes[i].input[0].clone();
+        let a = g.nodes[i].attr_i("axis", -1);
+        let mut c = Ctx::new(g, Shapes::default(), opset);
+        let m = c.reduce("ReduceMax", &x, &[a], true);
+        let shifted = c.sub(&x, &m);
+        let e = c.exp(&shifted);
+        let z = c.reduce_sum(&e, &[a], true);
+        let l = c.op("Log", &[&z]);
+        let n = &mut g.nodes[i];
+        n.op_type = "Sub".into();
+        n.input = vec![shifted, l];
+        n.attribute.clear();
+    }
+    if !targets.is_empty() {
+        // the new nodes were appended after their reader
+        let _ = g.topo_sort();
+    }
+    targets.len()
+}
