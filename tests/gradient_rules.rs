@@ -2096,3 +2096,44 @@ fn log_softmax_of_far_apart_logits_is_finite_on_both_engines() {
     }
     check_all(vec![c]);
 }
+
+/// timm's "same" padding as the legacy exporter writes it (pad_same: the input's size cast to
+/// float, divided by the stride, Ceil, back through Sub/Mul/Add, Clip at 0, halved, cast to
+/// int64): import computes the pads once (import/fold.rs, floats only on the way to an integer);
+/// Pad's rule then has them. Checked to keep the values, and by finite differences.
+#[test]
+fn pad_with_same_padding_computed_through_floats() {
+    check_all(vec![case("Pad, 'same' pads computed through floats (timm pad_same)", 17, vec![("x", rnd("ps", &[2, 3, 5], -1.0, 1.0))], &["x"], |g| {
+        let fconst = |g: &mut Graph, v: f32| g.add("Constant", &[]).tensor("value", tensor::from_f32("", &[], &[v])).output();
+        let shape = g.add("Shape", &["x"]).output();
+        let two_i = g.add_initializer("two_i", tensor::from_i64("", &[], &[2]));
+        let ih = g.add("Gather", &[&shape, &two_i]).int("axis", 0).output();
+        let ihf = g.add("Cast", &[&ih]).int("to", dt::FLOAT as i64).output();
+        let (s, k, one, zero, half) = (fconst(g, 2.0), fconst(g, 3.0), fconst(g, 1.0), fconst(g, 0.0), fconst(g, 2.0));
+        let q = g.add("Div", &[&ihf, &s]).output();
+        let q = g.add("Ceil", &[&q]).output();
+        let q = g.add("Sub", &[&q, &one]).output();
+        let q = g.add("Mul", &[&q, &s]).output();
+        let q = g.add("Add", &[&q, &k]).output();
+        let total = g.add("Sub", &[&q, &ihf]).output();
+        let total = g.add("Clip", &[&total, &zero]).output();
+        let left = g.add("Div", &[&total, &half]).output();
+        let left = g.add("Cast", &[&left]).int("to", dt::INT64 as i64).output();
+        let total_i = g.add("Cast", &[&total]).int("to", dt::INT64 as i64).output();
+        let right = g.add("Sub", &[&total_i, &left]).output();
+        let ax0 = ints(g, "ax0", &[0]);
+        let l1 = g.add("Unsqueeze", &[&left, &ax0]).output();
+        let r1 = g.add("Unsqueeze", &[&right, &ax0]).output();
+        let zeros2 = ints(g, "zeros2", &[0, 0]);
+        let pads = g.add("Concat", &[&zeros2, &l1, &zeros2, &r1]).int("axis", 0).output();
+        let out = g.add("Pad", &["x", &pads]).output();
+        keeps_values(g, &out, |g| {
+            onnxsam::graph_passes::import::fold::fold_integer_constants(g).unwrap();
+            assert!(!g.nodes.iter().any(|n| n.op_type == "Ceil"), "the pads were not computed");
+            let pad = g.nodes.iter().find(|n| n.op_type == "Pad").unwrap();
+            let pads = onnxsam::graph_passes::ir::constant_ints(g, &pad.input[1]);
+            assert_eq!(pads, Some(vec![0, 0, 1, 0, 0, 1]), "pad_same of 5 with kernel 3, stride 2");
+        });
+        out
+    })]);
+}

@@ -90,6 +90,21 @@ fn int_dtype(d: i32) -> bool {
     matches!(d, dt::INT64 | dt::INT32 | dt::BOOL)
 }
 
+/// Floats in shape arithmetic (timm's "same" padding as the legacy exporter writes it: a size
+/// cast to float, divided, Ceil, Clip, cast back) are held as the bits of their f64 value, so the
+/// ops that only move elements treat them as they treat integers.
+fn float_dtype(d: i32) -> bool {
+    matches!(d, dt::FLOAT | dt::DOUBLE)
+}
+
+fn f(bits: i64) -> f64 {
+    f64::from_bits(bits as u64)
+}
+
+fn bits(v: f64) -> i64 {
+    v.to_bits() as i64
+}
+
 impl Ints {
     fn numel(shape: &[usize]) -> usize {
         shape.iter().product()
@@ -169,6 +184,11 @@ fn known(g: &Graph, s: &shapes::Shapes, folded: &HashMap<String, Ints>, name: &s
         return Some(v.clone());
     }
     if let Some(t) = crate::ir::constant_value(g, name) {
+        if float_dtype(t.data_type) && g.initializer(name).is_none() {
+            let data: Vec<i64> = tensor::to_f64(t).ok()?.into_iter().map(bits).collect();
+            let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+            return (Ints::numel(&shape) == data.len()).then_some(Ints { shape, data, dtype: t.data_type });
+        }
         if !int_dtype(t.data_type) {
             return None;
         }
@@ -212,7 +232,21 @@ fn eval(n: &crate::onnx::NodeProto, x: &[Option<Ints>]) -> Option<Vec<Ints>> {
         "Cast" => {
             let to = n.attr_i("to", 0) as i32;
             let v = a()?;
+            if float_dtype(v.dtype) {
+                // float → integer truncates toward zero, as the engines cast
+                let t: Vec<f64> = v.data.iter().map(|&e| f(e).trunc()).collect();
+                return match to {
+                    dt::INT64 | dt::INT32 if t.iter().all(|x| x.abs() < 9.0e15) => {
+                        Some(vec![Ints { dtype: to, data: t.iter().map(|&x| x as i64).collect(), ..v }])
+                    }
+                    dt::FLOAT | dt::DOUBLE => Some(vec![Ints { dtype: to, ..v }]),
+                    _ => None,
+                };
+            }
             match to {
+                dt::FLOAT | dt::DOUBLE if v.dtype != dt::BOOL => {
+                    Ints { dtype: to, data: v.data.iter().map(|&e| bits(e as f64)).collect(), ..v }
+                }
                 dt::INT64 => Ints { dtype: to, ..v },
                 dt::INT32 => Ints { dtype: to, data: v.data.iter().map(|&e| e as i32 as i64).collect(), ..v },
                 dt::BOOL => Ints { dtype: to, data: v.data.iter().map(|&e| (e != 0) as i64).collect(), ..v },
@@ -430,6 +464,23 @@ fn eval(n: &crate::onnx::NodeProto, x: &[Option<Ints>]) -> Option<Vec<Ints>> {
             }
             Ints { shape: vec![count], data: (0..count as i64).map(|i| start + i * delta).collect(), dtype: s0.dtype }
         }
+        "Neg" | "Abs" | "Ceil" | "Floor" | "Sqrt" if float_dtype(a()?.dtype) => {
+            let v = a()?;
+            let g = |e: f64| match n.op_type.as_str() {
+                "Neg" => -e,
+                "Abs" => e.abs(),
+                "Ceil" => e.ceil(),
+                "Floor" => e.floor(),
+                _ => e.sqrt(),
+            };
+            Ints { data: v.data.iter().map(|&e| bits(g(f(e)))).collect(), ..v }
+        }
+        "Clip" if float_dtype(a()?.dtype) => {
+            let v = a()?;
+            let lo = arg(1).and_then(|t| t.data.first().map(|&e| f(e))).unwrap_or(f64::NEG_INFINITY);
+            let hi = arg(2).and_then(|t| t.data.first().map(|&e| f(e))).unwrap_or(f64::INFINITY);
+            Ints { data: v.data.iter().map(|&e| bits(f(e).max(lo).min(hi))).collect(), ..v }
+        }
         "Neg" | "Abs" | "Not" => {
             let v = a()?;
             let f = |e: i64| match n.op_type.as_str() {
@@ -452,6 +503,9 @@ fn eval(n: &crate::onnx::NodeProto, x: &[Option<Ints>]) -> Option<Vec<Ints>> {
                 return None;
             }
             let cols: Vec<Vec<i64>> = vs.iter().map(|v| v.broadcast_to(&shape)).collect::<Option<_>>()?;
+            if vs.iter().any(|v| float_dtype(v.dtype)) {
+                return float_binary(n, &vs, &cols, shape).map(|v| vec![v]);
+            }
             let fmod = n.attr_i("fmod", 0) == 1;
             let mut data = Vec::with_capacity(cols[0].len());
             for k in 0..cols[0].len() {
@@ -502,11 +556,41 @@ fn eval(n: &crate::onnx::NodeProto, x: &[Option<Ints>]) -> Option<Vec<Ints>> {
     (out.data.len() <= FOLD_LIMIT && Ints::numel(&out.shape) == out.data.len()).then(|| vec![out])
 }
 
+/// Elementwise arithmetic and comparisons on floats (shape arithmetic only: see float_dtype).
+fn float_binary(n: &crate::onnx::NodeProto, vs: &[Ints], cols: &[Vec<i64>], shape: Vec<usize>) -> Option<Ints> {
+    let op = n.op_type.as_str();
+    if op == "Where" || op == "Mod" || op == "And" || op == "Or" || vs.iter().any(|v| !float_dtype(v.dtype)) {
+        return None;
+    }
+    let mut data = Vec::with_capacity(cols[0].len());
+    for k in 0..cols[0].len() {
+        let (p, q) = (f(cols[0][k]), f(cols[1][k]));
+        data.push(match op {
+            "Add" => bits(p + q),
+            "Sub" => bits(p - q),
+            "Mul" => bits(p * q),
+            "Div" => bits(p / q),
+            "Max" => bits(cols.iter().map(|c| f(c[k])).fold(f64::NEG_INFINITY, f64::max)),
+            "Min" => bits(cols.iter().map(|c| f(c[k])).fold(f64::INFINITY, f64::min)),
+            "Equal" => (p == q) as i64,
+            "Less" => (p < q) as i64,
+            "LessOrEqual" => (p <= q) as i64,
+            "Greater" => (p > q) as i64,
+            "GreaterOrEqual" => (p >= q) as i64,
+            _ => return None,
+        });
+    }
+    let dtype = if matches!(op, "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual") { dt::BOOL } else { vs[0].dtype };
+    Some(Ints { shape, data, dtype })
+}
+
 /// Integer arithmetic whose every input is known before running (shape computations: the legacy
 /// exporter's `F.pad` with a list, timm's "same" padding, `torch.tensor_split` and `chunk`
 /// sizes) is computed once and stored as constants, so that the values reach the rules that
-/// need them (Pad's pads, Split's sizes) however the exporter wrote them. Integer and boolean
-/// values only: a float computation may be a parameter's path. Returns how many nodes it folded.
+/// need them (Pad's pads, Split's sizes) however the exporter wrote them. Only integer and
+/// boolean results are stored; floats enter only from Constant nodes and sizes cast to float
+/// (never an initializer: a parameter is one), and only on the way to an integer. Returns how
+/// many nodes it folded.
 pub fn fold_integer_constants(g: &mut Graph) -> Result<usize> {
     let s = shapes::infer(g)?;
     let outputs: std::collections::HashSet<String> = g.outputs.iter().map(|o| o.name.clone()).collect();
@@ -517,7 +601,7 @@ pub fn fold_integer_constants(g: &mut Graph) -> Result<usize> {
         if n.op_type == "Constant" || n.output.len() != 1 || n.output.iter().any(|o| outputs.contains(o)) {
             continue;
         }
-        if !n.domain.is_empty() || !s.get(&n.output[0]).is_some_and(|t| int_dtype(t.dtype))
+        if !n.domain.is_empty() || !s.get(&n.output[0]).is_some_and(|t| int_dtype(t.dtype) || float_dtype(t.dtype))
         {
             continue;
         }
@@ -527,10 +611,16 @@ pub fn fold_integer_constants(g: &mut Graph) -> Result<usize> {
             continue;
         }
         let Some(outs) = eval(n, &x) else { continue };
+        // a float result is only carried to the integers computed from it (a float initializer
+        // would look like a tensor the file computed at export): the node stays until nothing
+        // reads it
+        let float = outs.iter().any(|v| float_dtype(v.dtype));
         for (o, v) in n.output.iter().zip(outs) {
             folded.insert(o.clone(), v);
         }
-        remove.push(i);
+        if !float {
+            remove.push(i);
+        }
     }
     if remove.is_empty() {
         return Ok(0);
