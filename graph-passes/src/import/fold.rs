@@ -590,8 +590,21 @@ fn float_binary(n: &crate::onnx::NodeProto, vs: &[Ints], cols: &[Vec<i64>], shap
 /// need them (Pad's pads, Split's sizes) however the exporter wrote them. Only integer and
 /// boolean results are stored; floats enter only from Constant nodes and sizes cast to float
 /// (never an initializer: a parameter is one), and only on the way to an integer. Returns how
-/// many nodes it folded.
+/// many nodes it folded. A size known only once an earlier one is (the next block's "same"
+/// padding reads the size the previous padding gives) is folded in a later round, with the
+/// shapes inferred again, until a round folds none.
 pub fn fold_integer_constants(g: &mut Graph) -> Result<usize> {
+    let mut done = 0;
+    loop {
+        match fold_round(g)? {
+            0 => return Ok(done),
+            k => done += k,
+        }
+    }
+}
+
+/// One round of `fold_integer_constants` with the shapes as inferred at its start.
+fn fold_round(g: &mut Graph) -> Result<usize> {
     let s = shapes::infer(g)?;
     let outputs: std::collections::HashSet<String> = g.outputs.iter().map(|o| o.name.clone()).collect();
     let mut folded: HashMap<String, Ints> = HashMap::new();
