@@ -43,7 +43,7 @@ pub fn shape_string(s: &Option<Shape>) -> String {
             "[{}]",
             s.iter()
                 .map(|d| match d {
-                    Dim::Sym(t) if t.chars().count() > 24 => "?".to_string(),
+                    Dim::Sym(t) if t.chars().count() > 24 || t.starts_with('?') => "?".to_string(),
                     d => d.to_string(),
                 })
                 .collect::<Vec<_>>()
@@ -100,9 +100,10 @@ impl Shapes {
     pub fn rank(&self, v: &str) -> Option<usize> {
         self.shape(v).map(|s| s.len())
     }
+    /// A size inference could not tell: a symbol of its own, which messages show as "?".
     pub(crate) fn fresh_dim(&mut self, hint: &str) -> Dim {
         self.counter += 1;
-        Dim::Sym(format!("{hint}{}", self.counter))
+        Dim::Sym(format!("?{hint}{}", self.counter))
     }
 }
 

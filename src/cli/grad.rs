@@ -2,7 +2,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use graph_passes::ir::Model;
 use graph_passes::onnx::SaveOptions;
@@ -41,7 +41,24 @@ impl GradInput {
         let (gm, contract, shown) = GradRun::build_at(&self.model, &spec, false, Some(&self.batch))?;
         let arrays = read_npz(&self.batch)?;
         let batch = g::batch_from_npz(&self.batch.display().to_string(), &gm, &contract, arrays)?;
+        fixed_batch_fits(&Model::load(&self.model)?, &shown, &self.batch, batch.len())?;
         Ok((GradRun::start(gm, contract, shown, &self.backend)?, batch))
+    }
+}
+
+/// A batch the file fixes (train::fixed_batch) takes that many samples: said before an engine
+/// stops on it in its own words.
+fn fixed_batch_fits(model: &Model, shown: &str, batch: &Path, n: usize) -> Result<()> {
+    match crate::train::fixed_batch(model) {
+        Some(f) if f.batch != n as i64 => bail!(
+            "{}: {n} samples, but {shown} fixes the batch at {} ({}): give a batch of {}, or {}",
+            batch.display(),
+            f.batch,
+            f.what,
+            f.batch,
+            f.hint
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -177,6 +194,7 @@ pub fn step_once(a: StepOnceArgs) -> Result<i32> {
     // the batch is checked before an engine is chosen: bad data gets one error line
     let source = i.batch.display().to_string();
     let batch = g::batch_from_npz(&source, &graphs.step.model, &graphs.step.contract, read_npz(&i.batch)?)?;
+    fixed_batch_fits(&model, &shown, &i.batch, batch.len())?;
     let be = backend::select(&i.backend.request(), true)?;
     let mut runner = crate::step::StepRunner::from_graphs(graphs, &model, &spec, be.as_ref(), i.seed)
         .with_context(|| shown.clone())?;
