@@ -525,6 +525,19 @@ fn a_file_with_a_fixed_batch_is_explained_and_trains_at_that_batch() {
         // eval evaluates it one sample at a time (its default batch would not fit)
         let o = onnxsam(&["eval", m, "--data", data.to_str().unwrap()]);
         assert!(o.status.success(), "{export} eval: {}", stderr(&o));
+        // grad and step on a batch of 4 say so in one line before an engine runs
+        let batch = t.path().join("batch4.npz");
+        write_npz(
+            &batch,
+            &[("x".into(), HostTensor::f32(&[4, 1, 4, 4], x[..64].to_vec())), ("y".into(), HostTensor::i64(&[4], y[..4].to_vec()))],
+        )
+        .unwrap();
+        for cmd in ["grad", "step"] {
+            let g = t.path().join("g.npz");
+            let o = onnxsam(&[cmd, m, "--batch", batch.to_str().unwrap(), "--out", g.to_str().unwrap(), "--backend", "tract"]);
+            assert_bad_input(&o, "batch4.npz", "4 samples, but");
+            assert!(stderr(&o).contains("fixes the batch at 1") && stderr(&o).contains("give a batch of 1"), "{cmd}: {}", stderr(&o));
+        }
     }
     // a legacy export given dynamic_axes for its input alone keeps the output's batch of 1
     let m = fixture("fixed_batch/legacy_input_only.onnx");
