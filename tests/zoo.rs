@@ -768,6 +768,37 @@ fn fresh_batchnorm_folded_by_the_default_export_comes_back() {
             got.keys().filter(|k| !k.starts_with("bn_after/") && !k.starts_with("loss")).collect();
         assert_eq!(trained.len(), names.len(), "{backend}: {trained:?} vs PyTorch's {names:?}");
     }
+    // ConvTranspose2d + BatchNorm2d and Linear + BatchNorm1d, folded into the ConvTranspose and
+    // the Gemm: restored the same way
+    let lin = dir.join("linear_dynamo.onnx");
+    let lin_ref = read_npz(&dir.join("linear_reference.npz")).unwrap();
+    let o = grad_cmd(&lin, &dir.join("linear_batch.npz"), &t.path().join("l0.npz"), &["--backend", "tract"]);
+    assert_bad_input(&o, "linear_dynamo.onnx", "into the preceding convolutions or linear layers");
+    for backend in ["tract", "ort"] {
+        let out = t.path().join(format!("lin-{backend}.npz"));
+        let o = grad_cmd(&lin, &dir.join("linear_batch.npz"), &out, &["--backend", backend, "--assume-fresh-batchnorm"]);
+        assert_eq!(o.status.code(), Some(0), "{backend}: {}", stderr(&o));
+        let got = read_npz(&out).unwrap();
+        let floor = 1e-3 * lin_ref.values().map(|v| norm(&v.to_f64())).fold(0.0, f64::max);
+        let mut count = 0;
+        for (k, want) in &lin_ref {
+            let key = match (k.strip_prefix("grad/"), k.starts_with("bn_after/")) {
+                (Some(p), _) => p.to_string(),
+                (_, true) => k.clone(),
+                _ => continue,
+            };
+            count += k.starts_with("grad/") as usize;
+            let g = got.get(&key).unwrap_or_else(|| panic!("{backend}: no '{key}' (PyTorch's)")).to_f64();
+            let w = want.to_f64();
+            let e = norm(&g.iter().zip(&w).map(|(a, b)| a - b).collect::<Vec<_>>()) / norm(&w).max(floor);
+            // fc1.bias before a train-mode BatchNorm1d: 0 in exact arithmetic, float32 rounding
+            // here (2e-7 of the largest gradient)
+            let tol = if norm(&w) < floor { 1e-3 } else { 1e-4 };
+            assert!(e < tol, "{backend}: linear fixture '{key}' off by {e:.2e}");
+        }
+        let trained = got.keys().filter(|k| !k.starts_with("bn_after/") && !k.starts_with("loss")).count();
+        assert_eq!(trained, count, "{backend}: {:?}", got.keys().collect::<Vec<_>>());
+    }
     let v = stdout(&onnxsam(&["inspect", f.to_str().unwrap(), "--assume-fresh-batchnorm"]));
     assert!(v.contains("BatchNorm bn1, bn2 folded into the convolutions: restored at PyTorch's initial state"), "{v}");
     assert!(v.lines().any(|l| l == "verdict: trains as PyTorch"), "{v}");

@@ -11,6 +11,9 @@ convolutions, and its float64 train-mode reference, for the restoration of fresh
   batch.npz     x [8, 3, 8, 8], y [8]
   reference.npz loss, grad/<param> (mean cross-entropy, train mode, float64) and bn_after/<buffer>
                 (the running statistics after that forward)
+  linear_dynamo.onnx, linear_batch.npz, linear_reference.npz   the same for ConvTranspose2d +
+                BatchNorm2d (momentum 0.3) and Linear + BatchNorm1d (eps 1e-3): the optimizer
+                folds them into the ConvTranspose and the Gemm
 Needs torch and onnxscript:  .venv/bin/python tools/make_fresh_bn.py
 """
 import os
@@ -39,6 +42,55 @@ class FreshCnn(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class FreshLinear(nn.Module):
+    """Linear + BatchNorm1d (folded into the Gemm: FuseBatchNormIntoGemm) and ConvTranspose2d +
+    BatchNorm2d (FuseBatchNormIntoConvTranspose)."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(3, 4, 2, stride=2, bias=False)
+        self.bn_up = nn.BatchNorm2d(4, momentum=0.3)
+        self.fc1 = nn.Linear(4, 6)
+        self.bn_fc = nn.BatchNorm1d(6, eps=1e-3)
+        self.fc2 = nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn_up(self.up(x))).mean((2, 3))
+        return self.fc2(torch.relu(self.bn_fc(self.fc1(x))))
+
+
+def reference(m, x, y, path):
+    r = m.double().train()
+    loss = F.cross_entropy(r(x.double()), y)
+    names = [n for n, _ in r.named_parameters()]
+    grads = torch.autograd.grad(loss, [p for _, p in r.named_parameters()])
+    ref = {"loss": np.float64(loss.item())}
+    for n, gr in zip(names, grads):
+        ref[f"grad/{n}"] = gr.numpy()
+    for n, b in r.named_buffers():
+        if n.endswith("running_mean") or n.endswith("running_var"):
+            ref[f"bn_after/{n}"] = b.detach().numpy()
+    np.savez(path, **ref)
+    return loss.item(), len(names)
+
+
+def linear_fixture():
+    """linear_dynamo.onnx, linear_batch.npz, linear_reference.npz: FreshLinear's default export."""
+    torch.manual_seed(2)
+    m = FreshLinear().eval()
+    ex = torch.randn(2, 3, 3, 3)
+    prog = torch.onnx.export(m, (ex,), dynamo=True, input_names=["x"], output_names=["logits"],
+                             dynamic_shapes=({0: torch.export.Dim("batch")},))
+    prog.save(os.path.join(OUT, "linear_dynamo.onnx"), external_data=False)
+    from zoo import strip_stack_traces  # noqa: E402
+    strip_stack_traces(os.path.join(OUT, "linear_dynamo.onnx"))
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 3, 3, 3, generator=g)
+    y = torch.randint(0, 5, (8,), generator=g)
+    np.savez(os.path.join(OUT, "linear_batch.npz"), x=x.numpy(), y=y.numpy())
+    return reference(m, x, y, os.path.join(OUT, "linear_reference.npz"))
+
+
 def main():
     torch.manual_seed(0)
     os.makedirs(OUT, exist_ok=True)
@@ -57,18 +109,10 @@ def main():
     x = torch.randn(8, 3, 8, 8, generator=g)
     y = torch.randint(0, 5, (8,), generator=g)
     np.savez(os.path.join(OUT, "batch.npz"), x=x.numpy(), y=y.numpy())
-    r = m.double().train()
-    loss = F.cross_entropy(r(x.double()), y)
-    names = [n for n, _ in r.named_parameters()]
-    grads = torch.autograd.grad(loss, [p for _, p in r.named_parameters()])
-    ref = {"loss": np.float64(loss.item())}
-    for n, gr in zip(names, grads):
-        ref[f"grad/{n}"] = gr.numpy()
-    for n, b in r.named_buffers():
-        if n.endswith("running_mean") or n.endswith("running_var"):
-            ref[f"bn_after/{n}"] = b.detach().numpy()
-    np.savez(os.path.join(OUT, "reference.npz"), **ref)
-    print(f"loss {loss.item():.6f}; {len(names)} parameters")
+    loss, count = reference(m, x, y, os.path.join(OUT, "reference.npz"))
+    print(f"loss {loss:.6f}; {count} parameters")
+    loss, count = linear_fixture()
+    print(f"linear: loss {loss:.6f}; {count} parameters")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ pub(super) fn check(
             )
         };
         let what = if dynamo {
-            format!("the exporter folded the BatchNorm layers {list} into the preceding convolutions")
+            let gemm = g.nodes.iter().any(|n| n.op_type == "Gemm" && metadata::fused_batch_norm(n));
+            let into = if gemm { "convolutions or linear layers" } else { "convolutions" };
+            format!("the exporter folded the BatchNorm layers {list} into the preceding {into}")
         } else {
             format!("the exporter folded BatchNorm into the convolutions {list}")
         };
@@ -59,23 +61,24 @@ pub(super) fn check(
     Ok(folded_nodes)
 }
 
-/// BatchNorm layers the exporter fused into convolutions: dynamo marks the Conv with the
-/// optimizer's rule `FuseBatchNormIntoConv`; a legacy Conv whose weight constant folding computed
+/// BatchNorm layers the exporter fused into convolutions and linear layers: dynamo marks the
+/// Conv, ConvTranspose or Gemm with the optimizer's rule (`FuseBatchNormIntoConv`, …); a legacy Conv whose weight constant folding computed
 /// (`onnx::Conv_N`) had a BatchNorm folded into it (`_jit_pass_onnx_eval_peephole`).
 pub(super) fn folded_batch_norms(g: &Graph, dynamo: bool, reads: &[Read]) -> (Vec<String>, HashSet<usize>) {
     let mut out = Vec::new();
     let mut nodes = HashSet::new();
     for (i, n) in g.nodes.iter().enumerate() {
-        if n.op_type != "Conv" {
+        if !matches!(n.op_type.as_str(), "Conv" | "ConvTranspose" | "Gemm") {
             continue;
         }
         let layer = if dynamo {
-            if !metadata::rewrite_rules(n).iter().any(|r| r.contains("FuseBatchNormIntoConv")) {
+            if !metadata::fused_batch_norm(n) {
                 continue;
             }
             module_paths(n).first().cloned().unwrap_or_else(|| n.describe())
         } else {
-            let folded = reads.iter().any(|r| r.node == i && r.slot == 1 && r.seen.starts_with("onnx::"));
+            let folded =
+                n.op_type == "Conv" && reads.iter().any(|r| r.node == i && r.slot == 1 && r.seen.starts_with("onnx::"));
             if !folded {
                 continue;
             }

@@ -1,4 +1,5 @@
-//! Fresh BatchNorm layers the dynamo exporter folded into convolutions, given back.
+//! Fresh BatchNorm layers the dynamo exporter folded into convolutions (Conv, ConvTranspose) and
+//! linear layers (Gemm), given back.
 //!
 //! `torch.onnx.export(model, (x,), path)` (dynamo, its optimizer on) folds every eval-mode
 //! BatchNorm into the convolution before it (onnxscript `FuseBatchNormIntoConv`):
@@ -18,7 +19,7 @@
 //! nonzero bias the fold made up (named `val_…`) shows a trained layer; a γ of 0 (torchvision's
 //! `zero_init_residual`) shows as a filter of zeros. Neither is restored, and import refuses them.
 use crate::onnx::metadata::{self, fx_call, module_paths, placeholder_name, FxArg};
-use crate::ir::Graph;
+use crate::ir::{Graph, NodeExt};
 use crate::onnx::tensor;
 use crate::Result;
 
@@ -40,7 +41,7 @@ pub fn restore_fresh_batch_norms(g: &mut Graph, assume: bool) -> Result<Restored
     let mut i = 0;
     while i < g.nodes.len() {
         let n = &g.nodes[i];
-        let fused = n.op_type == "Conv" && metadata::rewrite_rules(n).iter().any(|r| r.contains("FuseBatchNormIntoConv"));
+        let fused = metadata::fused_batch_norm(n);
         let call = fx_call(n).filter(|c| c.op.contains("batch_norm"));
         let (Some(call), true) = (call, fused) else {
             i += 1;
@@ -62,11 +63,21 @@ pub fn restore_fresh_batch_norms(g: &mut Graph, assume: bool) -> Result<Restored
             i += 1;
             continue;
         };
+        // the weight's output-channel axis: Conv [C_out, C_in/g, k…], ConvTranspose (one group)
+        // [C_in, C_out, k…], Gemm [C_out, C_in] with transB, else [C_in, C_out]
+        let axis = match n.op_type.as_str() {
+            "ConvTranspose" if n.attr_i("group", 1) != 1 => {
+                i += 1;
+                continue;
+            }
+            "ConvTranspose" => 1,
+            "Gemm" if n.attr_i("transB", 0) == 0 => 1,
+            _ => 0,
+        };
         // a filter of zeros is a BatchNorm weight of 0 (torchvision's zero_init_residual), not
         // PyTorch's initial 1: never restored (no random initialization gives it)
         let wv = tensor::to_f32(&w)?;
-        let per = wv.len() / (w.dims[0].max(1) as usize);
-        if per == 0 || wv.chunks(per).any(|f| f.iter().all(|&v| v == 0.0)) {
+        if w.dims.len() <= axis || w.dims[axis] <= 0 || zero_channel(&wv, &w.dims, axis) {
             i += 1;
             continue;
         }
@@ -95,7 +106,7 @@ pub fn restore_fresh_batch_norms(g: &mut Graph, assume: bool) -> Result<Restored
             let v: Vec<f32> = tensor::to_f32(t)?.iter().map(|&x| (x as f64 * s) as f32).collect();
             Ok(tensor::from_f32(&t.name, &t.dims, &v))
         };
-        let channels = w.dims[0];
+        let channels = w.dims[axis];
         let mut new = vec![scale(&w)?];
         // the convolution's own bias (PyTorch's name) stays its parameter, zero or not
         match &bias {
@@ -129,8 +140,9 @@ pub fn restore_fresh_batch_norms(g: &mut Graph, assume: bool) -> Result<Restored
             Some(x) => format!("%p_{}", metadata::sanitize(x)),
             None => "None".to_string(),
         };
+        let aten = if n.op_type == "Gemm" { "linear" } else { "convolution" };
         let fx = format!(
-            "%conv : [num_users=1] = call_function[target=torch.ops.aten.convolution.default](args = (%x, {}, {}), kwargs = {{}})",
+            "%{aten} : [num_users=1] = call_function[target=torch.ops.aten.{aten}.default](args = (%x, {}, {}), kwargs = {{}})",
             arg(1),
             arg(2)
         );
@@ -152,4 +164,12 @@ pub fn restore_fresh_batch_norms(g: &mut Graph, assume: bool) -> Result<Restored
         i += 2;
     }
     Ok(out)
+}
+
+/// Whether some output channel (index along `axis`) of a weight of `dims` is all zeros.
+fn zero_channel(w: &[f32], dims: &[i64], axis: usize) -> bool {
+    let d: Vec<usize> = dims.iter().map(|&x| x.max(0) as usize).collect();
+    let inner: usize = d[axis + 1..].iter().product();
+    let outer: usize = d[..axis].iter().product();
+    (0..d[axis]).any(|c| (0..outer).all(|o| w[(o * d[axis] + c) * inner..(o * d[axis] + c + 1) * inner].iter().all(|&v| v == 0.0)))
 }

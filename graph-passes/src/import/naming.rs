@@ -154,10 +154,12 @@ fn name_dynamo(
     };
     // a Conv the optimizer fused a BatchNorm into (metadata of the BatchNorm): the weight keeps
     // the convolution's name, the fused bias belongs to the convolution (for --allow-folded-bn)
-    if n.op_type == "Conv" && metadata::rewrite_rules(n).iter().any(|x| x.contains("FuseBatchNormIntoConv")) {
+    if metadata::fused_batch_norm(n) {
         let weight = n.input.get(1).filter(|w| w.contains('.')).cloned();
+        // a Gemm without transB reads the Linear weight transposed
+        let perm = if n.op_type == "Gemm" && n.attr_i("transB", 0) == 0 { vec![1, 0] } else { vec![] };
         return match (r.slot, weight) {
-            (1, Some(w)) => Some(Named { name: w, kind: Kind::Param, perm: vec![] }),
+            (1, Some(w)) => Some(Named { name: w, kind: Kind::Param, perm }),
             (2, Some(w)) => {
                 let module = w.strip_suffix(".weight").unwrap_or(&w).to_string();
                 Some(Named { name: format!("{module}.bias"), kind: Kind::Param, perm: vec![] })

@@ -183,6 +183,14 @@ pub fn rewrite_rules(n: &NodeProto) -> Vec<String> {
     meta(n, RULE_NAME).map(|s| s.split(',').map(|r| r.trim().to_string()).collect()).unwrap_or_default()
 }
 
+/// A Conv, ConvTranspose or Gemm the dynamo exporter's optimizer fused an eval-mode BatchNorm
+/// into (onnxscript `FuseBatchNormIntoConv`, `…IntoConvTranspose`, `…IntoGemm`; the node keeps
+/// the BatchNorm call's metadata).
+pub fn fused_batch_norm(n: &NodeProto) -> bool {
+    matches!(n.op_type.as_str(), "Conv" | "ConvTranspose" | "Gemm")
+        && rewrite_rules(n).iter().any(|r| r == &format!("FuseBatchNormInto{}", n.op_type))
+}
+
 /// How torch.export names the placeholder of a tensor: lower-cased, every character outside
 /// [a-zA-Z0-9] replaced by `_`.
 pub fn sanitize(name: &str) -> String {
