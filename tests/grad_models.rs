@@ -383,6 +383,12 @@ fn legacy_buffers_and_momentum_one_are_warned_about() {
         warnings.iter().any(|w| w.contains("momentum 1") && w.contains("momentum=None") && w.contains("bn")),
         "{err}"
     );
+    // inspect's verdict does not say "trains as PyTorch" beside that warning
+    let v = stdout(&onnxsam(&["inspect", p.to_str().unwrap(), "--no-engine-check"]));
+    assert!(
+        v.lines().any(|l| l.starts_with("verdict: trains, but perhaps not as PyTorch: BatchNorm") && l.contains("momentum=None")),
+        "{v}"
+    );
     // --freeze takes the buffer out of training
     let o = grad_cmd(&p, &batch, &out, &["--loss", "mse", "--backend", "tract", "--freeze", "pe"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

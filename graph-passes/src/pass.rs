@@ -198,6 +198,9 @@ pub struct ImportReport {
     pub padding_rows: BTreeMap<String, i64>,
     /// Embedding tables whose padding row the file does not say (legacy exports).
     pub padding_unknown: Vec<String>,
+    /// BatchNorm layers with momentum 1 in the file: PyTorch's momentum=0, or momentum=None (a
+    /// cumulative average the file does not carry); the file cannot say which.
+    pub momentum_unknown: Vec<String>,
     /// Embedding tables whose gradient is scaled by inverse index frequency (scale_grad_by_freq).
     pub scale_grad_by_freq: Vec<String>,
     /// How Clip nodes the file does not describe were read (the gradient at a bound).

@@ -175,6 +175,12 @@ fn verdict(a: &InspectArgs, model: &Model, spec: &GradSpec, imported: &ImportRep
     // are listed under import: there the default is what PyTorch usually does)
     let base = if let Some(d) = imported.differences.first() {
         format!("trains, but not as PyTorch: {}", d.split(": ").next().unwrap_or(d))
+    } else if !imported.momentum_unknown.is_empty() && imported.padding_unknown.is_empty() {
+        format!(
+            "trains, but perhaps not as PyTorch: BatchNorm {} {} momentum 1 in the file, PyTorch's momentum=0 or momentum=None (a cumulative average the file does not carry; see the warning under import)",
+            graph_passes::import::summary(&imported.momentum_unknown, 3),
+            if imported.momentum_unknown.len() == 1 { "has" } else { "have" }
+        )
     } else if imported.padding_unknown.is_empty() {
         "trains as PyTorch".to_string()
     } else {

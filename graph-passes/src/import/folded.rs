@@ -96,7 +96,7 @@ pub(super) fn folded_batch_norms(g: &Graph, dynamo: bool, reads: &[Read]) -> (Ve
 /// own forward left (torch.onnx.export with training=TRAINING runs the model once, and PyTorch's
 /// buffers move with it); ONNX momentum 1 keeps the running statistics as they are (PyTorch
 /// momentum 0 — or momentum=None, a cumulative average the file does not carry).
-pub(super) fn batch_norm_notes(g: &Graph) -> (Vec<String>, Vec<String>) {
+pub(super) fn batch_norm_notes(g: &Graph) -> (Vec<String>, Vec<String>, Vec<String>) {
     let mut notes = Vec::new();
     let bns: Vec<&crate::onnx::NodeProto> = g.nodes.iter().filter(|n| n.op_type == "BatchNormalization").collect();
     let stateful = |n: &&crate::onnx::NodeProto| n.input.get(3).map(|m| g.initializer(m).is_some()).unwrap_or(false);
@@ -119,5 +119,5 @@ pub(super) fn batch_norm_notes(g: &Graph) -> (Vec<String>, Vec<String>) {
             if frozen.len() == 1 { "has" } else { "have" }
         ));
     }
-    (notes, warnings)
+    (notes, warnings, frozen)
 }

@@ -81,7 +81,8 @@ pub(super) fn finish(
             report.unnamed.push(r.root.clone());
         }
     }
-    let (notes, warnings) = folded::batch_norm_notes(g);
+    let (notes, warnings, frozen) = folded::batch_norm_notes(g);
+    report.momentum_unknown = frozen;
     report.notes.extend(notes);
     report.warnings.extend(warnings);
     if legacy {
