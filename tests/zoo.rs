@@ -799,6 +799,14 @@ fn fresh_batchnorm_folded_by_the_default_export_comes_back() {
         let trained = got.keys().filter(|k| !k.starts_with("bn_after/") && !k.starts_with("loss")).count();
         assert_eq!(trained, count, "{backend}: {:?}", got.keys().collect::<Vec<_>>());
     }
+    // BatchNorm2d(affine=False): the refusal says why the flag cannot give it back
+    let o = grad_cmd(
+        &dir.join("noaffine_dynamo.onnx"),
+        &batch,
+        &t.path().join("na.npz"),
+        &["--backend", "tract", "--assume-fresh-batchnorm"],
+    );
+    assert_bad_input(&o, "noaffine_dynamo.onnx", "--assume-fresh-batchnorm cannot give back bn: affine=False");
     let v = stdout(&onnxsam(&["inspect", f.to_str().unwrap(), "--assume-fresh-batchnorm"]));
     assert!(v.contains("BatchNorm bn1, bn2 folded into the convolutions: restored at PyTorch's initial state"), "{v}");
     assert!(v.lines().any(|l| l == "verdict: trains as PyTorch"), "{v}");

@@ -14,6 +14,7 @@ convolutions, and its float64 train-mode reference, for the restoration of fresh
   linear_dynamo.onnx, linear_batch.npz, linear_reference.npz   the same for ConvTranspose2d +
                 BatchNorm2d (momentum 0.3) and Linear + BatchNorm1d (eps 1e-3): the optimizer
                 folds them into the ConvTranspose and the Gemm
+  noaffine_dynamo.onnx   BatchNorm2d(affine=False) folded: refused, saying why the flag cannot help
 Needs torch and onnxscript:  .venv/bin/python tools/make_fresh_bn.py
 """
 import os
@@ -91,6 +92,20 @@ def linear_fixture():
     return reference(m, x, y, os.path.join(OUT, "linear_reference.npz"))
 
 
+class NoAffine(nn.Module):
+    """BatchNorm2d(affine=False): no weight and bias, so nothing for the fold to have divided; the
+    refusal says so (noaffine_dynamo.onnx)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, bias=False)
+        self.bn = nn.BatchNorm2d(4, affine=False)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
 def main():
     torch.manual_seed(0)
     os.makedirs(OUT, exist_ok=True)
@@ -113,6 +128,11 @@ def main():
     print(f"loss {loss:.6f}; {count} parameters")
     loss, count = linear_fixture()
     print(f"linear: loss {loss:.6f}; {count} parameters")
+    torch.manual_seed(4)
+    prog = torch.onnx.export(NoAffine().eval(), (torch.randn(2, 3, 6, 6),), dynamo=True, input_names=["x"],
+                             output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+    prog.save(os.path.join(OUT, "noaffine_dynamo.onnx"), external_data=False)
+    strip_stack_traces(os.path.join(OUT, "noaffine_dynamo.onnx"))
 
 
 if __name__ == "__main__":

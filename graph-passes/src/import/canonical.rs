@@ -2,7 +2,8 @@
 //! fresh BatchNorm layers the dynamo optimizer folded (fresh_bn.rs, on the user's word), zero
 //! biases it removed, integer shape arithmetic known before running (fold.rs), sequences
 //! (sequences.rs), and the exporters' views of parameters (views.rs) — undone before anything
-//! is named. Returns the folded BatchNorm layers the file cannot prove fresh.
+//! is named. Returns what fresh_bn found: the folded BatchNorm layers the user's word would give
+//! back, and those it cannot.
 use super::{fold, fresh_bn, sequences, summary, views};
 use crate::ir::{Graph, NodeExt};
 use crate::onnx::metadata::{self, fx_call, module_paths, placeholder_name};
@@ -16,8 +17,8 @@ pub(super) fn run(
     legacy: bool,
     assume_fresh_bn: bool,
     report: &mut ImportReport,
-) -> Result<Vec<String>> {
-    let mut unproven_fresh = vec![];
+) -> Result<fresh_bn::Restored> {
+    let mut unproven_fresh = fresh_bn::Restored::default();
     if dynamo {
         // fresh BatchNorm layers first: their convolution's zero bias is the fold's, not a
         // bias of its own
@@ -30,7 +31,7 @@ pub(super) fn run(
                 if fresh.layers.len() == 1 { "it" } else { "them" }
             ));
         }
-        unproven_fresh = fresh.unproven;
+        unproven_fresh = fresh;
         report.restored = restore_removed_biases(g);
     }
     g.pass = Some("import".into());

@@ -16,7 +16,7 @@ pub(super) fn check(
     g: &Graph,
     dynamo: bool,
     reads: &[Read],
-    unproven_fresh: &[String],
+    fresh: &super::fresh_bn::Restored,
     allow_folded_bn: bool,
     report: &mut ImportReport,
 ) -> Result<HashSet<usize>> {
@@ -30,7 +30,8 @@ pub(super) fn check(
         } else {
             "re-export with torch.onnx.export(..., dynamo=False, do_constant_folding=False) or torch.onnx.export(..., dynamo=True, optimize=False)"
         };
-        let fresh_hint = if unproven_fresh.is_empty() {
+        let unproven_fresh = &fresh.unproven;
+        let mut fresh_hint = if unproven_fresh.is_empty() {
             String::new()
         } else {
             format!(
@@ -42,6 +43,10 @@ pub(super) fn check(
                 }
             )
         };
+        // why the user's word cannot give some back
+        for (layer, why) in fresh.cannot.iter().take(3) {
+            fresh_hint.push_str(&format!("; --assume-fresh-batchnorm cannot give back {layer}: {why}"));
+        }
         let what = if dynamo {
             let gemm = g.nodes.iter().any(|n| n.op_type == "Gemm" && metadata::fused_batch_norm(n));
             let into = if gemm { "convolutions or linear layers" } else { "convolutions" };

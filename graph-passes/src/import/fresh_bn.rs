@@ -30,6 +30,9 @@ pub struct Restored {
     pub layers: Vec<String>,
     /// Folded layers the file does not show to be trained: restored with --assume-fresh-batchnorm.
     pub unproven: Vec<String>,
+    /// Folded layers the word cannot give back, and why (the file shows a trained layer, or a
+    /// form that has no fresh inverse).
+    pub cannot: Vec<(String, &'static str)>,
 }
 
 /// Gives back the folded BatchNorm layers, with `assume` (the user's word that the model is
@@ -56,6 +59,9 @@ pub fn restore_fresh_batch_norms(g: &mut Graph, assume: bool) -> Result<Restored
             .map(|k| call.placeholder(k).map(|p| placeholder_name(p, &module_paths(n), &known_refs)))
             .collect();
         let (Some(names), Some(momentum), Some(eps)) = (names, literal(5), literal(6)) else {
+            if call.placeholder(3).is_some() && (call.placeholder(1).is_none() || call.placeholder(2).is_none()) {
+                out.cannot.push((layer, "affine=False, no weight and bias for the fold to have divided"));
+            }
             i += 1;
             continue;
         };
@@ -67,6 +73,7 @@ pub fn restore_fresh_batch_norms(g: &mut Graph, assume: bool) -> Result<Restored
         // [C_in, C_out, k…], Gemm [C_out, C_in] with transB, else [C_in, C_out]
         let axis = match n.op_type.as_str() {
             "ConvTranspose" if n.attr_i("group", 1) != 1 => {
+                out.cannot.push((layer, "a grouped ConvTranspose"));
                 i += 1;
                 continue;
             }
@@ -78,6 +85,7 @@ pub fn restore_fresh_batch_norms(g: &mut Graph, assume: bool) -> Result<Restored
         // PyTorch's initial 1: never restored (no random initialization gives it)
         let wv = tensor::to_f32(&w)?;
         if w.dims.len() <= axis || w.dims[axis] <= 0 || zero_channel(&wv, &w.dims, axis) {
+            out.cannot.push((layer, "a filter of zeros, a BatchNorm weight of 0 (zero_init_residual), not PyTorch's initial 1"));
             i += 1;
             continue;
         }
@@ -90,6 +98,7 @@ pub fn restore_fresh_batch_norms(g: &mut Graph, assume: bool) -> Result<Restored
         // in PyTorch): nonzero, it shows the layer was not fresh
         let own_bias = bias.as_ref().map(|b| b.name.ends_with(".bias") && !b.name.starts_with("val_")).unwrap_or(false);
         if !proven && !own_bias {
+            out.cannot.push((layer, "a nonzero bias the fold made up, which a fresh layer does not give: a trained model"));
             i += 1;
             continue;
         }
