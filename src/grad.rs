@@ -344,11 +344,19 @@ pub struct FixedSizes {
 }
 
 impl FixedSizes {
+    /// The node whose rule needed a size: "op Pad (node node_pad)", from the rule's error.
+    pub fn node(&self) -> &str {
+        match self.why.find("): ") {
+            Some(i) => &self.why[..i + 1],
+            None => &self.why,
+        }
+    }
+
     /// What the log says about it.
     pub fn note(&self) -> String {
         format!(
-            "sizes: {}, a size the file computes from its inputs' shape; compiled for {} (the data's), and every step runs at exactly these sizes",
-            self.why,
+            "sizes: {} needs a size the file computes from its inputs' shape; compiled for {} (the data's), and every step runs at exactly these sizes",
+            self.node(),
             graph_passes::sizes::describe(&self.dims)
         )
     }

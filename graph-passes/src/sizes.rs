@@ -42,13 +42,14 @@ pub fn describe(dims: &BTreeMap<String, Vec<i64>>) -> String {
 }
 
 /// Sizes to try a model at when no data says them: its data inputs' dims, symbolic ones set to
-/// 2 on the batch axis and 8 elsewhere.
-pub fn probe_dims(model: &Model) -> BTreeMap<String, Vec<i64>> {
+/// 2 on the batch axis and `size` elsewhere (inspect tries a few: a long kernel needs a long
+/// input).
+pub fn probe_dims(model: &Model, size: i64) -> BTreeMap<String, Vec<i64>> {
     let mut out = BTreeMap::new();
     for v in model.graph.data_inputs() {
         let Some(t) = crate::shapes::value_type_of(&v.r#type) else { continue };
         let Some(shape) = t.shape else { continue };
-        let dims = shape.iter().enumerate().map(|(i, d)| d.known().unwrap_or(if i == 0 { 2 } else { 8 })).collect();
+        let dims = shape.iter().enumerate().map(|(i, d)| d.known().unwrap_or(if i == 0 { 2 } else { size })).collect();
         out.insert(v.name.clone(), dims);
     }
     out

@@ -38,10 +38,13 @@ impl GradInput {
         spec.labels_shape = g::labels_shape(&self.batch)?;
         // the batch is checked against the graph before an engine is chosen, so that bad data
         // gets its one error line and nothing else
-        let (gm, contract, shown) = GradRun::build_at(&self.model, &spec, false, Some(&self.batch))?;
+        let (gm, contract, shown, note) = GradRun::build_at(&self.model, &spec, false, Some(&self.batch))?;
         let arrays = read_npz(&self.batch)?;
         let batch = g::batch_from_npz(&self.batch.display().to_string(), &gm, &contract, arrays)?;
         fixed_batch_fits(&Model::load(&self.model)?, &shown, &self.batch, batch.len())?;
+        if let Some(note) = note {
+            crate::error::say(format!("onnxsam: note: {shown}: {note}"));
+        }
         Ok((GradRun::start(gm, contract, shown, &self.backend)?, batch))
     }
 }
@@ -88,17 +91,17 @@ impl GradRun {
 
     /// The gradient (or loss) graph of the model at `path`, with its contract and how to name the file.
     pub fn build(path: &Path, spec: &GradSpec, loss_only: bool) -> Result<(Model, Contract, String)> {
-        GradRun::build_at(path, spec, loss_only, None)
+        GradRun::build_at(path, spec, loss_only, None).map(|(m, c, s, _)| (m, c, s))
     }
 
     /// `build`, at the sizes of the arrays in `batch` where a rule needs sizes the file leaves
-    /// to run time (grad::compile_at_sizes).
+    /// to run time (grad::compile_at_sizes); with the note that says so.
     pub fn build_at(
         path: &Path,
         spec: &GradSpec,
         loss_only: bool,
         batch: Option<&Path>,
-    ) -> Result<(Model, Contract, String)> {
+    ) -> Result<(Model, Contract, String, Option<String>)> {
         let model = Model::load(path)?;
         let shown = path.display().to_string();
         let sizes = || match batch {
@@ -107,10 +110,7 @@ impl GradRun {
         };
         let compile = |m: &Model| if loss_only { step::loss_graph(m, spec) } else { step::grad_graph(m, spec) };
         let ((gm, contract), fixed) = g::compile_at_sizes(&model, sizes, compile).map_err(|e| anyhow!("{shown}: {e}"))?;
-        if let Some(f) = fixed {
-            crate::error::say(format!("onnxsam: note: {shown}: {}", f.note()));
-        }
-        Ok((gm, contract, shown))
+        Ok((gm, contract, shown, fixed.map(|f| f.note())))
     }
 
     /// A session of a built graph on the chosen engine.
@@ -184,9 +184,14 @@ pub fn step_once(a: StepOnceArgs) -> Result<i32> {
     let sizes = || g::data_input_dims(&i.batch, &file_model, None);
     let (graphs, fixed) = g::compile_at_sizes(&file_model, sizes, |m| step::step_graphs(m, &spec))
         .map_err(|e| anyhow!("{shown}: {e}"))?;
+    let mut note = None;
     let model = match fixed {
+        Some(f) if spec.accumulate.unwrap_or(1) > 1 || spec.micro_batch.is_some() => bail!(
+            "{shown}: {} needs a size the file computes from its inputs' shape: onnxsam compiles such a model for one batch size, and --accumulate and --micro-batch run several; step without them",
+            f.node()
+        ),
         Some(f) => {
-            crate::error::say(format!("onnxsam: note: {shown}: {}", f.note()));
+            note = Some(f.note());
             f.model
         }
         None => file_model,
@@ -195,6 +200,9 @@ pub fn step_once(a: StepOnceArgs) -> Result<i32> {
     let source = i.batch.display().to_string();
     let batch = g::batch_from_npz(&source, &graphs.step.model, &graphs.step.contract, read_npz(&i.batch)?)?;
     fixed_batch_fits(&model, &shown, &i.batch, batch.len())?;
+    if let Some(note) = note {
+        crate::error::say(format!("onnxsam: note: {shown}: {note}"));
+    }
     let be = backend::select(&i.backend.request(), true)?;
     let mut runner = crate::step::StepRunner::from_graphs(graphs, &model, &spec, be.as_ref(), i.seed)
         .with_context(|| shown.clone())?;

@@ -122,11 +122,15 @@ fn verdict(a: &InspectArgs, model: &Model, spec: &GradSpec, imported: &ImportRep
                 .unwrap_or_default();
             // a size the file computes from its inputs' shape: train, grad and step compile
             // at the data's sizes (grad::compile_at_sizes)
-            let probe = graph_passes::sizes::probe_dims(model);
-            if fixed.is_none() && step::grad_graph(&graph_passes::sizes::specialize(model, &probe), spec).is_ok() {
+            let compiles = |size| {
+                let probe = graph_passes::sizes::probe_dims(model, size);
+                step::grad_graph(&graph_passes::sizes::specialize(model, &probe), spec).is_ok().then_some(probe)
+            };
+            if let Some(probe) = fixed.is_none().then(|| [8, 32, 128].into_iter().find_map(compiles)).flatten() {
+                let node = e.0.split("): ").next().filter(|n| n.len() < e.0.len()).map(|n| format!("{n})")).unwrap_or(e.to_string());
                 return (
                     format!(
-                        "trains at the data's sizes only: {e}, a size the file computes from its inputs' shape; train, grad and step compile the graph for the data's shape and --batch-size (tried here at {}; train then drops a smaller last batch, and runs without --accumulate or --distributed)",
+                        "trains at the data's sizes only: {node} needs a size the file computes from its inputs' shape; train, grad and step compile the graph for the data's shape and --batch-size (tried here at {}; train then drops a smaller last batch, and runs without --accumulate, --micro-batch or --distributed)",
                         graph_passes::sizes::describe(&probe)
                     ),
                     engines,

@@ -205,8 +205,10 @@ impl Dataset {
                     if let Some((i, &bad)) =
                         v.iter().enumerate().find(|(_, &l)| Some(l) != *ignore && (l < 0 || l as usize >= *c))
                     {
-                        let hint = if bad < 0 && ignore.is_none() {
+                        let hint = if bad < 0 && ignore.is_none() && per > 1 {
                             format!("; labels of padding positions? pass --ignore-index {bad}")
+                        } else if bad < 0 && per == 1 {
+                            "; to leave a sample out, drop its row (--ignore-index applies to per-position labels)".to_string()
                         } else {
                             String::new()
                         };

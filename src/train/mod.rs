@@ -209,6 +209,8 @@ impl<'a> Trainer<'a> {
                 bail!("--batch-size must be at least 1");
             }
             let mut drop_last = cfg.drop_last;
+            // said once the data fits (the sizes are the data's)
+            let mut sizes_note = None;
             if let Some(m) = spec.micro_batch {
                 if cfg.batch_size % m != 0 {
                     bail!("--micro-batch {m} does not divide --batch-size {}", cfg.batch_size);
@@ -218,7 +220,7 @@ impl<'a> Trainer<'a> {
             // where a rule needs sizes the file leaves to run time, the step is compiled for the
             // data's sample shape and --batch-size (one process, no accumulation: the step then
             // runs at one size), and the last, smaller batch is dropped
-            let one_size = ranks.is_none() && spec.accumulate.unwrap_or(1) <= 1;
+            let one_size = ranks.is_none() && spec.accumulate.unwrap_or(1) <= 1 && spec.micro_batch.is_none();
             let sizes = || crate::grad::data_input_dims(&cfg.data, &model, Some(cfg.batch_size));
             let compiled = crate::grad::compile_at_sizes(&model, sizes, |m| graph_passes::step::step_graphs(m, spec));
             let (graphs, fixed_sizes) = compiled.map_err(|e| {
@@ -231,15 +233,12 @@ impl<'a> Trainer<'a> {
             // the model the step graphs were compiled from (the file's, or at the data's sizes)
             let step_model = match fixed_sizes {
                 Some(f) if !one_size => bail!(
-                    "{shown}: {}, a size the file computes from its inputs' shape: onnxsam compiles such a model for one batch size, and --accumulate and --distributed run several; train without them",
-                    f.why
+                    "{shown}: {} needs a size the file computes from its inputs' shape: onnxsam compiles such a model for one batch size, and --accumulate, --micro-batch and --distributed run several; train without them",
+                    f.node()
                 ),
                 Some(f) => {
                     drop_last = true;
-                    crate::error::say(format!(
-                        "onnxsam: note: {shown}: {} (a last batch smaller than --batch-size is dropped)",
-                        f.note()
-                    ));
+                    sizes_note = Some(format!("{shown}: {} (a last batch smaller than --batch-size is dropped)", f.note()));
                     f.model
                 }
                 None => model.clone(),
@@ -262,7 +261,7 @@ impl<'a> Trainer<'a> {
             let (d, clean, flipped) = load_data(cfg, &inputs, &target, classes, &shown, drop_last)?;
             // what a user should know once, before the run (said when the run starts): the network
             // trains as the file says
-            let mut notes = Vec::new();
+            let mut notes: Vec<String> = sizes_note.into_iter().collect();
             if !cfg.resume {
                 if let Some(note) = crate::grad::dropout_note(&model) {
                     notes.push(note);
