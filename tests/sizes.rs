@@ -82,8 +82,14 @@ fn sizes_computed_from_the_inputs_shape_compile_at_the_datas_sizes() {
 #[test]
 fn train_at_the_datas_sizes_drops_the_smaller_last_batch() {
     let f = fixture("sizes/pad_len_dynamo.onnx");
-    let data = fixture("sizes/pad_len_train.npz");
     let t = tempdir();
+    // the training data, and a test set of another length (its forward runs at its own sizes)
+    let mut arrays = read_npz(&fixture("sizes/pad_len_train.npz")).unwrap();
+    let x_test: Vec<f32> = (0..5 * 2 * 13).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.2).collect();
+    arrays.insert("x_test".into(), onnxsam::tensor::HostTensor::f32(&[5, 2, 13], x_test));
+    arrays.insert("y_test".into(), onnxsam::tensor::HostTensor::i64(&[5], vec![0, 1, 2, 1, 0]));
+    let data = t.path().join("data.npz");
+    onnxsam::tensor::write_npz(&data, &arrays.into_iter().collect::<Vec<_>>()).unwrap();
     for backend in ["tract", "ort"] {
         let run = t.path().join(backend);
         let args = [
@@ -113,6 +119,8 @@ fn train_at_the_datas_sizes_drops_the_smaller_last_batch() {
         let steps: Vec<i64> = rows.iter().filter_map(|r| r.get("step").and_then(|v| v.as_i64())).collect();
         assert_eq!(steps.last(), Some(&12), "{backend}: 2 whole batches an epoch for 6 epochs: {rows:?}");
         assert!(losses.last().unwrap() < losses.first().unwrap(), "{backend}: {losses:?}");
+        let test: Vec<f64> = rows.iter().filter_map(|r| r.get("test_loss").and_then(|v| v.as_f64())).collect();
+        assert!(!test.is_empty() && test.iter().all(|l| l.is_finite()), "{backend}: test loss at length 13: {rows:?}");
     }
     let run = t.path().join("acc");
     let o = onnxsam(&[

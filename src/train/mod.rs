@@ -256,7 +256,15 @@ impl<'a> Trainer<'a> {
                     bail!("{shown}: {why}");
                 }
             }
-            let (inputs, target) = binding(&graphs.step.model, &graphs.step.contract, classes);
+            let (mut inputs, target) = binding(&graphs.step.model, &graphs.step.contract, classes);
+            if sizes_note.is_some() {
+                // the data is checked against the file's sizes: the steps run at the training
+                // data's (they came from it), evaluation of a test set at its own
+                let (file_inputs, _) = binding(&model, &graphs.step.contract, classes);
+                for (i, f) in inputs.iter_mut().zip(file_inputs) {
+                    i.dims = f.dims;
+                }
+            }
             let metric = metric_of(&graphs.step.contract);
             let (d, clean, flipped) = load_data(cfg, &inputs, &target, classes, &shown, drop_last)?;
             // what a user should know once, before the run (said when the run starts): the network
