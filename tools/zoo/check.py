@@ -532,9 +532,12 @@ def write_docs(results, zoo, family=None):
         lines.append(f"- {s}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
     path = os.path.join(ROOT, "docs", "models.md")
     sections = {}
+    lead = None
     if os.path.exists(path):
         text = open(path).read()
         parts = re.split(r"(<!-- section: \w+ -->)", text)
+        # what is written above the sections by hand (notes on changes since a table was made) stays
+        lead = parts[0] if parts[0].startswith("# Models people export") else None
         for marker, body in zip(parts[1::2], parts[2::2]):
             sections[re.search(r"section: (\w+)", marker).group(1)] = marker + body.rstrip() + "\n"
     sections[family] = "\n".join(lines) + "\n"
@@ -543,7 +546,7 @@ def write_docs(results, zoo, family=None):
             "engines: architectures the team built from torchvision and its own code (`tools/zoo/zoo.py`), and "
             "models nobody on the team wrote, as timm and Hugging Face give them (`tools/zoo/foreign.py`).", ""]
     with open(path, "w") as f:
-        f.write("\n".join(head) + "\n" + "\n".join(sections[k] for k in ("zoo", "foreign") if k in sections))
+        f.write((lead or "\n".join(head) + "\n") + "\n".join(sections[k] for k in ("zoo", "foreign") if k in sections))
     print(f"wrote {path}")
 
 
