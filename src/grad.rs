@@ -333,6 +333,15 @@ pub fn data_input_dims(
     Ok(Some(out))
 }
 
+/// The node a rule's error names ("op Pad (node node_pad)" of "op Pad (node node_pad): pads must
+/// be constant"); the whole error where it names none.
+pub fn rule_node(why: &str) -> &str {
+    match why.find("): ") {
+        Some(i) => &why[..i + 1],
+        None => why,
+    }
+}
+
 /// A graph compiled at the sizes it runs at, because a rule needs a size the file leaves to run
 /// time (graph_passes::sizes).
 pub struct FixedSizes {
@@ -346,10 +355,7 @@ pub struct FixedSizes {
 impl FixedSizes {
     /// The node whose rule needed a size: "op Pad (node node_pad)", from the rule's error.
     pub fn node(&self) -> &str {
-        match self.why.find("): ") {
-            Some(i) => &self.why[..i + 1],
-            None => &self.why,
-        }
+        rule_node(&self.why)
     }
 
     /// What the log says about it.

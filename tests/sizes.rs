@@ -122,41 +122,17 @@ fn train_at_the_datas_sizes_drops_the_smaller_last_batch() {
         let test: Vec<f64> = rows.iter().filter_map(|r| r.get("test_loss").and_then(|v| v.as_f64())).collect();
         assert!(!test.is_empty() && test.iter().all(|l| l.is_finite()), "{backend}: test loss at length 13: {rows:?}");
     }
+    // --accumulate, and m-SAM (it runs the step per micro-batch): refused in one line
     let run = t.path().join("acc");
-    let o = onnxsam(&[
-        "train",
-        f.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--batch-size",
-        "8",
-        "--epochs",
-        "1",
-        "--accumulate",
-        "2",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
-    assert_bad_input(&o, "pad_len_dynamo.onnx", "--accumulate, --micro-batch and --distributed run several; train without them");
-    assert!(!run.exists());
-    // m-SAM runs the step per micro-batch: refused the same way
-    let o = onnxsam(&[
-        "train",
-        f.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--batch-size",
-        "8",
-        "--epochs",
-        "1",
-        "--optimizer",
-        "sam",
-        "--micro-batch",
-        "4",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
-    assert_bad_input(&o, "pad_len_dynamo.onnx", "run several; train without them");
+    let refused = |extra: &[&str], what: &str| {
+        let mut args = vec!["train", f.to_str().unwrap(), "--data", data.to_str().unwrap(), "--batch-size", "8"];
+        args.extend(["--epochs", "1", "--out", run.to_str().unwrap()]);
+        args.extend(extra);
+        assert_bad_input(&onnxsam(&args), "pad_len_dynamo.onnx", what);
+        assert!(!run.exists());
+    };
+    refused(&["--accumulate", "2"], "--accumulate, --micro-batch and --distributed run several; train without them");
+    refused(&["--optimizer", "sam", "--micro-batch", "4"], "run several; train without them");
     // and step with --accumulate
     let batch = fixture("sizes/pad_len_batch.npz");
     let out = t.path().join("s.npz");

@@ -127,7 +127,7 @@ fn verdict(a: &InspectArgs, model: &Model, spec: &GradSpec, imported: &ImportRep
                 step::grad_graph(&graph_passes::sizes::specialize(model, &probe), spec).is_ok().then_some(probe)
             };
             if let Some(probe) = fixed.is_none().then(|| [8, 32, 128].into_iter().find_map(compiles)).flatten() {
-                let node = e.0.split("): ").next().filter(|n| n.len() < e.0.len()).map(|n| format!("{n})")).unwrap_or(e.to_string());
+                let node = crate::grad::rule_node(&e.0);
                 return (
                     format!(
                         "trains at the data's sizes only: {node} needs a size the file computes from its inputs' shape; train, grad and step compile the graph for the data's shape and --batch-size (tried here at {}; train then drops a smaller last batch, and runs without --accumulate, --micro-batch or --distributed)",

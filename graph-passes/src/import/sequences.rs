@@ -43,17 +43,7 @@ fn position(g: &Graph, n: &crate::onnx::NodeProto, slot: usize, len: usize, inse
 
 /// One round over the graph with the shapes as inferred at its start.
 fn rewrite_round(g: &mut Graph) -> Result<usize> {
-    const OPS: [&str; 8] = [
-        "SplitToSequence",
-        "SequenceAt",
-        "SequenceConstruct",
-        "SequenceEmpty",
-        "SequenceInsert",
-        "SequenceErase",
-        "SequenceLength",
-        "ConcatFromSequence",
-    ];
-    if !g.nodes.iter().any(|n| OPS.contains(&n.op_type.as_str())) {
+    if !g.nodes.iter().any(|n| crate::ops::sequence::SEQUENCE_OPS.contains(&n.op_type.as_str())) {
         return Ok(0);
     }
     let s = shapes::infer(g)?;

@@ -17,18 +17,21 @@ pub const FAMILY: Family = Family { name: "sequence", ops };
 const WHY: &str = "a sequence whose length or element sizes are known only at run time; torch.onnx.export(..., dynamo=True) with its optimizer on (the default) writes lists of tensors as tensors";
 const NOTE: &str = "written as tensors at import where its length and element sizes are known before running";
 
+/// The ops of the family (import/sequences.rs rewrites them).
+pub const SEQUENCE_OPS: [&str; 8] = [
+    "SplitToSequence",
+    "SequenceAt",
+    "SequenceConstruct",
+    "SequenceEmpty",
+    "SequenceInsert",
+    "SequenceErase",
+    "SequenceLength",
+    "ConcatFromSequence",
+];
+
 fn ops() -> Vec<OpDef> {
-    [
-        "SplitToSequence",
-        "SequenceAt",
-        "SequenceConstruct",
-        "SequenceEmpty",
-        "SequenceInsert",
-        "SequenceErase",
-        "SequenceLength",
-        "ConcatFromSequence",
-    ]
-    .into_iter()
+    SEQUENCE_OPS
+        .into_iter()
     .map(|name| op(name, "11+", sequence_shape, G::Missing(WHY)).notes(NOTE))
     .collect()
 }
