@@ -149,23 +149,27 @@ impl AccRunner {
                     }
                 }
                 let lambda = draw.hyper.get("lambda").copied().unwrap_or(r.lambda) as f64;
+                let target = r.target_ess.map(|f| draw.hyper.get("target_ess").copied().unwrap_or(f) as f64);
                 // the weights over this rank's samples, or over all ranks' (--global-weights),
                 // scaled so that their ascent shares sum to what the ascent gradient means: the
                 // weighted gradient of the global batch (summed ascent), else this rank's ε from
                 // its own samples — with global weights, their part of the global weights × B/b,
                 // so that λ = 0 is per-rank SAM (USAM's ε then grows with the rank's weight mass)
                 let offset: usize = rank_rows[..rank].iter().sum();
-                let (p, scale) = match dist.as_mut() {
+                let (p, chosen, scale) = match dist.as_mut() {
                     Some((d, _)) if global_weights => {
                         let all = d.gather_f64(&scores, &rank_rows)?;
-                        let p = gibbs(&all, lambda, r.score_norm);
-                        (p, if summed_ascent { 1.0 } else { global as f64 / b as f64 })
+                        let (p, l) = gibbs(&all, lambda, target, r.score_norm);
+                        (p, l, if summed_ascent { 1.0 } else { global as f64 / b as f64 })
                     }
-                    _ => (
-                        gibbs(&scores, lambda, r.score_norm),
-                        if summed_ascent { b as f64 / global as f64 } else { 1.0 },
-                    ),
+                    _ => {
+                        let (p, l) = gibbs(&scores, lambda, target, r.score_norm);
+                        (p, l, if summed_ascent { b as f64 / global as f64 } else { 1.0 })
+                    }
                 };
+                if target.is_some() {
+                    out.insert("lambda".into(), HostTensor::f32(&[], vec![chosen as f32]));
+                }
                 let ess = 1.0 / p.iter().map(|x| x * x).sum::<f64>();
                 let h = -p.iter().filter(|&&x| x > 0.0).map(|x| x * x.ln()).sum::<f64>();
                 let maxw = p.iter().cloned().fold(0.0, f64::max);
@@ -309,16 +313,22 @@ fn zeros_of(values: &BTreeMap<String, HostTensor>, acc: &str) -> HostTensor {
     HostTensor::f32(&shape, vec![0.0; n])
 }
 
-/// RW-SAM's Gibbs weights over the logical batch, as the reweight pass forms them:
-/// pᵢ = softmax(λ·sᵢ/c), c = mean s + 1e-12 (score-norm mean) or 1 (none); in float64.
-pub fn gibbs(s: &[f64], lambda: f64, norm: ScoreNorm) -> Vec<f64> {
+/// RW-SAM's Gibbs weights over the logical batch, as the reweight pass forms them, and λ:
+/// pᵢ = softmax(λ·sᵢ/c), c = mean s + 1e-12 (score-norm mean) or 1 (none), λ = `lambda` or
+/// (`target` F) the adaptive λ whose weights keep an ESS of F·b; in float64.
+pub fn gibbs(s: &[f64], lambda: f64, target: Option<f64>, norm: ScoreNorm) -> (Vec<f64>, f64) {
     let c = match norm {
         ScoreNorm::Mean => s.iter().sum::<f64>() / s.len().max(1) as f64 + 1e-12,
         ScoreNorm::None => 1.0,
     };
-    let a: Vec<f64> = s.iter().map(|x| lambda * x / c).collect();
+    let a: Vec<f64> = s.iter().map(|x| x / c).collect();
+    let lambda = match target {
+        Some(f) => graph_passes::passes::reweight::auto_lambda(&a, f),
+        None => lambda,
+    };
+    let a: Vec<f64> = a.iter().map(|x| lambda * x).collect();
     let mx = a.iter().cloned().fold(f64::MIN, f64::max);
     let e: Vec<f64> = a.iter().map(|x| (x - mx).exp()).collect();
     let z: f64 = e.iter().sum();
-    e.iter().map(|x| x / z).collect()
+    (e.iter().map(|x| x / z).collect(), lambda)
 }

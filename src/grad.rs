@@ -144,7 +144,7 @@ pub fn feeds_with(
     }
     let state = c.state_next.keys().chain(c.opt_state_next.keys()).chain(&c.state);
     for name in c.params.iter().chain(state) {
-        if o.held.contains(name) || o.extra.iter().any(|(e, _)| e == name) {
+        if o.held.contains(name) || o.extra.iter().any(|(e, _)| e == name) || c.write_only.contains(name) {
             continue;
         }
         let v = values.get(name).ok_or_else(|| anyhow!("no value for '{name}'"))?;

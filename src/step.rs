@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Context, Result};
 use graph_passes::ir::Model;
-use graph_passes::passes::sam_update::{state_param, STEP_COUNT};
+use graph_passes::passes::sam_update::{state_param, SCALAR_STATES};
 use graph_passes::pass::Contract;
 use graph_passes::step::{self, GradSpec, StepGraph, StepSpec};
 
@@ -106,6 +106,12 @@ pub struct StepRunner {
     pub graphs: step::StepGraphs,
     session: Box<dyn Session>,
     apply_session: Option<Box<dyn Session>>,
+    /// LookSAM's graph of the steps between full ones.
+    between_session: Option<Box<dyn Session>>,
+    /// Late-phase SAM (--sam-from-epoch): the base optimizer's graph and session, run while
+    /// `sam_active` is false; it shares parameters and the base optimizer's state.
+    before: Option<(StepGraph, Box<dyn Session>)>,
+    pub sam_active: bool,
     exact: Option<PerSampleGrads>,
     /// Parameters, running statistics and optimizer state, by input name.
     pub values: BTreeMap<String, HostTensor>,
@@ -148,15 +154,19 @@ impl StepRunner {
             Some(a) => Some(backend.load(&a.model.to_proto()).context("loading the m-SAM apply graph")?),
             None => None,
         };
+        let between_session = match &graphs.between {
+            Some(a) => Some(backend.load(&a.model.to_proto()).context("loading LookSAM's graph of the steps between")?),
+            None => None,
+        };
         let exact =
             if graphs.step.contract.scores_fed { Some(PerSampleGrads::new(model, &spec.grad, backend)?) } else { None };
         let c = &graphs.step.contract;
         let mut values = g::initial_values(c)?;
         let mut hyper = c.hyper.clone();
-        let ac = graphs.apply.as_ref().map(|a| &a.contract);
-        for cc in std::iter::once(c).chain(ac) {
+        let others = graphs.apply.iter().chain(graphs.between.iter()).map(|a| &a.contract);
+        for cc in std::iter::once(c).chain(others) {
             for k in cc.opt_state_next.keys() {
-                if k == STEP_COUNT {
+                if SCALAR_STATES.contains(&k.as_str()) {
                     values.entry(k.clone()).or_insert(HostTensor::f32(&[], vec![0.0]));
                 } else if let Some(t) = values.get(state_param(k)) {
                     let z = zeros_like(t);
@@ -184,6 +194,9 @@ impl StepRunner {
             graphs,
             session,
             apply_session,
+            between_session,
+            before: None,
+            sam_active: true,
             exact,
             values,
             hyper,
@@ -314,6 +327,12 @@ impl StepRunner {
             self.step += 1;
             return Ok(out);
         }
+        if let Some(which) = self.alternate() {
+            let out = self.plain_step(batch, which)?;
+            check_finite(&out, self.step + 1)?;
+            self.step += 1;
+            return Ok(out);
+        }
         let out = match self.spec.micro_batch {
             None => {
                 let mut extra = Vec::new();
@@ -322,7 +341,9 @@ impl StepRunner {
                     extra.push((step::SCORES_INPUT.to_string(), HostTensor::f32(&[b], s)));
                 }
                 let c = &self.graphs.step.contract;
-                let carry = self.keep_on_device && self.exact.is_none() && self.session.can_carry();
+                // (steps that alternate graphs go through the host)
+                let alternating = self.graphs.between.is_some() || self.before.is_some();
+                let carry = self.keep_on_device && self.exact.is_none() && self.session.can_carry() && !alternating;
                 // what the engine holds from the last step is neither copied nor fed
                 let held: Vec<String> =
                     if self.on_device { carried(c).into_iter().map(|(i, _)| i).collect() } else { vec![] };
@@ -346,6 +367,62 @@ impl StepRunner {
         check_finite(&out, self.step + 1)?; // 1-based, as the metrics count steps
         self.step += 1;
         Ok(out)
+    }
+
+    /// The graph other than the step graph that takes this step, if any: the base optimizer's
+    /// before late-phase SAM starts, LookSAM's between its full steps (t mod k ≠ 0).
+    fn alternate(&self) -> Option<Alternate> {
+        if !self.sam_active && self.before.is_some() {
+            return Some(Alternate::Before);
+        }
+        let k = self.spec.variant.looksam_k as u64;
+        (self.between_session.is_some() && self.step % k != 0).then_some(Alternate::Between)
+    }
+
+    /// One step on an alternate graph, through the host (what the engine held is synced first).
+    fn plain_step(&mut self, batch: &Batch, which: Alternate) -> Result<BTreeMap<String, HostTensor>> {
+        self.sync()?;
+        self.on_device = false;
+        let (contract, mut session) = match which {
+            Alternate::Before => {
+                let (g, s) = self.before.take().expect("checked");
+                (g.contract.clone(), Taken::Before(g, s))
+            }
+            Alternate::Between => (
+                self.graphs.between.as_ref().expect("LookSAM has a between graph").contract.clone(),
+                Taken::Between(self.between_session.take().expect("checked")),
+            ),
+        };
+        let r = (|| {
+            let o = self.feed_options(self.step, &self.hyper, &[], &[]);
+            let f = feeds_with(&contract, Some(batch), &self.values, &o)?;
+            let out: BTreeMap<String, HostTensor> = session.session().run(&f)?.into_iter().collect();
+            self.write_back(&contract, &out)?;
+            Ok(out)
+        })();
+        match session {
+            Taken::Before(g, s) => self.before = Some((g, s)),
+            Taken::Between(s) => self.between_session = Some(s),
+        }
+        r
+    }
+
+    /// Late-phase SAM: the base optimizer's step graph, run until `sam_active` is set.
+    pub fn set_before(&mut self, model: &Model, backend: &dyn Backend) -> Result<()> {
+        let spec = StepSpec {
+            optimizer: graph_passes::passes::sam_update::Optimizer::Sgd,
+            reweight: None,
+            micro_batch: None,
+            ..self.spec.clone()
+        };
+        let g = step::step_graphs(model, &spec).map_err(|e| anyhow!("{e}"))?;
+        for (k, v) in &g.step.contract.hyper {
+            self.hyper.entry(k.clone()).or_insert(*v);
+        }
+        let session = backend.load(&g.step.model.to_proto()).context("loading the base optimizer's step graph")?;
+        self.before = Some((g.step, session));
+        self.sam_active = false;
+        Ok(())
     }
 
     fn micro_step(&mut self, batch: &Batch, m: usize, dist: Option<&mut Dist>) -> Result<BTreeMap<String, HostTensor>> {
@@ -484,6 +561,27 @@ impl StepRunner {
             out
         };
         Ok((out, merged))
+    }
+}
+
+/// A graph other than the step graph.
+#[derive(Clone, Copy)]
+enum Alternate {
+    Before,
+    Between,
+}
+
+/// An alternate graph's session, taken out of the runner for one run.
+enum Taken {
+    Before(StepGraph, Box<dyn Session>),
+    Between(Box<dyn Session>),
+}
+
+impl Taken {
+    fn session(&mut self) -> &mut dyn Session {
+        match self {
+            Taken::Before(_, s) | Taken::Between(s) => s.as_mut(),
+        }
     }
 }
 

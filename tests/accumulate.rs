@@ -38,7 +38,21 @@ fn specs() -> Vec<(&'static str, StepSpec)> {
             "rw-sam",
             StepSpec {
                 reweight: Some(ReweightSpec {
+                    target_ess: None,
                     lambda: 1.0,
+                    score: Score::Fd { q: 1, scheme: FdScheme::Forward },
+                    score_norm: ScoreNorm::Mean,
+                }),
+                ..sam.clone()
+            },
+        ),
+        (
+            // the runtime's adaptive λ (graph_passes::passes::reweight::auto_lambda) against the graph's
+            "rw-sam, adaptive λ",
+            StepSpec {
+                reweight: Some(ReweightSpec {
+                    target_ess: Some(0.5),
+                    lambda: 0.0,
                     score: Score::Fd { q: 1, scheme: FdScheme::Forward },
                     score_norm: ScoreNorm::Mean,
                 }),
@@ -49,6 +63,7 @@ fn specs() -> Vec<(&'static str, StepSpec)> {
             "rw-sam, loss-mode decay",
             StepSpec {
                 reweight: Some(ReweightSpec {
+                    target_ess: None,
                     lambda: 1.0,
                     score: Score::Fd { q: 1, scheme: FdScheme::Forward },
                     score_norm: ScoreNorm::Mean,

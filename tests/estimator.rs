@@ -68,6 +68,7 @@ fn rw_spec(q: usize) -> StepSpec {
     StepSpec {
         optimizer: Optimizer::Sam,
         reweight: Some(ReweightSpec {
+            target_ess: None,
             lambda: 1.0,
             score: Score::Fd { q, scheme: FdScheme::Forward },
             score_norm: ScoreNorm::Mean,

@@ -60,6 +60,7 @@ fn written_step_graphs_run_in_python_onnxruntime() {
         if opt[1] == "sam" {
             spec.optimizer = graph_passes::passes::sam_update::Optimizer::Sam;
             spec.reweight = Some(graph_passes::step::ReweightSpec {
+                target_ess: None,
                 lambda: 1.0,
                 score: graph_passes::step::Score::Fd {
                     q: 1,

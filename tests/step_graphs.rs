@@ -56,6 +56,7 @@ fn sam(rho: f32) -> StepSpec {
 /// scores.
 fn reweight(lambda: f32) -> Option<ReweightSpec> {
     Some(ReweightSpec {
+        target_ess: None,
         lambda,
         score: Score::Fd { q: 1, scheme: graph_passes::passes::fd_branch::FdScheme::Forward },
         score_norm: graph_passes::passes::reweight::ScoreNorm::Mean,
@@ -86,6 +87,43 @@ fn rw_sam_with_lambda_zero_equals_sam() {
             assert!(err < 1e-6, "{name} on {e}: RW-SAM(λ=0) differs from SAM by {err:.2e} at {at}");
             let ess = out["ess"].to_f64()[0];
             assert!((ess - 8.0).abs() < 1e-4, "λ = 0 gives uniform weights: ESS {ess}");
+        }
+    }
+}
+
+#[test]
+fn adaptive_lambda_at_full_ess_and_the_variants_at_their_identity_settings_equal_sam() {
+    use graph_passes::passes::sam_update::VariantParams;
+    for e in ["tract", "ort"] {
+        for name in ["mlp", "resnet8"] {
+            let (sam_run, _) = one_step(name, &sam(0.05), e);
+            // --reweight auto --target-ess 1: λ = 0, bit for bit the RW-SAM step with λ = 0
+            let mut full = reweight(0.0).unwrap();
+            full.target_ess = Some(1.0);
+            let (a, out) = one_step(name, &StepSpec { reweight: Some(full), ..sam(0.05) }, e);
+            let (b, _) = one_step(name, &StepSpec { reweight: reweight(0.0), ..sam(0.05) }, e);
+            assert_eq!(out["lambda"].to_f64()[0], 0.0, "{name} on {e}: F = 1 gives λ = 0");
+            let (err, at) = max_rel(&a.values, &b.values);
+            assert!(err == 0.0, "{name} on {e}: auto λ at F = 1 differs from λ = 0 by {err:.2e} at {at}");
+            let (err, at) = max_rel(&a.values, &sam_run.values);
+            assert!(err < 1e-6, "{name} on {e}: auto λ at F = 1 differs from SAM by {err:.2e} at {at}");
+            // GSAM α = 0, WSAM γ = 0.5, LookSAM k = 1 and F-SAM's first step are SAM
+            let v = VariantParams::default();
+            for (label, spec) in [
+                ("gsam α = 0", StepSpec { optimizer: Optimizer::Gsam, variant: VariantParams { gsam_alpha: 0.0, ..v }, ..sam(0.05) }),
+                ("wsam γ = 0.5", StepSpec { optimizer: Optimizer::Wsam, variant: VariantParams { wsam_gamma: 0.5, ..v }, ..sam(0.05) }),
+                ("looksam k = 1", StepSpec { optimizer: Optimizer::LookSam, variant: VariantParams { looksam_k: 1, ..v }, ..sam(0.05) }),
+                ("fsam, first step", StepSpec { optimizer: Optimizer::Fsam, ..sam(0.05) }),
+            ] {
+                let (r, _) = one_step(name, &spec, e);
+                let (err, at) = max_rel(&sam_run.values, &r.values);
+                assert!(err < 1e-6, "{name} on {e}: {label} differs from SAM by {err:.2e} at {at}");
+            }
+            // Momentum-SAM with ρ = 0 is SGD
+            let (m, _) = one_step(name, &StepSpec { optimizer: Optimizer::MomentumSam, rho: 0.0, ..sam(0.0) }, e);
+            let (s, _) = one_step(name, &StepSpec { weight_decay: 5e-4, ..StepSpec::default() }, e);
+            let (err, at) = max_rel(&s.values, &m.values);
+            assert!(err < 1e-6, "{name} on {e}: momentum-sam with ρ = 0 differs from SGD by {err:.2e} at {at}");
         }
     }
 }
@@ -134,8 +172,23 @@ const REFERENCE_OPTIMIZERS: [&str; 12] = [
     "adamw_msam_amsgrad_clip",
 ];
 
+/// The SAM variants of tools/reference_steps.py's VARIANTS (their state before the step:
+/// fsam_momentum = buf0(k + 53), looksam_gv = buf0(k + 70)).
+const REFERENCE_VARIANTS: [&str; 10] = [
+    "rwsam_auto",
+    "rwsam_auto_none",
+    "gsam",
+    "rw_gsam",
+    "wsam",
+    "fsam",
+    "fsam_first",
+    "looksam",
+    "looksam_between",
+    "momentum_sam",
+];
+
 fn reference_spec(opt: &str) -> StepSpec {
-    use graph_passes::passes::sam_update::{BaseOptimizer as B, WeightDecayMode as W};
+    use graph_passes::passes::sam_update::{BaseOptimizer as B, VariantParams, WeightDecayMode as W};
     let base = StepSpec { lr: 0.1, momentum: 0.9, weight_decay: 5e-4, rho: 0.05, ..StepSpec::default() };
     let adam = StepSpec { base: B::Adam, lr: 1e-3, ..base.clone() };
     let adamw =
@@ -161,6 +214,37 @@ fn reference_spec(opt: &str) -> StepSpec {
             eps: 1e-6,
             ..adamw
         },
+        "rwsam_auto" | "rwsam_auto_none" => {
+            let mut rw = reweight(0.0).unwrap();
+            rw.target_ess = Some(if opt == "rwsam_auto" { 0.5 } else { 0.25 });
+            if opt == "rwsam_auto_none" {
+                rw.score_norm = graph_passes::passes::reweight::ScoreNorm::None;
+            }
+            StepSpec { optimizer: Optimizer::Sam, reweight: Some(rw), fd_delta: 3e-3, ..base }
+        }
+        "gsam" | "rw_gsam" => StepSpec {
+            optimizer: Optimizer::Gsam,
+            variant: VariantParams { gsam_alpha: 0.3, ..Default::default() },
+            reweight: if opt == "rw_gsam" { reweight(1.0) } else { None },
+            fd_delta: 3e-3,
+            ..base
+        },
+        "wsam" => StepSpec {
+            optimizer: Optimizer::Wsam,
+            variant: VariantParams { wsam_gamma: 0.8, ..Default::default() },
+            ..base
+        },
+        "fsam" | "fsam_first" => StepSpec {
+            optimizer: Optimizer::Fsam,
+            variant: VariantParams { fsam_sigma: 1.0, fsam_lambda: 0.9, ..Default::default() },
+            ..base
+        },
+        "looksam" | "looksam_between" => StepSpec {
+            optimizer: Optimizer::LookSam,
+            variant: VariantParams { looksam_k: 5, looksam_alpha: 0.7, ..Default::default() },
+            ..base
+        },
+        "momentum_sam" => StepSpec { optimizer: Optimizer::MomentumSam, rho: 0.05, ..base },
         "adamw_msam_amsgrad_clip" => StepSpec {
             optimizer: Optimizer::Sam,
             micro_batch: Some(2),
@@ -203,6 +287,18 @@ fn check_reference_step(name: &str, opt: &str, engine_kind: &str) -> Vec<String>
             r.values.insert("step".into(), HostTensor::f32(&[], vec![ADAM_STEP0]));
         } else {
             r.values.insert(format!("momentum_buffer/{p}"), HostTensor::f32(&shape, buf0(k, n)));
+        }
+        // the SAM variants' state (tools/reference_steps.py)
+        match opt {
+            "fsam" | "fsam_first" => {
+                r.values.insert(format!("fsam_momentum/{p}"), HostTensor::f32(&shape, buf0(k + 53, n)));
+                r.values.insert("fsam_started".into(), HostTensor::f32(&[], vec![(opt == "fsam") as u8 as f32]));
+            }
+            "looksam_between" => {
+                r.values.insert(format!("looksam_gv/{p}"), HostTensor::f32(&shape, buf0(k + 70, n)));
+                r.step = 1;
+            }
+            _ => {}
         }
         let signs: Vec<bool> = rademacher(k, n).into_iter().map(|z| z > 0.0).collect();
         r.fixed.insert(
@@ -250,10 +346,15 @@ fn check_reference_step(name: &str, opt: &str, engine_kind: &str) -> Vec<String>
             }
         }
     }
-    for diag in ["loss", "grad_norm", "sharpness", "scores"] {
+    for diag in ["loss", "grad_norm", "sharpness", "scores", "lambda", "ess"] {
         if let (Some(w), Some(g)) = (want.get(diag), out.get(diag)) {
             let e = rel(&g.to_f64(), &w.to_f64());
-            let tol = if diag == "sharpness" || diag == "scores" { 1e-2 } else { 1e-4 };
+            // λ: the graph interpolates ln λ on a grid (reweight.rs), the reference bisects to the root
+            let tol = match diag {
+                "sharpness" | "scores" => 1e-2,
+                "lambda" | "ess" => 1e-3,
+                _ => 1e-4,
+            };
             if e > tol {
                 errors.push(format!("{diag}: {:?} vs PyTorch {:?} (rel {e:.2e})", g.to_f64(), w.to_f64()));
             }
@@ -262,10 +363,10 @@ fn check_reference_step(name: &str, opt: &str, engine_kind: &str) -> Vec<String>
     errors.into_iter().map(|e| format!("{name} {opt} on {engine_kind}: {e}")).collect()
 }
 
-fn reference_steps(engine_kind: &str) {
+fn reference_steps(engine_kind: &str, optimizers: &[&str]) {
     let mut errors = Vec::new();
     for name in ["mlp", "cnn", "resnet8"] {
-        for opt in REFERENCE_OPTIMIZERS {
+        for opt in optimizers {
             errors.extend(check_reference_step(name, opt, engine_kind));
         }
     }
@@ -274,12 +375,22 @@ fn reference_steps(engine_kind: &str) {
 
 #[test]
 fn one_step_of_every_optimizer_equals_pytorch_on_tract() {
-    reference_steps("tract");
+    reference_steps("tract", &REFERENCE_OPTIMIZERS);
 }
 
 #[test]
 fn one_step_of_every_optimizer_equals_pytorch_on_ort() {
-    reference_steps("ort");
+    reference_steps("ort", &REFERENCE_OPTIMIZERS);
+}
+
+#[test]
+fn one_step_of_every_sam_variant_and_adaptive_lambda_equals_pytorch_on_tract() {
+    reference_steps("tract", &REFERENCE_VARIANTS);
+}
+
+#[test]
+fn one_step_of_every_sam_variant_and_adaptive_lambda_equals_pytorch_on_ort() {
+    reference_steps("ort", &REFERENCE_VARIANTS);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -458,6 +569,7 @@ fn exact_scores_are_per_sample_gradient_norms_and_set_the_gibbs_weights() {
     let be = engine("tract");
     let spec = StepSpec {
         reweight: Some(ReweightSpec {
+            target_ess: None,
             lambda: 1.0,
             score: Score::Exact,
             score_norm: graph_passes::passes::reweight::ScoreNorm::Mean,

@@ -136,8 +136,11 @@ fn resumed_run_continues_the_identical_trajectory() {
     let tmp = tempdir();
     let data = mnist_subset(tmp.path(), 1024);
     // RW-SAM on tract; m-SAM on ONNX Runtime, whose two sessions keep values on the device; the
-    // base optimizers SGD, AdamW and Adam with amsgrad and clipping (their state is in the checkpoints)
-    let configs: [&[&str]; 3] = [
+    // base optimizers SGD, AdamW and Adam with amsgrad and clipping (their state is in the checkpoints);
+    // the SAM variants' state: F-SAM's EMA and its first-step flag, LookSAM's g_v (k = 3, so the
+    // resumed epoch starts between full steps) under adaptive RW, late-phase GSAM switching at the
+    // resumed epoch
+    let configs: [&[&str]; 6] = [
         &["--optimizer", "sam", "--reweight", "1", "--backend", "tract"],
         &["--optimizer", "sam", "--base-optimizer", "adamw", "--lr", "1e-3", "--reweight", "1", "--backend", "tract"],
         &[
@@ -155,6 +158,9 @@ fn resumed_run_continues_the_identical_trajectory() {
             "--backend",
             "ort",
         ],
+        &["--optimizer", "fsam", "--backend", "ort"],
+        &["--optimizer", "looksam", "--looksam-k", "3", "--reweight", "auto", "--backend", "tract"],
+        &["--optimizer", "gsam", "--sam-from-epoch", "2", "--backend", "ort"],
     ];
     for (k, opt) in configs.iter().enumerate() {
         let base = |run: &Path, epochs: &str| -> Vec<String> {

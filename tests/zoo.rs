@@ -660,6 +660,7 @@ fn rw_sam_scores_do_not_see_the_padding_row() {
         optimizer: Optimizer::Sam,
         rho: 0.05,
         reweight: Some(ReweightSpec {
+            target_ess: None,
             lambda: 1.0,
             score: Score::Fd { q: 1, scheme: FdScheme::Forward },
             score_norm: ScoreNorm::Mean,

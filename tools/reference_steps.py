@@ -57,6 +57,26 @@ CONFIGS = {
     "adamw_msam_amsgrad_clip": dict(opt="sam", base="adamw", lr=1e-3, wd=1e-2, wd_mode="decoupled", rho=0.05,
                                     micro=2, amsgrad=True, clip=0.05),
 }
+# the SAM variants (METHOD.md, "SAM variants of the literature"; tests/step_graphs.rs uses the same).
+# Their state before the step: fsam_momentum = buf0(k + 53) (fsam_started 1, or 0 for fsam_first),
+# looksam_gv = buf0(k + 70) (looksam_between is a step t with t mod k ≠ 0); momentum-sam's v is the
+# momentum buffer buf0(k). (At buf0(k + 50) one resnet8 ReLU sits at its kink at θ + ε: PyTorch's own
+# float32 step then differs from float64 by 1e-3; at ρ = 0.3 one of cnn's conv2 pre-activations is 6e-6 from
+# zero at Momentum-SAM's θ + ε and float32 engines flip it. The states here keep clear of both.)
+SGD_BASE = dict(lr=0.1, momentum=0.9, nesterov=False, wd=5e-4, wd_mode="coupled", rho=0.05)
+VARIANTS = {
+    "rwsam_auto": dict(opt="sam", lam="auto", target=0.5, delta=3e-3, **SGD_BASE),
+    "rwsam_auto_none": dict(opt="sam", lam="auto", target=0.25, norm="none", delta=3e-3, **SGD_BASE),
+    "gsam": dict(opt="gsam", alpha=0.3, **SGD_BASE),
+    "rw_gsam": dict(opt="gsam", alpha=0.3, lam=1.0, delta=3e-3, **SGD_BASE),
+    "wsam": dict(opt="wsam", gamma=0.8, **SGD_BASE),
+    "fsam": dict(opt="fsam", sigma=1.0, flam=0.9, started=1, **SGD_BASE),
+    "fsam_first": dict(opt="fsam", sigma=1.0, flam=0.9, started=0, **SGD_BASE),
+    "looksam": dict(opt="looksam", alpha=0.7, **SGD_BASE),
+    "looksam_between": dict(opt="looksam_between", alpha=0.7, **SGD_BASE),
+    "momentum_sam": dict(opt="momentum_sam", **{**SGD_BASE, "rho": 0.05}),
+}
+CONFIGS.update(VARIANTS)
 ADAM_STEP0 = 3
 
 
@@ -159,10 +179,122 @@ def ascent_and_descent(model, names, params, x, y, cfg, z=None):
     return g, diag
 
 
-def step(model, x, y, cfg, bufs, z=None):
+def norm(xs):
+    return torch.sqrt(sum((x_ ** 2).sum() for x_ in xs))
+
+
+def dot(xs, ys):
+    return sum((a * b).sum() for a, b in zip(xs, ys))
+
+
+def auto_lambda(a, f):
+    """λ ≥ 0 with ESS(softmax(λ·a)) = f·b, by bisection in float64 (the exact root)."""
+    b = a.numel()
+    if f >= 1.0 or float(a.max() - a.min()) == 0.0:
+        return 0.0
+
+    def ess(lam):
+        p = torch.softmax(lam * a, dim=0)
+        return float(1.0 / (p ** 2).sum())
+    lo, hi = 0.0, 1.0
+    while ess(hi) > f * b:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ess(mid) > f * b else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def variant_step(model, names, params, x, y, cfg, st, z):
+    """The direction d a SAM variant hands the base optimizer (METHOD.md), its diagnostics, the
+    variant's next state, and whether coupled weight decay is in d already (Momentum-SAM)."""
+    wd, mode, rho, opt = cfg["wd"], cfg["wd_mode"], cfg["rho"], cfg["opt"]
+    diag, nst = {}, {}
+    if opt == "momentum_sam":
+        v = st["buf"]
+        nv = norm(v)
+        eps = [-rho * vi / (nv + 1e-12) for vi in v]
+        with torch.no_grad():
+            for p, e in zip(params, eps):
+                p.add_(e)
+        loss = per_sample(model, x, y).mean()  # the only forward: BatchNorm's statistics move here
+        g = list(torch.autograd.grad(loss, params))
+        with torch.no_grad():
+            at = [p.detach().clone() for p in params]
+            for p, e in zip(params, eps):
+                p.sub_(e)
+        diag["loss"] = loss.detach().cpu().numpy()
+        diag["grad_norm"] = norm(g).detach().cpu().numpy()
+        if mode in ("coupled", "loss"):
+            g = [gi + wd * a for gi, a in zip(g, at)]
+        return g, diag, nst, True
+    lps = per_sample(model, x, y)
+    loss = lps.mean()
+    diag["loss"] = loss.detach().cpu().numpy()
+    ascent = loss
+    if "lam" in cfg and opt != "looksam_between":
+        delta = cfg["delta"]
+        with torch.no_grad():
+            lq = per_sample_at(model, names, [p + zp * delta for p, zp in zip(params, z)], x, y)
+        s = torch.sqrt(((lq - lps.detach()) / delta) ** 2)
+        c = s.mean() + 1e-12 if cfg.get("norm", "mean") == "mean" else 1.0
+        a = s / c
+        lam = auto_lambda(a, cfg["target"]) if cfg["lam"] == "auto" else cfg["lam"]
+        w = torch.softmax(lam * a, dim=0).detach()
+        diag["scores"] = s.cpu().numpy()
+        if cfg["lam"] == "auto":
+            diag["lambda"] = np.float32(lam)
+            diag["ess"] = np.float32(1.0 / float((w ** 2).sum()))
+        ascent = (w * lps).sum()
+    ga = list(torch.autograd.grad(ascent, params))
+    if mode == "loss":
+        ga = [gi + wd * p.detach() for gi, p in zip(ga, params)]
+    gn = norm(ga)
+    diag["grad_norm"] = gn.detach().cpu().numpy()
+    if opt == "looksam_between":
+        gv = st["gv"]
+        k = cfg["alpha"] * gn / (norm(gv) + 1e-12)
+        return [gi + k * v for gi, v in zip(ga, gv)], diag, nst, False
+    direction = ga
+    if opt == "fsam":
+        m = st["m"]
+        if cfg["started"]:
+            direction = [gi - cfg["sigma"] * mi for gi, mi in zip(ga, m)]
+            nst["fsam_momentum"] = [cfg["flam"] * mi + (1 - cfg["flam"]) * gi for gi, mi in zip(ga, m)]
+        else:
+            nst["fsam_momentum"] = [gi.detach().clone() for gi in ga]
+        nst["fsam_started"] = 1.0
+    dn = norm(direction)
+    eps = [rho * di / (dn + 1e-12) for di in direction]
+    pe = [(p.detach() + e.detach()).requires_grad_() for p, e in zip(params, eps)]
+    adv = per_sample_at(model, names, pe, x, y).mean()
+    gp = list(torch.autograd.grad(adv, pe))
+    if mode == "loss":
+        gp = [gi + wd * p.detach() for gi, p in zip(gp, pe)]
+    diag["sharpness"] = (adv - loss).detach().cpu().numpy()
+    ga = [gi.detach() for gi in ga]
+    if opt == "gsam":
+        gpn = norm(gp)
+        cos = dot(ga, gp) / (gpn * gn + 1e-12)
+        vertical = [gi - cos * gn * pi / (gpn + 1e-12) for gi, pi in zip(ga, gp)]
+        return [pi - cfg["alpha"] * v for pi, v in zip(gp, vertical)], diag, nst, False
+    if opt == "wsam":
+        gm = cfg["gamma"]
+        return [(1 - 2 * gm) / (1 - gm) * gi + gm / (1 - gm) * pi for gi, pi in zip(ga, gp)], diag, nst, False
+    if opt == "looksam":
+        k = dot(gp, ga) / (gn ** 2 + 1e-12)
+        nst["looksam_gv"] = [pi - k * gi for pi, gi in zip(gp, ga)]
+    return gp, diag, nst, False
+
+
+def step(model, x, y, cfg, bufs, z=None, st=None):
     names = [n for n, _ in model.named_parameters()]
     params = [p for _, p in model.named_parameters()]
-    if "micro" in cfg:
+    skip_coupled = False
+    nst = {}
+    if cfg["opt"] not in ("sgd", "sam", "usam", "asam") or cfg.get("lam") == "auto":
+        g, diag, nst, skip_coupled = variant_step(model, names, params, x, y, cfg, dict(st or {}, buf=bufs), z)
+    elif "micro" in cfg:
         m = cfg["micro"]
         k = x.shape[0] // m
         acc = [torch.zeros_like(p) for p in params]
@@ -186,7 +318,7 @@ def step(model, x, y, cfg, bufs, z=None):
     new_bufs = []
     with torch.no_grad():
         for p, gi, b in zip(params, g, bufs):
-            if cfg["wd_mode"] == "coupled":
+            if cfg["wd_mode"] == "coupled" and not skip_coupled:
                 gi = gi + wd * p
             nb = mu * b + gi
             d = gi + mu * nb if cfg["nesterov"] else nb
@@ -194,6 +326,8 @@ def step(model, x, y, cfg, bufs, z=None):
                 p.sub_(lr * wd * p)
             p.sub_(lr * d)
             new_bufs.append(nb)
+    for k, v in nst.items():
+        diag[f"next/{k}"] = v
     return new_bufs, diag
 
 
@@ -237,11 +371,14 @@ def sample(name, a, out):
 def main():
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
+    only = set(sys.argv[1:])  # optimizer names to write (default: all)
     for name, cls in [("mlp", MLP), ("cnn", CNN), ("resnet8", ResNet8)]:
         batch = np.load(os.path.join(FIXTURES, name, "batch.npz"))
         x = torch.from_numpy(batch["input"]).double()
         y = torch.from_numpy(batch["y"].astype(np.int64))
         for opt, cfg in CONFIGS.items():
+            if only and opt not in only:
+                continue
             model = cls()
             load_from_onnx(model, os.path.join(ROOT, "models", f"{name}.onnx"))
             model.double().train()
@@ -254,8 +391,17 @@ def main():
             else:
                 bufs = [torch.from_numpy(buf0(kidx[n], p.numel())).reshape(p.shape).double() for n, p in named]
             z = [torch.from_numpy(rademacher(kidx[n], p.numel())).reshape(p.shape).double() for n, p in named]
-            new_bufs, diag = step(model, x, y, cfg, bufs, z)
+            st = {"m": [torch.from_numpy(buf0(kidx[n] + 53, p.numel())).reshape(p.shape).double() for n, p in named],
+                  "gv": [torch.from_numpy(buf0(kidx[n] + 70, p.numel())).reshape(p.shape).double() for n, p in named]}
+            new_bufs, diag = step(model, x, y, cfg, bufs, z, st)
+            nst = {k[len("next/"):]: diag.pop(k) for k in list(diag) if k.startswith("next/")}
             out = {k: np.asarray(v).astype(np.float32) for k, v in diag.items()}
+            for k, v in nst.items():
+                if isinstance(v, list):
+                    for (n, _), t in zip(named, v):
+                        sample(f"next/{k}/{n}", t.detach().cpu().numpy(), out)
+                else:
+                    out[f"next/{k}"] = np.float32(v)
             for (n, p), nb in zip(named, new_bufs):
                 sample(f"next/{n}", p.detach().cpu().numpy(), out)
                 if isinstance(nb, dict):

@@ -97,6 +97,10 @@ pub struct Contract {
     pub stop_gradient: Vec<String>,
     /// Optimizer state inputs (momentum buffers, m-SAM gradient accumulators) → output with their next value.
     pub opt_state_next: BTreeMap<String, String>,
+    /// Optimizer state this graph writes without reading (LookSAM's g_v on a full step): keys of
+    /// `opt_state_next` that are not inputs, so nothing feeds them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write_only: Vec<String>,
     /// Parameter → output with its next value.
     pub params_next: BTreeMap<String, String>,
     /// Diagnostic name → output (METHOD.md: loss, correct, grad_norm, sharpness, …).

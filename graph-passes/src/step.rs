@@ -153,7 +153,7 @@ use crate::passes::cleanup::Cleanup;
 use crate::passes::eval_graph::EvalGraph;
 use crate::passes::fd_branch::{FdBranch, FdScheme};
 use crate::passes::reweight::{Reweight, ScoreNorm};
-use crate::passes::sam_update::{BaseOptimizer, Optimizer, SamUpdate, Stage, WeightDecayMode};
+use crate::passes::sam_update::{BaseOptimizer, Optimizer, SamUpdate, Stage, VariantParams, WeightDecayMode};
 use serde::Serialize;
 
 /// Where RW-SAM's per-sample scores come from.
@@ -168,9 +168,23 @@ pub enum Score {
 
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct ReweightSpec {
+    /// λ, or (with `target_ess`) unused: λ is then chosen each step.
     pub lambda: f32,
+    /// Adaptive λ (--reweight auto): the effective sample size to keep, as a fraction of the batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_ess: Option<f32>,
     pub score: Score,
     pub score_norm: ScoreNorm,
+}
+
+impl ReweightSpec {
+    /// "reweight λ = 1" or "reweight λ auto (ESS 0.5 of the batch)".
+    pub fn describe(&self) -> String {
+        match self.target_ess {
+            Some(f) => format!("reweight λ auto (ESS {f} of the batch)"),
+            None => format!("reweight λ = {}", self.lambda),
+        }
+    }
 }
 
 /// An optimizer compiled into step graphs (METHOD.md). Hyperparameters given here are the
@@ -204,6 +218,8 @@ pub struct StepSpec {
     pub amsgrad: bool,
     /// --clip-grad-norm: the global L2 norm the descent gradient is clipped to.
     pub max_grad_norm: Option<f32>,
+    /// GSAM's α, WSAM's γ, F-SAM's σ and λ, LookSAM's k and α.
+    pub variant: VariantParams,
 }
 
 impl Default for StepSpec {
@@ -229,6 +245,7 @@ impl Default for StepSpec {
             eps: 1e-8,
             amsgrad: false,
             max_grad_norm: None,
+            variant: VariantParams::default(),
         }
     }
 }
@@ -273,12 +290,48 @@ impl StepSpec {
         if !(self.fd_delta > 0.0) {
             bail!("--fd-delta must be > 0, got {}", self.fd_delta);
         }
+        let v = &self.variant;
+        if !(0.0..=1.0).contains(&v.gsam_alpha) {
+            bail!("--gsam-alpha must be in [0, 1], got {}", v.gsam_alpha);
+        }
+        if !(0.0..1.0).contains(&v.wsam_gamma) {
+            bail!("--wsam-gamma must be in [0, 1) (0.5 is SAM, 0 the base optimizer), got {}", v.wsam_gamma);
+        }
+        if !(v.fsam_sigma.is_finite()) {
+            bail!("--fsam-sigma must be finite, got {}", v.fsam_sigma);
+        }
+        if !(0.0..1.0).contains(&v.fsam_lambda) {
+            bail!("--fsam-lambda must be in [0, 1), got {}", v.fsam_lambda);
+        }
+        if v.looksam_k == 0 {
+            bail!("--looksam-k must be at least 1 (1 is SAM on every step)");
+        }
+        if !(v.looksam_alpha >= 0.0) {
+            bail!("--looksam-alpha must be ≥ 0, got {}", v.looksam_alpha);
+        }
+        let o = self.optimizer.name();
+        if !self.optimizer.is_basic_sam() && self.optimizer != Optimizer::Sgd {
+            if self.micro_batch.is_some() {
+                bail!("--micro-batch (m-SAM) perturbs with sam, usam or asam; --optimizer {o} has no m- form here");
+            }
+            if self.accumulate.is_some_and(|k| k > 1) {
+                bail!("--accumulate runs sam, usam and asam; --optimizer {o} takes one batch per step here (lower --batch-size instead)");
+            }
+        }
         if let Some(r) = &self.reweight {
             if self.optimizer == Optimizer::Sgd {
-                bail!("--reweight needs a SAM-family optimizer (--optimizer sam|usam|asam): SGD has no ascent step to reweight");
+                bail!("--reweight needs a SAM-family optimizer (--optimizer sam|usam|asam|gsam|wsam|fsam|looksam): SGD has no ascent step to reweight");
+            }
+            if self.optimizer == Optimizer::MomentumSam {
+                bail!("--reweight reweights the ascent gradient; momentum-sam has none (its ε comes from the momentum buffer)");
             }
             if !r.lambda.is_finite() {
                 bail!("--reweight λ must be finite, got {}", r.lambda);
+            }
+            if let Some(f) = r.target_ess {
+                if !(f > 0.0 && f <= 1.0) {
+                    bail!("--target-ess is a fraction of the batch in (0, 1], got {f}");
+                }
             }
             if let Score::Fd { q: 0, .. } = r.score {
                 bail!("--fd-q must be at least 1");
@@ -326,6 +379,8 @@ impl StepSpec {
             eps: self.eps,
             amsgrad: self.amsgrad,
             max_grad_norm: self.max_grad_norm,
+            variant: self.variant,
+            looksam_reuse: false,
         }
     }
 }
@@ -340,10 +395,12 @@ pub struct StepGraph {
 }
 
 /// What an optimizer compiles to: one step graph, or (m-SAM) a micro-batch graph run k times
-/// and an apply graph.
+/// and an apply graph; LookSAM adds the graph of the steps between its full ones.
 pub struct StepGraphs {
     pub step: StepGraph,
     pub apply: Option<StepGraph>,
+    /// LookSAM: steps t with t mod k ≠ 0 (one forward-backward, g_v reused).
+    pub between: Option<StepGraph>,
 }
 
 /// import + lift-params + train-mode + per-sample-loss, with the forward recorded for copies.
@@ -378,14 +435,22 @@ pub fn step_graphs(model: &Model, spec: &StepSpec) -> Result<StepGraphs> {
         if let Score::Fd { q, scheme } = r.score {
             passes.push(Box::new(FdBranch { q, scheme, delta: spec.fd_delta }));
         }
-        passes.push(Box::new(Reweight { lambda: r.lambda, norm: r.score_norm }));
+        passes.push(Box::new(Reweight { lambda: r.lambda, norm: r.score_norm, target_ess: r.target_ess }));
     }
     let stage = if spec.micro_batch.is_some() { Stage::Micro } else { Stage::Full };
+    let between = if spec.optimizer == Optimizer::LookSam && spec.variant.looksam_k > 1 {
+        let (mut bm, mut bc) = (m.clone(), c.clone());
+        let reuse = SamUpdate { looksam_reuse: true, ..spec.sam_update(Stage::Full) };
+        run_all(&mut bm, &mut bc, &[&reuse, &Cleanup])?;
+        Some(StepGraph { model: bm, contract: bc })
+    } else {
+        None
+    };
     passes.push(Box::new(spec.sam_update(stage)));
     passes.push(Box::new(Cleanup));
     let refs: Vec<&dyn Pass> = passes.iter().map(|p| p.as_ref()).collect();
     run_all(&mut m, &mut c, &refs)?;
-    Ok(StepGraphs { step: StepGraph { model: m, contract: c }, apply })
+    Ok(StepGraphs { step: StepGraph { model: m, contract: c }, apply, between })
 }
 
 /// --accumulate K: one optimizer step over a logical batch of K micro-batches, as graphs the
@@ -408,6 +473,12 @@ pub struct AccumulateGraphs {
 /// Compiles `spec` for gradient accumulation (see [`AccumulateGraphs`]).
 pub fn accumulate_graphs(model: &Model, spec: &StepSpec) -> Result<AccumulateGraphs> {
     spec.check()?;
+    if !spec.optimizer.is_basic_sam() && spec.optimizer != Optimizer::Sgd {
+        bail!(
+            "--accumulate and data-parallel steps run sgd, sam, usam and asam; --optimizer {} runs one batch on one process here",
+            spec.optimizer.name()
+        );
+    }
     if spec.micro_batch.is_some() {
         bail!("--accumulate and --micro-batch split a batch two ways: m-SAM perturbs per micro-batch, accumulation once for the whole batch; choose one");
     }

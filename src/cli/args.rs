@@ -9,7 +9,7 @@ use graph_passes::import::Sharing;
 use graph_passes::passes::fd_branch::FdScheme;
 use graph_passes::passes::per_sample_loss::{ClassAxis, Loss, Reduction};
 use graph_passes::passes::reweight::ScoreNorm;
-use graph_passes::passes::sam_update::{BaseOptimizer, Optimizer, WeightDecayMode};
+use graph_passes::passes::sam_update::{BaseOptimizer, Optimizer, VariantParams, WeightDecayMode};
 use graph_passes::step::{GradSpec, ReweightSpec, Score, StepSpec};
 
 use crate::backend::{BackendKind, BackendRequest, Device};
@@ -272,11 +272,39 @@ pub enum OptimizerArg {
     Usam,
     /// Adaptive SAM (Kwon et al.): ε scaled by |θ| + η
     Asam,
+    /// GSAM (Zhuang et al.): d = g_p − α·(g's part orthogonal to g_p); --gsam-alpha, and
+    /// --rho-schedule lr as its paper schedules ρ
+    Gsam,
+    /// WSAM (Yue et al.): d = ((1−2γ)/(1−γ))·g + (γ/(1−γ))·g_p; --wsam-gamma
+    Wsam,
+    /// Friendly SAM (Li et al.): ascent along g − σ·m, m the EMA of gradients; --fsam-sigma, --fsam-lambda
+    Fsam,
+    /// LookSAM (Liu et al.): full SAM every k-th step, one forward-backward between; --looksam-k, --looksam-alpha
+    Looksam,
+    /// Momentum-SAM (Becker et al.): ε = −ρ·v/‖v‖ along the momentum, one forward-backward per step
+    MomentumSam,
     /// torch.optim.Adam (no perturbation)
     Adam,
     /// torch.optim.AdamW (no perturbation)
     Adamw,
 }
+
+/// --reweight's value: a fixed λ or `auto`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ReweightArg {
+    Lambda(f32),
+    Auto,
+}
+
+fn parse_reweight(s: &str) -> std::result::Result<ReweightArg, String> {
+    if s == "auto" {
+        return Ok(ReweightArg::Auto);
+    }
+    s.parse::<f32>().map(ReweightArg::Lambda).map_err(|_| format!("expected a number λ or `auto`, got '{s}'"))
+}
+
+/// The default --target-ess of --reweight auto.
+pub const DEFAULT_TARGET_ESS: f32 = 0.5;
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
 pub enum BaseArg {
@@ -318,12 +346,36 @@ pub enum WdModeArg {
 /// The optimizer and its hyperparameters (defaults of the step graph's scalar inputs).
 #[derive(Args, Clone, Debug)]
 pub struct StepArgs {
-    /// sgd (default), adam, adamw, or a SAM variant: sam, usam, asam (over --base-optimizer)
+    /// sgd (default), adam, adamw, or a SAM variant (over --base-optimizer): sam, usam, asam,
+    /// gsam, wsam, fsam, looksam, momentum-sam
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerArg>,
-    /// RW-SAM: reweight samples by pᵢ ∝ exp(λ·sᵢ/c) in the ascent step (λ = LAMBDA)
-    #[arg(long, value_name = "LAMBDA", allow_hyphen_values = true)]
-    pub reweight: Option<f32>,
+    /// GSAM's α: how much of g's component orthogonal to g_p is subtracted (default 0.4)
+    #[arg(long, value_name = "ALPHA")]
+    pub gsam_alpha: Option<f32>,
+    /// WSAM's γ: the weight of sharpness (0.5 is SAM, 0 the base optimizer; default 0.9)
+    #[arg(long, value_name = "GAMMA")]
+    pub wsam_gamma: Option<f32>,
+    /// F-SAM's σ: how much of the gradient's EMA is taken out of the ascent (default 1)
+    #[arg(long, value_name = "SIGMA", allow_hyphen_values = true)]
+    pub fsam_sigma: Option<f32>,
+    /// F-SAM's λ: the EMA's decay (default 0.9)
+    #[arg(long, value_name = "LAMBDA")]
+    pub fsam_lambda: Option<f32>,
+    /// LookSAM: a full SAM step every K steps (default 5)
+    #[arg(long, value_name = "K")]
+    pub looksam_k: Option<usize>,
+    /// LookSAM's α: the weight of the kept component between full steps (default 0.7)
+    #[arg(long, value_name = "ALPHA")]
+    pub looksam_alpha: Option<f32>,
+    /// RW-SAM: reweight samples by pᵢ ∝ exp(λ·sᵢ/c) in the ascent step: λ = LAMBDA, or `auto`
+    /// (λ chosen each step so that the weights' effective sample size is --target-ess of the batch)
+    #[arg(long, value_name = "LAMBDA|auto", allow_hyphen_values = true, value_parser = parse_reweight)]
+    pub reweight: Option<ReweightArg>,
+    /// --reweight auto: the effective sample size 1/Σpᵢ² to keep, as a fraction of the batch
+    /// (1 is SAM)
+    #[arg(long, value_name = "F")]
+    pub target_ess: Option<f32>,
     /// m-SAM: perturb per micro-batch of M samples (M must divide the batch size)
     #[arg(long, value_name = "M")]
     pub micro_batch: Option<usize>,
@@ -401,7 +453,31 @@ impl StepArgs {
             OptimizerArg::Sam => Optimizer::Sam,
             OptimizerArg::Usam => Optimizer::Usam,
             OptimizerArg::Asam => Optimizer::Asam,
+            OptimizerArg::Gsam => Optimizer::Gsam,
+            OptimizerArg::Wsam => Optimizer::Wsam,
+            OptimizerArg::Fsam => Optimizer::Fsam,
+            OptimizerArg::Looksam => Optimizer::LookSam,
+            OptimizerArg::MomentumSam => Optimizer::MomentumSam,
         };
+        let mut variant = VariantParams::default();
+        for (flag, given, owner) in [
+            ("--gsam-alpha", self.gsam_alpha.is_some(), Optimizer::Gsam),
+            ("--wsam-gamma", self.wsam_gamma.is_some(), Optimizer::Wsam),
+            ("--fsam-sigma", self.fsam_sigma.is_some(), Optimizer::Fsam),
+            ("--fsam-lambda", self.fsam_lambda.is_some(), Optimizer::Fsam),
+            ("--looksam-k", self.looksam_k.is_some(), Optimizer::LookSam),
+            ("--looksam-alpha", self.looksam_alpha.is_some(), Optimizer::LookSam),
+        ] {
+            if given && optimizer != owner {
+                bail!("{flag} is a hyperparameter of --optimizer {}; this run uses {}", owner.name(), chosen_name(chosen));
+            }
+        }
+        variant.gsam_alpha = self.gsam_alpha.unwrap_or(variant.gsam_alpha);
+        variant.wsam_gamma = self.wsam_gamma.unwrap_or(variant.wsam_gamma);
+        variant.fsam_sigma = self.fsam_sigma.unwrap_or(variant.fsam_sigma);
+        variant.fsam_lambda = self.fsam_lambda.unwrap_or(variant.fsam_lambda);
+        variant.looksam_k = self.looksam_k.unwrap_or(variant.looksam_k);
+        variant.looksam_alpha = self.looksam_alpha.unwrap_or(variant.looksam_alpha);
         let named_base = match chosen {
             OptimizerArg::Adam => Some(BaseArg::Adam),
             OptimizerArg::Adamw => Some(BaseArg::Adamw),
@@ -410,8 +486,8 @@ impl StepArgs {
         };
         let base = match (named_base, self.base_optimizer) {
             (Some(n), Some(b)) if n != b => bail!(
-                "--base-optimizer applies to sam, usam and asam; --optimizer {} is its own base optimizer",
-                format!("{chosen:?}").to_lowercase()
+                "--base-optimizer applies to the SAM family; --optimizer {} is its own base optimizer",
+                chosen_name(chosen)
             ),
             (Some(n), _) => n,
             (None, b) => b.unwrap_or(BaseArg::Sgd),
@@ -447,8 +523,15 @@ impl StepArgs {
             None if base == BaseOptimizer::AdamW => WeightDecayMode::Decoupled,
             None => WeightDecayMode::Coupled,
         };
-        let reweight = self.reweight.map(|lambda| ReweightSpec {
-            lambda,
+        if self.target_ess.is_some() && self.reweight != Some(ReweightArg::Auto) {
+            bail!("--target-ess sets the adaptive λ of --reweight auto; with a fixed λ, drop it");
+        }
+        let reweight = self.reweight.map(|r| ReweightSpec {
+            lambda: match r {
+                ReweightArg::Lambda(l) => l,
+                ReweightArg::Auto => 0.0,
+            },
+            target_ess: (r == ReweightArg::Auto).then(|| self.target_ess.unwrap_or(DEFAULT_TARGET_ESS)),
             score: match self.score {
                 ScoreArg::Fd => Score::Fd {
                     q: self.fd_q,
@@ -485,10 +568,16 @@ impl StepArgs {
             rho: self.rho,
             eta: self.eta,
             fd_delta: self.fd_delta,
+            variant,
         };
         spec.check().map_err(|e| anyhow!("{e}"))?;
         Ok(spec)
     }
+}
+
+/// --optimizer's value as the command line spells it.
+fn chosen_name(o: OptimizerArg) -> String {
+    o.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
 }
 
 /// The loss as the command line names it, with its settings.

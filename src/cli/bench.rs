@@ -226,6 +226,7 @@ fn bench_steps(a: &BenchArgs) -> Result<i32> {
         let sam = StepSpec { optimizer: Optimizer::Sam, ..sgd.clone() };
         let rw = StepSpec {
             reweight: Some(ReweightSpec {
+                target_ess: None,
                 lambda: 1.0,
                 score: Score::Fd { q: 1, scheme: FdScheme::Forward },
                 score_norm: ScoreNorm::Mean,

@@ -428,11 +428,11 @@ fn print_compiled(c: &CompiledGraph) {
                 Some("fd") => format!("fd, Q = {}, {}", rw["score"]["q"], rw["score"]["scheme"].as_str().unwrap_or("")),
                 other => other.unwrap_or("?").to_string(),
             };
-            parts.push(format!(
-                "reweight λ = {} (scores {score}, norm {})",
-                rw["lambda"],
-                rw["score_norm"].as_str().unwrap_or("")
-            ));
+            let lambda = match rw.get("target_ess").and_then(|f| f.as_f64()) {
+                Some(f) => format!("λ auto, ESS {f} of the batch"),
+                None => format!("λ = {}", rw["lambda"]),
+            };
+            parts.push(format!("reweight {lambda} (scores {score}, norm {})", rw["score_norm"].as_str().unwrap_or("")));
         }
         if let Some(m) = s.get("micro_batch").filter(|v| !v.is_null()) {
             parts.push(format!("micro-batch M = {m}"));

@@ -306,9 +306,17 @@ pub struct TrainArgs {
     /// constant, cosine, step:0.3,0.6,0.8[@factor], warmup:STEPS[,SCHEDULE]
     #[arg(long, default_value = "constant")]
     pub lr_schedule: String,
-    /// constant, or `lr` (ρ follows the learning rate's schedule)
+    /// constant, or `lr`: ρ follows the learning rate's schedule, ρ_t = ρ_min + (ρ − ρ_min)·lr_t/lr
+    /// (GSAM's proportional schedule)
     #[arg(long, default_value = "constant")]
     pub rho_schedule: String,
+    /// The smallest ρ of --rho-schedule lr (default 0)
+    #[arg(long, value_name = "RHO")]
+    pub rho_min: Option<f64>,
+    /// Late-phase SAM: the base optimizer (--base-optimizer, default sgd) until this epoch
+    /// (1-based), the chosen SAM variant from it on
+    #[arg(long, value_name = "EPOCH")]
+    pub sam_from_epoch: Option<usize>,
     /// Symmetric label noise on the training labels: this fraction gets another class
     #[arg(long, value_name = "FRACTION")]
     pub label_noise: Option<f64>,
@@ -424,6 +432,13 @@ fn config(mut a: TrainArgs, raw: Vec<String>) -> Result<TrainConfig> {
         "lr" => true,
         other => bail!("--rho-schedule {other}: expected constant or lr"),
     };
+    if a.rho_min.is_some() && !rho_follows_lr {
+        bail!("--rho-min is the floor of --rho-schedule lr; add --rho-schedule lr or drop it");
+    }
+    let rho_min = a.rho_min.unwrap_or(0.0);
+    if !(rho_min >= 0.0 && rho_min as f32 <= spec.rho) {
+        bail!("--rho-min {rho_min}: expected a value in [0, --rho]");
+    }
     let distributed = match a.distributed.as_deref() {
         None => false,
         Some("mpi") => true,
@@ -457,6 +472,8 @@ fn config(mut a: TrainArgs, raw: Vec<String>) -> Result<TrainConfig> {
         batch_size: a.batch_size,
         lr_schedule,
         rho_follows_lr,
+        rho_min,
+        sam_from_epoch: a.sam_from_epoch,
         label_noise: a.label_noise,
         label_noise_seed: a.label_noise_seed.unwrap_or(a.seed),
         crop_flip,

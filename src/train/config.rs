@@ -30,8 +30,11 @@ pub struct TrainConfig {
     pub max_steps: Option<usize>,
     pub batch_size: usize,
     pub lr_schedule: Schedule,
-    /// ρ follows the learning rate's schedule (ρ_t = ρ·lr_t/lr).
+    /// ρ follows the learning rate's schedule (ρ_t = ρ_min + (ρ − ρ_min)·lr_t/lr, GSAM's).
     pub rho_follows_lr: bool,
+    pub rho_min: f64,
+    /// Late-phase SAM: the base optimizer before this epoch (1-based), the SAM variant from it.
+    pub sam_from_epoch: Option<usize>,
     /// Symmetric label noise: this fraction of the training labels gets another class.
     pub label_noise: Option<f64>,
     pub label_noise_seed: u64,

@@ -202,6 +202,17 @@ impl<'a> Trainer<'a> {
             if o.global_weights && cfg.spec.reweight.is_none() {
                 bail!("--global-weights normalizes RW-SAM's weights over all ranks; it needs --reweight λ");
             }
+            if let Some(e) = cfg.sam_from_epoch {
+                if cfg.spec.optimizer == graph_passes::passes::sam_update::Optimizer::Sgd {
+                    bail!("--sam-from-epoch {e} switches to a SAM-family optimizer at that epoch; choose one with --optimizer (sam, gsam, …)");
+                }
+                if e == 0 {
+                    bail!("--sam-from-epoch counts epochs from 1 (1: SAM from the start)");
+                }
+                if ranks.is_some() || cfg.spec.accumulate.is_some_and(|k| k > 1) || cfg.spec.micro_batch.is_some() {
+                    bail!("--sam-from-epoch runs on one process without --accumulate or --micro-batch here");
+                }
+            }
             let shown = cfg.model.display().to_string();
             let model = Model::load(&cfg.model)?;
             let spec = &cfg.spec;
@@ -345,6 +356,9 @@ impl<'a> Trainer<'a> {
             if ranks.is_some() {
                 runner.distribute(&step_model, be.as_ref()).with_context(|| shown.clone())?;
             }
+            if cfg.sam_from_epoch.is_some_and(|e| e > 1) {
+                runner.set_before(&step_model, be.as_ref()).with_context(|| shown.clone())?;
+            }
             // a resumed run's checkpoint, read by every rank
             let resumed = if cfg.resume { Some(checkpoint::load(run, None)?) } else { None };
             if let (Some((p, _)), Some((_, n))) = (&resumed, ranks) {
@@ -430,8 +444,12 @@ impl<'a> Trainer<'a> {
         let base = format!("{:?}", spec.base).to_lowercase();
         let method = match (spec.optimizer, spec.micro_batch) {
             (graph_passes::passes::sam_update::Optimizer::Sgd, _) => base,
-            (o, Some(m)) => format!("m-{} (m = {m}) with {base}", format!("{o:?}").to_lowercase()),
-            (o, None) => format!("{} with {base}", format!("{o:?}").to_lowercase()),
+            (o, Some(m)) => format!("m-{} (m = {m}) with {base}", o.name()),
+            (o, None) => format!("{} with {base}", o.name()),
+        };
+        let method = match cfg.sam_from_epoch {
+            Some(e) if e > 1 => format!("{method} from epoch {e} ({base_name} before)", base_name = format!("{:?}", spec.base).to_lowercase()),
+            _ => method,
         };
         if !quiet {
             println!(
@@ -442,7 +460,7 @@ impl<'a> Trainer<'a> {
                 per_epoch,
                 total,
                 method,
-                spec.reweight.map(|r| format!(" + reweight λ = {}", r.lambda)).unwrap_or_default(),
+                spec.reweight.map(|r| format!(" + {}", r.describe())).unwrap_or_default(),
                 be.describe()
             );
             if let Some(n) = &runner.contract().loss_note {
@@ -600,8 +618,15 @@ impl<'a> Trainer<'a> {
     fn train_step(&mut self, batch: &Batch, tally: &mut Tally, bar: Option<&indicatif::ProgressBar>) -> Result<()> {
         let t = self.pos.step as usize;
         let lr = self.lr0 * self.cfg.lr_schedule.factor(t, self.total);
-        let rho = if self.cfg.rho_follows_lr && self.lr0 > 0.0 { self.rho0 * lr / self.lr0 } else { self.rho0 };
+        // GSAM's ProportionScheduler (lr_min = 0): ρ_t = ρ_min + (ρ − ρ_min)·lr_t/lr₀
+        let rho = if self.cfg.rho_follows_lr && self.lr0 > 0.0 {
+            self.cfg.rho_min + (self.rho0 - self.cfg.rho_min) * lr / self.lr0
+        } else {
+            self.rho0
+        };
         let runner = &mut self.runner;
+        // late-phase SAM: the base optimizer's graph until --sam-from-epoch
+        runner.sam_active = self.cfg.sam_from_epoch.is_none_or(|e| self.pos.epoch + 1 >= e);
         runner.hyper.insert("lr".into(), lr as f32);
         if runner.hyper.contains_key("rho") {
             runner.hyper.insert("rho".into(), rho as f32);
@@ -665,7 +690,10 @@ impl<'a> Trainer<'a> {
         if let Some((_, name)) = self.metric {
             row.insert(name.into(), json!(correct / n as f64));
         }
-        for k in ["grad_norm", "sharpness", "weight_entropy", "ess", "max_weight", "trace_v"] {
+        if self.cfg.sam_from_epoch.is_some() {
+            row.insert("sam".into(), json!(self.runner.sam_active));
+        }
+        for k in ["grad_norm", "sharpness", "weight_entropy", "ess", "lambda", "max_weight", "trace_v"] {
             if out.contains_key(k) {
                 row.insert(k.into(), scalar(&out, k));
             }

@@ -35,6 +35,9 @@ impl Pass for Cleanup {
                 c.labels = None;
             }
             c.state_next.remove(v);
+            if c.opt_state_next.contains_key(v) && !c.write_only.contains(v) {
+                c.write_only.push(v.clone());
+            }
             c.state.retain(|s| s != v);
             c.random_uniform.remove(v);
             c.hyper.remove(v);

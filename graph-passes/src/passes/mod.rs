@@ -130,3 +130,22 @@ pub fn sum_of_squares(ctx: &mut Ctx, xs: &[String]) -> String {
         None => ctx.scalar(0.0),
     }
 }
+
+/// Σ over tensors of Σ x·y (float scalar), summed in float64 as [`sum_of_squares`].
+pub fn dot(ctx: &mut Ctx, xs: &[String], ys: &[String]) -> String {
+    let mut acc: Option<String> = None;
+    for (x, y) in xs.iter().zip(ys) {
+        let x64 = ctx.cast(x, dt::DOUBLE);
+        let y64 = ctx.cast(y, dt::DOUBLE);
+        let xy = ctx.mul(&x64, &y64);
+        let s = ctx.g.add("ReduceSum", &[&xy]).int("keepdims", 0).output();
+        acc = Some(match acc {
+            Some(a) => ctx.add(&a, &s),
+            None => s,
+        });
+    }
+    match acc {
+        Some(a) => ctx.cast(&a, dt::FLOAT),
+        None => ctx.scalar(0.0),
+    }
+}

@@ -2,6 +2,14 @@
 //!   pᵢ = softmax(λ·sᵢ/c),  c = mean_j s_j (score-norm mean, scale-free λ) or 1 (none)
 //! treated as constants for the gradient, and the ascent loss Σ pᵢ·ℓᵢ. With λ = 0, pᵢ = 1/b and
 //! the ascent gradient is SAM's. Diagnostics: entropy H(p), effective sample size 1/Σpᵢ², max pᵢ.
+//!
+//! Adaptive λ (`target_ess` F, docs/methods.md): each step λ ≥ 0 is chosen so that the
+//! effective sample size ESS(λ) = (Σ e^{λaᵢ})² / Σ e^{2λaᵢ} (aᵢ = sᵢ/c) is F·b. ESS falls
+//! monotonically from b (λ = 0) as λ grows (d log Σp²/dλ = 2(E_{2λ}[a] − E_λ[a]) ≥ 0), so the
+//! root is unique. With uᵢ = (aᵢ − max a)/(max a − min a) ∈ [−1, 0] and κ = λ·(max a − min a),
+//! ESS is evaluated for all κ of a log grid at once (one [K, b] tensor, no loop), the bracketing
+//! cell is searched again on a finer grid, and ln κ is interpolated linearly between its two
+//! ends. F ≥ 1, or scores all equal, give λ = 0: SAM.
 use super::{expose, hyper, value_info};
 use crate::pass::{Contract, Pass};
 use crate::ctx::Ctx;
@@ -20,9 +28,59 @@ pub enum ScoreNorm {
 pub struct Reweight {
     pub lambda: f32,
     pub norm: ScoreNorm,
+    /// Adaptive λ: the target ESS as a fraction of the batch (the `target_ess` input's default).
+    pub target_ess: Option<f32>,
 }
 
 pub const WEIGHTS: &str = "sample_weights";
+/// The adaptive λ's grid: κ = λ·(max a − min a) from e^{AUTO_LN_LO} to e^{AUTO_LN_HI}, searched
+/// on AUTO_COARSE points, then on AUTO_FINE points inside the bracketing cell.
+pub const AUTO_LN_LO: f64 = -6.907755278982137; // ln 1e-3
+pub const AUTO_LN_HI: f64 = 9.210340371976184; // ln 1e4
+pub const AUTO_COARSE: usize = 64;
+pub const AUTO_FINE: usize = 32;
+
+/// The ESS of softmax(κ·u) (the host twin of the graph's `ess_grid`).
+fn ess_of(u: &[f64], kappa: f64) -> f64 {
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for x in u {
+        let w = (kappa * x).exp();
+        s1 += w;
+        s2 += w * w;
+    }
+    s1 * s1 / s2
+}
+
+/// The adaptive λ of `a` (scores over c) for the target ESS fraction `f`, as the graph computes
+/// it (in float64 here): for --accumulate and data-parallel steps, whose weights the runtime forms.
+pub fn auto_lambda(a: &[f64], f: f64) -> f64 {
+    let mx = a.iter().cloned().fold(f64::MIN, f64::max);
+    let mn = a.iter().cloned().fold(f64::MAX, f64::min);
+    let r = mx - mn;
+    if a.is_empty() || f >= 1.0 || !(r > 0.0) {
+        return 0.0;
+    }
+    let target = f * a.len() as f64;
+    let u: Vec<f64> = a.iter().map(|x| (x - mx) / r).collect();
+    let h1 = (AUTO_LN_HI - AUTO_LN_LO) / (AUTO_COARSE - 1) as f64;
+    let n1 = (0..AUTO_COARSE).filter(|&j| ess_of(&u, (AUTO_LN_LO + j as f64 * h1).exp()) > target).count();
+    if n1 == 0 {
+        return 0.0;
+    }
+    let lo = AUTO_LN_LO + (n1 - 1) as f64 * h1;
+    let h2 = h1 / (AUTO_FINE - 1) as f64;
+    let e: Vec<f64> = (0..AUTO_FINE).map(|j| ess_of(&u, (lo + j as f64 * h2).exp())).collect();
+    let n2 = e.iter().filter(|&&x| x > target).count();
+    let ln_k = if n2 == 0 {
+        lo
+    } else if n2 == AUTO_FINE {
+        lo + h1
+    } else {
+        let t = (e[n2 - 1] - target) / (e[n2 - 1] - e[n2]);
+        lo + (n2 - 1) as f64 * h2 + t * h2
+    };
+    ln_k.exp() / r
+}
 
 impl Pass for Reweight {
     fn name(&self) -> &'static str {
@@ -31,7 +89,19 @@ impl Pass for Reweight {
 
     fn run(&self, m: &mut Model, c: &mut Contract) -> Result<()> {
         let Some(lps) = c.loss_per_sample.clone() else { bail!("reweight needs per-sample losses") };
-        let lambda = hyper(m, c, "lambda", self.lambda)?;
+        let lambda = match self.target_ess {
+            None => Some(hyper(m, c, "lambda", self.lambda)?),
+            Some(f) => {
+                if !(f > 0.0 && f <= 1.0) {
+                    bail!("--target-ess must be in (0, 1], got {f}");
+                }
+                None
+            }
+        };
+        let target = match self.target_ess {
+            Some(f) => Some(hyper(m, c, "target_ess", f)?),
+            None => None,
+        };
         let scores = match &c.scores {
             Some(s) => s.clone(),
             None => {
@@ -44,16 +114,26 @@ impl Pass for Reweight {
         };
         let opset = m.opset();
         let mut ctx = Ctx::new(&mut m.graph, shapes::Shapes::default(), opset);
-        let scaled = ctx.mul(&scores, &lambda);
-        let a = match self.norm {
+        let normalized = match self.norm {
             ScoreNorm::Mean => {
                 let mean = ctx.reduce_mean(&scores, &[0], false);
                 let tiny = ctx.scalar(1e-12);
                 let cn = ctx.add(&mean, &tiny);
-                ctx.div(&scaled, &cn)
+                ctx.div(&scores, &cn)
             }
-            ScoreNorm::None => scaled,
+            ScoreNorm::None => scores.clone(),
         };
+        let lambda = match (lambda, target) {
+            (Some(l), _) => l,
+            (None, Some(f)) => {
+                let l = auto_lambda_graph(&mut ctx, &normalized, &f);
+                let out = expose(&mut ctx, &l, "lambda", Some(&[]));
+                c.diagnostics.insert("lambda".into(), out);
+                l
+            }
+            (None, None) => unreachable!("λ is fixed or adaptive"),
+        };
+        let a = ctx.mul(&normalized, &lambda);
         let p = ctx.g.add("Softmax", &[&a]).int("axis", 0).output();
         let p = expose(&mut ctx, &p, WEIGHTS, Some(&[-1]));
         // H(p) = −Σ pᵢ·log pᵢ, with log p from LogSoftmax (finite where p underflows to 0)
@@ -77,4 +157,99 @@ impl Pass for Reweight {
         c.ascent_loss = Some(wl);
         m.graph.topo_sort()
     }
+}
+
+/// For each ln κ of `ln_k` ([K, 1]): the ESS of softmax(κ·u), u a row ([1, b]) → [K].
+fn ess_grid(ctx: &mut Ctx, u_row: &str, ln_k: &str) -> String {
+    let kappa = ctx.exp(ln_k);
+    let x = ctx.mul(&kappa, u_row);
+    let w = ctx.exp(&x);
+    let s1 = ctx.reduce_sum(&w, &[1], false);
+    let w2 = ctx.square(&w);
+    let s2 = ctx.reduce_sum(&w2, &[1], false);
+    let s1s = ctx.square(&s1);
+    ctx.div(&s1s, &s2)
+}
+
+/// How many entries of `ess` ([K]) exceed `target` (a float scalar; ESS falls along the grid, so
+/// they are its first ones).
+fn count_above(ctx: &mut Ctx, ess: &str, target: &str) -> String {
+    let above = ctx.op("Greater", &[ess, target]);
+    let above = ctx.mask(&above);
+    ctx.reduce_sum(&above, &[0], false)
+}
+
+/// The graph of [`auto_lambda`]: λ (a float scalar) from the normalized scores `a` ([b]) and the
+/// target fraction `f` (a float scalar input).
+fn auto_lambda_graph(ctx: &mut Ctx, a: &str, f: &str) -> String {
+    let mx = ctx.g.add("ReduceMax", &[a]).int("keepdims", 0).output();
+    let mn = ctx.g.add("ReduceMin", &[a]).int("keepdims", 0).output();
+    let r = ctx.sub(&mx, &mn);
+    let zero = ctx.scalar(0.0);
+    let spread = ctx.op("Greater", &[&r, &zero]);
+    let tiny = ctx.scalar(1e-30);
+    let r_safe = ctx.op("Max", &[&r, &tiny]);
+    let shifted = ctx.sub(a, &mx);
+    let u = ctx.div(&shifted, &r_safe);
+    let u_row = ctx.unsqueeze(&u, &[0]);
+    // the target F·b
+    let shape = ctx.shape_of(a);
+    let b = ctx.cast(&shape, crate::onnx::data_type::FLOAT);
+    let b = ctx.squeeze(&b, &[0]);
+    let target = ctx.mul(f, &b);
+    // coarse grid
+    let h1 = (AUTO_LN_HI - AUTO_LN_LO) / (AUTO_COARSE - 1) as f64;
+    let g1: Vec<f32> = (0..AUTO_COARSE).map(|j| (AUTO_LN_LO + j as f64 * h1) as f32).collect();
+    let g1 = ctx.const_f32(&[AUTO_COARSE as i64, 1], &g1);
+    let e1 = ess_grid(ctx, &u_row, &g1);
+    let n1 = count_above(ctx, &e1, &target);
+    // the bracketing cell [lo, lo + h1] (n1 ≥ 1; n1 = 0 is λ = 0, below)
+    let one = ctx.scalar(1.0);
+    let n1m = ctx.sub(&n1, &one);
+    let n1m = ctx.op("Max", &[&n1m, &zero]);
+    let h1c = ctx.scalar(h1 as f32);
+    let off = ctx.mul(&n1m, &h1c);
+    let lo0 = ctx.scalar(AUTO_LN_LO as f32);
+    let lo = ctx.add(&lo0, &off);
+    // fine grid inside it
+    let h2 = h1 / (AUTO_FINE - 1) as f64;
+    let steps: Vec<f32> = (0..AUTO_FINE).map(|j| (j as f64 * h2) as f32).collect();
+    let steps = ctx.const_f32(&[AUTO_FINE as i64, 1], &steps);
+    let g2 = ctx.add(&lo, &steps);
+    let e2 = ess_grid(ctx, &u_row, &g2);
+    let n2 = count_above(ctx, &e2, &target);
+    // interpolate ln κ between fine points n2 − 1 and n2 (clamped to the grid)
+    let n2i = ctx.cast(&n2, crate::onnx::data_type::INT64);
+    let last = ctx.const_i64(&[AUTO_FINE as i64 - 1]);
+    let last = ctx.squeeze(&last, &[0]);
+    let izero = ctx.const_i64(&[0]);
+    let izero = ctx.squeeze(&izero, &[0]);
+    let ione = ctx.const_i64(&[1]);
+    let ione = ctx.squeeze(&ione, &[0]);
+    let hi_i = ctx.op("Min", &[&n2i, &last]);
+    let hi_i = ctx.op("Max", &[&hi_i, &ione]);
+    let lo_i = ctx.sub(&hi_i, &ione);
+    let lo_i = ctx.op("Max", &[&lo_i, &izero]);
+    let e_lo = ctx.g.add("Gather", &[&e2, &lo_i]).int("axis", 0).output();
+    let e_hi = ctx.g.add("Gather", &[&e2, &hi_i]).int("axis", 0).output();
+    let num = ctx.sub(&e_lo, &target);
+    let den = ctx.sub(&e_lo, &e_hi);
+    let tiny_den = ctx.scalar(1e-30);
+    let den = ctx.op("Max", &[&den, &tiny_den]);
+    let t = ctx.div(&num, &den);
+    let t = ctx.op("Max", &[&t, &zero]);
+    let t = ctx.op("Min", &[&t, &one]);
+    let lo_f = ctx.cast(&lo_i, crate::onnx::data_type::FLOAT);
+    let pos = ctx.add(&lo_f, &t);
+    let h2c = ctx.scalar(h2 as f32);
+    let d = ctx.mul(&pos, &h2c);
+    let ln_k = ctx.add(&lo, &d);
+    let kappa = ctx.exp(&ln_k);
+    let lambda = ctx.div(&kappa, &r_safe);
+    // λ = 0 where F ≥ 1, where the scores are all equal, or where ESS(κ_min) is at the target
+    let below = ctx.op("Less", &[f, &one]);
+    let found = ctx.op("Greater", &[&n1, &zero]);
+    let ok = ctx.op("And", &[&below, &found]);
+    let ok = ctx.op("And", &[&ok, &spread]);
+    ctx.where_(&ok, &lambda, &zero)
 }

@@ -10,6 +10,14 @@
 //!   Adam/AdamW (torch.optim.Adam/AdamW, its single-tensor path): t ← t + 1;
 //!     m ← m + (1−β₁)(g − m);  v ← β₂·v + (1−β₂)·g²;  [amsgrad: v_max ← max(v_max, v), used for v]
 //!     θ ← θ − (lr/(1−β₁ᵗ))·m / (√v/√(1−β₂ᵗ) + eps)        (AdamW: decoupled decay first)
+//! The variants of the literature (METHOD.md; docs/methods.md), g the ascent gradient, g_p = ∇L(θ + ε):
+//!   GSAM   d = g_p − α·(g − cos·‖g‖·g_p/(‖g_p‖ + 1e-12)),  cos = g·g_p/(‖g‖‖g_p‖ + 1e-12)
+//!   WSAM   d = ((1−2γ)/(1−γ))·g + (γ/(1−γ))·g_p
+//!   F-SAM  ε along g − σ·m (m from before this step; 0 on the first), m ← λ·m + (1−λ)·g (m = g first)
+//!   LookSAM every k-th step d = g_p and g_v = g_p − (g_p·g/‖g‖²)·g is kept; between (`looksam_reuse`,
+//!          one forward-backward) d = g + α·(‖g‖/(‖g_v‖ + 1e-12))·g_v
+//!   Momentum-SAM ε = −ρ·v/(‖v‖ + 1e-12), v the momentum buffer (Adam: exp_avg) from the last step;
+//!          one forward-backward, at θ + ε (it updates BatchNorm's statistics); coupled decay at θ + ε
 //! m-SAM splits this in two graphs: `Micro` (one micro-batch: accumulates g into `grad_acc/<p>`)
 //! and `Apply` (the base step with g = Σ acc / k). Gradient accumulation over a logical batch
 //! (--accumulate K) in three: `AccAscent` per micro-batch (the ascent gradient's share), then
@@ -18,7 +26,7 @@
 use std::collections::HashMap;
 
 use super::forward::copy_forward;
-use super::{expose, hyper, sum_of_squares, value_info};
+use super::{dot, expose, hyper, sum_of_squares, value_info};
 use crate::pass::{Contract, Pass};
 use crate::autodiff::gradients_with;
 use crate::ctx::Ctx;
@@ -34,6 +42,73 @@ pub enum Optimizer {
     Sam,
     Usam,
     Asam,
+    /// Surrogate-gap SAM (Zhuang et al., ICLR 2022).
+    Gsam,
+    /// Weighted SAM (Yue et al., KDD 2023), the undecoupled form.
+    Wsam,
+    /// Friendly SAM (Li et al., CVPR 2024; the authors' nblt/F-SAM).
+    Fsam,
+    /// LookSAM (Liu et al., CVPR 2022): full SAM every k-th step, the kept component between.
+    #[serde(rename = "looksam")]
+    LookSam,
+    /// Momentum-SAM (Becker et al., 2024): ascent along the momentum, one gradient per step.
+    #[serde(rename = "momentum-sam")]
+    MomentumSam,
+}
+
+impl Optimizer {
+    /// The name the command line and the docs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Optimizer::Sgd => "sgd",
+            Optimizer::Sam => "sam",
+            Optimizer::Usam => "usam",
+            Optimizer::Asam => "asam",
+            Optimizer::Gsam => "gsam",
+            Optimizer::Wsam => "wsam",
+            Optimizer::Fsam => "fsam",
+            Optimizer::LookSam => "looksam",
+            Optimizer::MomentumSam => "momentum-sam",
+        }
+    }
+
+    /// SAM, USAM and ASAM: the three that m-SAM, --accumulate and data-parallel steps take.
+    pub fn is_basic_sam(self) -> bool {
+        matches!(self, Optimizer::Sam | Optimizer::Usam | Optimizer::Asam)
+    }
+
+    /// An ascent gradient RW-SAM's weights can reweight (all but SGD and Momentum-SAM).
+    pub fn has_ascent(self) -> bool {
+        !matches!(self, Optimizer::Sgd | Optimizer::MomentumSam)
+    }
+}
+
+/// The hyperparameters of the SAM variants (each paper's default; docs/methods.md).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct VariantParams {
+    /// GSAM's α (pytorch-optimizer's default 0.4; the authors' example uses 0.2).
+    pub gsam_alpha: f32,
+    /// WSAM's γ (0.9, the paper's and pytorch-optimizer's).
+    pub wsam_gamma: f32,
+    /// F-SAM's σ and λ (the authors' class defaults 1 and 0.9).
+    pub fsam_sigma: f32,
+    pub fsam_lambda: f32,
+    /// LookSAM: a full step every k steps (the paper's LookSAM-5), α (0.7).
+    pub looksam_k: usize,
+    pub looksam_alpha: f32,
+}
+
+impl Default for VariantParams {
+    fn default() -> Self {
+        VariantParams {
+            gsam_alpha: 0.4,
+            wsam_gamma: 0.9,
+            fsam_sigma: 1.0,
+            fsam_lambda: 0.9,
+            looksam_k: 5,
+            looksam_alpha: 0.7,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -103,6 +178,10 @@ pub struct SamUpdate {
     pub amsgrad: bool,
     /// Clip the descent gradient to this global L2 norm (torch.nn.utils.clip_grad_norm_'s max_norm).
     pub max_grad_norm: Option<f32>,
+    /// The SAM variants' hyperparameters.
+    pub variant: VariantParams,
+    /// LookSAM's graph of the steps between full ones (g_v reused, one forward-backward).
+    pub looksam_reuse: bool,
 }
 
 pub const GRAD_ACC: &str = "grad_acc/";
@@ -121,19 +200,26 @@ pub const ASCENT_ACC: &str = "ascent_acc/";
 pub const MICRO_WEIGHT: &str = "micro_weight";
 /// --accumulate: the diagnostic L(θ + ε) of one micro-batch (the runtime forms the sharpness).
 pub const LOSS_AT_EPS: &str = "loss_at_eps";
+/// F-SAM's EMA of the gradient (the authors' `momentum`), and whether it has been set (0 or 1).
+pub const FSAM_MOMENTUM: &str = "fsam_momentum/";
+pub const FSAM_STARTED: &str = "fsam_started";
+/// LookSAM's kept component g_v.
+pub const LOOKSAM_GV: &str = "looksam_gv/";
+/// Optimizer state that belongs to no parameter: float32 scalars that start at 0.
+pub const SCALAR_STATES: [&str; 2] = [STEP_COUNT, FSAM_STARTED];
 
 /// The parameter an optimizer-state input belongs to (`momentum_buffer/<p>`, `grad_acc/<p>`,
-/// `exp_avg/<p>`, …); the step count belongs to none and is returned as it is.
+/// `exp_avg/<p>`, …); scalar states belong to none and are returned as they are.
 pub fn state_param(state: &str) -> &str {
-    [MOMENTUM_BUFFER, GRAD_ACC, ASCENT_ACC, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ]
+    [MOMENTUM_BUFFER, GRAD_ACC, ASCENT_ACC, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ, FSAM_MOMENTUM, LOOKSAM_GV]
         .iter()
         .find_map(|p| state.strip_prefix(p))
         .unwrap_or(state)
 }
 
-/// The shape of an optimizer-state input: its parameter's, or [] for the step count.
+/// The shape of an optimizer-state input: its parameter's, or [] for a scalar state.
 pub fn state_dims(c: &Contract, state: &str) -> Option<Vec<i64>> {
-    if state == STEP_COUNT {
+    if SCALAR_STATES.contains(&state) {
         return Some(vec![]);
     }
     c.init.get(state_param(state)).map(|t| t.dims.clone())
@@ -236,6 +322,13 @@ impl Pass for SamUpdate {
     }
 }
 
+/// A float32 input `name` of shape `dims`, unless the graph has it already.
+fn ensure_input(g: &mut crate::ir::Graph, name: &str, dims: &[i64]) {
+    if !g.inputs.iter().any(|v| v.name == name) {
+        g.inputs.push(value_info(name, dt::FLOAT, dims));
+    }
+}
+
 /// acc_next = acc + g for every parameter (`<prefix><p>` inputs and `next/<prefix><p>` outputs).
 fn accumulate(m: &mut Model, c: &mut Contract, params: &[String], g: &[String], prefix: &str) {
     let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), 0);
@@ -259,11 +352,200 @@ impl SamUpdate {
     /// The gradient the base optimizer descends along (before coupled weight decay), plus the
     /// diagnostics loss, correct, grad_norm and sharpness.
     fn descent_gradient(&self, m: &mut Model, c: &mut Contract, wd: Option<&str>) -> Result<Vec<String>> {
-        let (ga, gn) = self.ascent_gradient(m, c, wd)?;
-        if self.optimizer == Optimizer::Sgd {
-            return Ok(ga);
+        match self.optimizer {
+            Optimizer::MomentumSam => return self.momentum_sam_gradient(m, c, wd),
+            Optimizer::LookSam if self.looksam_reuse => return self.looksam_between(m, c, wd),
+            _ => {}
         }
-        self.gradient_at_perturbed(m, c, wd, &ga, &gn, false)
+        let (ga, gn) = self.ascent_gradient(m, c, wd)?;
+        let (dir, dir_norm) = match self.optimizer {
+            Optimizer::Sgd => return Ok(ga),
+            Optimizer::Fsam => self.fsam_direction(m, c, &ga)?,
+            _ => (ga.clone(), gn.clone()),
+        };
+        let gp = self.gradient_at_perturbed(m, c, wd, &dir, &dir_norm, false)?;
+        let opset = m.opset();
+        match self.optimizer {
+            Optimizer::Gsam => {
+                let alpha = hyper(m, c, "gsam_alpha", self.variant.gsam_alpha)?;
+                let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), opset);
+                let tiny = ctx.scalar(1e-12);
+                let gp2 = sum_of_squares(&mut ctx, &gp);
+                let gpn = ctx.sqrt(&gp2);
+                let inner = dot(&mut ctx, &ga, &gp);
+                let nn = ctx.mul(&gpn, &gn);
+                let nn = ctx.add(&nn, &tiny);
+                let cos = ctx.div(&inner, &nn);
+                let gpd = ctx.add(&gpn, &tiny);
+                let k = ctx.mul(&cos, &gn);
+                let k = ctx.div(&k, &gpd);
+                Ok(ga
+                    .iter()
+                    .zip(&gp)
+                    .map(|(g, p)| {
+                        let along = ctx.mul(p, &k);
+                        let vertical = ctx.sub(g, &along);
+                        let v = ctx.mul(&vertical, &alpha);
+                        ctx.sub(p, &v)
+                    })
+                    .collect())
+            }
+            Optimizer::Wsam => {
+                let gamma = hyper(m, c, "wsam_gamma", self.variant.wsam_gamma)?;
+                let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), opset);
+                let one = ctx.scalar(1.0);
+                let rest = ctx.sub(&one, &gamma);
+                let b = ctx.div(&gamma, &rest);
+                let a = ctx.sub(&one, &b);
+                Ok(ga
+                    .iter()
+                    .zip(&gp)
+                    .map(|(g, p)| {
+                        let x = ctx.mul(g, &a);
+                        let y = ctx.mul(p, &b);
+                        ctx.add(&x, &y)
+                    })
+                    .collect())
+            }
+            Optimizer::LookSam => {
+                // g_v = g_p − (g_p·g/‖g‖²)·g, kept for the steps between
+                let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), opset);
+                let tiny = ctx.scalar(1e-12);
+                let inner = dot(&mut ctx, &gp, &ga);
+                let g2 = ctx.square(&gn);
+                let g2 = ctx.add(&g2, &tiny);
+                let k = ctx.div(&inner, &g2);
+                for ((p, g), gpi) in c.params.clone().iter().zip(&ga).zip(&gp) {
+                    let input = format!("{LOOKSAM_GV}{p}");
+                    ensure_input(ctx.g, &input, &dims(c, p));
+                    let along = ctx.mul(g, &k);
+                    let gv = ctx.sub(gpi, &along);
+                    let out = expose(&mut ctx, &gv, &format!("{NEXT}{input}"), Some(&dims(c, p)));
+                    c.opt_state_next.insert(input, out);
+                }
+                Ok(gp)
+            }
+            _ => Ok(gp),
+        }
+    }
+
+    /// F-SAM's ascent direction g − σ·m (m from the last step; g itself on the first step), its
+    /// norm, and m's next value λ·m + (1−λ)·g (g on the first step), as the authors' code.
+    fn fsam_direction(&self, m: &mut Model, c: &mut Contract, ga: &[String]) -> Result<(Vec<String>, String)> {
+        let sigma = hyper(m, c, "fsam_sigma", self.variant.fsam_sigma)?;
+        let lambda = hyper(m, c, "fsam_lambda", self.variant.fsam_lambda)?;
+        let opset = m.opset();
+        let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), opset);
+        ensure_input(ctx.g, FSAM_STARTED, &[]);
+        let one = ctx.scalar(1.0);
+        let started_next = expose(&mut ctx, &one, &format!("{NEXT}{FSAM_STARTED}"), Some(&[]));
+        c.opt_state_next.insert(FSAM_STARTED.into(), started_next);
+        let s_sigma = ctx.mul(FSAM_STARTED, &sigma);
+        let s_lambda = ctx.mul(FSAM_STARTED, &lambda);
+        let mut dir = Vec::new();
+        for (p, g) in c.params.clone().iter().zip(ga) {
+            let input = format!("{FSAM_MOMENTUM}{p}");
+            ensure_input(ctx.g, &input, &dims(c, p));
+            let corr = ctx.mul(&input, &s_sigma);
+            dir.push(ctx.sub(g, &corr));
+            // g + started·λ·(m − g): λ·m + (1−λ)·g once started, g on the first step
+            let diff = ctx.sub(&input, g);
+            let t = ctx.mul(&diff, &s_lambda);
+            let next = ctx.add(g, &t);
+            let out = expose(&mut ctx, &next, &format!("{NEXT}{input}"), Some(&dims(c, p)));
+            c.opt_state_next.insert(input, out);
+        }
+        let n2 = sum_of_squares(&mut ctx, &dir);
+        let n = ctx.sqrt(&n2);
+        Ok((dir, n))
+    }
+
+    /// LookSAM between full steps: g = ∇L(θ) (one forward-backward), d = g + α·(‖g‖/‖g_v‖)·g_v.
+    fn looksam_between(&self, m: &mut Model, c: &mut Contract, wd: Option<&str>) -> Result<Vec<String>> {
+        let (g, gn) = self.ascent_gradient(m, c, wd)?;
+        let alpha = hyper(m, c, "looksam_alpha", self.variant.looksam_alpha)?;
+        let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), 0);
+        let mut gv = Vec::new();
+        for p in c.params.clone() {
+            let input = format!("{LOOKSAM_GV}{p}");
+            ensure_input(ctx.g, &input, &dims(c, &p));
+            c.state.push(input.clone());
+            gv.push(input);
+        }
+        let n2 = sum_of_squares(&mut ctx, &gv);
+        let n = ctx.sqrt(&n2);
+        let tiny = ctx.scalar(1e-12);
+        let d = ctx.add(&n, &tiny);
+        let k = ctx.div(&gn, &d);
+        let k = ctx.mul(&k, &alpha);
+        Ok(g.iter()
+            .zip(&gv)
+            .map(|(g, v)| {
+                let t = ctx.mul(v, &k);
+                ctx.add(g, &t)
+            })
+            .collect())
+    }
+
+    /// Momentum-SAM: ε = −ρ·v/(‖v‖ + 1e-12) from the momentum of the last step, the forward read
+    /// at θ + ε (its only forward: loss, metric and BatchNorm's statistics are those at θ + ε),
+    /// g = ∇L(θ + ε) [+ wd·(θ + ε) in mode `loss`]. Returns g and θ + ε (where the authors' code
+    /// takes coupled decay).
+    fn momentum_sam_gradient(&self, m: &mut Model, c: &mut Contract, wd: Option<&str>) -> Result<Vec<String>> {
+        let params = c.params.clone();
+        let Some(loss) = c.loss.clone() else { bail!("sam-update needs a loss: run per-sample-loss first") };
+        let opset = m.opset();
+        let rho = hyper(m, c, "rho", self.rho)?;
+        let forward_nodes = m.graph.nodes.len();
+        let prefix = if self.base.is_adam() { EXP_AVG } else { MOMENTUM_BUFFER };
+        let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), opset);
+        let mut v = Vec::new();
+        for p in &params {
+            let b = format!("{prefix}{p}");
+            ensure_input(ctx.g, &b, &dims(c, p));
+            v.push(b);
+        }
+        let n2 = sum_of_squares(&mut ctx, &v);
+        let n = ctx.sqrt(&n2);
+        let tiny = ctx.scalar(1e-12);
+        let d = ctx.add(&n, &tiny);
+        let k = ctx.div(&rho, &d);
+        let k = ctx.neg(&k);
+        let mut subst = HashMap::new();
+        let mut perturbed = Vec::new();
+        for (p, b) in params.iter().zip(&v) {
+            let e = ctx.mul(b, &k);
+            let x = ctx.add(p, &e);
+            subst.insert(p.clone(), x.clone());
+            perturbed.push(x);
+        }
+        // the forward (and the loss) read θ + ε instead of θ
+        for node in ctx.g.nodes[..forward_nodes].iter_mut() {
+            for i in node.input.iter_mut() {
+                if let Some(x) = subst.get(i.as_str()) {
+                    *i = x.clone();
+                }
+            }
+        }
+        for r in c.batch_norms.iter_mut() {
+            for x in [&mut r.scale, &mut r.bias] {
+                if let Some(y) = subst.get(x.as_str()) {
+                    *x = y.clone();
+                }
+            }
+        }
+        super::expose_metric(&mut ctx, c);
+        c.diagnostics.insert("loss".into(), loss.clone());
+        let shortcuts = super::autodiff::shortcuts(c.cross_entropy.as_ref(), &c.batch_norms);
+        let g = gradients_with(ctx.g, opset, &loss, &perturbed, &shortcuts, &c.stop_gradient)?;
+        let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), opset);
+        let mut g: Vec<String> = perturbed.iter().map(|x| g[x].clone()).collect();
+        self.norm_diagnostic(&mut ctx, c, &g);
+        if matches!(self.weight_decay_mode, WeightDecayMode::Loss | WeightDecayMode::Coupled) {
+            // coupled: the authors add wd·(θ + ε) to the gradient; base_step then adds none
+            g = self.add_decay(&mut ctx, c, &params, &perturbed, &g, wd);
+        }
+        Ok(g)
     }
 
     /// ∇ of the ascent loss (Σ pᵢ·ℓᵢ with reweight, else L) at θ [+ wd·θ in mode `loss`] and its
@@ -316,7 +598,9 @@ impl SamUpdate {
         let tiny = ctx.scalar(1e-12);
         let eps: Vec<String> = match self.optimizer {
             Optimizer::Usam => ga.iter().map(|g| ctx.mul(g, &rho)).collect(),
-            Optimizer::Sam => {
+            Optimizer::Sgd | Optimizer::MomentumSam => unreachable!("no ascent gradient"),
+            // SAM and the variants that perturb as it does (F-SAM along its corrected direction)
+            Optimizer::Sam | Optimizer::Gsam | Optimizer::Wsam | Optimizer::Fsam | Optimizer::LookSam => {
                 let d = ctx.add(gn, &tiny);
                 let k = ctx.div(&rho, &d);
                 ga.iter().map(|g| ctx.mul(g, &k)).collect()
@@ -346,7 +630,6 @@ impl SamUpdate {
                     })
                     .collect()
             }
-            Optimizer::Sgd => unreachable!("SGD has no ρ"),
         };
         let mut subst = HashMap::new();
         let mut perturbed = Vec::new();
@@ -429,7 +712,8 @@ impl SamUpdate {
             None => g.to_vec(),
         };
         let mut ctx = Ctx::new(&mut m.graph, Shapes::default(), 0);
-        let g = if self.weight_decay_mode == WeightDecayMode::Coupled {
+        // (Momentum-SAM's coupled decay is at θ + ε, added with its gradient)
+        let g = if self.weight_decay_mode == WeightDecayMode::Coupled && self.optimizer != Optimizer::MomentumSam {
             self.add_decay(&mut ctx, c, &params, &params, &g, wd)
         } else {
             g
@@ -455,7 +739,7 @@ impl SamUpdate {
         for ((p, gp), theta) in params.iter().zip(&g).zip(&theta) {
             let d = dims(c, p);
             let buf = format!("{MOMENTUM_BUFFER}{p}");
-            ctx.g.inputs.push(value_info(&buf, dt::FLOAT, &d));
+            ensure_input(ctx.g, &buf, &d);
             let mb = ctx.mul(&buf, &mu);
             let nb = ctx.add(&mb, gp);
             let step = if self.nesterov {
@@ -501,8 +785,8 @@ impl SamUpdate {
         for ((p, gp), theta) in params.iter().zip(g).zip(theta) {
             let d = dims(c, p);
             let (ma, va) = (format!("{EXP_AVG}{p}"), format!("{EXP_AVG_SQ}{p}"));
-            ctx.g.inputs.push(value_info(&ma, dt::FLOAT, &d));
-            ctx.g.inputs.push(value_info(&va, dt::FLOAT, &d));
+            ensure_input(ctx.g, &ma, &d);
+            ensure_input(ctx.g, &va, &d);
             // exp_avg.lerp_(grad, 1 − β₁); exp_avg_sq.mul_(β₂).addcmul_(grad, grad, value=1 − β₂)
             let diff = ctx.sub(gp, &ma);
             let step_m = ctx.mul(&diff, &one_minus_b1);
