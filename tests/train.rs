@@ -404,19 +404,39 @@ fn plot_writes_the_curves_of_a_run() {
         "--optimizer",
         "sam",
         "--reweight",
-        "1",
+        "auto",
+        "--target-ess",
+        "0.25",
+        "--trace-v",
+        "64",
         "--backend",
         "tract",
         "--out",
         run.to_str().unwrap(),
     ]);
-    assert_eq!(train_cmd(&args).status.code(), Some(0));
+    let o = train_cmd(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(run.join("sample_weights.npz").exists(), "the last RW weights are kept for the histogram");
+    // adaptive λ steers every step's ESS to 0.25 of the batch of 64, and is logged beside it
+    let r = rows(&run);
+    let steps: Vec<_> = r.iter().filter(|r| r["kind"] == "step").collect();
+    assert_eq!(steps.len(), 16);
+    for row in &steps {
+        let (ess, lambda) = (row["ess"].as_f64().unwrap(), row["lambda"].as_f64().unwrap());
+        assert!((ess - 16.0).abs() < 0.05, "step {}: ESS {ess}, not 16 (λ = {lambda})", row["step"]);
+        assert!(lambda > 0.0, "step {}: λ = {lambda}", row["step"]);
+    }
+    // --trace-v: one row of exact tr V = mean ‖∇ℓᵢ‖² − ‖∇L‖² (both logged)
+    let tv: Vec<_> = r.iter().filter(|r| r["kind"] == "trace_v").collect();
+    assert_eq!(tv.len(), 1);
+    let (t, m, g) =
+        (tv[0]["trace_v"].as_f64().unwrap(), tv[0]["mean_sq_grad_norm"].as_f64().unwrap(), tv[0]["sq_norm_mean_grad"].as_f64().unwrap());
+    assert!(t > 0.0 && (t - (m - g)).abs() < 1e-9 * m, "tr V {t} = {m} − {g}");
     let o = onnxsam(&["plot", run.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let png = std::fs::read(run.join("curves.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    assert!(png.len() > 20_000, "a 1500×900 plot with six panels ({} bytes)", png.len());
+    assert!(png.len() > 20_000, "a 2000×900 plot with seven panels ({} bytes)", png.len());
     // a folder without a run: one line, exit 2
     let o = onnxsam(&["plot", tmp.path().to_str().unwrap()]);
     assert_bad_input(&o, "metrics.jsonl", "cannot read");

@@ -313,6 +313,11 @@ pub struct TrainArgs {
     /// The smallest ρ of --rho-schedule lr (default 0)
     #[arg(long, value_name = "RHO")]
     pub rho_min: Option<f64>,
+    /// At the end of training: the gradient-noise trace tr V = mean ‖∇ℓᵢ‖² − ‖∇L‖² over N training
+    /// samples with their training labels, from exact per-sample gradients (a `trace_v` row in
+    /// metrics; the paper's Table 6 quantity)
+    #[arg(long, value_name = "N")]
+    pub trace_v: Option<usize>,
     /// Late-phase SAM: the base optimizer (--base-optimizer, default sgd) until this epoch
     /// (1-based), the chosen SAM variant from it on
     #[arg(long, value_name = "EPOCH")]
@@ -474,6 +479,7 @@ fn config(mut a: TrainArgs, raw: Vec<String>) -> Result<TrainConfig> {
         rho_follows_lr,
         rho_min,
         sam_from_epoch: a.sam_from_epoch,
+        trace_v_samples: a.trace_v.unwrap_or(0),
         label_noise: a.label_noise,
         label_noise_seed: a.label_noise_seed.unwrap_or(a.seed),
         crop_flip,

@@ -136,9 +136,9 @@ pub fn plot(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
     let e = |e: &dyn std::fmt::Display| anyhow!("plot: {e}");
     {
-        let root = BitMapBackend::new(&path, (1500, 900)).into_drawing_area();
+        let root = BitMapBackend::new(&path, (2000, 900)).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(&x))?;
-        let areas = root.split_evenly((2, 3));
+        let areas = root.split_evenly((2, 4));
         let train_loss = smooth(&series(&rows, "step", "loss"), 20);
         let train_acc = smooth(&series(&rows, "step", "acc"), 20);
         panel(
@@ -169,11 +169,13 @@ pub fn plot(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
             "effective sample size (RW weights)",
             &[("ESS", &smooth(&series(&rows, "step", "ess"), 20), BLUE)],
         )?;
-        panel(&areas[4], "tr V estimate", &[("tr V", &smooth(&series(&rows, "step", "trace_v"), 20), BLUE)])?;
+        // --reweight auto: the λ each step chose (unsmoothed: it is the quantity being steered)
+        panel(&areas[4], "lambda (--reweight auto)", &[("lambda", &series(&rows, "step", "lambda"), RED)])?;
+        panel(&areas[5], "tr V estimate", &[("tr V", &smooth(&series(&rows, "step", "trace_v"), 20), BLUE)])?;
         let w = crate::tensor::read_npz(&run.join("sample_weights.npz"))
             .ok()
             .and_then(|a| a.get("sample_weights").map(|t| t.to_f64()));
-        weights_panel(&areas[5], w)?;
+        weights_panel(&areas[6], w)?;
         root.present().map_err(|x| e(&x))?;
     }
     Ok(path)

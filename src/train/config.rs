@@ -33,6 +33,8 @@ pub struct TrainConfig {
     /// ρ follows the learning rate's schedule (ρ_t = ρ_min + (ρ − ρ_min)·lr_t/lr, GSAM's).
     pub rho_follows_lr: bool,
     pub rho_min: f64,
+    /// At the end, tr V of the gradient noise over this many training samples (0: not measured).
+    pub trace_v_samples: usize,
     /// Late-phase SAM: the base optimizer before this epoch (1-based), the SAM variant from it.
     pub sam_from_epoch: Option<usize>,
     /// Symmetric label noise: this fraction of the training labels gets another class.

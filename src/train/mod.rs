@@ -907,10 +907,52 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// --trace-v N: the gradient-noise trace of the trained parameters over N training samples
+    /// (the same N, with their training labels, for every run of a seed-independent key):
+    /// tr V = (1/N)·Σ‖∇ℓᵢ‖² − ‖(1/N)·Σ∇ℓᵢ‖², exact per-sample gradients in batches of 16.
+    fn trace_v(&mut self, n: usize) -> Result<()> {
+        let n = n.min(self.train.len());
+        let be = backend::select(&rank_device(self.cfg, false), false)?;
+        let mut psg = crate::step::PerSampleGrads::new(&self.model, &self.cfg.spec.grad, be.as_ref())?;
+        let order = loader::permutation(self.train.len(), 0, "trace_v");
+        let (mut sq, mut sum, mut used): (f64, BTreeMap<String, Vec<f64>>, usize) = (0.0, BTreeMap::new(), 0);
+        for chunk in order[..n].chunks(16).filter(|c| c.len() >= 2) {
+            let b = self.train.try_batch(chunk)?;
+            for gi in psg.grads(&self.runner.values, &b, self.cfg.seed, self.pos.step)? {
+                used += 1;
+                for (p, t) in gi {
+                    let v = t.to_f64();
+                    sq += v.iter().map(|x| x * x).sum::<f64>();
+                    let acc = sum.entry(p).or_insert_with(|| vec![0.0; v.len()]);
+                    acc.iter_mut().zip(&v).for_each(|(a, x)| *a += x);
+                }
+            }
+        }
+        let used = used.max(1);
+        let mean_sq = sq / used as f64;
+        let norm_mean_sq: f64 = sum.values().flatten().map(|a| (a / used as f64).powi(2)).sum();
+        let tv = mean_sq - norm_mean_sq;
+        let mut row = Map::new();
+        row.insert("kind".into(), json!("trace_v"));
+        row.insert("step".into(), json!(self.pos.step));
+        row.insert("samples".into(), json!(used));
+        row.insert("trace_v".into(), json!(tv));
+        row.insert("mean_sq_grad_norm".into(), json!(mean_sq));
+        row.insert("sq_norm_mean_grad".into(), json!(norm_mean_sq));
+        self.metrics.write(&row)?;
+        if !self.quiet {
+            println!("tr V = {tv:.4} over {used} training samples (mean ‖∇ℓᵢ‖² {mean_sq:.4}, ‖∇L‖² {norm_mean_sq:.4})");
+        }
+        Ok(())
+    }
+
     /// The trained model: the original graph with the trained values, RUN_DIR/model.onnx.
     fn finish(mut self) -> Result<i32> {
         self.runner.sync()?;
         self.average_state()?;
+        if self.cfg.trace_v_samples > 0 && self.dist.is_none() {
+            self.trace_v(self.cfg.trace_v_samples)?;
+        }
         let path = self.cfg.run.join("model.onnx");
         let written = if self.quiet {
             Ok(())
