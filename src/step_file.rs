@@ -1,4 +1,5 @@
-//! Writing compiled graphs: step.onnx (+ OUTPUT.apply.onnx for m-SAM) with parameter, state and
+//! Writing compiled graphs: step.onnx (+ OUTPUT.apply.onnx for m-SAM, OUTPUT.between.onnx for
+//! LookSAM) with parameter, state and
 //! hyperparameter defaults as initializers, and step.json describing every input and output.
 use std::path::Path;
 
@@ -42,7 +43,7 @@ pub fn save_graph(
         }
     }
     // optimizer state (momentum buffers, Adam's moments and step count, m-SAM accumulators) starts at zero
-    for k in g.contract.opt_state_next.keys() {
+    for k in g.contract.opt_state_next.keys().filter(|k| !g.contract.write_only.contains(k)) {
         if let Some(dims) = graph_passes::passes::sam_update::state_dims(&g.contract, k) {
             let n: i64 = dims.iter().product();
             m.graph.initializers.push(graph_passes::onnx::tensor::from_f32(k, &dims, &vec![0.0; n as usize]));
@@ -76,7 +77,8 @@ pub struct StepJson<'a> {
     pub graphs: Vec<GraphJson>,
 }
 
-/// Writes step.onnx (+ step.apply.onnx for m-SAM) and step.json beside it; returns a summary line.
+/// Writes step.onnx (+ step.apply.onnx for m-SAM, step.between.onnx for LookSAM) and step.json
+/// beside it; returns a summary line.
 pub fn write_step(graphs: &step::StepGraphs, spec: &StepSpec, out: &Path, external_data: bool) -> Result<String> {
     let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("step").to_string();
     let file = |suffix: &str| format!("{stem}{suffix}.onnx");
@@ -94,6 +96,14 @@ pub fn write_step(graphs: &step::StepGraphs, spec: &StepSpec, out: &Path, extern
         let j = graph_json(a, "apply", &file(".apply"));
         save_graph(a, &j, Some(spec), &path, external_data)?;
         line += &format!(", {} ({} nodes)", path.display(), a.model.graph.nodes.len());
+        jsons.push(j);
+    }
+    if let Some(b) = &graphs.between {
+        // LookSAM: the steps t with t mod k ≠ 0 run this graph (its g_v is the full step's output)
+        let path = out.with_file_name(file(".between"));
+        let j = graph_json(b, "between", &file(".between"));
+        save_graph(b, &j, Some(spec), &path, external_data)?;
+        line += &format!(", {} ({} nodes)", path.display(), b.model.graph.nodes.len());
         jsons.push(j);
     }
     let json_path = out.with_extension("json");

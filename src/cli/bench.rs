@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Time the standard set side by side: SGD, SAM, RW-SAM (λ = 1, Q = 1), m-SAM with M = 16 and 4
     #[arg(long, conflicts_with = "optimizer")]
     suite: bool,
+    /// Time the SAM variants side by side: SGD, SAM, RW-SAM (λ = 1 and --reweight auto), GSAM,
+    /// WSAM, F-SAM, LookSAM (one timing = a cycle of k steps, over k), Momentum-SAM
+    #[arg(long, conflicts_with_all = ["optimizer", "suite"])]
+    variants: bool,
     /// Time each optimizer's steps back to back, as a training run takes them (its warm-up
     /// first), instead of in interleaved rounds; what tools/bench/train_vs_torch.py compares with
     /// PyTorch, which also runs each optimizer's steps back to back
@@ -123,7 +127,7 @@ struct Report {
 }
 
 pub fn bench(a: BenchArgs) -> Result<i32> {
-    if a.suite || a.step.optimizer.is_some() {
+    if a.suite || a.variants || a.step.optimizer.is_some() {
         return bench_steps(&a);
     }
     let model = Model::load(&a.model)?;
@@ -238,8 +242,22 @@ fn bench_steps(a: &BenchArgs) -> Result<i32> {
         for m in [16, 4].iter().filter(|_| acc.is_empty()) {
             configs.push((format!("m-sam M={m}"), StepSpec { micro_batch: Some(*m), ..sam.clone() }));
         }
+    } else if a.variants {
+        let sam = StepSpec { optimizer: Optimizer::Sam, ..sgd.clone() };
+        let rw = |target_ess| ReweightSpec {
+            target_ess,
+            lambda: 1.0,
+            score: Score::Fd { q: 1, scheme: FdScheme::Forward },
+            score_norm: ScoreNorm::Mean,
+        };
+        configs.push(("sam".into(), sam.clone()));
+        configs.push(("rw-sam".into(), StepSpec { reweight: Some(rw(None)), ..sam.clone() }));
+        configs.push(("rw-sam auto".into(), StepSpec { reweight: Some(rw(Some(0.5))), ..sam.clone() }));
+        for o in [Optimizer::Gsam, Optimizer::Wsam, Optimizer::Fsam, Optimizer::LookSam, Optimizer::MomentumSam] {
+            configs.push((o.name().into(), StepSpec { optimizer: o, ..sam.clone() }));
+        }
     } else if user.optimizer != Optimizer::Sgd || user.reweight.is_some() {
-        let mut name = format!("{:?}", user.optimizer).to_lowercase();
+        let mut name = user.optimizer.name().to_string();
         if user.reweight.is_some() {
             name = format!("rw-{name}");
         }
@@ -271,6 +289,8 @@ fn bench_steps(a: &BenchArgs) -> Result<i32> {
         Batch { data, labels: Some(labels) }
     };
     let n = a.warmup + a.steps;
+    // LookSAM alternates graphs: one timing is a whole cycle of k steps, over k
+    let reps = |c: &StepSpec| if c.optimizer == Optimizer::LookSam { c.variant.looksam_k.max(1) } else { 1 };
     let median = |t: &mut Vec<f64>| {
         t.sort_by(|a, b| a.partial_cmp(b).unwrap());
         t[t.len() / 2]
@@ -284,9 +304,11 @@ fn bench_steps(a: &BenchArgs) -> Result<i32> {
             let mut times = Vec::new();
             for i in 0..n {
                 let t0 = Instant::now();
-                r.step(&batch).with_context(|| format!("{shown} ({name})"))?;
+                for _ in 0..reps(c) {
+                    r.step(&batch).with_context(|| format!("{shown} ({name})"))?;
+                }
                 if i >= a.warmup {
-                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                    times.push(t0.elapsed().as_secs_f64() * 1e3 / reps(c) as f64);
                 }
                 if i == 0 {
                     load_s += t0.elapsed().as_secs_f64();
@@ -308,16 +330,18 @@ fn bench_steps(a: &BenchArgs) -> Result<i32> {
     let mut runners = Vec::new();
     for (name, c) in &configs {
         let (r, nodes, load_s) = build(name, c)?;
-        runners.push((name.clone(), r, nodes, load_s, Vec::new()));
+        runners.push((name.clone(), r, nodes, load_s, Vec::new(), reps(c)));
     }
     // interleaved: round by round, every optimizer once
     let order: Vec<(usize, usize)> = (0..n).flat_map(|i| (0..runners.len()).map(move |k| (i, k))).collect();
     for (i, k) in order {
-        let (name, r, _, load_s, times) = &mut runners[k];
+        let (name, r, _, load_s, times, reps) = &mut runners[k];
         let t0 = Instant::now();
-        r.step(&batch).with_context(|| format!("{shown} ({name})"))?;
+        for _ in 0..*reps {
+            r.step(&batch).with_context(|| format!("{shown} ({name})"))?;
+        }
         if i >= a.warmup {
-            times.push(t0.elapsed().as_secs_f64() * 1e3);
+            times.push(t0.elapsed().as_secs_f64() * 1e3 / *reps as f64);
         }
         if i == 0 {
             // large graphs are committed by ONNX Runtime on their first run: load includes it
@@ -327,7 +351,7 @@ fn bench_steps(a: &BenchArgs) -> Result<i32> {
     let peak = crate::memory::peak_rss_bytes().map(crate::memory::mib);
     let timings: Vec<StepTiming> = runners
         .iter_mut()
-        .map(|(name, _, nodes, load_s, times)| StepTiming {
+        .map(|(name, _, nodes, load_s, times, _)| StepTiming {
             name: name.clone(),
             nodes: *nodes,
             load_s: *load_s,
@@ -379,6 +403,9 @@ fn report_steps(a: &BenchArgs, shown: String, backend: String, mut timings: Vec<
             }
         }
         println!();
+    }
+    if let (Some(sam), Some(rw), Some(auto)) = (get("sam"), get("rw-sam"), get("rw-sam auto")) {
+        println!("  RW-SAM/SAM {:.3}, RW-SAM auto/RW-SAM {:.3}", rw / sam, auto / rw);
     }
     Ok(0)
 }

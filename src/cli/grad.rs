@@ -398,7 +398,8 @@ pub struct RewriteArgs {
     graph: GradGraphArgs,
     #[command(flatten)]
     step: super::StepArgs,
-    /// Output file (step.json is written beside it; m-SAM also writes OUTPUT.apply.onnx)
+    /// Output file (step.json is written beside it; m-SAM also writes OUTPUT.apply.onnx, LookSAM
+    /// OUTPUT.between.onnx)
     #[arg(short = 'o', long = "output", value_name = "ONNX")]
     output: PathBuf,
     /// Write weights to OUTPUT.data beside the graph

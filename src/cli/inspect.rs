@@ -417,6 +417,7 @@ fn print_compiled(c: &CompiledGraph) {
         "step" => "training-step graph (one run per step)",
         "micro" => "m-SAM micro-batch graph (one run per micro-batch; then the apply graph)",
         "apply" => "m-SAM apply graph (the base optimizer step)",
+        "between" => "LookSAM graph of the steps between full ones (steps t with t mod k ≠ 0; one forward-backward)",
         "eval" => "evaluation graph",
         other => other,
     };
