@@ -499,6 +499,26 @@ fn bad_optimizer_options_exit_2_with_one_line() {
     assert_bad_input(&o, "--accumulate and --micro-batch", "choose one");
     let (o, _t) = rewrite(&["--optimizer", "sam", "--reweight", "1", "--score", "exact", "--accumulate", "2"]);
     assert_bad_input(&o, "--accumulate", "--score fd");
+    // the SAM variants and adaptive λ (docs/optimizers.md)
+    let (o, _t) = rewrite(&["--optimizer", "sam", "--gsam-alpha", "0.2"]);
+    assert_bad_input(&o, "--gsam-alpha", "--optimizer gsam");
+    let (o, _t) = rewrite(&["--optimizer", "wsam", "--wsam-gamma", "1"]);
+    assert_bad_input(&o, "--wsam-gamma", "[0, 1)");
+    let (o, _t) = rewrite(&["--optimizer", "looksam", "--looksam-k", "0"]);
+    assert_bad_input(&o, "--looksam-k", "at least 1");
+    let (o, _t) = rewrite(&["--optimizer", "momentum-sam", "--reweight", "1"]);
+    assert_bad_input(&o, "--reweight", "momentum-sam has none");
+    let (o, _t) = rewrite(&["--optimizer", "gsam", "--micro-batch", "4"]);
+    assert_bad_input(&o, "--micro-batch", "sam, usam or asam");
+    let (o, _t) = rewrite(&["--optimizer", "fsam", "--accumulate", "2"]);
+    assert_bad_input(&o, "--accumulate", "sam, usam and asam");
+    let (o, _t) = rewrite(&["--optimizer", "sam", "--reweight", "1", "--target-ess", "0.5"]);
+    assert_bad_input(&o, "--target-ess", "--reweight auto");
+    let (o, _t) = rewrite(&["--optimizer", "sam", "--reweight", "auto", "--target-ess", "0"]);
+    assert_bad_input(&o, "--target-ess", "(0, 1]");
+    let (o, _t) = rewrite(&["--optimizer", "sam", "--reweight", "often"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("expected a number λ or `auto`"), "{}", stderr(&o));
     // m-SAM's micro-batch must divide the batch
     let o = onnxsam(&[
         "bench",

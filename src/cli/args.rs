@@ -351,22 +351,22 @@ pub struct StepArgs {
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerArg>,
     /// GSAM's α: how much of g's component orthogonal to g_p is subtracted (default 0.4)
-    #[arg(long, value_name = "ALPHA")]
+    #[arg(long, value_name = "ALPHA", allow_hyphen_values = true)]
     pub gsam_alpha: Option<f32>,
     /// WSAM's γ: the weight of sharpness (0.5 is SAM, 0 the base optimizer; default 0.9)
-    #[arg(long, value_name = "GAMMA")]
+    #[arg(long, value_name = "GAMMA", allow_hyphen_values = true)]
     pub wsam_gamma: Option<f32>,
     /// F-SAM's σ: how much of the gradient's EMA is taken out of the ascent (default 1)
     #[arg(long, value_name = "SIGMA", allow_hyphen_values = true)]
     pub fsam_sigma: Option<f32>,
     /// F-SAM's λ: the EMA's decay (default 0.9)
-    #[arg(long, value_name = "LAMBDA")]
+    #[arg(long, value_name = "LAMBDA", allow_hyphen_values = true)]
     pub fsam_lambda: Option<f32>,
     /// LookSAM: a full SAM step every K steps (default 5)
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", allow_hyphen_values = true)]
     pub looksam_k: Option<usize>,
     /// LookSAM's α: the weight of the kept component between full steps (default 0.7)
-    #[arg(long, value_name = "ALPHA")]
+    #[arg(long, value_name = "ALPHA", allow_hyphen_values = true)]
     pub looksam_alpha: Option<f32>,
     /// RW-SAM: reweight samples by pᵢ ∝ exp(λ·sᵢ/c) in the ascent step: λ = LAMBDA, or `auto`
     /// (λ chosen each step so that the weights' effective sample size is --target-ess of the batch)
@@ -374,7 +374,7 @@ pub struct StepArgs {
     pub reweight: Option<ReweightArg>,
     /// --reweight auto: the effective sample size 1/Σpᵢ² to keep, as a fraction of the batch
     /// (1 is SAM)
-    #[arg(long, value_name = "F")]
+    #[arg(long, value_name = "F", allow_hyphen_values = true)]
     pub target_ess: Option<f32>,
     /// m-SAM: perturb per micro-batch of M samples (M must divide the batch size)
     #[arg(long, value_name = "M")]

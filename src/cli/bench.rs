@@ -395,7 +395,7 @@ fn report_steps(a: &BenchArgs, shown: String, backend: String, mut timings: Vec<
         println!("  (peak memory: the process with every optimizer loaded; --consecutive measures each alone)");
     }
     let get = |n: &str| r.optimizers.iter().find(|t| t.name == n).map(|t| t.median_ms);
-    if let (Some(sam), Some(rw)) = (get("sam"), get("rw-sam")) {
+    if let (Some(sam), Some(rw), None) = (get("sam"), get("rw-sam"), get("rw-sam auto")) {
         print!("  SAM/SGD {:.2}, RW-SAM/SAM {:.2}", sam / base, rw / sam);
         for m in [16, 4] {
             if let Some(ms) = get(&format!("m-sam M={m}")) {
@@ -405,7 +405,7 @@ fn report_steps(a: &BenchArgs, shown: String, backend: String, mut timings: Vec<
         println!();
     }
     if let (Some(sam), Some(rw), Some(auto)) = (get("sam"), get("rw-sam"), get("rw-sam auto")) {
-        println!("  RW-SAM/SAM {:.3}, RW-SAM auto/RW-SAM {:.3}", rw / sam, auto / rw);
+        println!("  SAM/SGD {:.2}, RW-SAM/SAM {:.3}, RW-SAM auto/RW-SAM {:.3}", sam / base, rw / sam, auto / rw);
     }
     Ok(0)
 }

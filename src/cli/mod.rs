@@ -107,7 +107,15 @@ fn command_line_error(e: clap::Error) -> i32 {
         .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
         .filter(|l| !l.is_empty())
         .collect();
-    let what = what.join(" ").trim_start_matches("error: ").replace(": ", ": ").replace(":  ", ": ");
+    // clap's tip line follows the error on its own line: "…found; tip: …"
+    let what = what
+        .iter()
+        .map(|l| if l.starts_with("tip:") { format!("; {l}") } else { format!(" {l}") })
+        .collect::<String>()
+        .trim()
+        .trim_start_matches("error: ")
+        .replace(" ; tip:", "; tip:")
+        .replace(":  ", ": ");
     let known = matches!(e.kind(), K::InvalidSubcommand | K::UnknownArgument) && std::env::args().nth(1).is_none();
     let cmd = std::env::args().nth(1).filter(|a| !a.starts_with('-') && e.kind() != K::InvalidSubcommand && !known);
     let help = match cmd {

@@ -442,7 +442,7 @@ fn config(mut a: TrainArgs, raw: Vec<String>) -> Result<TrainConfig> {
     }
     let rho_min = a.rho_min.unwrap_or(0.0);
     if !(rho_min >= 0.0 && rho_min as f32 <= spec.rho) {
-        bail!("--rho-min {rho_min}: expected a value in [0, --rho]");
+        bail!("--rho-min {rho_min}: expected a value in [0, --rho] = [0, {}]", spec.rho);
     }
     let distributed = match a.distributed.as_deref() {
         None => false,

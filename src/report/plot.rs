@@ -1,5 +1,6 @@
 //! `onnxsam plot RUN_DIR`: train/test loss and accuracy, learning rate (and ρ), effective sample
-//! size and tr V estimate per step, and a histogram of the last step's RW weights — one PNG.
+//! size, adaptive λ and tr V per step (and tr V at the end), and a histogram of the last step's RW
+//! weights — one PNG.
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
@@ -73,6 +74,15 @@ fn panel(area: &Area, title: &str, curves: &[(&str, &[(f64, f64)], RGBColor)]) -
             continue;
         }
         let c = *color;
+        // a lone point (one evaluation, the end-of-run tr V) is a marker; a line needs two
+        if pts.len() == 1 {
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 5, c.filled())))
+                .map_err(|x| e(&x))?
+                .label(*label)
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
+            continue;
+        }
         chart
             .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
             .map_err(|x| e(&x))?
@@ -171,7 +181,14 @@ pub fn plot(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
         )?;
         // --reweight auto: the λ each step chose (unsmoothed: it is the quantity being steered)
         panel(&areas[4], "lambda (--reweight auto)", &[("lambda", &series(&rows, "step", "lambda"), RED)])?;
-        panel(&areas[5], "tr V estimate", &[("tr V", &smooth(&series(&rows, "step", "trace_v"), 20), BLUE)])?;
+        panel(
+            &areas[5],
+            "tr V",
+            &[
+                ("estimate per step (RW-SAM)", &smooth(&series(&rows, "step", "trace_v"), 20), BLUE),
+                ("exact, end (--trace-v)", &series(&rows, "trace_v", "trace_v"), RED),
+            ],
+        )?;
         let w = crate::tensor::read_npz(&run.join("sample_weights.npz"))
             .ok()
             .and_then(|a| a.get("sample_weights").map(|t| t.to_f64()));

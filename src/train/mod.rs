@@ -213,6 +213,9 @@ impl<'a> Trainer<'a> {
                     bail!("--sam-from-epoch runs on one process without --accumulate or --micro-batch here");
                 }
             }
+            if cfg.rho_follows_lr && cfg.spec.optimizer == graph_passes::passes::sam_update::Optimizer::Sgd {
+                bail!("--rho-schedule lr schedules the SAM family's ρ; --optimizer {} has none", cfg.spec.optimizer.name());
+            }
             let shown = cfg.model.display().to_string();
             let model = Model::load(&cfg.model)?;
             let spec = &cfg.spec;
@@ -348,6 +351,13 @@ impl<'a> Trainer<'a> {
                 (None, Some(e)) => e * per_epoch,
                 (None, None) => bail!("give --epochs N or --max-steps N"),
             };
+            if let Some(e) = cfg.sam_from_epoch.filter(|&e| e > total.div_ceil(per_epoch.max(1))) {
+                notes.push(format!(
+                    "--sam-from-epoch {e}: the run has {} epoch(s), so it trains with {} alone",
+                    total.div_ceil(per_epoch.max(1)),
+                    spec.base.name()
+                ));
+            }
             // the engine loads both graphs before anything is written: a graph it cannot run leaves no run
             let be = backend::select(&rank_device(cfg, ranks.is_some()), ranks.map(|r| r.0 == 0).unwrap_or(true))?;
             let mut runner =
@@ -441,14 +451,14 @@ impl<'a> Trainer<'a> {
         // f32 → f64 through the decimal the user wrote (0.05, not 0.05000000074505806)
         let lr0: f64 = spec.lr.to_string().parse().unwrap_or(spec.lr as f64);
         let rho0: f64 = spec.rho.to_string().parse().unwrap_or(spec.rho as f64);
-        let base = format!("{:?}", spec.base).to_lowercase();
+        let base = spec.base.name().to_string();
         let method = match (spec.optimizer, spec.micro_batch) {
             (graph_passes::passes::sam_update::Optimizer::Sgd, _) => base,
             (o, Some(m)) => format!("m-{} (m = {m}) with {base}", o.name()),
             (o, None) => format!("{} with {base}", o.name()),
         };
         let method = match cfg.sam_from_epoch {
-            Some(e) if e > 1 => format!("{method} from epoch {e} ({base_name} before)", base_name = format!("{:?}", spec.base).to_lowercase()),
+            Some(e) if e > 1 => format!("{method} from epoch {e} ({} before)", spec.base.name()),
             _ => method,
         };
         if !quiet {
@@ -682,7 +692,7 @@ impl<'a> Trainer<'a> {
         row.insert("step".into(), json!(self.pos.step));
         row.insert("epoch".into(), json!(self.pos.epoch + 1));
         row.insert("lr".into(), json!(lr));
-        if self.runner.hyper.contains_key("rho") {
+        if self.runner.hyper.contains_key("rho") && self.runner.sam_active {
             row.insert("rho".into(), json!(rho));
         }
         row.insert("loss".into(), json!(loss));

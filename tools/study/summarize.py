@@ -68,7 +68,10 @@ def main():
                 steps = [r for r in rs if r.get("kind") == "step"]
                 if seed == 0 and "ess" in steps[0]:
                     n = len(steps)
-                    at = [steps[max(0, min(n - 1, int(f * n) - 1))] for f in (0.01, 0.1, 0.5, 1.0)]
+                    per_epoch = sum(1 for r in steps if r["epoch"] == 1)
+                    # an epoch's last batch is short (60000 = 468·128 + 96): the step before it
+                    pick = [max(0, min(n - 1, int(f * n) - 1)) for f in (0.01, 0.1, 0.5, 1.0)]
+                    at = [steps[i - 1 if (i + 1) % per_epoch == 0 else i] for i in pick]
                     ess = ", ".join(f"{r['ess']:.1f}" for r in at)
                     lam = ", ".join(f"{r['lambda']:.3g}" for r in at) if "lambda" in at[0] else ""
                     ess_lines.append(f"| {NAMES[opt]} | {ess} | {lam} |")

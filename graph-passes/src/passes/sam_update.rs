@@ -133,6 +133,15 @@ pub enum BaseOptimizer {
 }
 
 impl BaseOptimizer {
+    /// The name the command line uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            BaseOptimizer::Sgd => "sgd",
+            BaseOptimizer::Adam => "adam",
+            BaseOptimizer::AdamW => "adamw",
+        }
+    }
+
     /// Adam or AdamW (state exp_avg, exp_avg_sq, step; hyperparameters betas, eps).
     pub fn is_adam(self) -> bool {
         self != BaseOptimizer::Sgd
