@@ -383,28 +383,30 @@ impl StepRunner {
     fn plain_step(&mut self, batch: &Batch, which: Alternate) -> Result<BTreeMap<String, HostTensor>> {
         self.sync()?;
         self.on_device = false;
-        let (contract, mut session) = match which {
+        let (contract, session) = match which {
             Alternate::Before => {
-                let (g, s) = self.before.take().expect("checked");
-                (g.contract.clone(), Taken::Before(g, s))
+                let (g, s) = self.before.as_mut().expect("checked");
+                (&g.contract, s.as_mut())
             }
             Alternate::Between => (
-                self.graphs.between.as_ref().expect("LookSAM has a between graph").contract.clone(),
-                Taken::Between(self.between_session.take().expect("checked")),
+                &self.graphs.between.as_ref().expect("LookSAM has a between graph").contract,
+                self.between_session.as_mut().expect("checked").as_mut(),
             ),
         };
-        let r = (|| {
-            let o = self.feed_options(self.step, &self.hyper, &[], &[]);
-            let f = feeds_with(&contract, Some(batch), &self.values, &o)?;
-            let out: BTreeMap<String, HostTensor> = session.session().run(&f)?.into_iter().collect();
-            self.write_back(&contract, &out)?;
-            Ok(out)
-        })();
-        match session {
-            Taken::Before(g, s) => self.before = Some((g, s)),
-            Taken::Between(s) => self.between_session = Some(s),
-        }
-        r
+        let o = FeedOptions {
+            hyper: Some(&self.hyper),
+            seed: self.seed,
+            step: Some(self.step),
+            noise_step: None,
+            fixed: Some(&self.fixed),
+            extra: &[],
+            held: &[],
+        };
+        let f = feeds_with(contract, Some(batch), &self.values, &o)?;
+        let out: BTreeMap<String, HostTensor> = session.run(&f)?.into_iter().collect();
+        let contract = contract.clone();
+        self.write_back(&contract, &out)?;
+        Ok(out)
     }
 
     /// Late-phase SAM: the base optimizer's step graph, run until `sam_active` is set.
@@ -569,20 +571,6 @@ impl StepRunner {
 enum Alternate {
     Before,
     Between,
-}
-
-/// An alternate graph's session, taken out of the runner for one run.
-enum Taken {
-    Before(StepGraph, Box<dyn Session>),
-    Between(Box<dyn Session>),
-}
-
-impl Taken {
-    fn session(&mut self) -> &mut dyn Session {
-        match self {
-            Taken::Before(_, s) | Taken::Between(s) => s.as_mut(),
-        }
-    }
 }
 
 /// A run's outputs by name.
