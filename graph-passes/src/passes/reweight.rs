@@ -51,6 +51,13 @@ fn ess_of(u: &[f64], kappa: f64) -> f64 {
     s1 * s1 / s2
 }
 
+/// Where F·b falls along a grid of ESS values that fall from one point to the next: the index
+/// of the last point above it plus the fraction of the next cell, Σⱼ clip((Eⱼ − T)/(Eⱼ − Eⱼ₊₁), 0, 1)
+/// (cells wholly above count 1, the bracketing cell its linear fraction, cells below 0).
+fn crossing(e: &[f64], target: f64) -> f64 {
+    e.windows(2).map(|w| ((w[0] - target) / (w[0] - w[1]).max(1e-30)).clamp(0.0, 1.0)).sum()
+}
+
 /// The adaptive λ of `a` (scores over c) for the target ESS fraction `f`, as the graph computes
 /// it (in float64 here): for --accumulate and data-parallel steps, whose weights the runtime forms.
 pub fn auto_lambda(a: &[f64], f: f64) -> f64 {
@@ -64,22 +71,10 @@ pub fn auto_lambda(a: &[f64], f: f64) -> f64 {
     let u: Vec<f64> = a.iter().map(|x| (x - mx) / r).collect();
     let h1 = (AUTO_LN_HI - AUTO_LN_LO) / (AUTO_COARSE - 1) as f64;
     let n1 = (0..AUTO_COARSE).filter(|&j| ess_of(&u, (AUTO_LN_LO + j as f64 * h1).exp()) > target).count();
-    if n1 == 0 {
-        return 0.0;
-    }
-    let lo = AUTO_LN_LO + (n1 - 1) as f64 * h1;
+    let lo = AUTO_LN_LO + (n1 as f64 - 1.0) * h1;
     let h2 = h1 / (AUTO_FINE - 1) as f64;
     let e: Vec<f64> = (0..AUTO_FINE).map(|j| ess_of(&u, (lo + j as f64 * h2).exp())).collect();
-    let n2 = e.iter().filter(|&&x| x > target).count();
-    let ln_k = if n2 == 0 {
-        lo
-    } else if n2 == AUTO_FINE {
-        lo + h1
-    } else {
-        let t = (e[n2 - 1] - target) / (e[n2 - 1] - e[n2]);
-        lo + (n2 - 1) as f64 * h2 + t * h2
-    };
-    ln_k.exp() / r
+    (lo + h2 * crossing(&e, target)).exp() / r
 }
 
 impl Pass for Reweight {
@@ -159,97 +154,78 @@ impl Pass for Reweight {
     }
 }
 
-/// For each ln κ of `ln_k` ([K, 1]): the ESS of softmax(κ·u), u a row ([1, b]) → [K].
-fn ess_grid(ctx: &mut Ctx, u_row: &str, ln_k: &str) -> String {
-    let kappa = ctx.exp(ln_k);
-    let x = ctx.mul(&kappa, u_row);
+/// For each κ of `kappa` ([K, 1]): the ESS of softmax(κ·u), u ([b]) → [K].
+fn ess_grid(ctx: &mut Ctx, u_row: &str, kappa: &str) -> String {
+    let x = ctx.mul(kappa, u_row);
     let w = ctx.exp(&x);
     let s1 = ctx.reduce_sum(&w, &[1], false);
-    let w2 = ctx.square(&w);
-    let s2 = ctx.reduce_sum(&w2, &[1], false);
+    let s2 = ctx.reduce("ReduceSumSquare", &w, &[1], false);
     let s1s = ctx.square(&s1);
     ctx.div(&s1s, &s2)
 }
 
-/// How many entries of `ess` ([K]) exceed `target` (a float scalar; ESS falls along the grid, so
-/// they are its first ones).
-fn count_above(ctx: &mut Ctx, ess: &str, target: &str) -> String {
-    let above = ctx.op("Greater", &[ess, target]);
-    let above = ctx.mask(&above);
-    ctx.reduce_sum(&above, &[0], false)
-}
-
 /// The graph of [`auto_lambda`]: λ (a float scalar) from the normalized scores `a` ([b]) and the
-/// target fraction `f` (a float scalar input).
+/// target fraction `f` (a float scalar input). About 45 nodes on [64, b] and [32, b] tensors.
 fn auto_lambda_graph(ctx: &mut Ctx, a: &str, f: &str) -> String {
+    use crate::onnx::data_type as dt;
     let mx = ctx.g.add("ReduceMax", &[a]).int("keepdims", 0).output();
     let mn = ctx.g.add("ReduceMin", &[a]).int("keepdims", 0).output();
     let r = ctx.sub(&mx, &mn);
-    let zero = ctx.scalar(0.0);
-    let spread = ctx.op("Greater", &[&r, &zero]);
     let tiny = ctx.scalar(1e-30);
     let r_safe = ctx.op("Max", &[&r, &tiny]);
     let shifted = ctx.sub(a, &mx);
-    let u = ctx.div(&shifted, &r_safe);
-    let u_row = ctx.unsqueeze(&u, &[0]);
+    // [b]: broadcast against the [K, 1] grids to [K, b]
+    let u_row = ctx.div(&shifted, &r_safe);
     // the target F·b
-    let shape = ctx.shape_of(a);
-    let b = ctx.cast(&shape, crate::onnx::data_type::FLOAT);
-    let b = ctx.squeeze(&b, &[0]);
+    let b = ctx.op("Size", &[a]);
+    let b = ctx.cast(&b, dt::FLOAT);
     let target = ctx.mul(f, &b);
-    // coarse grid
+    // coarse grid: how many of its points keep an ESS above the target
     let h1 = (AUTO_LN_HI - AUTO_LN_LO) / (AUTO_COARSE - 1) as f64;
-    let g1: Vec<f32> = (0..AUTO_COARSE).map(|j| (AUTO_LN_LO + j as f64 * h1) as f32).collect();
-    let g1 = ctx.const_f32(&[AUTO_COARSE as i64, 1], &g1);
-    let e1 = ess_grid(ctx, &u_row, &g1);
-    let n1 = count_above(ctx, &e1, &target);
-    // the bracketing cell [lo, lo + h1] (n1 ≥ 1; n1 = 0 is λ = 0, below)
-    let one = ctx.scalar(1.0);
-    let n1m = ctx.sub(&n1, &one);
-    let n1m = ctx.op("Max", &[&n1m, &zero]);
+    let k1: Vec<f32> = (0..AUTO_COARSE).map(|j| (AUTO_LN_LO + j as f64 * h1).exp() as f32).collect();
+    let k1 = ctx.const_f32(&[AUTO_COARSE as i64, 1], &k1);
+    let e1 = ess_grid(ctx, &u_row, &k1);
+    let above = ctx.op("Greater", &[&e1, &target]);
+    let above = ctx.mask(&above);
+    let n1 = ctx.reduce_sum(&above, &[0], false);
+    // the fine grid across the bracketing cell [lo, lo + h1], lo = ln κ_min + (n1 − 1)·h1
     let h1c = ctx.scalar(h1 as f32);
-    let off = ctx.mul(&n1m, &h1c);
-    let lo0 = ctx.scalar(AUTO_LN_LO as f32);
+    let off = ctx.mul(&n1, &h1c);
+    let lo0 = ctx.scalar((AUTO_LN_LO - h1) as f32);
     let lo = ctx.add(&lo0, &off);
-    // fine grid inside it
     let h2 = h1 / (AUTO_FINE - 1) as f64;
     let steps: Vec<f32> = (0..AUTO_FINE).map(|j| (j as f64 * h2) as f32).collect();
     let steps = ctx.const_f32(&[AUTO_FINE as i64, 1], &steps);
     let g2 = ctx.add(&lo, &steps);
-    let e2 = ess_grid(ctx, &u_row, &g2);
-    let n2 = count_above(ctx, &e2, &target);
-    // interpolate ln κ between fine points n2 − 1 and n2 (clamped to the grid)
-    let n2i = ctx.cast(&n2, crate::onnx::data_type::INT64);
-    let last = ctx.const_i64(&[AUTO_FINE as i64 - 1]);
-    let last = ctx.squeeze(&last, &[0]);
-    let izero = ctx.const_i64(&[0]);
-    let izero = ctx.squeeze(&izero, &[0]);
-    let ione = ctx.const_i64(&[1]);
-    let ione = ctx.squeeze(&ione, &[0]);
-    let hi_i = ctx.op("Min", &[&n2i, &last]);
-    let hi_i = ctx.op("Max", &[&hi_i, &ione]);
-    let lo_i = ctx.sub(&hi_i, &ione);
-    let lo_i = ctx.op("Max", &[&lo_i, &izero]);
-    let e_lo = ctx.g.add("Gather", &[&e2, &lo_i]).int("axis", 0).output();
-    let e_hi = ctx.g.add("Gather", &[&e2, &hi_i]).int("axis", 0).output();
-    let num = ctx.sub(&e_lo, &target);
-    let den = ctx.sub(&e_lo, &e_hi);
-    let tiny_den = ctx.scalar(1e-30);
-    let den = ctx.op("Max", &[&den, &tiny_den]);
-    let t = ctx.div(&num, &den);
-    let t = ctx.op("Max", &[&t, &zero]);
-    let t = ctx.op("Min", &[&t, &one]);
-    let lo_f = ctx.cast(&lo_i, crate::onnx::data_type::FLOAT);
-    let pos = ctx.add(&lo_f, &t);
+    let k2 = ctx.exp(&g2);
+    let e2 = ess_grid(ctx, &u_row, &k2);
+    // ln κ = lo + h2·crossing(e2)
+    let first = slice(ctx, &e2, 0, AUTO_FINE as i64 - 1);
+    let next = slice(ctx, &e2, 1, AUTO_FINE as i64);
+    let drop = ctx.sub(&first, &next);
+    let drop = ctx.op("Max", &[&drop, &tiny]);
+    let over = ctx.sub(&first, &target);
+    let frac = ctx.div(&over, &drop);
+    let zero = ctx.scalar(0.0);
+    let one = ctx.scalar(1.0);
+    let frac = ctx.op("Clip", &[&frac, &zero, &one]);
+    let cells = ctx.reduce_sum(&frac, &[0], false);
     let h2c = ctx.scalar(h2 as f32);
-    let d = ctx.mul(&pos, &h2c);
+    let d = ctx.mul(&cells, &h2c);
     let ln_k = ctx.add(&lo, &d);
     let kappa = ctx.exp(&ln_k);
     let lambda = ctx.div(&kappa, &r_safe);
-    // λ = 0 where F ≥ 1, where the scores are all equal, or where ESS(κ_min) is at the target
+    // λ = 0 where F ≥ 1 or the scores are all equal
     let below = ctx.op("Less", &[f, &one]);
-    let found = ctx.op("Greater", &[&n1, &zero]);
-    let ok = ctx.op("And", &[&below, &found]);
-    let ok = ctx.op("And", &[&ok, &spread]);
+    let spread = ctx.op("Greater", &[&r, &zero]);
+    let ok = ctx.op("And", &[&below, &spread]);
     ctx.where_(&ok, &lambda, &zero)
+}
+
+/// x[start..end] along axis 0.
+fn slice(ctx: &mut Ctx, x: &str, start: i64, end: i64) -> String {
+    let s = ctx.const_i64(&[start]);
+    let e = ctx.const_i64(&[end]);
+    let ax = ctx.const_i64(&[0]);
+    ctx.op("Slice", &[x, &s, &e, &ax])
 }
