@@ -516,6 +516,25 @@ fn bad_optimizer_options_exit_2_with_one_line() {
     assert_bad_input(&o, "--target-ess", "--reweight auto");
     let (o, _t) = rewrite(&["--optimizer", "sam", "--reweight", "auto", "--target-ess", "0"]);
     assert_bad_input(&o, "--target-ess", "(0, 1]");
+    let (o, _t) = rewrite(&["--optimizer", "sam", "--reweight", "-0.5"]);
+    assert_bad_input(&o, "unexpected argument '-0'", "--reweight=-0.5");
+    // --reweight alone is adaptive λ at F = 0.5; --reweight=-0.5 a negative λ
+    for (args, want) in [(&["--reweight"][..], (0.5, None)), (&["--reweight=-0.5"][..], (0.0, Some(-0.5)))] {
+        let mut a = vec!["--optimizer", "sam"];
+        a.extend_from_slice(args);
+        let (o, t) = rewrite(&a);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(t.path().join("step.json")).unwrap()).unwrap();
+        let rw = &j["spec"]["reweight"];
+        match want {
+            (f, None) => assert_eq!(rw["target_ess"].as_f64(), Some(f), "{rw}"),
+            (_, Some(l)) => {
+                assert_eq!(rw["lambda"].as_f64(), Some(l), "{rw}");
+                assert!(rw.get("target_ess").is_none(), "{rw}");
+            }
+        }
+    }
     let (o, _t) = rewrite(&["--optimizer", "sam", "--reweight", "often"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("expected a number λ or `auto`"), "{}", stderr(&o));

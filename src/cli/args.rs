@@ -368,9 +368,10 @@ pub struct StepArgs {
     /// LookSAM's α: the weight of the kept component between full steps (default 0.7)
     #[arg(long, value_name = "ALPHA", allow_hyphen_values = true)]
     pub looksam_alpha: Option<f32>,
-    /// RW-SAM: reweight samples by pᵢ ∝ exp(λ·sᵢ/c) in the ascent step: λ = LAMBDA, or `auto`
-    /// (λ chosen each step so that the weights' effective sample size is --target-ess of the batch)
-    #[arg(long, value_name = "LAMBDA|auto", allow_hyphen_values = true, value_parser = parse_reweight)]
+    /// RW-SAM: reweight samples by pᵢ ∝ exp(λ·sᵢ/c) in the ascent step: λ = LAMBDA (a negative λ
+    /// as --reweight=-1), or `auto` (the default when no value is given): λ chosen each step so
+    /// that the weights' effective sample size is --target-ess of the batch
+    #[arg(long, value_name = "LAMBDA|auto", num_args = 0..=1, default_missing_value = "auto", value_parser = parse_reweight)]
     pub reweight: Option<ReweightArg>,
     /// --reweight auto: the effective sample size 1/Σpᵢ² to keep, as a fraction of the batch
     /// (1 is SAM)

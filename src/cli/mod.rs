@@ -116,6 +116,17 @@ fn command_line_error(e: clap::Error) -> i32 {
         .trim_start_matches("error: ")
         .replace(" ; tip:", "; tip:")
         .replace(":  ", ": ");
+    // "-0.5" after an option that takes no negative value: clap reads "-0" as a flag
+    let negative = e.kind() == K::UnknownArgument && what.contains("unexpected argument '-") && {
+        let after = what.split("unexpected argument '-").nth(1).unwrap_or("");
+        after.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+    };
+    let what = if negative {
+        let head = what.split("; tip:").next().unwrap_or(&what).to_string();
+        format!("{head}; a negative value is written with '=', e.g. --reweight=-0.5")
+    } else {
+        what
+    };
     let known = matches!(e.kind(), K::InvalidSubcommand | K::UnknownArgument) && std::env::args().nth(1).is_none();
     let cmd = std::env::args().nth(1).filter(|a| !a.starts_with('-') && e.kind() != K::InvalidSubcommand && !known);
     let help = match cmd {
