@@ -84,14 +84,10 @@ impl Pass for Reweight {
 
     fn run(&self, m: &mut Model, c: &mut Contract) -> Result<()> {
         let Some(lps) = c.loss_per_sample.clone() else { bail!("reweight needs per-sample losses") };
+        // (StepSpec::check keeps F in (0, 1])
         let lambda = match self.target_ess {
             None => Some(hyper(m, c, "lambda", self.lambda)?),
-            Some(f) => {
-                if !(f > 0.0 && f <= 1.0) {
-                    bail!("--target-ess must be in (0, 1], got {f}");
-                }
-                None
-            }
+            Some(_) => None,
         };
         let target = match self.target_ess {
             Some(f) => Some(hyper(m, c, "target_ess", f)?),
