@@ -3,7 +3,7 @@
 //! treated as constants for the gradient, and the ascent loss Σ pᵢ·ℓᵢ. With λ = 0, pᵢ = 1/b and
 //! the ascent gradient is SAM's. Diagnostics: entropy H(p), effective sample size 1/Σpᵢ², max pᵢ.
 //!
-//! Adaptive λ (`target_ess` F, docs/methods.md): each step λ ≥ 0 is chosen so that the
+//! Adaptive λ (`target_ess` F, docs/optimizers.md): each step λ ≥ 0 is chosen so that the
 //! effective sample size ESS(λ) = (Σ e^{λaᵢ})² / Σ e^{2λaᵢ} (aᵢ = sᵢ/c) is F·b. ESS falls
 //! monotonically from b (λ = 0) as λ grows (d log Σp²/dλ = 2(E_{2λ}[a] − E_λ[a]) ≥ 0), so the
 //! root is unique. With uᵢ = (aᵢ − max a)/(max a − min a) ∈ [−1, 0] and κ = λ·(max a − min a),

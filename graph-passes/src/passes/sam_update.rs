@@ -10,7 +10,7 @@
 //!   Adam/AdamW (torch.optim.Adam/AdamW, its single-tensor path): t ← t + 1;
 //!     m ← m + (1−β₁)(g − m);  v ← β₂·v + (1−β₂)·g²;  [amsgrad: v_max ← max(v_max, v), used for v]
 //!     θ ← θ − (lr/(1−β₁ᵗ))·m / (√v/√(1−β₂ᵗ) + eps)        (AdamW: decoupled decay first)
-//! The variants of the literature (METHOD.md; docs/methods.md), g the ascent gradient, g_p = ∇L(θ + ε):
+//! The variants of the literature (METHOD.md; docs/optimizers.md), g the ascent gradient, g_p = ∇L(θ + ε):
 //!   GSAM   d = g_p − α·(g − cos·‖g‖·g_p/(‖g_p‖ + 1e-12)),  cos = g·g_p/(‖g‖‖g_p‖ + 1e-12)
 //!   WSAM   d = ((1−2γ)/(1−γ))·g + (γ/(1−γ))·g_p
 //!   F-SAM  ε along g − σ·m (m from before this step; 0 on the first), m ← λ·m + (1−λ)·g (m = g first)
@@ -83,7 +83,7 @@ impl Optimizer {
     }
 }
 
-/// The hyperparameters of the SAM variants (each paper's default; docs/methods.md).
+/// The hyperparameters of the SAM variants (each paper's default; docs/optimizers.md).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct VariantParams {
     /// GSAM's α (pytorch-optimizer's default 0.4; the authors' example uses 0.2).
