@@ -91,19 +91,15 @@ pub fn write_step(graphs: &step::StepGraphs, spec: &StepSpec, out: &Path, extern
         graphs.step.model.graph.nodes.len(),
         graphs.step.contract.params.len()
     );
-    if let Some(a) = &graphs.apply {
-        let path = out.with_file_name(file(".apply"));
-        let j = graph_json(a, "apply", &file(".apply"));
-        save_graph(a, &j, Some(spec), &path, external_data)?;
-        line += &format!(", {} ({} nodes)", path.display(), a.model.graph.nodes.len());
-        jsons.push(j);
-    }
-    if let Some(b) = &graphs.between {
-        // LookSAM: the steps t with t mod k ≠ 0 run this graph (its g_v is the full step's output)
-        let path = out.with_file_name(file(".between"));
-        let j = graph_json(b, "between", &file(".between"));
-        save_graph(b, &j, Some(spec), &path, external_data)?;
-        line += &format!(", {} ({} nodes)", path.display(), b.model.graph.nodes.len());
+    // m-SAM's apply graph; LookSAM's graph of the steps t with t mod k ≠ 0 (its g_v is the full
+    // step's output)
+    for (g, kind) in [(&graphs.apply, "apply"), (&graphs.between, "between")] {
+        let Some(g) = g else { continue };
+        let name = file(&format!(".{kind}"));
+        let path = out.with_file_name(&name);
+        let j = graph_json(g, kind, &name);
+        save_graph(g, &j, Some(spec), &path, external_data)?;
+        line += &format!(", {} ({} nodes)", path.display(), g.model.graph.nodes.len());
         jsons.push(j);
     }
     let json_path = out.with_extension("json");

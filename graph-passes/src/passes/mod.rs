@@ -115,30 +115,28 @@ pub fn expose_metric(ctx: &mut Ctx, c: &mut Contract) {
 /// ε = ρ·g/‖g‖ carried that difference into every step (ONNX Runtime and tract runs of one seed
 /// parted after two SAM steps). The casts cost one pass over the gradients.
 pub fn sum_of_squares(ctx: &mut Ctx, xs: &[String]) -> String {
-    let mut acc: Option<String> = None;
-    for x in xs {
-        let x64 = ctx.cast(x, dt::DOUBLE);
-        // no axes: over all of them, to a scalar
-        let s = ctx.g.add("ReduceSumSquare", &[&x64]).int("keepdims", 0).output();
-        acc = Some(match acc {
-            Some(a) => ctx.add(&a, &s),
-            None => s,
-        });
-    }
-    match acc {
-        Some(a) => ctx.cast(&a, dt::FLOAT),
-        None => ctx.scalar(0.0),
-    }
+    // no axes: over all of them, to a scalar
+    sum_f64(ctx, xs.len(), |ctx, i| {
+        let x64 = ctx.cast(&xs[i], dt::DOUBLE);
+        ctx.g.add("ReduceSumSquare", &[&x64]).int("keepdims", 0).output()
+    })
 }
 
 /// Σ over tensors of Σ x·y (float scalar), summed in float64 as [`sum_of_squares`].
 pub fn dot(ctx: &mut Ctx, xs: &[String], ys: &[String]) -> String {
-    let mut acc: Option<String> = None;
-    for (x, y) in xs.iter().zip(ys) {
-        let x64 = ctx.cast(x, dt::DOUBLE);
-        let y64 = ctx.cast(y, dt::DOUBLE);
+    sum_f64(ctx, xs.len().min(ys.len()), |ctx, i| {
+        let x64 = ctx.cast(&xs[i], dt::DOUBLE);
+        let y64 = ctx.cast(&ys[i], dt::DOUBLE);
         let xy = ctx.mul(&x64, &y64);
-        let s = ctx.g.add("ReduceSum", &[&xy]).int("keepdims", 0).output();
+        ctx.g.add("ReduceSum", &[&xy]).int("keepdims", 0).output()
+    })
+}
+
+/// Σᵢ term(i) for i < n: float64 scalar terms added in order, cast to float32 (0 for none).
+fn sum_f64(ctx: &mut Ctx, n: usize, mut term: impl FnMut(&mut Ctx, usize) -> String) -> String {
+    let mut acc: Option<String> = None;
+    for i in 0..n {
+        let s = term(ctx, i);
         acc = Some(match acc {
             Some(a) => ctx.add(&a, &s),
             None => s,
